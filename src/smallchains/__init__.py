@@ -1,0 +1,49 @@
+"""smallchains: fast small neural networks on the CPU, for scientific machine learning.
+
+Quick start::
+
+    import numpy as np, smallchains as sc
+    chain = sc.SimpleChain(4, sc.Dense(32, sc.tanh), sc.Dense(16, sc.tanh), sc.Dense(4))
+    p = chain.init_params(seed=0)
+    loss = sc.add_loss(chain, sc.SquaredLoss(Y))
+    history = sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=10_000)
+"""
+
+from . import kernels
+from ._errors import TrainingDivergedError
+from .chain import ChainKernels, SimpleChain
+from .layers import ACTIVATIONS, Activation, ActivationFunction, Dense, Layer
+from .losses import (
+    AbsoluteLoss,
+    ChainLoss,
+    HuberLoss,
+    L1Penalty,
+    L2Penalty,
+    LogitCrossEntropyLoss,
+    SquaredLoss,
+    accuracy_and_loss,
+    add_loss,
+    valgrad,
+)
+from .optimizers import SGD, Adam, AdamW, Optimizer, RMSProp
+from .training import minimize, train_batched, train_unbatched
+
+identity = ACTIVATIONS["identity"]
+tanh = ACTIVATIONS["tanh"]
+relu = ACTIVATIONS["relu"]
+sigmoid = ACTIVATIONS["sigmoid"]
+softplus = ACTIVATIONS["softplus"]
+gelu = ACTIVATIONS["gelu"]
+silu = ACTIVATIONS["silu"]
+elu = ACTIVATIONS["elu"]
+rbf = ACTIVATIONS["rbf"]
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbsoluteLoss", "Activation", "ActivationFunction", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
+    "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",
+    "SimpleChain", "SquaredLoss", "TrainingDivergedError", "accuracy_and_loss", "add_loss", "elu", "gelu",
+    "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
+    "train_unbatched", "valgrad",
+]

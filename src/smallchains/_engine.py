@@ -1,0 +1,487 @@
+"""The compiled interpreter that runs a layer program (see ``_program``).
+
+Every function here is a Numba kernel compiled once per dtype (float32,
+float64) and cached on disk; chains of any shape share the machine code.
+
+Status codes returned by the kernels (mapped to exceptions in ``_status``):
+    OK, NONFINITE_INPUT, NONFINITE_LOSS, NONFINITE_GRAD, LABEL_OUT_OF_RANGE
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._activations import act_forward
+from .layers.dense import dense_forward, dense_pullback_input, dense_pullback_params, dense_tangent
+from ._jit import kernel, parallel_kernel
+from ._program import (
+    F_ACT,
+    F_BIAS,
+    F_BOFF,
+    F_D,
+    F_KIND,
+    F_NIN,
+    F_NOUT,
+    F_WOFF,
+    F_X,
+    F_Y,
+    H_G1,
+    H_G2,
+    H_NIN,
+    H_NLAYERS,
+    H_NOUT,
+    H_NPARAMS,
+    H_UNITS,
+    KIND_ACTIVATION,
+    KIND_DENSE,
+)
+
+OK = 0
+NONFINITE_INPUT = 1
+NONFINITE_LOSS = 2
+NONFINITE_GRAD = 3
+LABEL_OUT_OF_RANGE = 4
+
+LOSS_SQUARED = 0
+LOSS_ABSOLUTE = 1
+LOSS_HUBER = 2
+LOSS_LOGITCE = 3
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@kernel
+def gather_block(X, idx, use_idx, i0, nb, w, B):
+    """w[k*B + s] <- X[row(i0+s), k] for s < nb (rows through ``idx`` when use_idx).
+
+    Columns ``nb..B-1`` are zero-filled.  Returns a value that is NaN when the
+    block holds a non-finite number (``sum of x*0``), 0 otherwise.
+    """
+    d = X.shape[1]
+    chk = X[0, 0] * 0
+    for s in range(nb):
+        r = idx[i0 + s] if use_idx else i0 + s
+        for k in range(d):
+            v = X[r, k]
+            chk += v * 0
+            w[k * B + s] = v
+    if nb < B:
+        for k in range(d):
+            for s in range(nb, B):
+                w[k * B + s] = 0
+    return chk
+
+
+@kernel
+def block_forward(prog, p, w, B, want_d):
+    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
+
+    Overwrites every layer buffer of ``w`` (outputs and, when ``want_d``, the saved
+    activation derivatives that ``block_backward`` needs).
+    """
+    L = prog[0, H_NLAYERS]
+    yo = 0
+    for l in range(1, L + 1):
+        kind = prog[l, F_KIND]
+        nout = prog[l, F_NOUT]
+        act = prog[l, F_ACT]
+        xo = prog[l, F_X] * B
+        yo = prog[l, F_Y] * B
+        do = prog[l, F_D] * B
+        if kind == KIND_DENSE:
+            dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                          prog[l, F_NIN], nout, w, xo, w, yo, B)
+        elif kind == KIND_ACTIVATION:
+            for t in range(nout * B):
+                w[yo + t] = w[xo + t]
+        if act != 0:
+            act_forward(act, w, yo, nout * B, w, do if do >= 0 else 0, want_d)
+    return yo
+
+
+@kernel
+def block_backward(prog, p, gp, w, B, need_input):
+    """Pull the output cotangent (at unit H_G1 of ``w``) back through the layers.
+
+    Requires the buffers left by ``block_forward(..., want_d=True)``.  Accumulates
+    the parameter cotangent into ``gp`` (+=).  Returns the element offset in ``w``
+    of the input cotangent when ``need_input`` (else -1).  Overwrites the two
+    cotangent buffers H_G1/H_G2 and the saved derivatives.
+    """
+    L = prog[0, H_NLAYERS]
+    cur = prog[0, H_G1] * B
+    other = prog[0, H_G2] * B
+    for l in range(L, 0, -1):
+        kind = prog[l, F_KIND]
+        nin = prog[l, F_NIN]
+        nout = prog[l, F_NOUT]
+        act = prog[l, F_ACT]
+        if act != 0:
+            do = prog[l, F_D] * B
+            for t in range(nout * B):
+                w[cur + t] *= w[do + t]
+        if kind == KIND_DENSE:
+            xo = prog[l, F_X] * B
+            dense_pullback_params(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                                  nin, nout, w, xo, w, cur, B)
+            if l > 1 or need_input:
+                dense_pullback_input(p, prog[l, F_WOFF], nin, nout, w, cur, w, other, B)
+                tmp = cur
+                cur = other
+                other = tmp
+    return cur if need_input else -1
+
+
+@kernel
+def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
+    """Forward-mode: push the input tangent (at unit H_G1) and ``dp`` through the layers.
+
+    Requires ``block_forward(..., want_d=True)`` on the same input.  Returns the
+    element offset of the output tangent.  Overwrites H_G1/H_G2.
+    """
+    L = prog[0, H_NLAYERS]
+    cur = prog[0, H_G1] * B
+    other = prog[0, H_G2] * B
+    have_dx = use_dx
+    for l in range(1, L + 1):
+        kind = prog[l, F_KIND]
+        nout = prog[l, F_NOUT]
+        act = prog[l, F_ACT]
+        if kind == KIND_DENSE:
+            xo = prog[l, F_X] * B
+            dense_tangent(p, dp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                          prog[l, F_NIN], nout, w, xo, w, cur, have_dx, use_dp, w, other, B)
+            tmp = cur
+            cur = other
+            other = tmp
+            have_dx = True
+        if act != 0:
+            do = prog[l, F_D] * B
+            for t in range(nout * B):
+                w[cur + t] *= w[do + t]
+    return cur
+
+
+@kernel
+def block_loss(code, lpar, w, yo, go, m, B, nb, T, labels, idx, use_idx, i0, scale, want_grad):
+    """Sum over the block's ``nb`` samples of the per-sample loss of the output at ``yo``.
+
+    When ``want_grad``, writes the cotangent (times ``scale``) into ``w[go : go+m*B]``,
+    zero for the padding samples.  Returns (loss_sum as float64, status).
+    """
+    total = 0.0
+    status = OK
+    if code == LOSS_LOGITCE:
+        for s in range(nb):
+            r = idx[i0 + s] if use_idx else i0 + s
+            lab = labels[r]
+            if lab < 0 or lab >= m:
+                return total, LABEL_OUT_OF_RANGE
+            zmax = -np.inf
+            for j in range(m):
+                z = w[yo + j * B + s]
+                if z > zmax:
+                    zmax = z
+            se = 0.0
+            for j in range(m):
+                se += math.exp(w[yo + j * B + s] - zmax)
+            lse = zmax + math.log(se)
+            total += lse - w[yo + lab * B + s]
+            if want_grad:
+                for j in range(m):
+                    pj = math.exp(w[yo + j * B + s] - lse)
+                    if j == lab:
+                        pj -= 1.0
+                    w[go + j * B + s] = pj * scale
+    else:
+        delta = lpar[0]
+        for j in range(m):
+            for s in range(nb):
+                r = idx[i0 + s] if use_idx else i0 + s
+                res = w[yo + j * B + s] - T[r, j]
+                if code == LOSS_SQUARED:
+                    total += res * res
+                    gr = 2.0 * res
+                elif code == LOSS_ABSOLUTE:
+                    total += abs(res)
+                    gr = 1.0 if res > 0 else (-1.0 if res < 0 else 0.0)
+                else:  # Huber
+                    a = abs(res)
+                    if a <= delta:
+                        total += 0.5 * res * res
+                        gr = res
+                    else:
+                        total += delta * (a - 0.5 * delta)
+                        gr = delta if res > 0 else -delta
+                if want_grad:
+                    w[go + j * B + s] = gr * scale
+    if want_grad and nb < B:
+        for j in range(m):
+            for s in range(nb, B):
+                w[go + j * B + s] = 0
+    return total, status
+
+
+# --------------------------------------------------------------------------- ranges (one thread)
+
+
+@kernel
+def valgrad_range(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad):
+    """Loss sum over samples [i0, i1) (through ``idx``); accumulates scale*dL/dp into ``gp``."""
+    total = 0.0
+    m = prog[0, H_NOUT]
+    go = prog[0, H_G1] * B
+    i = i0
+    while i < i1:
+        nb = min(B, i1 - i)
+        chk = gather_block(X, idx, use_idx, i, nb, w, B)
+        if chk != 0:
+            return total, NONFINITE_INPUT
+        yo = block_forward(prog, p, w, B, want_grad)
+        val, st = block_loss(code, lpar, w, yo, go, m, B, nb, T, labels, idx, use_idx, i, scale, want_grad)
+        if st != OK:
+            return total, st
+        total += val
+        if want_grad:
+            block_backward(prog, p, gp, w, B, False)
+        i += nb
+    return total, OK
+
+
+@parallel_kernel
+def _valgrad_threads(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
+                     losses, stats, want_grad):
+    nt = slabs.shape[0]
+    n = i1 - i0
+    chunk = (n + nt - 1) // nt
+    for t in numba.prange(nt):
+        a = i0 + t * chunk
+        b = min(i1, a + chunk)
+        slab = slabs[t]
+        slab[:] = 0
+        losses[t] = 0.0
+        stats[t] = OK
+        if a < b:
+            losses[t], stats[t] = valgrad_range(prog, p, X, idx, use_idx, a, b, T, labels, code, lpar,
+                                                scale, slab, work[t], B, want_grad)
+
+
+@kernel
+def valgrad(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
+            want_grad):
+    """Mean loss over samples [i0, i1) and, when ``want_grad``, its gradient written into ``g``.
+
+    Splits the range over ``slabs.shape[0]`` threads (one slab and one workspace
+    row each); the slabs are reduced into ``g`` in thread order, so the result
+    does not depend on scheduling.  Returns (mean loss, status).
+    """
+    nt = slabs.shape[0]
+    B = work.shape[1] // prog[0, H_UNITS]
+    n = i1 - i0
+    scale = 1.0 / n
+    if nt == 1 or n <= B:
+        if want_grad:
+            g[:] = 0
+        total, st = valgrad_range(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, g,
+                                  work[0], B, want_grad)
+        return total * scale, st
+    _valgrad_threads(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
+                     losses, stats, want_grad)
+    total = 0.0
+    for t in range(nt):
+        if stats[t] != OK:
+            return total, stats[t]
+        total += losses[t]
+    if want_grad:
+        npar = g.shape[0]
+        for i in range(npar):
+            g[i] = slabs[0, i]
+        for t in range(1, nt):
+            for i in range(npar):
+                g[i] += slabs[t, i]
+    return total * scale, OK
+
+
+@kernel
+def forward_range(prog, p, X, Y, i0, i1, w, B):
+    """Y[i0:i1] <- chain(X[i0:i1]) (row-major (n, m)); returns status."""
+    m = prog[0, H_NOUT]
+    dummy = prog[0]  # any int64 vector: not read when use_idx is False
+    i = i0
+    while i < i1:
+        nb = min(B, i1 - i)
+        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+            return NONFINITE_INPUT
+        yo = block_forward(prog, p, w, B, False)
+        for s in range(nb):
+            for j in range(m):
+                Y[i + s, j] = w[yo + j * B + s]
+        i += nb
+    return OK
+
+
+@parallel_kernel
+def _forward_threads(prog, p, X, Y, work, B, stats):
+    nt = work.shape[0]
+    n = X.shape[0]
+    chunk = (n + nt - 1) // nt
+    for t in numba.prange(nt):
+        a = t * chunk
+        b = min(n, a + chunk)
+        stats[t] = OK
+        if a < b:
+            stats[t] = forward_range(prog, p, X, Y, a, b, work[t], B)
+
+
+@kernel
+def forward(prog, p, X, Y, work, stats):
+    """Y <- chain(X) for a (n, d) batch, threads over ``work.shape[0]``; returns status."""
+    B = work.shape[1] // prog[0, H_UNITS]
+    n = X.shape[0]
+    if work.shape[0] == 1 or n <= B:
+        return forward_range(prog, p, X, Y, 0, n, work[0], B)
+    _forward_threads(prog, p, X, Y, work, B, stats)
+    for t in range(work.shape[0]):
+        if stats[t] != OK:
+            return stats[t]
+    return OK
+
+
+@kernel
+def vjp_range(prog, p, V, X, i0, i1, gp, GX, want_x, w, B):
+    """gp += sum over samples of V[s]^T dchain/dp; GX[s] <- V[s]^T dchain/dx when want_x."""
+    m = prog[0, H_NOUT]
+    d = prog[0, H_NIN]
+    go = prog[0, H_G1] * B
+    dummy = prog[0]  # any int64 vector: not read when use_idx is False
+    i = i0
+    while i < i1:
+        nb = min(B, i1 - i)
+        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+            return NONFINITE_INPUT
+        block_forward(prog, p, w, B, True)
+        for j in range(m):
+            for s in range(nb):
+                w[go + j * B + s] = V[i + s, j]
+            for s in range(nb, B):
+                w[go + j * B + s] = 0
+        xo = block_backward(prog, p, gp, w, B, want_x)
+        if want_x:
+            for s in range(nb):
+                for k in range(d):
+                    GX[i + s, k] = w[xo + k * B + s]
+        i += nb
+    return OK
+
+
+@parallel_kernel
+def _vjp_threads(prog, p, V, X, slabs, GX, want_x, work, B, stats):
+    nt = work.shape[0]
+    n = X.shape[0]
+    chunk = (n + nt - 1) // nt
+    for t in numba.prange(nt):
+        a = t * chunk
+        b = min(n, a + chunk)
+        slab = slabs[t]
+        slab[:] = 0
+        stats[t] = OK
+        if a < b:
+            stats[t] = vjp_range(prog, p, V, X, a, b, slab, GX, want_x, work[t], B)
+
+
+@kernel
+def vjp(prog, p, V, X, out, GX, want_x, slabs, work, stats):
+    """out <- sum_s V[s]^T dchain/dp (overwrites); GX <- per-sample input cotangents."""
+    B = work.shape[1] // prog[0, H_UNITS]
+    n = X.shape[0]
+    nt = work.shape[0]
+    if nt == 1 or n <= B:
+        out[:] = 0
+        return vjp_range(prog, p, V, X, 0, n, out, GX, want_x, work[0], B)
+    _vjp_threads(prog, p, V, X, slabs, GX, want_x, work, B, stats)
+    for t in range(nt):
+        if stats[t] != OK:
+            return stats[t]
+    npar = out.shape[0]
+    for i in range(npar):
+        out[i] = slabs[0, i]
+    for t in range(1, nt):
+        for i in range(npar):
+            out[i] += slabs[t, i]
+    return OK
+
+
+@kernel
+def jvp(prog, p, X, DX, dp, use_dx, use_dp, Y, DY, w):
+    """Y <- chain(X) and DY <- dchain/dx . DX + dchain/dp . dp, row-major batches; one thread."""
+    B = w.shape[0] // prog[0, H_UNITS]
+    m = prog[0, H_NOUT]
+    d = prog[0, H_NIN]
+    g1 = prog[0, H_G1] * B
+    dummy = prog[0]  # any int64 vector: not read when use_idx is False
+    n = X.shape[0]
+    i = 0
+    while i < n:
+        nb = min(B, n - i)
+        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+            return NONFINITE_INPUT
+        yo = block_forward(prog, p, w, B, True)
+        if use_dx:
+            for k in range(d):
+                for s in range(nb):
+                    w[g1 + k * B + s] = DX[i + s, k]
+                for s in range(nb, B):
+                    w[g1 + k * B + s] = 0
+        to = block_tangent(prog, p, dp, w, B, use_dx, use_dp)
+        for s in range(nb):
+            for j in range(m):
+                Y[i + s, j] = w[yo + j * B + s]
+                DY[i + s, j] = w[to + j * B + s]
+        i += nb
+    return OK
+
+
+# --------------------------------------------------------------------------- penalties
+
+
+@kernel
+def penalty(prog, p, g, code, lam, want_grad):
+    """Value of the weight penalty (L1: code 1, L2: code 2; biases excluded); adds its gradient to g."""
+    if code == 0:
+        return 0.0
+    L = prog[0, H_NLAYERS]
+    total = 0.0
+    for l in range(1, L + 1):
+        if prog[l, F_KIND] != KIND_DENSE:
+            continue
+        a = prog[l, F_WOFF]
+        b = a + prog[l, F_NIN] * prog[l, F_NOUT]
+        if code == 1:
+            for i in range(a, b):
+                v = p[i]
+                total += abs(v)
+                if want_grad:
+                    g[i] += lam if v > 0 else (-lam if v < 0 else 0.0)
+        else:
+            for i in range(a, b):
+                v = p[i]
+                total += v * v
+                if want_grad:
+                    g[i] += 2.0 * lam * v
+    return lam * total
+
+
+@kernel
+def all_finite(g):
+    chk = g[0] * 0 if g.shape[0] > 0 else 0.0
+    for i in range(g.shape[0]):
+        chk += g[i] * 0
+    return chk == 0
+
+
+def num_params(prog):
+    return int(prog[0, H_NPARAMS])

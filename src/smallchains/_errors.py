@@ -1,0 +1,41 @@
+"""Exceptions and the mapping from kernel status codes to them (one table)."""
+
+from __future__ import annotations
+
+from . import _engine as E
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training met a non-finite loss or gradient.
+
+    Attributes:
+        epoch: the (0-based) epoch at which it happened; the parameters were left
+            as they were at the start of that epoch (the last finite values).
+        history: the loss history up to (not including) that epoch.
+    """
+
+    def __init__(self, message, epoch, history):
+        super().__init__(message)
+        self.epoch = epoch
+        self.history = history
+
+
+_MESSAGES = {
+    E.NONFINITE_INPUT: "`{x}` contains NaN or Inf; clean or impute the data first "
+                       "(e.g. X[~np.isfinite(X)] = 0, or drop those rows)",
+    E.NONFINITE_LOSS: "the loss is not finite; check the targets for NaN/Inf or lower the learning rate",
+    E.NONFINITE_GRAD: "the gradient is not finite; lower the learning rate or rescale the data",
+    E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
+}
+
+
+def raise_for_status(status: int, x="X", k=None) -> None:
+    """Raise the exception that a kernel's status code stands for (nothing when OK)."""
+    if status == E.OK:
+        return
+    msg = _MESSAGES.get(int(status), f"internal error: unknown kernel status {status}")
+    raise ValueError(msg.format(x=x, k=None if k is None else k - 1))
+
+
+def status_message(status: int, x="X", k=None) -> str:
+    return _MESSAGES.get(int(status), f"status {status}").format(x=x, k=None if k is None else k - 1)

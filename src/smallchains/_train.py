@@ -1,0 +1,188 @@
+"""Compiled optimizer updates and training loops.
+
+A run of many epochs is one compiled call: gradient (threads over batch
+blocks, fixed-order reduction), penalty, finiteness check and optimizer update,
+with no Python in between.  The Python layer (``training``) only splits a run
+into chunks when a callback or a progress bar asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _engine as E
+from ._jit import kernel
+from ._program import H_NOUT, H_UNITS
+
+OPT_SGD = 0
+OPT_ADAM = 1
+OPT_ADAMW = 2
+OPT_RMSPROP = 3
+
+
+@kernel
+def opt_update(code, hyper, state, step, p, g):
+    """One fused update of ``p`` in place from gradient ``g`` (``g`` is not modified).
+
+    hyper: SGD (lr, momentum, nesterov, weight_decay); Adam/AdamW (lr, beta1, beta2,
+    eps, weight_decay); RMSProp (lr, alpha, eps, momentum, weight_decay).
+    state: (2, n) moment buffers; step: int64[1] counter (incremented).
+    """
+    step[0] += 1
+    t = step[0]
+    n = p.shape[0]
+    lr = hyper[0]
+    if code == OPT_ADAM or code == OPT_ADAMW:
+        b1 = hyper[1]
+        b2 = hyper[2]
+        eps = hyper[3]
+        wd = hyper[4]
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        step_size = lr / bc1
+        rb2 = 1.0 / math.sqrt(bc2)
+        decay = 1.0 - lr * wd
+        for i in range(n):
+            gi = g[i]
+            if code == OPT_ADAM:
+                gi += wd * p[i]
+            m = b1 * state[0, i] + (1.0 - b1) * gi
+            v = b2 * state[1, i] + (1.0 - b2) * gi * gi
+            state[0, i] = m
+            state[1, i] = v
+            pi = p[i] * decay if code == OPT_ADAMW else p[i]
+            p[i] = pi - step_size * m / (math.sqrt(v) * rb2 + eps)
+    elif code == OPT_SGD:
+        mom = hyper[1]
+        nesterov = hyper[2] != 0.0
+        wd = hyper[3]
+        for i in range(n):
+            gi = g[i] + wd * p[i]
+            if mom != 0.0:
+                b = gi if t == 1 else mom * state[0, i] + gi
+                state[0, i] = b
+                gi = gi + mom * b if nesterov else b
+            p[i] -= lr * gi
+    else:  # RMSProp (PyTorch's definition)
+        alpha = hyper[1]
+        eps = hyper[2]
+        mom = hyper[3]
+        wd = hyper[4]
+        for i in range(n):
+            gi = g[i] + wd * p[i]
+            v = alpha * state[0, i] + (1.0 - alpha) * gi * gi
+            state[0, i] = v
+            u = gi / (math.sqrt(v) + eps)
+            if mom != 0.0:
+                b = mom * state[1, i] + u
+                state[1, i] = b
+                u = b
+            p[i] -= lr * u
+
+
+@kernel
+def _shuffle(perm, rng):
+    """Fisher-Yates shuffle of ``perm`` in place with a splitmix64 stream (state ``rng[0]``)."""
+    n = perm.shape[0]
+    for i in range(n - 1, 0, -1):
+        rng[0] += np.uint64(0x9E3779B97F4A7C15)
+        z = rng[0]
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        j = np.int64(z % np.uint64(i + 1))
+        tmp = perm[i]
+        perm[i] = perm[j]
+        perm[j] = tmp
+
+
+@kernel
+def train_full(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
+               epochs, hist, h0, g, slabs, work, losses, stats):
+    """``epochs`` full-batch steps.  hist[h0+e] <- loss (with penalty) before step e.
+
+    Returns (status, epochs completed).  On a non-finite loss or gradient it stops
+    before updating, so ``p`` keeps its last finite value.
+    """
+    n = X.shape[0]
+    idx = prog[0]
+    for e in range(epochs):
+        val, st = E.valgrad(prog, p, X, idx, False, 0, n, T, labels, code, lpar, g, slabs, work, losses,
+                            stats, True)
+        if st != E.OK:
+            return st, e
+        val += E.penalty(prog, p, g, pen_code, pen_lam, True)
+        if not math.isfinite(val):
+            return E.NONFINITE_LOSS, e
+        if not E.all_finite(g):
+            return E.NONFINITE_GRAD, e
+        hist[h0 + e] = val
+        opt_update(opt_code, hyper, state, step, p, g)
+    return E.OK, epochs
+
+
+@kernel
+def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
+                    epochs, batch, perm, rng, hist, h0, g, slabs, work, losses, stats):
+    """``epochs`` passes of shuffled minibatches of size ``batch`` (the last partial batch used).
+
+    hist[h0+e] <- mean over the epoch's samples of the minibatch losses (each taken
+    before its step, penalty included).  Returns (status, epochs completed).
+    """
+    n = X.shape[0]
+    for e in range(epochs):
+        _shuffle(perm, rng)
+        total = 0.0
+        i = 0
+        while i < n:
+            j = min(n, i + batch)
+            val, st = E.valgrad(prog, p, X, perm, True, i, j, T, labels, code, lpar, g, slabs, work,
+                                losses, stats, True)
+            if st != E.OK:
+                return st, e
+            val += E.penalty(prog, p, g, pen_code, pen_lam, True)
+            if not math.isfinite(val):
+                return E.NONFINITE_LOSS, e
+            if not E.all_finite(g):
+                return E.NONFINITE_GRAD, e
+            opt_update(opt_code, hyper, state, step, p, g)
+            total += val * (j - i)
+            i = j
+        hist[h0 + e] = total / n
+    return E.OK, epochs
+
+
+@kernel
+def evaluate(prog, p, X, T, labels, code, lpar, work):
+    """(mean loss, accuracy, status) over all of X; one thread.  Accuracy only for cross-entropy."""
+    n = X.shape[0]
+    B = work.shape[0] // prog[0, H_UNITS]
+    m = prog[0, H_NOUT]
+    idx = prog[0]
+    total = 0.0
+    correct = 0
+    i = 0
+    while i < n:
+        nb = min(B, n - i)
+        if E.gather_block(X, idx, False, i, nb, work, B) != 0:
+            return 0.0, 0.0, E.NONFINITE_INPUT
+        yo = E.block_forward(prog, p, work, B, False)
+        val, st = E.block_loss(code, lpar, work, yo, 0, m, B, nb, T, labels, idx, False, i, 1.0, False)
+        if st != E.OK:
+            return 0.0, 0.0, st
+        total += val
+        if code == E.LOSS_LOGITCE:
+            for s in range(nb):
+                best = 0
+                bv = work[yo + s]
+                for jj in range(1, m):
+                    v = work[yo + jj * B + s]
+                    if v > bv:
+                        bv = v
+                        best = jj
+                if best == labels[i + s]:
+                    correct += 1
+        i += nb
+    return total / n, correct / n, E.OK

@@ -1,0 +1,247 @@
+"""``SimpleChain``: a feed-forward chain of layers over one flat parameter vector."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _engine as E
+from . import kernels as K
+from ._errors import raise_for_status
+from ._jit import default_num_threads
+from ._program import BLOCK, H_UNITS, build_program
+from ._validate import FLOATS, as_data, check_out, check_params, positive_int
+from .layers import Layer
+
+#: Below this many multiply-adds per call the work stays on one thread
+#: (starting a parallel region costs tens of microseconds).
+SERIAL_MACS = 400_000
+
+
+class SimpleChain:
+    """A chain of layers ``layers[-1](...layers[0](x))`` with parameters in one flat vector.
+
+    Args:
+        input_dim: number of input features (a positive integer).
+        *layers: layer objects (``sc.Dense``, ``sc.Activation``).
+
+    Example::
+
+        import numpy as np, smallchains as sc
+        chain = sc.SimpleChain(4, sc.Dense(32, sc.tanh), sc.Dense(16, sc.tanh), sc.Dense(4))
+        p = chain.init_params(seed=0)          # float32 vector of length chain.num_params
+        y = chain(np.random.randn(10, 4).astype(np.float32), p)   # shape (10, 4)
+
+    The chain holds no parameters and no mutable state visible to users: the
+    workspaces it caches for its kernels are private and never returned.
+    """
+
+    def __init__(self, input_dim, *layers):
+        if isinstance(input_dim, (tuple, list)) and len(input_dim) == 1:
+            input_dim = input_dim[0]
+        self.input_dim = positive_int("input_dim", input_dim)
+        if not layers:
+            raise ValueError("SimpleChain needs at least one layer, e.g. sc.SimpleChain(4, sc.Dense(4))")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {layer!r}, not a smallchains layer (sc.Dense, sc.Activation)")
+        self.layers = tuple(layers)
+        rows = []
+        sizes = [self.input_dim]
+        self._macs = 0
+        for layer in self.layers:
+            nin = sizes[-1]
+            rows.append(layer.program_row(nin))
+            self._macs += layer.macs_per_sample(nin)
+            sizes.append(layer.output_size(nin))
+        self._sizes = tuple(sizes)
+        self.output_dim = sizes[-1]
+        self.program = build_program(self.input_dim, rows)
+        self.num_params = E.num_params(self.program)
+        self._work_cache = {}
+
+    # ------------------------------------------------------------------ parameters
+
+    def init_params(self, seed=0, dtype=np.float32) -> np.ndarray:
+        """A new flat parameter vector: Glorot-uniform weights, zero biases, seeded."""
+        dtype = np.dtype(dtype)
+        if dtype not in FLOATS:
+            raise TypeError(f"`dtype` must be np.float32 or np.float64, got {dtype}")
+        rng = np.random.default_rng(seed)
+        p = np.zeros(self.num_params, dtype=dtype)
+        off = 0
+        for layer, nin in zip(self.layers, self._sizes):
+            k = layer.num_params(nin)
+            layer.init_params(p[off:off + k], nin, rng)
+            off += k
+        return p
+
+    def param_views(self, p) -> dict:
+        """Named per-layer views into ``p``: ``{"dense1": (W, b), ...}`` (writes go to ``p``)."""
+        check_params(p, self.num_params)
+        views = {}
+        off = 0
+        counts = {}
+        for layer, nin in zip(self.layers, self._sizes):
+            k = layer.num_params(nin)
+            if k:
+                counts[layer.kind_name] = counts.get(layer.kind_name, 0) + 1
+                views[f"{layer.kind_name}{counts[layer.kind_name]}"] = layer.param_views(p[off:off + k], nin)
+            off += k
+        return views
+
+    # ------------------------------------------------------------------ workspaces and threads
+
+    def work_size(self, batch=1) -> int:
+        """Elements of a workspace for the compiled kernels (``smallchains.kernels``)."""
+        return int(K.work_size(self.program, int(batch)))
+
+    def _threads(self, n, num_threads):
+        if num_threads is not None:
+            nt = positive_int("num_threads", num_threads)
+        elif n * max(self._macs, 1) < SERIAL_MACS:
+            nt = 1
+        else:
+            nt = default_num_threads()
+        return max(1, min(nt, math.ceil(n / BLOCK)))
+
+    def _workspace(self, dtype, nt, n):
+        """Private (work, slabs, losses, stats) for ``nt`` threads; reused across calls."""
+        B = min(BLOCK, n)
+        key = (dtype.char, nt, B)
+        ws = self._work_cache.get(key)
+        if ws is None:
+            if len(self._work_cache) > 16:
+                self._work_cache.clear()
+            units = int(self.program[0, H_UNITS])
+            ws = (np.zeros((nt, units * B), dtype=dtype), np.zeros((nt, self.num_params), dtype=dtype),
+                  np.zeros(nt, dtype=np.float64), np.zeros(nt, dtype=np.int64))
+            self._work_cache[key] = ws
+        return ws
+
+    # ------------------------------------------------------------------ evaluation
+
+    def __call__(self, X, p, num_threads=None) -> np.ndarray:
+        """Outputs for ``X`` of shape (n, d) -> (n, m), or one sample (d,) -> (m,). New array."""
+        check_params(p, self.num_params)
+        X2, one = as_data("X", X, p.dtype, self.input_dim)
+        n = X2.shape[0]
+        nt = self._threads(n, num_threads)
+        work, _, _, stats = self._workspace(p.dtype, nt, n)
+        Y = np.empty((n, self.output_dim), dtype=p.dtype)
+        raise_for_status(E.forward(self.program, p, X2, Y, work, stats), "X")
+        return Y[0] if one else Y
+
+    def vjp_into(self, out, p, v, x, out_x=None, num_threads=None):
+        """Vector-Jacobian product, in place.
+
+        ``out`` (length ``num_params``, overwritten) <- vᵀ·∂f/∂p at ``x``; when ``out_x`` is
+        given it is overwritten with vᵀ·∂f/∂x.  ``x`` is one sample (d,) with ``v`` (m,) and
+        ``out_x`` (d,), or a batch (n, d) with ``v`` (n, m) and ``out_x`` (n, d); for a batch
+        the parameter cotangent is summed over the samples.  Returns ``out``.
+
+        Aliasing: ``out`` and ``out_x`` must not overlap each other or the inputs.
+        """
+        check_params(p, self.num_params)
+        check_out("out", out, (self.num_params,), p.dtype)
+        X2, one = as_data("x", x, p.dtype, self.input_dim)
+        n = X2.shape[0]
+        V2, vone = as_data("v", v, p.dtype, self.output_dim, what="outputs")
+        if V2.shape[0] != n or vone != one:
+            raise ValueError(f"`v` has shape {np.shape(v)} but `x` has shape {np.shape(x)}; "
+                             f"pass v of shape {(self.output_dim,) if one else (n, self.output_dim)}")
+        want_x = out_x is not None
+        if want_x:
+            check_out("out_x", out_x, (self.input_dim,) if one else (n, self.input_dim), p.dtype)
+            GX = out_x.reshape(n, self.input_dim)
+        else:
+            GX = X2
+        nt = self._threads(n, num_threads)
+        work, slabs, _, stats = self._workspace(p.dtype, nt, n)
+        raise_for_status(E.vjp(self.program, p, V2, X2, out, GX, want_x, slabs, work, stats), "x")
+        return out
+
+    def jvp_into(self, out, p, x, dx=None, dp=None):
+        """Jacobian-vector product, in place: ``out`` <- ∂f/∂x·dx + ∂f/∂p·dp at ``x``.
+
+        ``x`` one sample (d,) or a batch (n, d); ``dx`` of the same shape or None;
+        ``dp`` of length ``num_params`` or None; ``out`` of shape (m,) or (n, m), overwritten.
+        Returns ``out``.
+        """
+        check_params(p, self.num_params)
+        X2, one = as_data("x", x, p.dtype, self.input_dim)
+        n = X2.shape[0]
+        check_out("out", out, (self.output_dim,) if one else (n, self.output_dim), p.dtype)
+        use_dx = dx is not None
+        if use_dx:
+            DX, _ = as_data("dx", dx, p.dtype, self.input_dim)
+            if DX.shape != X2.shape:
+                raise ValueError(f"`dx` has shape {np.shape(dx)}; it must have x's shape {np.shape(x)}")
+        else:
+            DX = X2
+        use_dp = dp is not None
+        if use_dp:
+            if not isinstance(dp, np.ndarray) or dp.ndim != 1 or dp.shape[0] != self.num_params:
+                raise ValueError(f"`dp` must be a vector of length {self.num_params}, got shape {np.shape(dp)}")
+            DP = np.ascontiguousarray(dp, dtype=p.dtype)
+        else:
+            DP = p
+        work, _, _, _ = self._workspace(p.dtype, 1, n)
+        Y = np.empty((n, self.output_dim), dtype=p.dtype)
+        raise_for_status(E.jvp(self.program, p, X2, DX, DP, use_dx, use_dp, Y, out.reshape(n, self.output_dim),
+                               work[0]), "x")
+        return out
+
+    def kernels(self):
+        """The compiled kernels and this chain's program, for your own ``@njit`` code.
+
+        Returns a :class:`ChainKernels` (see ``smallchains.kernels`` for the contract).
+        """
+        return ChainKernels(self)
+
+    def add_loss(self, loss, penalty=None):
+        """Attach a loss (and optionally a penalty): the same as ``sc.add_loss(chain, loss)``."""
+        from .losses import ChainLoss
+        return ChainLoss(self, loss, penalty)
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self) -> dict:
+        return {"input_dim": self.input_dim, "layers": [layer.describe() for layer in self.layers]}
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"SimpleChain({self.input_dim}, {inner})"
+
+    def __len__(self):
+        return len(self.layers)
+
+
+class ChainKernels:
+    """A chain's program plus the compiled functions of ``smallchains.kernels``.
+
+    Attributes: ``program`` (pass it first to every function), ``forward_into``,
+    ``vjp_into``, ``vjp_accumulate``, ``jvp_into``, ``forward_batch_into``,
+    ``vjp_batch_into`` (Numba dispatchers), ``num_params``, ``input_dim``,
+    ``output_dim``; ``work_size(batch)`` and ``new_work(batch, dtype)``.
+    """
+
+    forward_into = K.forward_into
+    vjp_into = K.vjp_into
+    vjp_accumulate = K.vjp_accumulate
+    jvp_into = K.jvp_into
+    forward_batch_into = K.forward_batch_into
+    vjp_batch_into = K.vjp_batch_into
+
+    def __init__(self, chain: SimpleChain):
+        self.program = chain.program
+        self.num_params = chain.num_params
+        self.input_dim = chain.input_dim
+        self.output_dim = chain.output_dim
+
+    def work_size(self, batch=1) -> int:
+        return int(K.work_size(self.program, int(batch)))
+
+    def new_work(self, batch=1, dtype=np.float64) -> np.ndarray:
+        return np.zeros(self.work_size(batch), dtype=dtype)

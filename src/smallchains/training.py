@@ -1,0 +1,173 @@
+"""Training loops: full-batch, minibatch, and SciPy's quasi-Newton methods.
+
+``train_unbatched`` and ``train_batched`` run the whole loop of epochs in one
+compiled call (gradient over threads, fixed-order reduction, penalty, update).
+They return to Python only every ``callback_every`` epochs when a callback or
+a progress bar is asked for; with neither, a run is one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _train as T
+from ._errors import TrainingDivergedError, raise_for_status, status_message
+from ._validate import positive_int
+from .losses import ChainLoss, valgrad
+from .optimizers import Optimizer
+
+#: Default minibatch size of ``train_batched``.  32 samples per thread keeps each
+#: thread's block in L1/L2 and gives many updates per epoch (the seed article's
+#: LeNet used 16 x threads); larger batches trade updates for throughput.
+DEFAULT_BATCH_PER_THREAD = 32
+
+
+def _check(loss, X, p, opt, epochs):
+    if not isinstance(loss, ChainLoss):
+        raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"`opt` must be an optimizer such as sc.Adam(1e-3), got {opt!r}")
+    epochs = positive_int("epochs", epochs, minimum=0)
+    X2, T_, labels = loss._data(X, p)
+    return X2, T_, labels, epochs
+
+
+def _chunks(epochs, callback, callback_every, progress):
+    """Epoch chunk sizes between returns to Python."""
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=epochs, unit="epoch")
+        except ImportError:  # pragma: no cover - tqdm is optional
+            bar = None
+    if callback is not None and callback_every is None:
+        callback_every = max(1, epochs // 10)
+    if callback_every is not None:
+        step = positive_int("callback_every", callback_every)
+    elif bar is not None:
+        step = max(1, epochs // 100)
+    else:
+        step = max(epochs, 1)
+    return step, bar
+
+
+def _run(kernel_call, epochs, hist, callback, callback_every, progress, p):
+    step, bar = _chunks(epochs, callback, callback_every, progress)
+    done = 0
+    try:
+        while done < epochs:
+            k = min(step, epochs - done)
+            status, completed = kernel_call(k, done)
+            if status != 0:
+                e = done + int(completed)
+                if status in (2, 3):  # non-finite loss / gradient
+                    raise TrainingDivergedError(
+                        f"training stopped at epoch {e}: {status_message(status)}; `p` holds the parameters "
+                        f"from the start of that epoch", e, hist[:e].copy())
+                raise_for_status(status, "X")
+            done += k
+            if bar is not None:
+                bar.update(k)
+                bar.set_postfix(loss=f"{hist[done - 1]:.4g}")
+            if callback is not None:
+                callback(done, float(hist[done - 1]), p)
+    finally:
+        if bar is not None:
+            bar.close()
+    return hist
+
+
+def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None, callback_every=None,
+                    progress=False) -> np.ndarray:
+    """Full-batch training: one gradient step on all of ``X`` per epoch; ``p`` updated in place.
+
+    Args:
+        loss: from ``sc.add_loss(chain, sc.SquaredLoss(Y))``; its targets match the rows of ``X``.
+        X: (n, d) float data.  p: the flat parameter vector (updated in place).
+        opt: an optimizer (``sc.Adam(1e-3)``); its state carries over to later calls.
+        epochs: number of steps.
+        num_threads: threads splitting the batch (default: all cores, one thread for tiny work).
+        callback: ``callback(epochs_done, loss, p)`` every ``callback_every`` epochs
+            (default: ten times per run).  progress: a tqdm progress bar if tqdm is installed.
+
+    Returns:
+        float64 array of length ``epochs``: the loss (with penalty) before each step.
+
+    Raises:
+        TrainingDivergedError: on a non-finite loss or gradient; ``p`` keeps its last finite value.
+    """
+    X2, T_, labels, epochs = _check(loss, X, p, opt, epochs)
+    chain = loss.chain
+    n = X2.shape[0]
+    nt = chain._threads(n, num_threads)
+    work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
+    g = np.zeros_like(p)
+    code, hyper, state, step = opt._prepare(p)
+    pcode, lam = loss.pen
+    hist = np.zeros(epochs)
+
+    def call(k, h0):
+        return T.train_full(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper,
+                            state, step, k, hist, h0, g, slabs, work, losses, stats)
+
+    return _run(call, epochs, hist, callback, callback_every, progress, p)
+
+
+def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threads=None, callback=None,
+                  callback_every=None, progress=False) -> np.ndarray:
+    """Minibatch training: each epoch reshuffles the samples (seeded) and steps once per minibatch.
+
+    The last partial minibatch is used, not dropped.  Threads split each minibatch.
+    ``batch_size`` defaults to 32 x threads.  Returns per-epoch mean minibatch losses
+    (each minibatch's loss taken before its step).  Other arguments as ``train_unbatched``.
+    """
+    X2, T_, labels, epochs = _check(loss, X, p, opt, epochs)
+    chain = loss.chain
+    n = X2.shape[0]
+    if batch_size is None:
+        from ._jit import default_num_threads
+        batch_size = DEFAULT_BATCH_PER_THREAD * (num_threads or default_num_threads())
+    batch = min(positive_int("batch_size", batch_size), n)
+    nt = chain._threads(batch, num_threads)
+    work, slabs, losses, stats = chain._workspace(p.dtype, nt, batch)
+    g = np.zeros_like(p)
+    code, hyper, state, step = opt._prepare(p)
+    pcode, lam = loss.pen
+    hist = np.zeros(epochs)
+    perm = np.arange(n, dtype=np.int64)
+    rng = np.array([np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]], dtype=np.uint64)
+
+    def call(k, h0):
+        return T.train_minibatch(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code,
+                                 hyper, state, step, k, batch, perm, rng, hist, h0, g, slabs, work, losses, stats)
+
+    return _run(call, epochs, hist, callback, callback_every, progress, p)
+
+
+def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):
+    """Minimise ``loss`` over ``p`` with ``scipy.optimize.minimize`` and the exact gradient.
+
+    ``p`` is updated in place with the result; returns SciPy's ``OptimizeResult``.
+    The objective is evaluated in the parameters' dtype and handed to SciPy as float64.
+    """
+    from scipy.optimize import minimize as _minimize
+
+    if not isinstance(loss, ChainLoss):
+        raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
+    X2, _, _ = loss._data(X, p)
+    work_p = p.copy()
+    g = np.empty_like(p)
+
+    def fun(theta):
+        work_p[:] = theta
+        val = valgrad(g, loss, X2, work_p, num_threads)
+        return val, g.astype(np.float64)
+
+    opts = {"maxiter": int(maxiter)}
+    if options:
+        opts.update(options)
+    res = _minimize(fun, p.astype(np.float64), jac=True, method=method, tol=tol, options=opts)
+    if np.all(np.isfinite(res.x)):
+        p[:] = res.x
+    return res
