@@ -15,7 +15,6 @@ import numba
 import numpy as np
 
 from ._activations import act_forward
-from .layers.dense import dense_forward, dense_pullback_input, dense_pullback_params, dense_tangent
 from ._jit import kernel, parallel_kernel
 from ._program import (
     F_ACT,
@@ -38,6 +37,7 @@ from ._program import (
     KIND_ACTIVATION,
     KIND_DENSE,
 )
+from .layers.dense import dense_forward, dense_pullback_input, dense_pullback_params, dense_tangent
 
 OK = 0
 NONFINITE_INPUT = 1
@@ -96,10 +96,12 @@ def block_forward(prog, p, w, B, want_d):
             dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                           prog[l, F_NIN], nout, w, xo, w, yo, B)
         elif kind == KIND_ACTIVATION:
+            src = w[xo:xo + nout * B]
+            dst = w[yo:yo + nout * B]
             for t in range(nout * B):
-                w[yo + t] = w[xo + t]
+                dst[t] = src[t]
         if act != 0:
-            act_forward(act, w, yo, nout * B, w, do if do >= 0 else 0, want_d)
+            act_forward(act, w[yo:yo + nout * B], 0, nout * B, w[do:do + nout * B], 0, want_d)
     return yo
 
 
@@ -122,8 +124,10 @@ def block_backward(prog, p, gp, w, B, need_input):
         act = prog[l, F_ACT]
         if act != 0:
             do = prog[l, F_D] * B
+            gv = w[cur:cur + nout * B]
+            dv = w[do:do + nout * B]
             for t in range(nout * B):
-                w[cur + t] *= w[do + t]
+                gv[t] *= dv[t]
         if kind == KIND_DENSE:
             xo = prog[l, F_X] * B
             dense_pullback_params(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
@@ -161,8 +165,10 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
             have_dx = True
         if act != 0:
             do = prog[l, F_D] * B
+            gv = w[cur:cur + nout * B]
+            dv = w[do:do + nout * B]
             for t in range(nout * B):
-                w[cur + t] *= w[do + t]
+                gv[t] *= dv[t]
     return cur
 
 

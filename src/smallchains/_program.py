@@ -52,7 +52,7 @@ KIND_DENSE = 0
 KIND_ACTIVATION = 1
 
 #: Samples per block inside the kernels (the batch is split into blocks of at most this size).
-BLOCK = 128
+BLOCK = 256
 
 
 def build_program(nin: int, rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from . import _engine as E
 from ._jit import kernel
-from ._program import H_G1, H_NIN, H_NOUT, H_UNITS
+from ._program import BLOCK, H_G1, H_NIN, H_NOUT, H_UNITS
 
 
 @kernel
 def work_size(prog, batch):
-    """Elements needed by a workspace for ``batch`` samples at a time (blocks of at most 128)."""
-    b = min(max(batch, 1), 128)
+    """Elements needed by a workspace for ``batch`` samples at a time (blocks of at most BLOCK)."""
+    b = min(max(batch, 1), BLOCK)
     return prog[0, H_UNITS] * b
 
 

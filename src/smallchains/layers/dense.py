@@ -10,6 +10,11 @@ live inside the flat parameter vector ``p`` at offsets ``woff`` and ``boff``.
 All functions here write only the output ranges named in their docstrings and
 never allocate.  Tiles of four rows share each load of the input row, which
 keeps the inner loop at one load per four fused multiply-adds.
+
+Indexing rule (measured: 5 vs 33 GFLOP/s): inner loops index 1-D *views* that
+start at the row (``x[xo + k*B : ...]``) with the bare loop counter.  An index
+of the form ``offset + s`` with a runtime offset keeps Numba's negative-index
+wraparound check in the loop, and LLVM then does not vectorise it.
 """
 
 from __future__ import annotations
@@ -18,46 +23,115 @@ from .._jit import kernel
 
 
 @kernel
-def dense_forward(p, woff, boff, has_bias, nin, nout, x, xo, y, yo, B):
-    """y[yo : yo+nout*B] <- W @ x[xo : xo+nin*B] (+ b).  ``x`` and ``y`` must not overlap."""
-    for j in range(nout):
-        r = yo + j * B
-        if has_bias:
-            bj = p[boff + j]
+def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
+    """y[r, s] += sum_c A[aoff + r*sr + c*sc] * x[c, s] for r < R, c < C (blocks of B samples).
+
+    ``x`` holds C rows and ``y`` R rows of B samples at element offsets ``xo``/``yo``.
+    With (sr, sc) = (nin, 1) ``A`` is W; with (1, nin) it is W transposed.  Register
+    tile: 4 output rows x 4 reduction rows, so each inner iteration does 16 FMAs
+    for 4 loads of ``x``, 4 loads and 4 stores of ``y`` (measured 65-95 GFLOP/s
+    per core in float32 against 35-50 for a 4 x 1 tile).  ``x`` and ``y`` must not overlap.
+    """
+    r = 0
+    while r + 4 <= R:
+        y0 = y[yo + r * B:yo + (r + 1) * B]
+        y1 = y[yo + (r + 1) * B:yo + (r + 2) * B]
+        y2 = y[yo + (r + 2) * B:yo + (r + 3) * B]
+        y3 = y[yo + (r + 3) * B:yo + (r + 4) * B]
+        a = aoff + r * sr
+        c = 0
+        while c + 4 <= C:
+            b = a + c * sc
+            a00 = A[b]
+            a01 = A[b + sc]
+            a02 = A[b + 2 * sc]
+            a03 = A[b + 3 * sc]
+            a10 = A[b + sr]
+            a11 = A[b + sr + sc]
+            a12 = A[b + sr + 2 * sc]
+            a13 = A[b + sr + 3 * sc]
+            a20 = A[b + 2 * sr]
+            a21 = A[b + 2 * sr + sc]
+            a22 = A[b + 2 * sr + 2 * sc]
+            a23 = A[b + 2 * sr + 3 * sc]
+            a30 = A[b + 3 * sr]
+            a31 = A[b + 3 * sr + sc]
+            a32 = A[b + 3 * sr + 2 * sc]
+            a33 = A[b + 3 * sr + 3 * sc]
+            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
             for s in range(B):
-                y[r + s] = bj
+                v0 = x0[s]
+                v1 = x1[s]
+                v2 = x2[s]
+                v3 = x3[s]
+                y0[s] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+                y1[s] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+                y2[s] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+                y3[s] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+            c += 4
+        while c < C:
+            b = a + c * sc
+            a00 = A[b]
+            a10 = A[b + sr]
+            a20 = A[b + 2 * sr]
+            a30 = A[b + 3 * sr]
+            x0 = x[xo + c * B:xo + (c + 1) * B]
+            for s in range(B):
+                v0 = x0[s]
+                y0[s] += a00 * v0
+                y1[s] += a10 * v0
+                y2[s] += a20 * v0
+                y3[s] += a30 * v0
+            c += 1
+        r += 4
+    while r < R:
+        y0 = y[yo + r * B:yo + (r + 1) * B]
+        a = aoff + r * sr
+        c = 0
+        while c + 4 <= C:
+            b = a + c * sc
+            a00 = A[b]
+            a01 = A[b + sc]
+            a02 = A[b + 2 * sc]
+            a03 = A[b + 3 * sc]
+            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
+            for s in range(B):
+                y0[s] += a00 * x0[s] + a01 * x1[s] + a02 * x2[s] + a03 * x3[s]
+            c += 4
+        while c < C:
+            a00 = A[a + c * sc]
+            x0 = x[xo + c * B:xo + (c + 1) * B]
+            for s in range(B):
+                y0[s] += a00 * x0[s]
+            c += 1
+        r += 1
+
+
+@kernel
+def fill_rows(y, yo, R, B, v, voff, use_v):
+    """y[r, s] <- v[voff + r] (or 0 when not use_v) for r < R, s < B."""
+    for r in range(R):
+        yr = y[yo + r * B:yo + (r + 1) * B]
+        if use_v:
+            vr = v[voff + r]
+            for s in range(B):
+                yr[s] = vr
         else:
             for s in range(B):
-                y[r + s] = 0
-    j = 0
-    while j + 4 <= nout:
-        r0 = yo + j * B
-        r1 = r0 + B
-        r2 = r1 + B
-        r3 = r2 + B
-        w = woff + j * nin
-        for k in range(nin):
-            w0 = p[w + k]
-            w1 = p[w + nin + k]
-            w2 = p[w + 2 * nin + k]
-            w3 = p[w + 3 * nin + k]
-            xr = xo + k * B
-            for s in range(B):
-                xv = x[xr + s]
-                y[r0 + s] += w0 * xv
-                y[r1 + s] += w1 * xv
-                y[r2 + s] += w2 * xv
-                y[r3 + s] += w3 * xv
-        j += 4
-    while j < nout:
-        r0 = yo + j * B
-        w = woff + j * nin
-        for k in range(nin):
-            w0 = p[w + k]
-            xr = xo + k * B
-            for s in range(B):
-                y[r0 + s] += w0 * x[xr + s]
-        j += 1
+                yr[s] = 0
+
+
+@kernel
+def dense_forward(p, woff, boff, has_bias, nin, nout, x, xo, y, yo, B):
+    """y[yo : yo+nout*B] <- W @ x[xo : xo+nin*B] (+ b).  ``x`` and ``y`` must not overlap."""
+    fill_rows(y, yo, nout, B, p, boff, has_bias)
+    gemm_acc(p, woff, nin, 1, nout, nin, x, xo, y, yo, B)
 
 
 @kernel
@@ -67,82 +141,53 @@ def dense_pullback_params(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, 
     ``g`` is the cotangent of the layer's pre-activation output (nout x B at ``go``),
     ``x`` the layer input (nin x B at ``xo``).  ``p`` is not read (kept for symmetry).
     """
+    GW = gp[woff:woff + nout * nin]
     if has_bias:
         for j in range(nout):
-            r = go + j * B
-            acc = g[r] - g[r]
+            gr = g[go + j * B:go + (j + 1) * B]
+            acc = gr[0] - gr[0]
             for s in range(B):
-                acc += g[r + s]
+                acc += gr[s]
             gp[boff + j] += acc
     j = 0
     while j + 4 <= nout:
-        r0 = go + j * B
-        r1 = r0 + B
-        r2 = r1 + B
-        r3 = r2 + B
-        w = woff + j * nin
+        g0 = g[go + j * B:go + (j + 1) * B]
+        g1 = g[go + (j + 1) * B:go + (j + 2) * B]
+        g2 = g[go + (j + 2) * B:go + (j + 3) * B]
+        g3 = g[go + (j + 3) * B:go + (j + 4) * B]
         for k in range(nin):
-            xr = xo + k * B
-            a0 = x[xr] - x[xr]
+            xr = x[xo + k * B:xo + (k + 1) * B]
+            a0 = xr[0] - xr[0]
             a1 = a0
             a2 = a0
             a3 = a0
             for s in range(B):
-                xv = x[xr + s]
-                a0 += g[r0 + s] * xv
-                a1 += g[r1 + s] * xv
-                a2 += g[r2 + s] * xv
-                a3 += g[r3 + s] * xv
-            gp[w + k] += a0
-            gp[w + nin + k] += a1
-            gp[w + 2 * nin + k] += a2
-            gp[w + 3 * nin + k] += a3
+                xv = xr[s]
+                a0 += g0[s] * xv
+                a1 += g1[s] * xv
+                a2 += g2[s] * xv
+                a3 += g3[s] * xv
+            GW[j * nin + k] += a0
+            GW[(j + 1) * nin + k] += a1
+            GW[(j + 2) * nin + k] += a2
+            GW[(j + 3) * nin + k] += a3
         j += 4
     while j < nout:
-        r0 = go + j * B
-        w = woff + j * nin
+        g0 = g[go + j * B:go + (j + 1) * B]
         for k in range(nin):
-            xr = xo + k * B
-            a0 = x[xr] - x[xr]
+            xr = x[xo + k * B:xo + (k + 1) * B]
+            a0 = xr[0] - xr[0]
             for s in range(B):
-                a0 += g[r0 + s] * x[xr + s]
-            gp[w + k] += a0
+                a0 += g0[s] * xr[s]
+            GW[j * nin + k] += a0
         j += 1
 
 
 @kernel
 def dense_pullback_input(p, woff, nin, nout, g, go, gx, gxo, B):
     """gx[gxo : gxo+nin*B] <- W.T @ g[go : go+nout*B] (overwrites).  ``g`` and ``gx`` must not overlap."""
-    for t in range(nin * B):
-        gx[gxo + t] = 0
-    k = 0
-    while k + 4 <= nin:
-        r0 = gxo + k * B
-        r1 = r0 + B
-        r2 = r1 + B
-        r3 = r2 + B
-        for j in range(nout):
-            w = woff + j * nin + k
-            w0 = p[w]
-            w1 = p[w + 1]
-            w2 = p[w + 2]
-            w3 = p[w + 3]
-            gr = go + j * B
-            for s in range(B):
-                gv = g[gr + s]
-                gx[r0 + s] += w0 * gv
-                gx[r1 + s] += w1 * gv
-                gx[r2 + s] += w2 * gv
-                gx[r3 + s] += w3 * gv
-        k += 4
-    while k < nin:
-        r0 = gxo + k * B
-        for j in range(nout):
-            w0 = p[woff + j * nin + k]
-            gr = go + j * B
-            for s in range(B):
-                gx[r0 + s] += w0 * g[gr + s]
-        k += 1
+    fill_rows(gx, gxo, nin, B, p, 0, False)
+    gemm_acc(p, woff, 1, nin, nin, nout, g, go, gx, gxo, B)
 
 
 @kernel
@@ -152,29 +197,11 @@ def dense_tangent(p, dp, woff, boff, has_bias, nin, nout, x, xo, dx, dxo, use_dx
     ``dp`` is the parameter tangent (same layout as ``p``); ``use_dx``/``use_dp`` switch the
     two terms off (a term that is off is not read).  ``t`` must not overlap ``x`` or ``dx``.
     """
-    for j in range(nout):
-        r = to + j * B
-        if use_dp and has_bias:
-            bj = dp[boff + j]
-            for s in range(B):
-                t[r + s] = bj
-        else:
-            for s in range(B):
-                t[r + s] = 0
-    for j in range(nout):
-        r0 = to + j * B
-        w = woff + j * nin
-        for k in range(nin):
-            if use_dx:
-                w0 = p[w + k]
-                xr = dxo + k * B
-                for s in range(B):
-                    t[r0 + s] += w0 * dx[xr + s]
-            if use_dp:
-                d0 = dp[w + k]
-                xr = xo + k * B
-                for s in range(B):
-                    t[r0 + s] += d0 * x[xr + s]
+    fill_rows(t, to, nout, B, dp, boff, use_dp and has_bias)
+    if use_dx:
+        gemm_acc(p, woff, nin, 1, nout, nin, dx, dxo, t, to, B)
+    if use_dp:
+        gemm_acc(dp, woff, nin, 1, nout, nin, x, xo, t, to, B)
 
 
 # --------------------------------------------------------------------------- the layer object

@@ -1,0 +1,44 @@
+# smallchains: `make demo` and `make test` work on a fresh machine (they create .venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test bench lint install install-bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev,plot]"
+	touch $@
+
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.dev-installed
+	$(PIP) install -q -e ".[dev,plot,bench]"
+	touch $@
+
+install: $(VENV)/.dev-installed
+
+install-bench: $(VENV)/.bench-installed
+
+## The main job: train the seed article's 4->32->16->4 network, side by side with PyTorch and JAX.
+demo: $(VENV)/.bench-installed
+	$(PY) examples/matexp.py
+
+## The whole suite, notebooks included.
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest -q
+
+## All benchmarks, peers in the same run.
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/matexp.py
+	$(PY) benchmarks/valgrad.py
+	$(PY) benchmarks/latency.py
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
