@@ -32,7 +32,7 @@ def smallchains_params(chain, params_np):
     """Our flat vector from the peers' list of (W (in, out), b): W is stored (out, in)."""
     p = chain.init_params(dtype=np.float32)
     views = chain.param_views(p)
-    for (W, b), (name, (Wv, bv)) in zip(params_np, views.items()):
+    for (W, b), (Wv, bv) in zip(params_np, views.values()):
         Wv[:] = W.T
         bv[:] = b
     return p

@@ -53,7 +53,8 @@ def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, wh
         raise ValueError(f"`{name}` has shape {a.shape}; pass an array of shape {shape}"
                          + (f" or one sample of shape ({ncols},)" if allow_1d and ncols else ""))
     if ncols is not None and a.shape[1] != ncols:
-        raise ValueError(f"`{name}` has {a.shape[1]} {what} but the chain's {'input' if what == 'features' else 'output'} "
+        side = "input" if what == "features" else "output"
+        raise ValueError(f"`{name}` has {a.shape[1]} {what} but the chain's {side} "
                          f"is {ncols}; pass an array of shape (n, {ncols})")
     if a.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {a.shape}); pass at least one sample")

@@ -84,7 +84,8 @@ class Adam(Optimizer):
         return np.array([self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay])
 
     def __repr__(self):
-        return f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
+        return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay})")
 
 
 class AdamW(Adam):
