@@ -44,6 +44,7 @@ NONFINITE_INPUT = 1
 NONFINITE_LOSS = 2
 NONFINITE_GRAD = 3
 LABEL_OUT_OF_RANGE = 4
+NONFINITE_PARAMS = 5
 
 LOSS_SQUARED = 0
 LOSS_ABSOLUTE = 1
@@ -151,6 +152,11 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
     cur = prog[0, H_G1] * B
     other = prog[0, H_G2] * B
     have_dx = use_dx
+    if not use_dx:  # a zero input tangent (read by Activation layers before any Dense)
+        d = prog[0, H_NIN]
+        t0 = w[cur:cur + d * B]
+        for t in range(d * B):
+            t0[t] = 0
     for l in range(1, L + 1):
         kind = prog[l, F_KIND]
         nout = prog[l, F_NOUT]
@@ -481,12 +487,24 @@ def penalty(prog, p, g, code, lam, want_grad):
     return lam * total
 
 
+#: Largest finite float64; ``abs(x) <= FMAX`` is False exactly for NaN and +-Inf.  A
+#: comparison survives the fast-math flags, whereas ``math.isfinite`` (``x - x == 0``)
+#: is folded to True under ``reassoc``/``nsz``.
+FMAX = 1.7976931348623157e308
+
+
+@kernel
+def is_finite(x):
+    return abs(x) <= FMAX
+
+
 @kernel
 def all_finite(g):
-    chk = g[0] * 0 if g.shape[0] > 0 else 0.0
+    """True when every entry of ``g`` is finite (one vectorised pass)."""
+    bad = 0
     for i in range(g.shape[0]):
-        chk += g[i] * 0
-    return chk == 0
+        bad += not (abs(g[i]) <= FMAX)
+    return bad == 0
 
 
 def num_params(prog):

@@ -25,6 +25,7 @@ _MESSAGES = {
                        "(e.g. X[~np.isfinite(X)] = 0, or drop those rows)",
     E.NONFINITE_LOSS: "the loss is not finite; check the targets for NaN/Inf or lower the learning rate",
     E.NONFINITE_GRAD: "the gradient is not finite; lower the learning rate or rescale the data",
+    E.NONFINITE_PARAMS: "the update made the parameters non-finite; lower the learning rate",
     E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
 }
 

@@ -15,10 +15,18 @@ in one switch:
   in ``NUMBA_CACHE_DIR``), so a second process starts in well under a second.
 
 Importing smallchains never changes global Numba settings.
+
+Stale caches: Numba validates a cached kernel against its *own* source file
+only, yet the machine code of a kernel includes the kernels it calls from other
+files.  After any source file of the package changes (an upgrade, a branch
+switch, an edit), :func:`purge_stale_caches` removes the package's cached
+kernels once, at import, so stale machine code (which can crash) never runs.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 
 import numba
@@ -49,3 +57,57 @@ def parallel_kernel(fn=None, **overrides):
 def default_num_threads() -> int:
     """Threads used by default: the cores Numba may use (``NUMBA_NUM_THREADS``)."""
     return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _package_dirs():
+    top = os.path.dirname(os.path.abspath(__file__))
+    return [root for root, _, files in os.walk(top) if any(f.endswith(".py") for f in files)
+            and "__pycache__" not in root]
+
+
+def _cache_dirs(pkg_dirs):
+    root = os.environ.get("NUMBA_CACHE_DIR")
+    dirs = [os.path.join(d, "__pycache__") for d in pkg_dirs]
+    if root:  # Numba mirrors the source path below NUMBA_CACHE_DIR
+        dirs += [os.path.join(root, os.path.splitdrive(d)[1].lstrip(os.sep)) for d in pkg_dirs]
+    return dirs
+
+
+def purge_stale_caches() -> bool:
+    """Delete the package's cached kernels if any source file changed since they were made.
+
+    Returns True when caches were purged.  Errors (read-only installs) are ignored:
+    Numba then keeps using its own per-file validation.
+    """
+    try:
+        pkg_dirs = _package_dirs()
+        h = hashlib.sha256(numba.__version__.encode())
+        for d in sorted(pkg_dirs):
+            for f in sorted(glob.glob(os.path.join(d, "*.py"))):
+                h.update(f.encode())
+                with open(f, "rb") as fh:
+                    h.update(fh.read())
+        digest = h.hexdigest()
+        stamp_dir = os.path.join(pkg_dirs[0], "__pycache__")
+        stamp = os.path.join(stamp_dir, "smallchains-sources.sha256")
+        if os.path.exists(stamp):
+            with open(stamp) as fh:
+                if fh.read().strip() == digest:
+                    return False
+        for d in _cache_dirs(pkg_dirs):
+            for f in glob.glob(os.path.join(d, "*.nbi")) + glob.glob(os.path.join(d, "*.nbc")):
+                try:
+                    os.remove(f)
+                except OSError:
+                    pass
+        os.makedirs(stamp_dir, exist_ok=True)
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(digest)
+        os.replace(tmp, stamp)
+        return True
+    except OSError:
+        return False
+
+
+purge_stale_caches()

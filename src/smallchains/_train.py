@@ -83,6 +83,29 @@ def opt_update(code, hyper, state, step, p, g):
 
 
 @kernel
+def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
+    """Check the loss and gradient, update ``p``, and undo an update that overflows ``p``.
+
+    ``backup`` holds ``p`` from before the previous update (the caller fills it with
+    ``p`` before the first).  On a non-finite loss ``p`` is restored from it, so ``p``
+    is left at the last parameters whose loss was finite; on a non-finite gradient
+    or an update that overflows, ``p`` keeps its value from before this call.
+    Returns a status.
+    """
+    if not E.is_finite(val):
+        p[:] = backup
+        return E.NONFINITE_LOSS
+    if not E.all_finite(g):
+        return E.NONFINITE_GRAD
+    backup[:] = p
+    opt_update(opt_code, hyper, state, step, p, g)
+    if not E.all_finite(p):
+        p[:] = backup
+        return E.NONFINITE_PARAMS
+    return E.OK
+
+
+@kernel
 def _shuffle(perm, rng):
     """Fisher-Yates shuffle of ``perm`` in place with a splitmix64 stream (state ``rng[0]``)."""
     n = perm.shape[0]
@@ -100,7 +123,7 @@ def _shuffle(perm, rng):
 
 @kernel
 def train_full(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-               epochs, hist, h0, g, slabs, work, losses, stats):
+               epochs, hist, h0, g, slabs, work, losses, stats, backup):
     """``epochs`` full-batch steps.  hist[h0+e] <- loss (with penalty) before step e.
 
     Returns (status, epochs completed).  On a non-finite loss or gradient it stops
@@ -114,18 +137,16 @@ def train_full(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, h
         if st != E.OK:
             return st, e
         val += E.penalty(prog, p, g, pen_code, pen_lam, True)
-        if not math.isfinite(val):
-            return E.NONFINITE_LOSS, e
-        if not E.all_finite(g):
-            return E.NONFINITE_GRAD, e
+        st = _guarded_update(val, opt_code, hyper, state, step, p, g, backup)
+        if st != E.OK:
+            return st, e
         hist[h0 + e] = val
-        opt_update(opt_code, hyper, state, step, p, g)
     return E.OK, epochs
 
 
 @kernel
 def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-                    epochs, batch, perm, rng, hist, h0, g, slabs, work, losses, stats):
+                    epochs, batch, perm, rng, hist, h0, g, slabs, work, losses, stats, backup):
     """``epochs`` passes of shuffled minibatches of size ``batch`` (the last partial batch used).
 
     hist[h0+e] <- mean over the epoch's samples of the minibatch losses (each taken
@@ -143,11 +164,9 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
             if st != E.OK:
                 return st, e
             val += E.penalty(prog, p, g, pen_code, pen_lam, True)
-            if not math.isfinite(val):
-                return E.NONFINITE_LOSS, e
-            if not E.all_finite(g):
-                return E.NONFINITE_GRAD, e
-            opt_update(opt_code, hyper, state, step, p, g)
+            st = _guarded_update(val, opt_code, hyper, state, step, p, g, backup)
+            if st != E.OK:
+                return st, e
             total += val * (j - i)
             i = j
         hist[h0 + e] = total / n

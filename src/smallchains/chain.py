@@ -227,12 +227,12 @@ class ChainKernels:
     ``output_dim``; ``work_size(batch)`` and ``new_work(batch, dtype)``.
     """
 
-    forward_into = K.forward_into
-    vjp_into = K.vjp_into
-    vjp_accumulate = K.vjp_accumulate
-    jvp_into = K.jvp_into
-    forward_batch_into = K.forward_batch_into
-    vjp_batch_into = K.vjp_batch_into
+    forward_into = staticmethod(K.forward_into)
+    vjp_into = staticmethod(K.vjp_into)
+    vjp_accumulate = staticmethod(K.vjp_accumulate)
+    jvp_into = staticmethod(K.jvp_into)
+    forward_batch_into = staticmethod(K.forward_batch_into)
+    vjp_batch_into = staticmethod(K.vjp_batch_into)
 
     def __init__(self, chain: SimpleChain):
         self.program = chain.program

@@ -61,10 +61,10 @@ def _run(kernel_call, epochs, hist, callback, callback_every, progress, p):
             status, completed = kernel_call(k, done)
             if status != 0:
                 e = done + int(completed)
-                if status in (2, 3):  # non-finite loss / gradient
+                if status in (2, 3, 5):  # non-finite loss / gradient / updated parameters
                     raise TrainingDivergedError(
-                        f"training stopped at epoch {e}: {status_message(status)}; `p` holds the parameters "
-                        f"from the start of that epoch", e, hist[:e].copy())
+                        f"training stopped at epoch {e}: {status_message(status)}; `p` holds the last "
+                        f"parameters whose loss and update were finite", e, hist[:e].copy())
                 raise_for_status(status, "X")
             done += k
             if bar is not None:
@@ -95,7 +95,9 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
         float64 array of length ``epochs``: the loss (with penalty) before each step.
 
     Raises:
-        TrainingDivergedError: on a non-finite loss or gradient; ``p`` keeps its last finite value.
+        TrainingDivergedError: on a non-finite loss, gradient or update.  ``p`` is left at the
+            last parameters whose loss was finite (an update that produced a non-finite loss is
+            undone); the optimizer's moments keep that last step.
     """
     X2, T_, labels, epochs = _check(loss, X, p, opt, epochs)
     chain = loss.chain
@@ -103,13 +105,14 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     nt = chain._threads(n, num_threads)
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     g = np.zeros_like(p)
+    backup = p.copy()  # p before the previous update (see _train._guarded_update)
     code, hyper, state, step = opt._prepare(p)
     pcode, lam = loss.pen
     hist = np.zeros(epochs)
 
     def call(k, h0):
         return T.train_full(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper,
-                            state, step, k, hist, h0, g, slabs, work, losses, stats)
+                            state, step, k, hist, h0, g, slabs, work, losses, stats, backup)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p)
 
@@ -132,6 +135,7 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
     nt = chain._threads(batch, num_threads)
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, batch)
     g = np.zeros_like(p)
+    backup = p.copy()  # p before the previous update (see _train._guarded_update)
     code, hyper, state, step = opt._prepare(p)
     pcode, lam = loss.pen
     hist = np.zeros(epochs)
@@ -140,7 +144,8 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
 
     def call(k, h0):
         return T.train_minibatch(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code,
-                                 hyper, state, step, k, batch, perm, rng, hist, h0, g, slabs, work, losses, stats)
+                                 hyper, state, step, k, batch, perm, rng, hist, h0, g, slabs, work, losses, stats,
+                                 backup)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p)
 
