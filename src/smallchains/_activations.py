@@ -90,7 +90,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}
+from ._jit import CACHE as _CACHE
+from ._jit import FASTMATH_FLAGS as _POLICY_FLAGS
+
+FASTMATH_FLAGS = set(_POLICY_FLAGS)  # the package policy (empty in strict mode), see _jit
 
 ACT_IDENTITY = 0
 ACT_TANH = 1
@@ -105,7 +108,7 @@ ACTIVATION_NAMES = (
     "identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "silu", "elu", "rbf",
 )
 
-_JIT = dict(fastmath=FASTMATH_FLAGS, error_model="numpy", boundscheck=False)
+_JIT = dict(fastmath=FASTMATH_FLAGS or False, error_model="numpy", boundscheck=False)
 
 # Measured maximum errors (see module docstring for the definitions); the test
 # suite re-measures and checks these numbers are not optimistic.
@@ -562,7 +565,7 @@ def _apply(f, zs, ys, ds, want_d, inplace):
             _map_to(f, zs, ys)
 
 
-@njit(cache=True, **_JIT)
+@njit(cache=_CACHE, **_JIT)
 def act_forward_to(code, z, off, y, yoff, n, d, doff, want_d):
     """Out of place: ``y[yoff:yoff+n] <- f(z[off:off+n])``; ``z`` untouched.
 
@@ -604,7 +607,7 @@ def act_forward_to(code, z, off, y, yoff, n, d, doff, want_d):
         raise ValueError("unknown activation code")
 
 
-@njit(cache=True, **_JIT)
+@njit(cache=_CACHE, **_JIT)
 def act_forward(code, z, off, n, d, doff, want_d):
     """In place on a flat 1-D float32 or float64 array ``z``:
     ``z[off:off+n] <- f(z[off:off+n])``.

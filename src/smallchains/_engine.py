@@ -3,8 +3,9 @@
 Every function here is a Numba kernel compiled once per dtype (float32,
 float64) and cached on disk; chains of any shape share the machine code.
 
-Status codes returned by the kernels (mapped to exceptions in ``_status``):
-    OK, NONFINITE_INPUT, NONFINITE_LOSS, NONFINITE_GRAD, LABEL_OUT_OF_RANGE
+Status codes returned by the kernels (mapped to exceptions in ``_errors``):
+    OK, NONFINITE_INPUT, NONFINITE_LOSS, NONFINITE_GRAD, LABEL_OUT_OF_RANGE,
+    NONFINITE_PARAMS, WORK_TOO_SMALL
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ from ._program import (
     KIND_ACTIVATION,
     KIND_DENSE,
 )
-from .layers.dense import dense_forward, dense_pullback_input, dense_pullback_params, dense_tangent
+from .layers.dense import (
+    dense_forward,
+    dense_forward_1,
+    dense_pullback_1,
+    dense_pullback_input,
+    dense_pullback_params,
+    dense_tangent,
+)
 
 OK = 0
 NONFINITE_INPUT = 1
@@ -45,6 +53,7 @@ NONFINITE_LOSS = 2
 NONFINITE_GRAD = 3
 LABEL_OUT_OF_RANGE = 4
 NONFINITE_PARAMS = 5
+WORK_TOO_SMALL = 6
 
 LOSS_SQUARED = 0
 LOSS_ABSOLUTE = 1
@@ -94,8 +103,12 @@ def block_forward(prog, p, w, B, want_d):
         yo = prog[l, F_Y] * B
         do = prog[l, F_D] * B
         if kind == KIND_DENSE:
-            dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                          prog[l, F_NIN], nout, w, xo, w, yo, B)
+            if B == 1:
+                dense_forward_1(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                                prog[l, F_NIN], nout, w, xo, w, yo)
+            else:
+                dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                              prog[l, F_NIN], nout, w, xo, w, yo, B)
         elif kind == KIND_ACTIVATION:
             src = w[xo:xo + nout * B]
             dst = w[yo:yo + nout * B]
@@ -129,7 +142,15 @@ def block_backward(prog, p, gp, w, B, need_input):
             dv = w[do:do + nout * B]
             for t in range(nout * B):
                 gv[t] *= dv[t]
-        if kind == KIND_DENSE:
+        if kind == KIND_DENSE and B == 1:
+            need_gx = l > 1 or need_input
+            dense_pullback_1(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
+                             nin, nout, w, prog[l, F_X], w, cur, w, other, need_gx)
+            if need_gx:
+                tmp = cur
+                cur = other
+                other = tmp
+        elif kind == KIND_DENSE:
             xo = prog[l, F_X] * B
             dense_pullback_params(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                                   nin, nout, w, xo, w, cur, B)

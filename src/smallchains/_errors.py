@@ -9,9 +9,13 @@ class TrainingDivergedError(FloatingPointError):
     """Training met a non-finite loss or gradient.
 
     Attributes:
-        epoch: the (0-based) epoch at which it happened; the parameters were left
-            as they were at the start of that epoch (the last finite values).
+        epoch: the (0-based) epoch at which it happened.
         history: the loss history up to (not including) that epoch.
+
+    The parameters are left at the last values whose loss was finite: the update
+    that produced a non-finite loss, or that made the parameters themselves
+    non-finite, is undone.  With ``train_batched`` the minibatch steps taken earlier
+    in the failing epoch are kept.  The optimizer's moment buffers are not rolled back.
     """
 
     def __init__(self, message, epoch, history):
@@ -26,6 +30,7 @@ _MESSAGES = {
     E.NONFINITE_LOSS: "the loss is not finite; check the targets for NaN/Inf or lower the learning rate",
     E.NONFINITE_GRAD: "the gradient is not finite; lower the learning rate or rescale the data",
     E.NONFINITE_PARAMS: "the update made the parameters non-finite; lower the learning rate",
+    E.WORK_TOO_SMALL: "the workspace is too small; allocate chain.work_size(batch) elements",
     E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
 }
 

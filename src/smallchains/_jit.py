@@ -8,9 +8,10 @@ in one switch:
   contraction into FMA, reciprocal approximation) but *not* ``nnan``/``ninf``,
   so that NaN and Inf checks inside kernels keep working.
 * Strict IEEE mode: set the environment variable ``SMALLCHAINS_STRICT=1``
-  before importing smallchains and every kernel is compiled without fastmath
-  (useful for gradient checks at the last bit).  It uses its own on-disk cache
-  entries, because Numba keys its cache on the compilation flags.
+  before importing smallchains and every kernel (activations included) is
+  compiled without fastmath (useful for gradient checks at the last bit).
+  Numba's cache key does not include the compilation flags, so strict mode
+  does not use the on-disk cache at all (it compiles in every process).
 * ``cache=True``: compiled machine code is kept on disk beside the sources (or
   in ``NUMBA_CACHE_DIR``), so a second process starts in well under a second.
 
@@ -36,7 +37,10 @@ STRICT = os.environ.get("SMALLCHAINS_STRICT", "0") not in ("", "0", "false", "Fa
 #: LLVM fast-math flags used by all kernels (empty in strict mode).
 FASTMATH_FLAGS = frozenset() if STRICT else frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-_COMMON = dict(cache=True, boundscheck=False, error_model="numpy", nogil=True)
+#: Whether kernels are cached on disk (not in strict mode: see above).
+CACHE = not STRICT
+
+_COMMON = dict(cache=CACHE, boundscheck=False, error_model="numpy", nogil=True)
 
 
 def kernel(fn=None, **overrides):

@@ -1,6 +1,6 @@
 """Checks and coercions done in Python before entering compiled code.
 
-Policy (documented in docs/chain.md):
+Policy (documented in docs/chain-api.md):
 * Parameters ``p`` are never copied: they must be a 1-D C-contiguous float32 or
   float64 array of length ``chain.num_params``; the compute dtype is ``p.dtype``.
 * Data arrays (``X``, ``v``, targets) of the other float precision are converted

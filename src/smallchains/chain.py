@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -107,9 +108,13 @@ class SimpleChain:
         return max(1, min(nt, math.ceil(n / BLOCK)))
 
     def _workspace(self, dtype, nt, n):
-        """Private (work, slabs, losses, stats) for ``nt`` threads; reused across calls."""
+        """Private (work, slabs, losses, stats) for ``nt`` threads; reused across calls.
+
+        Keyed by the calling Python thread too: the kernels release the GIL, so two
+        Python threads may use one chain at the same time without sharing buffers.
+        """
         B = min(BLOCK, n)
-        key = (dtype.char, nt, B)
+        key = (dtype.char, nt, B, threading.get_ident())
         ws = self._work_cache.get(key)
         if ws is None:
             if len(self._work_cache) > 16:
@@ -184,6 +189,8 @@ class SimpleChain:
         if use_dp:
             if not isinstance(dp, np.ndarray) or dp.ndim != 1 or dp.shape[0] != self.num_params:
                 raise ValueError(f"`dp` must be a vector of length {self.num_params}, got shape {np.shape(dp)}")
+            if dp.dtype not in FLOATS:
+                raise TypeError(f"`dp` has dtype {dp.dtype}; pass float32 or float64 like `p`")
             DP = np.ascontiguousarray(dp, dtype=p.dtype)
         else:
             DP = p

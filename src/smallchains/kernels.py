@@ -29,8 +29,10 @@ Example, a hand-written explicit Euler step of a neural ODE and its adjoint::
         K.vjp_into(prog, gp, p, lam, u, gu, work)     # gp = lam^T df/dp, gu = lam^T df/du
         ...
 
-Status: each function returns 0 on success and 1 when its input ``x`` holds a
-NaN or Inf (the outputs are then unspecified).
+Status: each function returns 0 on success, 1 when its input ``x`` holds a
+NaN or Inf, and 6 when ``work`` is smaller than ``chain.work_size(1)`` (the
+outputs are then unspecified).  ``smallchains._errors.raise_for_status`` turns
+a status into the exception the Python API raises.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def forward_into(prog, y, x, p, work):
     """y <- chain(x) for one sample: ``x`` of shape (d,), ``y`` of shape (m,) (overwritten)."""
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
+    if work.shape[0] < prog[0, H_UNITS]:
+        return E.WORK_TOO_SMALL
     chk = x[0] * 0
     for k in range(d):
         chk += x[k] * 0
@@ -73,6 +77,8 @@ def vjp_into(prog, out, p, v, x, out_x, work):
     """
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
+    if work.shape[0] < prog[0, H_UNITS]:
+        return E.WORK_TOO_SMALL
     chk = x[0] * 0
     for k in range(d):
         chk += x[k] * 0
@@ -98,6 +104,8 @@ def vjp_accumulate(prog, out, p, v, x, out_x, work):
     """As :func:`vjp_into` but ``out += v^T d chain/d p`` (accumulates; adjoint quadratures)."""
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
+    if work.shape[0] < prog[0, H_UNITS]:
+        return E.WORK_TOO_SMALL
     chk = x[0] * 0
     for k in range(d):
         chk += x[k] * 0
@@ -125,6 +133,8 @@ def jvp_into(prog, y, out, p, x, dx, dp, work):
     """
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
+    if work.shape[0] < prog[0, H_UNITS]:
+        return E.WORK_TOO_SMALL
     chk = x[0] * 0
     for k in range(d):
         chk += x[k] * 0
@@ -149,14 +159,18 @@ def jvp_into(prog, y, out, p, x, dx, dp, work):
 @kernel
 def forward_batch_into(prog, Y, X, p, work):
     """Y <- chain(X) for a batch: ``X`` (n, d), ``Y`` (n, m), one thread."""
-    B = work.shape[0] // prog[0, H_UNITS]
+    B = min(work.shape[0] // prog[0, H_UNITS], BLOCK)
+    if B < 1:
+        return E.WORK_TOO_SMALL
     return E.forward_range(prog, p, X, Y, 0, X.shape[0], work, B)
 
 
 @kernel
 def vjp_batch_into(prog, out, p, V, X, out_x, work):
     """out <- sum_s V[s]^T d chain/d p (overwritten); out_x[s] <- V[s]^T d chain/d x unless None."""
-    B = work.shape[0] // prog[0, H_UNITS]
+    B = min(work.shape[0] // prog[0, H_UNITS], BLOCK)
+    if B < 1:
+        return E.WORK_TOO_SMALL
     out[:] = 0
     if out_x is None:
         return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, X, False, work, B)  # X: not written

@@ -61,7 +61,7 @@ class _RegressionLoss(Loss):
     def _targets(self, dtype):
         T_ = self._cache.get(dtype.char)
         if T_ is None:
-            T_ = np.ascontiguousarray(self.Y, dtype=dtype)
+            T_ = np.array(self.Y, dtype=dtype, order="C", copy=True)  # later edits of Y do not leak in
             self._cache[dtype.char] = T_
         return T_, _NO_LABELS
 

@@ -9,7 +9,7 @@ in one file with its whole protocol:
 * ``program_row(nin)``: its row of the layer program run by the kernels;
 * ``init_params(view, nin, rng)``: fill its slice of the flat vector;
 * ``param_views(view, nin)``: named views of its slice, for users;
-* ``describe()``: a JSON-able description (used by ``sc.save``);
+* ``describe()``: a JSON-able description of the layer;
 * its compiled forward, tangent and pullbacks (module-level kernels).
 """
 

@@ -291,6 +291,74 @@ def dense_tangent(p, dp, woff, boff, has_bias, nin, nout, x, xo, dx, dxo, use_dx
         gemm_acc(dp, woff, nin, 1, nout, nin, x, xo, t, to, B)
 
 
+
+# --------------------------------------------------------------------------- one sample (B = 1)
+# Matrix-vector forms for the neural-ODE case (one state at a time): rows of W are
+# contiguous, so the forward is a dot product per output and the pullback one
+# pass over W that updates the parameter and input cotangents together.
+
+
+@kernel
+def dense_forward_1(p, woff, boff, has_bias, nin, nout, x, xo, y, yo):
+    """y[yo + j] <- sum_k W[j, k] x[xo + k] (+ b[j]) for one sample."""
+    xv = x[xo:xo + nin]
+    yv = y[yo:yo + nout]
+    W = p[woff:woff + nout * nin]
+    if has_bias:
+        b = p[boff:boff + nout]
+        for j in range(nout):
+            yv[j] = b[j]
+    else:
+        for j in range(nout):
+            yv[j] = 0
+    if nin <= 4:  # short rows: accumulate column by column (vectorises over j)
+        for k in range(nin):
+            xk = xv[k]
+            for j in range(nout):
+                yv[j] += W[j * nin + k] * xk
+    else:
+        for j in range(nout):
+            acc = yv[j]
+            base = j * nin
+            for k in range(nin):
+                acc += W[base + k] * xv[k]
+            yv[j] = acc
+
+
+@kernel
+def dense_pullback_1(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, gx, gxo, need_gx):
+    """One sample: gp[W] += g x^T, gp[b] += g; gx <- W^T g (overwritten) when ``need_gx``."""
+    xv = x[xo:xo + nin]
+    gv = g[go:go + nout]
+    W = p[woff:woff + nout * nin]
+    GW = gp[woff:woff + nout * nin]
+    if has_bias:
+        gb = gp[boff:boff + nout]
+        for j in range(nout):
+            gb[j] += gv[j]
+    for j in range(nout):
+        gj = gv[j]
+        base = j * nin
+        for k in range(nin):
+            GW[base + k] += gj * xv[k]
+    if need_gx:
+        gxv = gx[gxo:gxo + nin]
+        if nin <= 4:
+            for k in range(nin):
+                acc = gv[0] - gv[0]
+                for j in range(nout):
+                    acc += W[j * nin + k] * gv[j]
+                gxv[k] = acc
+        else:
+            for k in range(nin):
+                gxv[k] = 0
+            for j in range(nout):
+                gj = gv[j]
+                base = j * nin
+                for k in range(nin):
+                    gxv[k] += W[base + k] * gj
+
+
 # --------------------------------------------------------------------------- the layer object
 
 import numpy as np  # noqa: E402
