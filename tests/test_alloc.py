@@ -92,7 +92,7 @@ def test_engine_valgrad_does_not_allocate(dtype, nt, n, kind):
     g = np.empty_like(p)
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     prog = chain.program
-    args = (prog, p, X, prog[0], False, 0, n, Tt, labels, loss.loss.code, loss._lpar, g, slabs, work, losses,
+    args = (prog, p, X, prog[0], E.ROWS, 0, n, Tt, labels, loss.loss.code, loss._lpar, g, slabs, work, losses,
             stats, True)
     assert _extra(E.valgrad, *args) == 0
     assert _extra(E.penalty, prog, p, g, 2, 0.01, True) == 0
@@ -137,8 +137,9 @@ def test_train_full_does_not_allocate(dtype, nt, opt):
     epochs = 5
     hist = np.zeros(epochs)
 
-    args = (chain.program, p, X, Tt, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
-            epochs, hist, 0, g, slabs, work, losses, stats, np.zeros_like(p))
+    XT, TT = np.ascontiguousarray(X.T), np.ascontiguousarray(Tt.T)  # train_full takes transposed data
+    args = (chain.program, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
+            epochs, hist, 0, g, slabs, work, losses, stats, p.copy())
     assert _extra(T.train_full, *args) == 0
     assert step[0] == 2 * epochs
     assert T.train_full(*args) == (0, epochs)

@@ -34,6 +34,7 @@ from ._program import (
     H_NLAYERS,
     H_NOUT,
     H_NPARAMS,
+    H_T,
     H_UNITS,
     KIND_ACTIVATION,
     KIND_DENSE,
@@ -55,6 +56,11 @@ LABEL_OUT_OF_RANGE = 4
 NONFINITE_PARAMS = 5
 WORK_TOO_SMALL = 6
 
+#: Largest finite float64; ``abs(x) <= FMAX`` is False exactly for NaN and +-Inf.  A
+#: comparison survives the fast-math flags, whereas ``math.isfinite`` (``x - x == 0``)
+#: is folded to True under ``reassoc``/``nsz``.
+FMAX = 1.7976931348623157e308
+
 LOSS_SQUARED = 0
 LOSS_ABSOLUTE = 1
 LOSS_HUBER = 2
@@ -65,25 +71,28 @@ LOSS_LOGITCE = 3
 
 
 @kernel
-def gather_block(X, idx, use_idx, i0, nb, w, B):
-    """w[k*B + s] <- X[row(i0+s), k] for s < nb (rows through ``idx`` when use_idx).
+def gather_block(X, idx, use_idx, i0, nb, w, B, wo=0):
+    """w[wo + k*B + s] <- X[row(i0+s), k] for s < nb (rows through ``idx`` when use_idx).
 
-    Columns ``nb..B-1`` are zero-filled.  Returns a value that is NaN when the
-    block holds a non-finite number (``sum of x*0``), 0 otherwise.
+    Transposes a block of rows into the feature-major layout; columns ``nb..B-1``
+    are zero-filled.  Returns the number of non-finite values met (0: all finite);
+    the count is an integer chain, so it does not serialise the copy the way a
+    floating-point ``sum of x*0`` does (measured 4.8 -> 1 us for 200 x 24).
     """
     d = X.shape[1]
-    chk = X[0, 0] * 0
+    bad = 0
     for s in range(nb):
-        r = idx[i0 + s] if use_idx else i0 + s
+        xr = X[idx[i0 + s]] if use_idx else X[i0 + s]
         for k in range(d):
-            v = X[r, k]
-            chk += v * 0
-            w[k * B + s] = v
+            v = xr[k]
+            bad += not (abs(v) <= FMAX)
+            w[wo + k * B + s] = v
     if nb < B:
         for k in range(d):
+            wk = w[wo + k * B:wo + (k + 1) * B]
             for s in range(nb, B):
-                w[k * B + s] = 0
-    return chk
+                wk[s] = 0
+    return bad
 
 
 @kernel
@@ -200,14 +209,15 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
 
 
 @kernel
-def block_loss(code, lpar, w, yo, go, m, B, nb, T, labels, idx, use_idx, i0, scale, want_grad):
+def block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i0, scale, want_grad):
     """Sum over the block's ``nb`` samples of the per-sample loss of the output at ``yo``.
 
-    When ``want_grad``, writes the cotangent (times ``scale``) into ``w[go : go+m*B]``,
-    zero for the padding samples.  Returns (loss_sum as float64, status).
+    Regression targets are read from the block at ``to`` (gathered by ``gather_block``);
+    cross-entropy labels from ``labels`` through the row index.  When ``want_grad``,
+    writes the cotangent (times ``scale``) into ``w[go : go+m*B]``, zero for the
+    padding samples.  Returns (loss_sum as float64, status).
     """
     total = 0.0
-    status = OK
     if code == LOSS_LOGITCE:
         for s in range(nb):
             r = idx[i0 + s] if use_idx else i0 + s
@@ -231,51 +241,101 @@ def block_loss(code, lpar, w, yo, go, m, B, nb, T, labels, idx, use_idx, i0, sca
                         pj -= 1.0
                     w[go + j * B + s] = pj * scale
     else:
-        delta = lpar[0]
+        # scalars in the block's dtype (a float64 scalar would widen the float32 loops)
+        w[go] = 2.0 * scale
+        two_scale = w[go]
+        w[go] = scale
+        sc = w[go]
+        w[go] = lpar[0]
+        delta = w[go]
+        w[go] = 0.5 * lpar[0]
+        half_delta = w[go]
         for j in range(m):
-            for s in range(nb):
-                r = idx[i0 + s] if use_idx else i0 + s
-                res = w[yo + j * B + s] - T[r, j]
-                if code == LOSS_SQUARED:
-                    total += res * res
-                    gr = 2.0 * res
-                elif code == LOSS_ABSOLUTE:
-                    total += abs(res)
-                    gr = 1.0 if res > 0 else (-1.0 if res < 0 else 0.0)
-                else:  # Huber
+            yr = w[yo + j * B:yo + j * B + nb]
+            tr = w[to + j * B:to + j * B + nb]
+            gr = w[go + j * B:go + j * B + nb]
+            acc = yr[0] - yr[0]
+            if code == LOSS_SQUARED:
+                for s in range(nb):
+                    res = yr[s] - tr[s]
+                    acc += res * res
+                    if want_grad:
+                        gr[s] = two_scale * res
+            elif code == LOSS_ABSOLUTE:
+                for s in range(nb):
+                    res = yr[s] - tr[s]
+                    acc += abs(res)
+                    if want_grad:
+                        gr[s] = sc if res > 0 else (-sc if res < 0 else res - res)
+            else:  # Huber
+                for s in range(nb):
+                    res = yr[s] - tr[s]
                     a = abs(res)
-                    if a <= delta:
-                        total += 0.5 * res * res
-                        gr = res
-                    else:
-                        total += delta * (a - 0.5 * delta)
-                        gr = delta if res > 0 else -delta
-                if want_grad:
-                    w[go + j * B + s] = gr * scale
+                    inside = a <= delta
+                    acc += res * res * 0.5 if inside else delta * (a - half_delta)
+                    if want_grad:
+                        gr[s] = sc * (res if inside else (delta if res > 0 else -delta))
+            total += acc
     if want_grad and nb < B:
         for j in range(m):
+            gr = w[go + j * B:go + (j + 1) * B]
             for s in range(nb, B):
-                w[go + j * B + s] = 0
-    return total, status
+                gr[s] = 0
+    return total, OK
 
 
 # --------------------------------------------------------------------------- ranges (one thread)
 
 
 @kernel
-def valgrad_range(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad):
-    """Loss sum over samples [i0, i1) (through ``idx``); accumulates scale*dL/dp into ``gp``."""
+def copy_cols(XT, i0, nb, w, wo, B):
+    """w[wo + k*B + s] <- XT[k, i0+s] for s < nb from pre-transposed (k, n) data; pads with 0.
+
+    Returns the number of non-finite values met."""
+    bad = 0
+    for k in range(XT.shape[0]):
+        src = XT[k, i0:i0 + nb]
+        wk = w[wo + k * B:wo + (k + 1) * B]
+        for s in range(nb):
+            v = src[s]
+            bad += not (abs(v) <= FMAX)
+            wk[s] = v
+        for s in range(nb, B):
+            wk[s] = 0
+    return bad
+
+
+#: How ``valgrad`` reads the samples: rows of (n, d) arrays in order, rows through a
+#: permutation ``idx`` (minibatches), or columns of pre-transposed (d, n) arrays
+#: (full-batch training transposes the data once per call instead of every epoch).
+ROWS = 0
+ROWS_IDX = 1
+COLUMNS = 2
+
+
+@kernel
+def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad):
+    """Loss sum over samples [i0, i1) read as ``mode`` says; accumulates scale*dL/dp into ``gp``."""
+    use_idx = mode == ROWS_IDX
     total = 0.0
     m = prog[0, H_NOUT]
     go = prog[0, H_G1] * B
+    to = prog[0, H_T] * B
     i = i0
     while i < i1:
         nb = min(B, i1 - i)
-        chk = gather_block(X, idx, use_idx, i, nb, w, B)
+        if mode == COLUMNS:
+            chk = copy_cols(X, i, nb, w, 0, B)
+            if code != LOSS_LOGITCE:
+                copy_cols(T, i, nb, w, to, B)
+        else:
+            chk = gather_block(X, idx, use_idx, i, nb, w, B)
+            if code != LOSS_LOGITCE:
+                gather_block(T, idx, use_idx, i, nb, w, B, to)
         if chk != 0:
             return total, NONFINITE_INPUT
         yo = block_forward(prog, p, w, B, want_grad)
-        val, st = block_loss(code, lpar, w, yo, go, m, B, nb, T, labels, idx, use_idx, i, scale, want_grad)
+        val, st = block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i, scale, want_grad)
         if st != OK:
             return total, st
         total += val
@@ -286,7 +346,7 @@ def valgrad_range(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale
 
 
 @parallel_kernel
-def _valgrad_threads(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
+def _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
                      losses, stats, want_grad):
     nt = slabs.shape[0]
     n = i1 - i0
@@ -299,14 +359,17 @@ def _valgrad_threads(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, sc
         losses[t] = 0.0
         stats[t] = OK
         if a < b:
-            losses[t], stats[t] = valgrad_range(prog, p, X, idx, use_idx, a, b, T, labels, code, lpar,
+            losses[t], stats[t] = valgrad_range(prog, p, X, idx, mode, a, b, T, labels, code, lpar,
                                                 scale, slab, work[t], B, want_grad)
 
 
 @kernel
-def valgrad(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
+def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
             want_grad):
     """Mean loss over samples [i0, i1) and, when ``want_grad``, its gradient written into ``g``.
+
+    ``mode``: ROWS (X (n, d), T (n, m)), ROWS_IDX (the same through the permutation
+    ``idx``) or COLUMNS (XT (d, n), TT (m, n), pre-transposed).
 
     Splits the range over ``slabs.shape[0]`` threads (one slab and one workspace
     row each); the slabs are reduced into ``g`` in thread order, so the result
@@ -319,10 +382,10 @@ def valgrad(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, g, slabs, w
     if nt == 1 or n <= B:
         if want_grad:
             g[:] = 0
-        total, st = valgrad_range(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, g,
+        total, st = valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g,
                                   work[0], B, want_grad)
         return total * scale, st
-    _valgrad_threads(prog, p, X, idx, use_idx, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
+    _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
                      losses, stats, want_grad)
     total = 0.0
     for t in range(nt):
@@ -506,12 +569,6 @@ def penalty(prog, p, g, code, lam, want_grad):
                 if want_grad:
                     g[i] += 2.0 * lam * v
     return lam * total
-
-
-#: Largest finite float64; ``abs(x) <= FMAX`` is False exactly for NaN and +-Inf.  A
-#: comparison survives the fast-math flags, whereas ``math.isfinite`` (``x - x == 0``)
-#: is folded to True under ``reassoc``/``nsz``.
-FMAX = 1.7976931348623157e308
 
 
 @kernel

@@ -7,7 +7,7 @@ offsets and activation codes from it, so a network shape never seen before
 costs no compilation at all.
 
 Header row (row 0):
-    H_NLAYERS, H_NIN, H_NOUT, H_NPARAMS, H_UNITS, H_G1, H_G2, H_MAXW
+    H_NLAYERS, H_NIN, H_NOUT, H_NPARAMS, H_UNITS, H_G1, H_G2, H_MAXW, H_T
 
 Layer rows (1..NLAYERS):
     F_KIND, F_NIN, F_NOUT, F_ACT, F_BIAS, F_WOFF, F_BOFF, F_Y, F_D, F_X
@@ -34,6 +34,7 @@ H_UNITS = 4
 H_G1 = 5
 H_G2 = 6
 H_MAXW = 7
+H_T = 8  # unit offset of the gathered regression targets (NOUT units)
 
 # layer fields
 F_KIND = 0
@@ -96,6 +97,7 @@ def build_program(nin: int, rows: list[tuple[int, int, int, int, int]]) -> np.nd
     h[H_NPARAMS] = poff
     h[H_G1] = unit
     h[H_G2] = unit + maxw
-    h[H_UNITS] = unit + 2 * maxw
+    h[H_T] = unit + 2 * maxw
+    h[H_UNITS] = unit + 2 * maxw + width
     h[H_MAXW] = maxw
     return prog

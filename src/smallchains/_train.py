@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _engine as E
 from ._jit import kernel
-from ._program import H_NOUT, H_UNITS
+from ._program import H_G1, H_NOUT, H_T, H_UNITS
 
 OPT_SGD = 0
 OPT_ADAM = 1
@@ -122,17 +122,21 @@ def _shuffle(perm, rng):
 
 
 @kernel
-def train_full(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
+def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
                epochs, hist, h0, g, slabs, work, losses, stats, backup):
     """``epochs`` full-batch steps.  hist[h0+e] <- loss (with penalty) before step e.
+
+    ``XT`` (d, n) and ``TT`` (m, n, or any 2-D array for cross-entropy) are the data
+    transposed once by the caller, so epochs copy contiguous columns instead of
+    transposing rows every time.
 
     Returns (status, epochs completed).  On a non-finite loss or gradient it stops
     before updating, so ``p`` keeps its last finite value.
     """
-    n = X.shape[0]
+    n = XT.shape[1]
     idx = prog[0]
     for e in range(epochs):
-        val, st = E.valgrad(prog, p, X, idx, False, 0, n, T, labels, code, lpar, g, slabs, work, losses,
+        val, st = E.valgrad(prog, p, XT, idx, E.COLUMNS, 0, n, TT, labels, code, lpar, g, slabs, work, losses,
                             stats, True)
         if st != E.OK:
             return st, e
@@ -159,7 +163,7 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
         i = 0
         while i < n:
             j = min(n, i + batch)
-            val, st = E.valgrad(prog, p, X, perm, True, i, j, T, labels, code, lpar, g, slabs, work,
+            val, st = E.valgrad(prog, p, X, perm, E.ROWS_IDX, i, j, T, labels, code, lpar, g, slabs, work,
                                 losses, stats, True)
             if st != E.OK:
                 return st, e
@@ -187,8 +191,12 @@ def evaluate(prog, p, X, T, labels, code, lpar, work):
         nb = min(B, n - i)
         if E.gather_block(X, idx, False, i, nb, work, B) != 0:
             return 0.0, 0.0, E.NONFINITE_INPUT
+        to = prog[0, H_T] * B
+        if code != E.LOSS_LOGITCE:
+            E.gather_block(T, idx, False, i, nb, work, B, to)
         yo = E.block_forward(prog, p, work, B, False)
-        val, st = E.block_loss(code, lpar, work, yo, 0, m, B, nb, T, labels, idx, False, i, 1.0, False)
+        val, st = E.block_loss(code, lpar, work, yo, prog[0, H_G1] * B, to, m, B, nb, labels, idx, False, i, 1.0,
+                               False)
         if st != E.OK:
             return 0.0, 0.0, st
         total += val

@@ -217,7 +217,7 @@ def _value(closs, X2, T_, labels, p, g, num_threads):
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     want = g is not None
     gg = g if want else slabs[0]
-    val, st = E.valgrad(chain.program, p, X2, chain.program[0], False, 0, n, T_, labels, closs.loss.code,
+    val, st = E.valgrad(chain.program, p, X2, chain.program[0], E.ROWS, 0, n, T_, labels, closs.loss.code,
                         closs._lpar, gg, slabs, work, losses, stats, want)
     raise_for_status(st, "X", chain.output_dim)
     code, lam = closs.pen

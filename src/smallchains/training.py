@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _engine as E
 from . import _train as T
 from ._errors import TrainingDivergedError, raise_for_status, status_message
 from ._validate import positive_int
@@ -110,8 +111,11 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     pcode, lam = loss.pen
     hist = np.zeros(epochs)
 
+    XT = np.ascontiguousarray(X2.T)  # transposed once per call (see _train.train_full)
+    TT = np.ascontiguousarray(T_.T) if loss.loss.code != E.LOSS_LOGITCE else T_
+
     def call(k, h0):
-        return T.train_full(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper,
+        return T.train_full(chain.program, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper,
                             state, step, k, hist, h0, g, slabs, work, losses, stats, backup)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p)
