@@ -1,0 +1,19 @@
+"""The README's quick start runs as written (with fewer epochs), so the README stays true."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_quick_start_runs():
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README.md has no python code block"
+    code = blocks[0]
+    assert "epochs=10_000" in code
+    ns = {}
+    exec(compile(code.replace("epochs=10_000", "epochs=50"), "README.md", "exec"), ns)
+    assert ns["history"].shape == (50,)
+    assert ns["history"][-1] < ns["history"][0]
+    assert abs(ns["value"] - ns["loss"](ns["X"], ns["p"])) < 1e-4 * abs(ns["value"])
