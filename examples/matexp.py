@@ -33,6 +33,12 @@ def matexp_data(n=10_000, seed=0):
 
 
 def main(epochs=10_000, peers=True):
+    bench = None
+    if peers:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+        import matexp as bench  # benchmarks/matexp.py: the same workload side by side
+
+        bench.start_peer_runtimes()  # before any Numba threads start (see its docstring)
     X, Y, Xt, Yt = matexp_data()
     chain = sc.SimpleChain(4, sc.Dense(32, sc.tanh), sc.Dense(16, sc.tanh), sc.Dense(4))
     p = chain.init_params(seed=0)
@@ -52,10 +58,7 @@ def main(epochs=10_000, peers=True):
     print(f"smallchains: {epochs - 1} epochs in {dt:.2f} s = {us:.0f} µs/epoch")
     print(f"final loss: train {loss(X, p):.5f}, test {test(Xt, p):.5f} (history[-1] = {history[-1]:.5f})")
 
-    if peers:
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-        import matexp as bench  # benchmarks/matexp.py: the same workload side by side
-
+    if bench is not None:
         print("\nside by side, same data and initial weights, one process:")
         bench.main(["--epochs", str(epochs)])
 
