@@ -336,11 +336,17 @@ def dense_pullback_1(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, gx, g
         gb = gp[boff:boff + nout]
         for j in range(nout):
             gb[j] += gv[j]
-    for j in range(nout):
-        gj = gv[j]
-        base = j * nin
+    if nin <= 4:  # short rows: one long loop per column beats nout loops of nin iterations
         for k in range(nin):
-            GW[base + k] += gj * xv[k]
+            xk = xv[k]
+            for j in range(nout):
+                GW[j * nin + k] += gv[j] * xk
+    else:
+        for j in range(nout):
+            gj = gv[j]
+            base = j * nin
+            for k in range(nin):
+                GW[base + k] += gj * xv[k]
     if need_gx:
         gxv = gx[gxo:gxo + nin]
         if nin <= 4:
