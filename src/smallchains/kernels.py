@@ -50,18 +50,25 @@ def work_size(prog, batch):
 
 
 @kernel
-def forward_into(prog, y, x, p, work):
-    """y <- chain(x) for one sample: ``x`` of shape (d,), ``y`` of shape (m,) (overwritten)."""
-    d = prog[0, H_NIN]
-    m = prog[0, H_NOUT]
+def _load_sample(prog, x, work):
+    """work[:d] <- x after checking the workspace size and that x is finite; returns a status."""
     if work.shape[0] < prog[0, H_UNITS]:
         return E.WORK_TOO_SMALL
-    chk = x[0] * 0
-    for k in range(d):
-        chk += x[k] * 0
-        work[k] = x[k]
-    if chk != 0:
-        return E.NONFINITE_INPUT
+    bad = 0
+    for k in range(prog[0, H_NIN]):
+        v = x[k]
+        bad += not (abs(v) <= E.FMAX)
+        work[k] = v
+    return E.NONFINITE_INPUT if bad else E.OK
+
+
+@kernel
+def forward_into(prog, y, x, p, work):
+    """y <- chain(x) for one sample: ``x`` of shape (d,), ``y`` of shape (m,) (overwritten)."""
+    m = prog[0, H_NOUT]
+    st = _load_sample(prog, x, work)
+    if st != E.OK:
+        return st
     yo = E.block_forward(prog, p, work, 1, False)
     for j in range(m):
         y[j] = work[yo + j]
@@ -75,28 +82,8 @@ def vjp_into(prog, out, p, v, x, out_x, work):
 
     The forward pass is recomputed inside (nothing is kept between calls).
     """
-    d = prog[0, H_NIN]
-    m = prog[0, H_NOUT]
-    if work.shape[0] < prog[0, H_UNITS]:
-        return E.WORK_TOO_SMALL
-    chk = x[0] * 0
-    for k in range(d):
-        chk += x[k] * 0
-        work[k] = x[k]
-    if chk != 0:
-        return E.NONFINITE_INPUT
-    E.block_forward(prog, p, work, 1, True)
-    g1 = prog[0, H_G1]
-    for j in range(m):
-        work[g1 + j] = v[j]
     out[:] = 0
-    if out_x is None:
-        E.block_backward(prog, p, out, work, 1, False)
-    else:
-        xo = E.block_backward(prog, p, out, work, 1, True)
-        for k in range(d):
-            out_x[k] = work[xo + k]
-    return E.OK
+    return vjp_accumulate(prog, out, p, v, x, out_x, work)
 
 
 @kernel
@@ -104,14 +91,9 @@ def vjp_accumulate(prog, out, p, v, x, out_x, work):
     """As :func:`vjp_into` but ``out += v^T d chain/d p`` (accumulates; adjoint quadratures)."""
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
-    if work.shape[0] < prog[0, H_UNITS]:
-        return E.WORK_TOO_SMALL
-    chk = x[0] * 0
-    for k in range(d):
-        chk += x[k] * 0
-        work[k] = x[k]
-    if chk != 0:
-        return E.NONFINITE_INPUT
+    st = _load_sample(prog, x, work)
+    if st != E.OK:
+        return st
     E.block_forward(prog, p, work, 1, True)
     g1 = prog[0, H_G1]
     for j in range(m):
@@ -133,14 +115,9 @@ def jvp_into(prog, y, out, p, x, dx, dp, work):
     """
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
-    if work.shape[0] < prog[0, H_UNITS]:
-        return E.WORK_TOO_SMALL
-    chk = x[0] * 0
-    for k in range(d):
-        chk += x[k] * 0
-        work[k] = x[k]
-    if chk != 0:
-        return E.NONFINITE_INPUT
+    st = _load_sample(prog, x, work)
+    if st != E.OK:
+        return st
     yo = E.block_forward(prog, p, work, 1, True)
     g1 = prog[0, H_G1]
     if dx is not None:

@@ -33,6 +33,19 @@ def _check(loss, X, p, opt, epochs):
     return X2, T_, labels, epochs
 
 
+def _buffers(loss, p, opt, batch, num_threads, epochs):
+    """(settings, buffers, history) passed to the training kernels, in their argument order."""
+    chain = loss.chain
+    nt = chain._threads(batch, num_threads)
+    work, slabs, losses, stats = chain._workspace(p.dtype, nt, batch)
+    code, hyper, state, step = opt._prepare(p)
+    pcode, lam = loss.pen
+    settings = (loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step)
+    backup = p.copy()  # p before the previous update (see _train._guarded_update)
+    buffers = (np.zeros_like(p), slabs, work, losses, stats, backup)
+    return settings, buffers, np.zeros(epochs)
+
+
 def _chunks(epochs, callback, callback_every, progress):
     """Epoch chunk sizes between returns to Python."""
     bar = None
@@ -103,20 +116,12 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     X2, T_, labels, epochs = _check(loss, X, p, opt, epochs)
     chain = loss.chain
     n = X2.shape[0]
-    nt = chain._threads(n, num_threads)
-    work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
-    g = np.zeros_like(p)
-    backup = p.copy()  # p before the previous update (see _train._guarded_update)
-    code, hyper, state, step = opt._prepare(p)
-    pcode, lam = loss.pen
-    hist = np.zeros(epochs)
-
+    settings, buffers, hist = _buffers(loss, p, opt, n, num_threads, epochs)
     XT = np.ascontiguousarray(X2.T)  # transposed once per call (see _train.train_full)
     TT = np.ascontiguousarray(T_.T) if loss.loss.code != E.LOSS_LOGITCE else T_
 
     def call(k, h0):
-        return T.train_full(chain.program, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper,
-                            state, step, k, hist, h0, g, slabs, work, losses, stats, backup)
+        return T.train_full(chain.program, p, XT, TT, labels, *settings, k, hist, h0, *buffers)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p)
 
@@ -136,20 +141,13 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
         from ._jit import default_num_threads
         batch_size = DEFAULT_BATCH_PER_THREAD * (num_threads or default_num_threads())
     batch = min(positive_int("batch_size", batch_size), n)
-    nt = chain._threads(batch, num_threads)
-    work, slabs, losses, stats = chain._workspace(p.dtype, nt, batch)
-    g = np.zeros_like(p)
-    backup = p.copy()  # p before the previous update (see _train._guarded_update)
-    code, hyper, state, step = opt._prepare(p)
-    pcode, lam = loss.pen
-    hist = np.zeros(epochs)
+    settings, buffers, hist = _buffers(loss, p, opt, batch, num_threads, epochs)
     perm = np.arange(n, dtype=np.int64)
     rng = np.array([np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]], dtype=np.uint64)
 
     def call(k, h0):
-        return T.train_minibatch(chain.program, p, X2, T_, labels, loss.loss.code, loss._lpar, pcode, lam, code,
-                                 hyper, state, step, k, batch, perm, rng, hist, h0, g, slabs, work, losses, stats,
-                                 backup)
+        return T.train_minibatch(chain.program, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0,
+                                 *buffers)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p)
 
