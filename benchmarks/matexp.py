@@ -91,6 +91,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-peers", action="store_true", help="run smallchains only")
     args = ap.parse_args(argv)
+    if args.epochs < 20 + 2 * args.repeats:
+        ap.error(f"--epochs must be at least {20 + 2 * args.repeats} (20 warm-up epochs, then {args.repeats} chunks)")
 
     if not args.no_peers:
         start_peer_runtimes()
@@ -116,6 +118,10 @@ def main(argv=None):
 
 def _line(name, r):
     extra = f", variant {r['variant']}" if "variant" in r else ""
+    if "compile_s" in r:
+        extra += f", compile {r['compile_s']:.2f} s"
+    if "first_call_s" in r:
+        extra += f", first call {r['first_call_s']:.2f} s"
     chunks = ", ".join(f"{c:.0f}" for c in r.get("us_per_epoch_chunks", []))
     return (f"{name:12s} {r['us_per_epoch']:9.1f} µs/epoch (chunks {chunks})  train loss {r['train_loss']:.5f}  "
             f"test loss {r['test_loss']:.5f}{extra}")

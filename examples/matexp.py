@@ -68,4 +68,6 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=10_000)
     ap.add_argument("--no-peers", action="store_true", help="skip the PyTorch/JAX comparison")
     a = ap.parse_args()
+    if a.epochs < 25:
+        ap.error("--epochs must be at least 25 (one untimed epoch, then timed ones; the comparison warms up 20)")
     main(a.epochs, peers=not a.no_peers)

@@ -5,7 +5,7 @@ float64) and cached on disk; chains of any shape share the machine code.
 
 Status codes returned by the kernels (mapped to exceptions in ``_errors``):
     OK, NONFINITE_INPUT, NONFINITE_LOSS, NONFINITE_GRAD, LABEL_OUT_OF_RANGE,
-    NONFINITE_PARAMS, WORK_TOO_SMALL
+    NONFINITE_PARAMS, WORK_TOO_SMALL, BAD_SHAPE
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ NONFINITE_GRAD = 3
 LABEL_OUT_OF_RANGE = 4
 NONFINITE_PARAMS = 5
 WORK_TOO_SMALL = 6
+BAD_SHAPE = 7
 
 #: Largest finite float64; ``abs(x) <= FMAX`` is False exactly for NaN and +-Inf.  A
 #: comparison survives the fast-math flags, whereas ``math.isfinite`` (``x - x == 0``)

@@ -31,6 +31,8 @@ _MESSAGES = {
     E.NONFINITE_GRAD: "the gradient is not finite; lower the learning rate or rescale the data",
     E.NONFINITE_PARAMS: "the update made the parameters non-finite; lower the learning rate",
     E.WORK_TOO_SMALL: "the workspace is too small; allocate chain.work_size(batch) elements",
+    E.BAD_SHAPE: "an array passed to a compiled kernel has the wrong length or shape for the chain "
+                 "(see the shapes in smallchains.kernels)",
     E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
 }
 

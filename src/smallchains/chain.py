@@ -150,6 +150,7 @@ class SimpleChain:
         """
         check_params(p, self.num_params)
         check_out("out", out, (self.num_params,), p.dtype)
+        _no_overlap("out", out, p=p, x=x, v=v, out_x=out_x)
         X2, one = as_data("x", x, p.dtype, self.input_dim)
         n = X2.shape[0]
         V2, vone = as_data("v", v, p.dtype, self.output_dim, what="outputs")
@@ -178,6 +179,7 @@ class SimpleChain:
         X2, one = as_data("x", x, p.dtype, self.input_dim)
         n = X2.shape[0]
         check_out("out", out, (self.output_dim,) if one else (n, self.output_dim), p.dtype)
+        _no_overlap("out", out, p=p, x=x, dx=dx, dp=dp)
         use_dx = dx is not None
         if use_dx:
             DX, _ = as_data("dx", dx, p.dtype, self.input_dim)
@@ -223,6 +225,12 @@ class SimpleChain:
 
     def __len__(self):
         return len(self.layers)
+
+
+def _no_overlap(name, out, **others):
+    for other_name, a in others.items():
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise ValueError(f"`{name}` shares memory with `{other_name}`; in-place outputs need their own arrays")
 
 
 class ChainKernels:

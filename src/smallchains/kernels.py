@@ -30,8 +30,10 @@ Example, a hand-written explicit Euler step of a neural ODE and its adjoint::
         ...
 
 Status: each function returns 0 on success, 1 when its input ``x`` holds a
-NaN or Inf, and 6 when ``work`` is smaller than ``chain.work_size(1)`` (the
-outputs are then unspecified).  ``smallchains._errors.raise_for_status`` turns
+NaN or Inf, 6 when ``work`` is smaller than ``chain.work_size(1)``, and 7 when
+another array is shorter than the chain needs or a batch has the wrong shape
+(nothing is written then; the checks are a few integer compares, bounds checks
+being off inside the kernels).  ``smallchains._errors.raise_for_status`` turns
 a status into the exception the Python API raises.
 """
 
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 from . import _engine as E
 from ._jit import kernel
-from ._program import BLOCK, H_G1, H_NIN, H_NOUT, H_UNITS
+from ._program import BLOCK, H_G1, H_NIN, H_NOUT, H_NPARAMS, H_UNITS
 
 
 @kernel
@@ -50,10 +52,12 @@ def work_size(prog, batch):
 
 
 @kernel
-def _load_sample(prog, x, work):
-    """work[:d] <- x after checking the workspace size and that x is finite; returns a status."""
+def _load_sample(prog, x, p, work):
+    """work[:d] <- x after checking sizes and that x is finite; returns a status."""
     if work.shape[0] < prog[0, H_UNITS]:
         return E.WORK_TOO_SMALL
+    if x.shape[0] < prog[0, H_NIN] or p.shape[0] < prog[0, H_NPARAMS]:
+        return E.BAD_SHAPE
     bad = 0
     for k in range(prog[0, H_NIN]):
         v = x[k]
@@ -66,7 +70,9 @@ def _load_sample(prog, x, work):
 def forward_into(prog, y, x, p, work):
     """y <- chain(x) for one sample: ``x`` of shape (d,), ``y`` of shape (m,) (overwritten)."""
     m = prog[0, H_NOUT]
-    st = _load_sample(prog, x, work)
+    if y.shape[0] < m:
+        return E.BAD_SHAPE
+    st = _load_sample(prog, x, p, work)
     if st != E.OK:
         return st
     yo = E.block_forward(prog, p, work, 1, False)
@@ -82,6 +88,8 @@ def vjp_into(prog, out, p, v, x, out_x, work):
 
     The forward pass is recomputed inside (nothing is kept between calls).
     """
+    if out.shape[0] < prog[0, H_NPARAMS]:
+        return E.BAD_SHAPE
     out[:] = 0
     return vjp_accumulate(prog, out, p, v, x, out_x, work)
 
@@ -91,7 +99,12 @@ def vjp_accumulate(prog, out, p, v, x, out_x, work):
     """As :func:`vjp_into` but ``out += v^T d chain/d p`` (accumulates; adjoint quadratures)."""
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
-    st = _load_sample(prog, x, work)
+    if out.shape[0] < prog[0, H_NPARAMS] or v.shape[0] < m:
+        return E.BAD_SHAPE
+    if out_x is not None:
+        if out_x.shape[0] < d:
+            return E.BAD_SHAPE
+    st = _load_sample(prog, x, p, work)
     if st != E.OK:
         return st
     E.block_forward(prog, p, work, 1, True)
@@ -115,7 +128,15 @@ def jvp_into(prog, y, out, p, x, dx, dp, work):
     """
     d = prog[0, H_NIN]
     m = prog[0, H_NOUT]
-    st = _load_sample(prog, x, work)
+    if y.shape[0] < m or out.shape[0] < m:
+        return E.BAD_SHAPE
+    if dx is not None:
+        if dx.shape[0] < d:
+            return E.BAD_SHAPE
+    if dp is not None:
+        if dp.shape[0] < prog[0, H_NPARAMS]:
+            return E.BAD_SHAPE
+    st = _load_sample(prog, x, p, work)
     if st != E.OK:
         return st
     yo = E.block_forward(prog, p, work, 1, True)
@@ -139,6 +160,10 @@ def forward_batch_into(prog, Y, X, p, work):
     B = min(work.shape[0] // prog[0, H_UNITS], BLOCK)
     if B < 1:
         return E.WORK_TOO_SMALL
+    n = X.shape[0]
+    if (X.shape[1] != prog[0, H_NIN] or Y.shape[0] < n or Y.shape[1] != prog[0, H_NOUT]
+            or p.shape[0] < prog[0, H_NPARAMS]):
+        return E.BAD_SHAPE
     return E.forward_range(prog, p, X, Y, 0, X.shape[0], work, B)
 
 
@@ -148,6 +173,13 @@ def vjp_batch_into(prog, out, p, V, X, out_x, work):
     B = min(work.shape[0] // prog[0, H_UNITS], BLOCK)
     if B < 1:
         return E.WORK_TOO_SMALL
+    n = X.shape[0]
+    if (X.shape[1] != prog[0, H_NIN] or V.shape[0] < n or V.shape[1] != prog[0, H_NOUT]
+            or p.shape[0] < prog[0, H_NPARAMS] or out.shape[0] < prog[0, H_NPARAMS]):
+        return E.BAD_SHAPE
+    if out_x is not None:
+        if out_x.shape[0] < n or out_x.shape[1] != prog[0, H_NIN]:
+            return E.BAD_SHAPE
     out[:] = 0
     if out_x is None:
         return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, X, False, work, B)  # X: not written

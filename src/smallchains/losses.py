@@ -21,7 +21,7 @@ import numpy as np
 from . import _engine as E
 from . import _train as T
 from ._errors import raise_for_status
-from ._validate import as_data, check_params
+from ._validate import as_data, check_out, check_params
 
 
 class Loss:
@@ -91,7 +91,8 @@ class HuberLoss(_RegressionLoss):
 
     def __init__(self, Y, delta=1.0):
         super().__init__(Y)
-        if not (np.isfinite(delta) and delta > 0):
+        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) or not (
+                np.isfinite(delta) and delta > 0):
             raise ValueError(f"`delta` must be a positive number, got {delta!r}")
         self.delta = float(delta)
 
@@ -111,7 +112,9 @@ class LogitCrossEntropyLoss(Loss):
                             f"(e.g. labels.astype(np.int64))")
         if y.ndim != 1 or y.shape[0] == 0:
             raise ValueError(f"`labels` have shape {y.shape}; pass a 1-D array of n integer labels")
-        self.labels = np.ascontiguousarray(y, dtype=np.int64)
+        if y.dtype.kind == "u" and int(y.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"label {int(y.max())} is too large; labels must be integers in 0..K-1")
+        self.labels = np.array(y, dtype=np.int64, copy=True)  # later edits of `labels` do not leak in
         self._dummy = {}
 
     def num_samples(self):
@@ -139,7 +142,8 @@ class Penalty:
     code = 0
 
     def __init__(self, lam):
-        if not (np.isfinite(lam) and lam >= 0):
+        if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) or not (
+                np.isfinite(lam) and lam >= 0):
             raise ValueError(f"penalty strength must be a non-negative number, got {lam!r}")
         self.lam = float(lam)
 
@@ -240,9 +244,9 @@ def valgrad(g, loss, X, p, num_threads=None) -> float:
     if not isinstance(loss, ChainLoss):
         raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
     X2, T_, labels = loss._data(X, p)
-    if not (isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype and g.flags.c_contiguous):
-        raise ValueError(f"`g` must be a C-contiguous array of the shape {p.shape} and dtype {p.dtype} of `p` "
-                         f"(np.empty_like(p)), got {getattr(g, 'shape', type(g))} {getattr(g, 'dtype', '')}")
+    check_out("g", g, p.shape, p.dtype)
+    if np.may_share_memory(g, p):
+        raise ValueError("`g` shares memory with `p`; the gradient needs its own array (np.empty_like(p))")
     value, _ = _value(loss, X2, T_, labels, p, g, num_threads)
     return value
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _train as T
+from ._validate import check_params
 
 
 class Optimizer:
@@ -47,6 +48,10 @@ class Optimizer:
 
     def update(self, p: np.ndarray, g: np.ndarray) -> None:
         """Apply one update to ``p`` in place from gradient ``g`` (for hand-written loops)."""
+        check_params(p, np.shape(p)[0] if np.ndim(p) == 1 else -1)
+        if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype.kind != "f":
+            raise ValueError(f"`g` must be a float array of the shape {p.shape} of `p`, "
+                             f"got {getattr(g, 'shape', type(g).__name__)}")
         code, hyper, state, step = self._prepare(p)
         T.opt_update(code, hyper, state, step, p, np.ascontiguousarray(g, dtype=p.dtype))
 
@@ -57,9 +62,27 @@ def _check_lr(lr):
     return float(lr)
 
 
+def _number(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+        raise ValueError(f"`{name}` must be a finite number, got {v!r}")
+    return float(v)
+
+
 def _check_unit(name, v):
-    if not (0.0 <= float(v) < 1.0):
+    if not (0.0 <= _number(name, v) < 1.0):
         raise ValueError(f"`{name}` must be in [0, 1), got {v!r}")
+    return float(v)
+
+
+def _check_decay(v):
+    if _number("weight_decay", v) < 0:
+        raise ValueError(f"`weight_decay` must be >= 0, got {v!r}")
+    return float(v)
+
+
+def _check_eps(v):
+    if _number("eps", v) <= 0:
+        raise ValueError(f"`eps` must be > 0, got {v!r}")
     return float(v)
 
 
@@ -74,11 +97,11 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__()
         self.lr = _check_lr(lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"`betas` must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (_check_unit("betas[0]", betas[0]), _check_unit("betas[1]", betas[1]))
-        if not eps > 0:
-            raise ValueError(f"`eps` must be > 0, got {eps!r}")
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        self.eps = _check_eps(eps)
+        self.weight_decay = _check_decay(weight_decay)
 
     def _hyper(self):
         return np.array([self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay])
@@ -109,7 +132,7 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs `momentum` > 0")
         self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _check_decay(weight_decay)
 
     def _hyper(self):
         return np.array([self.lr, self.momentum, float(self.nesterov), self.weight_decay])
@@ -127,9 +150,9 @@ class RMSProp(Optimizer):
         super().__init__()
         self.lr = _check_lr(lr)
         self.alpha = _check_unit("alpha", alpha)
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
         self.momentum = _check_unit("momentum", momentum)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = _check_decay(weight_decay)
 
     def _hyper(self):
         return np.array([self.lr, self.alpha, self.eps, self.momentum, self.weight_decay])

@@ -30,7 +30,22 @@ def _check(loss, X, p, opt, epochs):
         raise TypeError(f"`opt` must be an optimizer such as sc.Adam(1e-3), got {opt!r}")
     epochs = positive_int("epochs", epochs, minimum=0)
     X2, T_, labels = loss._data(X, p)
+    if not E.all_finite(p):
+        raise ValueError("`p` contains NaN or Inf; start from finite parameters (chain.init_params())")
     return X2, T_, labels, epochs
+
+
+def _stream_state(seed):
+    """The shuffling stream's 64-bit state from an int seed or a ``np.random.Generator``.
+
+    An int restarts the same stream on every call; a Generator advances, so calling
+    ``train_batched(..., seed=rng)`` repeatedly shuffles differently each time.
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed.integers(0, 2**63, dtype=np.uint64)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer or a np.random.Generator, got {seed!r}")
+    return np.random.SeedSequence(int(seed)).generate_state(1, np.uint64)[0]
 
 
 def _buffers(loss, p, opt, batch, num_threads, epochs):
@@ -66,7 +81,7 @@ def _chunks(epochs, callback, callback_every, progress):
     return step, bar
 
 
-def _run(kernel_call, epochs, hist, callback, callback_every, progress, p):
+def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None):
     step, bar = _chunks(epochs, callback, callback_every, progress)
     done = 0
     try:
@@ -75,11 +90,11 @@ def _run(kernel_call, epochs, hist, callback, callback_every, progress, p):
             status, completed = kernel_call(k, done)
             if status != 0:
                 e = done + int(completed)
-                if status in (2, 3, 5):  # non-finite loss / gradient / updated parameters
+                if status in (E.NONFINITE_LOSS, E.NONFINITE_GRAD, E.NONFINITE_PARAMS):
                     raise TrainingDivergedError(
                         f"training stopped at epoch {e}: {status_message(status)}; `p` holds the last "
                         f"parameters whose loss and update were finite", e, hist[:e].copy())
-                raise_for_status(status, "X")
+                raise_for_status(status, "X", k_out)
             done += k
             if bar is not None:
                 bar.update(k)
@@ -123,7 +138,7 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     def call(k, h0):
         return T.train_full(chain.program, p, XT, TT, labels, *settings, k, hist, h0, *buffers)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p)
+    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim)
 
 
 def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threads=None, callback=None,
@@ -131,7 +146,9 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
     """Minibatch training: each epoch reshuffles the samples (seeded) and steps once per minibatch.
 
     The last partial minibatch is used, not dropped.  Threads split each minibatch.
-    ``batch_size`` defaults to 32 x threads.  Returns per-epoch mean minibatch losses
+    ``batch_size`` defaults to 32 x threads.  ``seed``: an int (each call restarts that
+    shuffling stream, so two calls of 5 epochs shuffle like two first 5 epochs) or a
+    ``np.random.Generator`` (advanced by each call; use it to resume training).  Returns per-epoch mean minibatch losses
     (each minibatch's loss taken before its step).  Other arguments as ``train_unbatched``.
     """
     X2, T_, labels, epochs = _check(loss, X, p, opt, epochs)
@@ -143,13 +160,13 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
     batch = min(positive_int("batch_size", batch_size), n)
     settings, buffers, hist = _buffers(loss, p, opt, batch, num_threads, epochs)
     perm = np.arange(n, dtype=np.int64)
-    rng = np.array([np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]], dtype=np.uint64)
+    rng = np.array([_stream_state(seed)], dtype=np.uint64)
 
     def call(k, h0):
         return T.train_minibatch(chain.program, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0,
                                  *buffers)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p)
+    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim)
 
 
 def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):
