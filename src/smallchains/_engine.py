@@ -315,6 +315,28 @@ COLUMNS = 2
 
 
 @kernel
+def reduce_slabs(out, slabs):
+    """out <- sum over threads of slabs[t] in thread order (deterministic, no atomics)."""
+    n = out.shape[0]
+    s0 = slabs[0]
+    for i in range(n):
+        out[i] = s0[i]
+    for t in range(1, slabs.shape[0]):
+        st = slabs[t]
+        for i in range(n):
+            out[i] += st[i]
+
+
+@kernel
+def first_error(stats):
+    """The first non-OK status in thread order, or OK."""
+    for t in range(stats.shape[0]):
+        if stats[t] != OK:
+            return stats[t]
+    return OK
+
+
+@kernel
 def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad):
     """Loss sum over samples [i0, i1) read as ``mode`` says; accumulates scale*dL/dp into ``gp``."""
     use_idx = mode == ROWS_IDX
@@ -394,12 +416,7 @@ def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work
             return total, stats[t]
         total += losses[t]
     if want_grad:
-        npar = g.shape[0]
-        for i in range(npar):
-            g[i] = slabs[0, i]
-        for t in range(1, nt):
-            for i in range(npar):
-                g[i] += slabs[t, i]
+        reduce_slabs(g, slabs)
     return total * scale, OK
 
 
@@ -442,10 +459,7 @@ def forward(prog, p, X, Y, work, stats):
     if work.shape[0] == 1 or n <= B:
         return forward_range(prog, p, X, Y, 0, n, work[0], B)
     _forward_threads(prog, p, X, Y, work, B, stats)
-    for t in range(work.shape[0]):
-        if stats[t] != OK:
-            return stats[t]
-    return OK
+    return first_error(stats)
 
 
 @kernel
@@ -500,16 +514,10 @@ def vjp(prog, p, V, X, out, GX, want_x, slabs, work, stats):
         out[:] = 0
         return vjp_range(prog, p, V, X, 0, n, out, GX, want_x, work[0], B)
     _vjp_threads(prog, p, V, X, slabs, GX, want_x, work, B, stats)
-    for t in range(nt):
-        if stats[t] != OK:
-            return stats[t]
-    npar = out.shape[0]
-    for i in range(npar):
-        out[i] = slabs[0, i]
-    for t in range(1, nt):
-        for i in range(npar):
-            out[i] += slabs[t, i]
-    return OK
+    st = first_error(stats)
+    if st == OK:
+        reduce_slabs(out, slabs)
+    return st
 
 
 @kernel
