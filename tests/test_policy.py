@@ -58,3 +58,20 @@ def test_progress_bar_and_callback(capsys):
     assert [v for _, v, _ in seen] == [h[9], h[19], h[29], h[39]]
     err = capsys.readouterr().err
     assert "40/40" in err  # tqdm wrote its bar to stderr
+
+
+def test_purge_reaches_numba_cache_dir(tmp_path, monkeypatch):
+    import hashlib
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("x = 1\n")
+    root = tmp_path / "numbacache"
+    full = os.path.abspath(str(pkg))
+    sub = root / f"pkg_{hashlib.sha1(full.encode()).hexdigest()}"  # Numba's own naming
+    sub.mkdir(parents=True)
+    stale = sub / "mod.f-1.py311.nbi"
+    stale.write_text("stale")
+    monkeypatch.setattr(_jit, "_package_dirs", lambda: [str(pkg)])
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(root))
+    assert _jit.purge_stale_caches() is True
+    assert not stale.exists()

@@ -72,8 +72,11 @@ def _package_dirs():
 def _cache_dirs(pkg_dirs):
     root = os.environ.get("NUMBA_CACHE_DIR")
     dirs = [os.path.join(d, "__pycache__") for d in pkg_dirs]
-    if root:  # Numba mirrors the source path below NUMBA_CACHE_DIR
-        dirs += [os.path.join(root, os.path.splitdrive(d)[1].lstrip(os.sep)) for d in pkg_dirs]
+    if root:  # Numba's _CacheLocator.get_suitable_cache_subpath: "<folder>_<sha1 of its path>"
+        for d in pkg_dirs:
+            full = os.path.abspath(d)
+            sub = f"{os.path.split(full)[-1]}_{hashlib.sha1(full.encode()).hexdigest()}"
+            dirs.append(os.path.join(root, sub))
     return dirs
 
 

@@ -160,6 +160,7 @@ class SimpleChain:
         want_x = out_x is not None
         if want_x:
             check_out("out_x", out_x, (self.input_dim,) if one else (n, self.input_dim), p.dtype)
+            _no_overlap("out_x", out_x, p=p, x=x, v=v)
             GX = out_x.reshape(n, self.input_dim)
         else:
             GX = X2

@@ -47,7 +47,7 @@ class _RegressionLoss(Loss):
             raise ValueError(f"targets `Y` have shape {Y.shape}; pass an array of shape (n, outputs)")
         if not np.isfinite(Y).all():
             raise ValueError("targets `Y` contain NaN or Inf; remove or impute those samples first")
-        self.Y = Y
+        self.Y = np.array(Y, copy=True)  # the loss owns its targets: later edits of `Y` do not leak in
         self._cache = {}
 
     def num_samples(self):
@@ -61,7 +61,7 @@ class _RegressionLoss(Loss):
     def _targets(self, dtype):
         T_ = self._cache.get(dtype.char)
         if T_ is None:
-            T_ = np.array(self.Y, dtype=dtype, order="C", copy=True)  # later edits of Y do not leak in
+            T_ = np.ascontiguousarray(self.Y, dtype=dtype)
             self._cache[dtype.char] = T_
         return T_, _NO_LABELS
 
@@ -245,8 +245,8 @@ def valgrad(g, loss, X, p, num_threads=None) -> float:
         raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
     X2, T_, labels = loss._data(X, p)
     check_out("g", g, p.shape, p.dtype)
-    if np.may_share_memory(g, p):
-        raise ValueError("`g` shares memory with `p`; the gradient needs its own array (np.empty_like(p))")
+    if np.may_share_memory(g, p) or np.may_share_memory(g, X):
+        raise ValueError("`g` shares memory with `p` or `X`; the gradient needs its own array (np.empty_like(p))")
     value, _ = _value(loss, X2, T_, labels, p, g, num_threads)
     return value
 
