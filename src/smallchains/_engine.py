@@ -78,11 +78,33 @@ def gather_block(X, idx, use_idx, i0, nb, w, B, wo=0):
     Transposes a block of rows into the feature-major layout; columns ``nb..B-1``
     are zero-filled.  Returns the number of non-finite values met (0: all finite);
     the count is an integer chain, so it does not serialise the copy the way a
-    floating-point ``sum of x*0`` does (measured 4.8 -> 1 us for 200 x 24).
+    floating-point ``sum of x*0`` does.
     """
     d = X.shape[1]
     bad = 0
-    for s in range(nb):
+    s0 = 0
+    # tiles of 8 samples: the fixed-length inner loop lets LLVM vectorise the transposition
+    # (measured 0.76 against 2.9 us for 200 x 24 float32 row by row)
+    if use_idx:
+        while s0 + 8 <= nb:
+            for k in range(d):
+                wk = w[wo + k * B + s0:wo + k * B + s0 + 8]
+                for i in range(8):
+                    v = X[idx[i0 + s0 + i], k]
+                    bad += not (abs(v) <= FMAX)
+                    wk[i] = v
+            s0 += 8
+    else:
+        while s0 + 8 <= nb:
+            Xt = X[i0 + s0:i0 + s0 + 8]
+            for k in range(d):
+                wk = w[wo + k * B + s0:wo + k * B + s0 + 8]
+                for i in range(8):
+                    v = Xt[i, k]
+                    bad += not (abs(v) <= FMAX)
+                    wk[i] = v
+            s0 += 8
+    for s in range(s0, nb):
         xr = X[idx[i0 + s]] if use_idx else X[i0 + s]
         for k in range(d):
             v = xr[k]
