@@ -150,7 +150,7 @@ class SimpleChain:
         """
         check_params(p, self.num_params)
         check_out("out", out, (self.num_params,), p.dtype)
-        _no_overlap("out", out, p=p, x=x, v=v, out_x=out_x)
+        _no_overlap("out", out, p=p)
         X2, one = as_data("x", x, p.dtype, self.input_dim)
         n = X2.shape[0]
         V2, vone = as_data("v", v, p.dtype, self.output_dim, what="outputs")
@@ -160,7 +160,7 @@ class SimpleChain:
         want_x = out_x is not None
         if want_x:
             check_out("out_x", out_x, (self.input_dim,) if one else (n, self.input_dim), p.dtype)
-            _no_overlap("out_x", out_x, p=p, x=x, v=v)
+            _no_overlap("out_x", out_x, x=x, out=out)
             GX = out_x.reshape(n, self.input_dim)
         else:
             GX = X2
@@ -180,7 +180,7 @@ class SimpleChain:
         X2, one = as_data("x", x, p.dtype, self.input_dim)
         n = X2.shape[0]
         check_out("out", out, (self.output_dim,) if one else (n, self.output_dim), p.dtype)
-        _no_overlap("out", out, p=p, x=x, dx=dx, dp=dp)
+        _no_overlap("out", out, x=x, dx=dx)
         use_dx = dx is not None
         if use_dx:
             DX, _ = as_data("dx", dx, p.dtype, self.input_dim)
@@ -228,9 +228,9 @@ class SimpleChain:
         return len(self.layers)
 
 
-def _no_overlap(name, out, **others):
+def _no_overlap(name, buf, **others):
     for other_name, a in others.items():
-        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+        if isinstance(a, np.ndarray) and np.may_share_memory(buf, a):
             raise ValueError(f"`{name}` shares memory with `{other_name}`; in-place outputs need their own arrays")
 
 
