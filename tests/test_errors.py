@@ -174,10 +174,12 @@ def test_nonfinite_X(setup, bad, where, dtype):
             assert np.all(np.isfinite(p))
         else:
             np.testing.assert_array_equal(p, p0)
-    with pytest.raises(ValueError, match=r"`x` contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"`x` or `v` contains NaN or Inf"):
         chain.vjp_into(np.empty_like(p), p, np.zeros((20, 2), dtype), Xb, np.empty_like(Xb))
-    with pytest.raises(ValueError, match=r"`x` contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"`x` or `v` contains NaN or Inf"):
         chain.vjp_into(np.empty_like(p), p, np.zeros(2, dtype), Xb[where[0]])
+    with pytest.raises(ValueError, match=r"`x` or `v` contains NaN or Inf"):  # a NaN cotangent too
+        chain.vjp_into(np.empty_like(p), p, np.full((20, 2), np.nan, dtype), np.zeros_like(Xb))
     with pytest.raises(ValueError, match=r"`x` contains NaN or Inf"):
         chain.jvp_into(np.empty((20, 2), dtype), p, Xb, dx=np.ones_like(Xb))
 
@@ -194,7 +196,7 @@ def test_nonfinite_X_large_batch_threads(num_threads):
         chain(X, p, num_threads=num_threads)
     with pytest.raises(ValueError, match="`X` contains NaN"):
         sc.valgrad(np.empty_like(p), loss, X, p, num_threads=num_threads)
-    with pytest.raises(ValueError, match="`x` contains NaN"):
+    with pytest.raises(ValueError, match="`x` or `v` contains NaN"):
         chain.vjp_into(np.empty_like(p), p, np.zeros((1000, 3)), X, num_threads=num_threads)
     with pytest.raises(ValueError, match="`X` contains NaN"):
         sc.train_unbatched(loss, X, p, sc.Adam(), 1, num_threads=num_threads)

@@ -487,7 +487,6 @@ def forward(prog, p, X, Y, work, stats):
 @kernel
 def vjp_range(prog, p, V, X, i0, i1, gp, GX, want_x, w, B):
     """gp += sum over samples of V[s]^T dchain/dp; GX[s] <- V[s]^T dchain/dx when want_x."""
-    m = prog[0, H_NOUT]
     d = prog[0, H_NIN]
     go = prog[0, H_G1] * B
     dummy = prog[0]  # any int64 vector: not read when use_idx is False
@@ -497,11 +496,8 @@ def vjp_range(prog, p, V, X, i0, i1, gp, GX, want_x, w, B):
         if gather_block(X, dummy, False, i, nb, w, B) != 0:
             return NONFINITE_INPUT
         block_forward(prog, p, w, B, True)
-        for j in range(m):
-            for s in range(nb):
-                w[go + j * B + s] = V[i + s, j]
-            for s in range(nb, B):
-                w[go + j * B + s] = 0
+        if gather_block(V, dummy, False, i, nb, w, B, go) != 0:  # the cotangent, zero-padded
+            return NONFINITE_INPUT
         xo = block_backward(prog, p, gp, w, B, want_x)
         if want_x:
             for s in range(nb):

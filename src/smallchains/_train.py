@@ -106,6 +106,21 @@ def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
 
 
 @kernel
+def _step(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
+          g, slabs, work, losses, stats, backup):
+    """One optimizer step on samples [i0, i1): gradient, penalty, checked update.
+
+    Returns (loss with penalty before the step, status).
+    """
+    val, st = E.valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
+                        True)
+    if st != E.OK:
+        return val, st
+    val += E.penalty(prog, p, g, pen_code, pen_lam, True)
+    return val, _guarded_update(val, opt_code, hyper, state, step, p, g, backup)
+
+
+@kernel
 def _shuffle(perm, rng):
     """Fisher-Yates shuffle of ``perm`` in place with a splitmix64 stream (state ``rng[0]``)."""
     n = perm.shape[0]
@@ -130,18 +145,14 @@ def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
     transposed once by the caller, so epochs copy contiguous columns instead of
     transposing rows every time.
 
-    Returns (status, epochs completed).  On a non-finite loss or gradient it stops
-    before updating, so ``p`` keeps its last finite value.
+    Returns (status, epochs completed).  On a failure ``p`` is left as
+    ``_guarded_update`` says (the last parameters whose loss was finite).
     """
     n = XT.shape[1]
     idx = prog[0]
     for e in range(epochs):
-        val, st = E.valgrad(prog, p, XT, idx, E.COLUMNS, 0, n, TT, labels, code, lpar, g, slabs, work, losses,
-                            stats, True)
-        if st != E.OK:
-            return st, e
-        val += E.penalty(prog, p, g, pen_code, pen_lam, True)
-        st = _guarded_update(val, opt_code, hyper, state, step, p, g, backup)
+        val, st = _step(prog, p, XT, idx, E.COLUMNS, 0, n, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
+                        hyper, state, step, g, slabs, work, losses, stats, backup)
         if st != E.OK:
             return st, e
         hist[h0 + e] = val
@@ -163,12 +174,8 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
         i = 0
         while i < n:
             j = min(n, i + batch)
-            val, st = E.valgrad(prog, p, X, perm, E.ROWS_IDX, i, j, T, labels, code, lpar, g, slabs, work,
-                                losses, stats, True)
-            if st != E.OK:
-                return st, e
-            val += E.penalty(prog, p, g, pen_code, pen_lam, True)
-            st = _guarded_update(val, opt_code, hyper, state, step, p, g, backup)
+            val, st = _step(prog, p, X, perm, E.ROWS_IDX, i, j, T, labels, code, lpar, pen_code, pen_lam,
+                            opt_code, hyper, state, step, g, slabs, work, losses, stats, backup)
             if st != E.OK:
                 return st, e
             total += val * (j - i)

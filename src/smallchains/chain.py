@@ -166,7 +166,7 @@ class SimpleChain:
             GX = X2
         nt = self._threads(n, num_threads)
         work, slabs, _, stats = self._workspace(p.dtype, nt, n)
-        raise_for_status(E.vjp(self.program, p, V2, X2, out, GX, want_x, slabs, work, stats), "x")
+        raise_for_status(E.vjp(self.program, p, V2, X2, out, GX, want_x, slabs, work, stats), "x` or `v")
         return out
 
     def jvp_into(self, out, p, x, dx=None, dp=None):
