@@ -43,14 +43,21 @@ def _unbox_only(*args):
     return 0
 
 
+@numba.njit(_nrt=False)
+def _unbox_only_no_nrt(*args):
+    return 0
+
+
 def _extra(kernel, *args):
     """NRT allocations of ``kernel(*args)`` beyond those of merely passing ``args`` into compiled code.
 
-    Calling any compiled function from Python wraps each NumPy argument in an NRT MemInfo
-    (one counted allocation per array, freed on return); that cost is measured with a
-    function that does nothing and subtracted, so what remains is allocated by the kernel.
+    Calling an NRT-enabled compiled function from Python wraps each NumPy argument in an NRT
+    MemInfo (one counted allocation per array, freed on return); the package kernels are
+    compiled without NRT (no wrapping).  That boundary cost is measured with a function that
+    does nothing, compiled the same way, and subtracted: what remains is allocated by the kernel.
     """
-    return _count(lambda: kernel(*args)) - _count(lambda: _unbox_only(*args))
+    base = _unbox_only if kernel.targetoptions.get("_nrt", True) else _unbox_only_no_nrt
+    return _count(lambda: kernel(*args)) - _count(lambda: base(*args))
 
 
 @numba.njit  # not cached: its machine code embeds the package kernels
@@ -66,6 +73,15 @@ def test_allocation_counter_works():
     assert _extra(_allocates, 10) == 1
     a = np.zeros(3)
     assert _count(lambda: _unbox_only(a, a, a)) == 3  # the per-array boxing cost that _extra subtracts
+    assert _count(lambda: _unbox_only_no_nrt(a, a, a)) == 0
+
+
+def test_kernels_compiled_without_nrt():
+    """The policy: package kernels run without reference counting (see smallchains._jit.NO_NRT)."""
+    from smallchains import _activations as A
+    for fn in (E.valgrad, E.vjp, E.forward, E.block_forward, E.block_backward, K.vjp_into, K.forward_into,
+               K.jvp_into, T.train_full, T.train_minibatch, A.act_inplace, A.act_forward):
+        assert fn.targetoptions.get("_nrt") is False, fn
 
 
 # --------------------------------------------------------------------------- engine entry points

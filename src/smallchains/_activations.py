@@ -108,7 +108,7 @@ ACTIVATION_NAMES = (
     "identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "silu", "elu", "rbf",
 )
 
-_JIT = dict(fastmath=FASTMATH_FLAGS or False, error_model="numpy", boundscheck=False)
+_JIT = dict(fastmath=FASTMATH_FLAGS or False, error_model="numpy", boundscheck=False, _nrt=False)
 
 # Measured maximum errors (see module docstring for the definitions); the test
 # suite re-measures and checks these numbers are not optimistic.
@@ -605,6 +605,37 @@ def act_forward_to(code, z, off, y, yoff, n, d, doff, want_d):
         _apply(_rbf_yd, zs, ys, ds, want_d, same)
     else:
         raise ValueError("unknown activation code")
+
+
+@njit(cache=_CACHE, **_JIT)
+def act_inplace(code, zs, ds, want_d):
+    """``zs <- f(zs)`` (whole 1-D array), ``ds <- f'(zs_original)`` when ``want_d``.
+
+    No range checks and no ``raise``: for compiled callers that own their
+    buffers (the engine; the checks of :func:`act_forward` cost ~13 ns per
+    call, a quarter of the time of 50 float64 tanh values).  ``ds`` must be at
+    least as long as ``zs`` when ``want_d``.
+    """
+    if code == ACT_IDENTITY:
+        if want_d:
+            for i in range(zs.shape[0]):
+                ds[i] = 1
+    elif code == ACT_TANH:
+        _apply(_tanh_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_RELU:
+        _apply(_relu_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_SIGMOID:
+        _apply(_sigmoid_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_SOFTPLUS:
+        _apply(_softplus_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_GELU:
+        _apply(_gelu_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_SILU:
+        _apply(_silu_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_ELU:
+        _apply(_elu_yd, zs, zs, ds, want_d, True)
+    elif code == ACT_RBF:
+        _apply(_rbf_yd, zs, zs, ds, want_d, True)
 
 
 @njit(cache=_CACHE, **_JIT)

@@ -15,7 +15,7 @@ import math
 import numba
 import numpy as np
 
-from ._activations import act_forward
+from ._activations import act_inplace
 from ._jit import kernel, parallel_kernel
 from ._program import (
     F_ACT,
@@ -147,7 +147,7 @@ def block_forward(prog, p, w, B, want_d):
             for t in range(nout * B):
                 dst[t] = src[t]
         if act != 0:
-            act_forward(act, w[yo:yo + nout * B], 0, nout * B, w[do:do + nout * B], 0, want_d)
+            act_inplace(act, w[yo:yo + nout * B], w[do:do + nout * B], want_d)
     return yo
 
 

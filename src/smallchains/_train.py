@@ -83,6 +83,13 @@ def opt_update(code, hyper, state, step, p, g):
 
 
 @kernel
+def _copy(dst, src):
+    """dst <- src elementwise (``dst[:] = src`` needs NRT for its overlap temporary)."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
+
+
+@kernel
 def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
     """Check the loss and gradient, update ``p``, and undo an update that overflows ``p``.
 
@@ -93,14 +100,14 @@ def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
     Returns a status.
     """
     if not E.is_finite(val):
-        p[:] = backup
+        _copy(p, backup)
         return E.NONFINITE_LOSS
     if not E.all_finite(g):
         return E.NONFINITE_GRAD
-    backup[:] = p
+    _copy(backup, p)
     opt_update(opt_code, hyper, state, step, p, g)
     if not E.all_finite(p):
-        p[:] = backup
+        _copy(p, backup)
         return E.NONFINITE_PARAMS
     return E.OK
 
