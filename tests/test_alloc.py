@@ -109,7 +109,7 @@ def test_engine_valgrad_does_not_allocate(dtype, nt, n, kind):
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     prog = chain.program
     args = (prog, p, X, prog[0], E.ROWS, 0, n, Tt, labels, loss.loss.code, loss._lpar, g, slabs, work, losses,
-            stats, True)
+            stats, True, -1)
     assert _extra(E.valgrad, *args) == 0
     assert _extra(E.penalty, prog, p, g, 2, 0.01, True) == 0
     # the public wrapper computes the same thing (so the measured call is the real one)
@@ -155,7 +155,7 @@ def test_train_full_does_not_allocate(dtype, nt, opt):
 
     XT, TT = np.ascontiguousarray(X.T), np.ascontiguousarray(Tt.T)  # train_full takes transposed data
     args = (chain.program, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
-            epochs, hist, 0, g, slabs, work, losses, stats, p.copy())
+            epochs, hist, 0, g, slabs, work, losses, stats, p.copy(), np.array([7], dtype=np.uint64))
     assert _extra(T.train_full, *args) == 0
     assert step[0] == 2 * epochs
     assert T.train_full(*args) == (0, epochs)

@@ -9,10 +9,23 @@ Quick start::
     history = sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=10_000)
 """
 
-from . import kernels
+from . import datasets, kernels
 from ._errors import TrainingDivergedError
 from .chain import ChainKernels, SimpleChain
-from .layers import ACTIVATIONS, Activation, ActivationFunction, Dense, Layer
+from .io import load, load_params, save
+from .layers import (
+    ACTIVATIONS,
+    Activation,
+    ActivationFunction,
+    AvgPool,
+    Conv,
+    Conv1D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool,
+)
 from .losses import (
     AbsoluteLoss,
     ChainLoss,
@@ -23,6 +36,8 @@ from .losses import (
     SquaredLoss,
     accuracy_and_loss,
     add_loss,
+    predict,
+    predict_proba,
     valgrad,
 )
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSProp
@@ -41,9 +56,11 @@ rbf = ACTIVATIONS["rbf"]
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbsoluteLoss", "Activation", "ActivationFunction", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
+    "AbsoluteLoss", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dropout", "Flatten",
+    "MaxPool", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
     "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",
-    "SimpleChain", "SquaredLoss", "TrainingDivergedError", "accuracy_and_loss", "add_loss", "elu", "gelu",
-    "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
+    "SimpleChain", "SquaredLoss", "TrainingDivergedError", "accuracy_and_loss", "add_loss", "datasets", "elu",
+    "gelu", "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
     "train_unbatched", "valgrad",
+    "load", "load_params", "save", "predict", "predict_proba",
 ]

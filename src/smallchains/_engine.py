@@ -19,13 +19,31 @@ from ._activations import act_inplace
 from ._jit import kernel, parallel_kernel
 from ._program import (
     F_ACT,
+    F_AUX,
     F_BIAS,
     F_BOFF,
+    F_C,
     F_D,
+    F_H,
+    F_HP,
+    F_KH,
     F_KIND,
+    F_KW,
     F_NIN,
     F_NOUT,
+    F_NW,
+    F_OC,
+    F_OH,
+    F_OW,
+    F_PAD,
+    F_PGX,
+    F_PH,
+    F_PW,
+    F_SH,
+    F_SW,
+    F_W,
     F_WOFF,
+    F_WP,
     F_X,
     F_Y,
     H_G1,
@@ -37,7 +55,21 @@ from ._program import (
     H_T,
     H_UNITS,
     KIND_ACTIVATION,
+    KIND_AVGPOOL,
+    KIND_CONV,
     KIND_DENSE,
+    KIND_DROPOUT,
+    KIND_MAXPOOL,
+)
+from .layers.conv import (
+    conv_forward,
+    conv_pullback_input,
+    conv_pullback_params,
+    pad_copy,
+    pool_forward,
+    pool_pullback,
+    pool_tangent,
+    unpad_copy,
 )
 from .layers.dense import (
     dense_forward,
@@ -119,11 +151,55 @@ def gather_block(X, idx, use_idx, i0, nb, w, B, wo=0):
 
 
 @kernel
+def _mix64(z):
+    """splitmix64 finaliser (a bijection of uint64 with good avalanche)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@kernel
+def dropout_mask(d, do, n, B, key, s0, unit0, thresh):
+    """d[do + u*B + s] <- 0 or 1/(1-p) for u < n, s < B: a counter-based hash of (key, s0+s, unit0+u).
+
+    ``thresh`` = floor(p * 2**32); an element is dropped when the hash's top 32 bits are below it.
+    The mask of a sample depends on its position ``s0 + s`` in the batch, not on the block or thread.
+    """
+    keep = 1.0 / (1.0 - thresh / 4294967296.0)
+    kk = _mix64(np.uint64(key) + np.uint64(0x9E3779B97F4A7C15))
+    for u in range(n):
+        dr = d[do + u * B:do + (u + 1) * B]
+        ku = _mix64(kk ^ (np.uint64(unit0 + u) * np.uint64(0xD1B54A32D192ED03)))
+        one = dr[0] - dr[0] + keep
+        zero = dr[0] - dr[0]
+        for s in range(B):
+            h = _mix64(ku + np.uint64(s0 + s) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+            dr[s] = zero if h < np.uint64(thresh) else one
+
+
+@kernel
+def _conv_geometry(prog, l):
+    return (prog[l, F_C], prog[l, F_H], prog[l, F_W], prog[l, F_OC], prog[l, F_OH], prog[l, F_OW],
+            prog[l, F_KH], prog[l, F_KW], prog[l, F_SH], prog[l, F_SW])
+
+
+@kernel
 def block_forward(prog, p, w, B, want_d):
     """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
 
+    Inference mode (dropout off); see :func:`block_forward_train`.
+    """
+    return block_forward_train(prog, p, w, B, want_d, -1, 0)
+
+
+@kernel
+def block_forward_train(prog, p, w, B, want_d, key, s0):
+    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
+
     Overwrites every layer buffer of ``w`` (outputs and, when ``want_d``, the saved
-    activation derivatives that ``block_backward`` needs).
+    activation derivatives, pooling argmaxes and dropout masks that ``block_backward``
+    needs).  ``key >= 0`` switches dropout on (masks from ``key`` and the samples'
+    batch positions ``s0 + s``); ``key < 0`` is inference.
     """
     L = prog[0, H_NLAYERS]
     yo = 0
@@ -141,11 +217,42 @@ def block_forward(prog, p, w, B, want_d):
             else:
                 dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                               prog[l, F_NIN], nout, w, xo, w, yo, B)
+        elif kind == KIND_CONV:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            if prog[l, F_PAD] >= 0:
+                po = prog[l, F_PAD] * B
+                HP = prog[l, F_HP]
+                WP = prog[l, F_WP]
+                pad_copy(w, xo, C, H, W, w, po, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
+                conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, HP, WP, OC, OH,
+                             OW, KH, KW, SH, SW, w, po, w, yo, B)
+            else:
+                conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, H, W, OC, OH,
+                             OW, KH, KW, SH, SW, w, xo, w, yo, B)
+        elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            pool_forward(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, xo, w, yo, w, do, want_d, B)
+        elif kind == KIND_DROPOUT:
+            src = w[xo:xo + nout * B]
+            dst = w[yo:yo + nout * B]
+            if key >= 0:
+                dropout_mask(w, do, nout, B, key, s0, l * 1000003, prog[l, F_AUX])
+                dv = w[do:do + nout * B]
+                for t in range(nout * B):
+                    dst[t] = src[t] * dv[t]
+            else:
+                if want_d:
+                    dv = w[do:do + nout * B]
+                    for t in range(nout * B):
+                        dv[t] = 1
+                for t in range(nout * B):
+                    dst[t] = src[t]
         elif kind == KIND_ACTIVATION:
             src = w[xo:xo + nout * B]
             dst = w[yo:yo + nout * B]
             for t in range(nout * B):
                 dst[t] = src[t]
+        # KIND_FLATTEN: the output buffer is the input buffer
         if act != 0:
             act_inplace(act, w[yo:yo + nout * B], w[do:do + nout * B], want_d)
     return yo
@@ -158,7 +265,7 @@ def block_backward(prog, p, gp, w, B, need_input):
     Requires the buffers left by ``block_forward(..., want_d=True)``.  Accumulates
     the parameter cotangent into ``gp`` (+=).  Returns the element offset in ``w``
     of the input cotangent when ``need_input`` (else -1).  Overwrites the two
-    cotangent buffers H_G1/H_G2 and the saved derivatives.
+    cotangent buffers H_G1/H_G2, the padded buffers and the saved derivatives.
     """
     L = prog[0, H_NLAYERS]
     cur = prog[0, H_G1] * B
@@ -168,29 +275,54 @@ def block_backward(prog, p, gp, w, B, need_input):
         nin = prog[l, F_NIN]
         nout = prog[l, F_NOUT]
         act = prog[l, F_ACT]
-        if act != 0:
+        need_gx = l > 1 or need_input
+        if act != 0 or kind == KIND_DROPOUT:
             do = prog[l, F_D] * B
             gv = w[cur:cur + nout * B]
             dv = w[do:do + nout * B]
             for t in range(nout * B):
                 gv[t] *= dv[t]
         if kind == KIND_DENSE and B == 1:
-            need_gx = l > 1 or need_input
             dense_pullback_1(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                              nin, nout, w, prog[l, F_X], w, cur, w, other, need_gx)
-            if need_gx:
-                tmp = cur
-                cur = other
-                other = tmp
         elif kind == KIND_DENSE:
             xo = prog[l, F_X] * B
             dense_pullback_params(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                                   nin, nout, w, xo, w, cur, B)
-            if l > 1 or need_input:
+            if need_gx:
                 dense_pullback_input(p, prog[l, F_WOFF], nin, nout, w, cur, w, other, B)
-                tmp = cur
-                cur = other
-                other = tmp
+        elif kind == KIND_CONV:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            padded = prog[l, F_PAD] >= 0
+            if padded:
+                xin = prog[l, F_PAD] * B
+                HP = prog[l, F_HP]
+                WP = prog[l, F_WP]
+            else:
+                xin = prog[l, F_X] * B
+                HP = H
+                WP = W
+            conv_pullback_params(gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, C, HP, WP, OC, OH,
+                                 OW, KH, KW, SH, SW, w, xin, w, cur, B)
+            if need_gx:
+                if padded:
+                    pg = prog[l, F_PGX] * B
+                    conv_pullback_input(p, prog[l, F_WOFF], C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, cur, w, pg, B)
+                    unpad_copy(w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], C, H, W, w, other, B)
+                else:
+                    conv_pullback_input(p, prog[l, F_WOFF], C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w, other,
+                                        B)
+        elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            if need_gx:
+                pool_pullback(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B,
+                              w, other, B)
+        else:
+            continue  # element-wise layers, dropout, flatten: the cotangent stays in place
+        if need_gx:
+            tmp = cur
+            cur = other
+            other = tmp
     return cur if need_input else -1
 
 
@@ -199,13 +331,14 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
     """Forward-mode: push the input tangent (at unit H_G1) and ``dp`` through the layers.
 
     Requires ``block_forward(..., want_d=True)`` on the same input.  Returns the
-    element offset of the output tangent.  Overwrites H_G1/H_G2.
+    element offset of the output tangent.  Overwrites H_G1/H_G2 and the padded
+    cotangent buffers.
     """
     L = prog[0, H_NLAYERS]
     cur = prog[0, H_G1] * B
     other = prog[0, H_G2] * B
     have_dx = use_dx
-    if not use_dx:  # a zero input tangent (read by Activation layers before any Dense)
+    if not use_dx:  # a zero input tangent (read by layers before the first with parameters)
         d = prog[0, H_NIN]
         t0 = w[cur:cur + d * B]
         for t in range(d * B):
@@ -214,15 +347,52 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
         kind = prog[l, F_KIND]
         nout = prog[l, F_NOUT]
         act = prog[l, F_ACT]
+        swap = False
         if kind == KIND_DENSE:
             xo = prog[l, F_X] * B
             dense_tangent(p, dp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                           prog[l, F_NIN], nout, w, xo, w, cur, have_dx, use_dp, w, other, B)
+            swap = True
+            have_dx = True
+        elif kind == KIND_CONV:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            woff = prog[l, F_WOFF]
+            boff = prog[l, F_BOFF]
+            hb = prog[l, F_BIAS] != 0
+            padded = prog[l, F_PAD] >= 0
+            HP = prog[l, F_HP] if padded else H
+            WP = prog[l, F_WP] if padded else W
+            xin = prog[l, F_PAD] * B if padded else prog[l, F_X] * B
+            # t <- db (or 0), then + conv(dW, x), + conv(W, dx)
+            for o in range(OC):
+                tr = w[other + o * OH * OW * B:other + (o + 1) * OH * OW * B]
+                bv = dp[boff + o] if (use_dp and hb) else dp[0] - dp[0]
+                for t in range(OH * OW * B):
+                    tr[t] = bv
+            if use_dp:
+                conv_forward(dp, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, xin, w,
+                             other, B)
+            if have_dx:
+                if padded:
+                    pg = prog[l, F_PGX] * B
+                    pad_copy(w, cur, C, H, W, w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
+                    conv_forward(p, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, pg, w,
+                                 other, B)
+                else:
+                    conv_forward(p, woff, boff, False, False, C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w,
+                                 other, B)
+            swap = True
+            have_dx = True
+        elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
+            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
+            pool_tangent(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w,
+                         other, B)
+            swap = True
+        if swap:
             tmp = cur
             cur = other
             other = tmp
-            have_dx = True
-        if act != 0:
+        if act != 0 or kind == KIND_DROPOUT:
             do = prog[l, F_D] * B
             gv = w[cur:cur + nout * B]
             dv = w[do:do + nout * B]
@@ -359,8 +529,10 @@ def first_error(stats):
 
 
 @kernel
-def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad):
-    """Loss sum over samples [i0, i1) read as ``mode`` says; accumulates scale*dL/dp into ``gp``."""
+def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, gp, w, B, want_grad, key):
+    """Loss sum over samples [i0, i1) read as ``mode`` says; accumulates scale*dL/dp into ``gp``.
+
+    ``key >= 0``: training mode (dropout masks from ``key`` and the sample positions)."""
     use_idx = mode == ROWS_IDX
     total = 0.0
     m = prog[0, H_NOUT]
@@ -379,7 +551,7 @@ def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g
                 gather_block(T, idx, use_idx, i, nb, w, B, to)
         if chk != 0:
             return total, NONFINITE_INPUT
-        yo = block_forward(prog, p, w, B, want_grad)
+        yo = block_forward_train(prog, p, w, B, want_grad, key, i)
         val, st = block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i, scale, want_grad)
         if st != OK:
             return total, st
@@ -392,7 +564,7 @@ def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g
 
 @parallel_kernel
 def _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
-                     losses, stats, want_grad):
+                     losses, stats, want_grad, key):
     nt = slabs.shape[0]
     n = i1 - i0
     chunk = (n + nt - 1) // nt
@@ -405,12 +577,12 @@ def _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale
         stats[t] = OK
         if a < b:
             losses[t], stats[t] = valgrad_range(prog, p, X, idx, mode, a, b, T, labels, code, lpar,
-                                                scale, slab, work[t], B, want_grad)
+                                                scale, slab, work[t], B, want_grad, key)
 
 
 @kernel
 def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
-            want_grad):
+            want_grad, key):
     """Mean loss over samples [i0, i1) and, when ``want_grad``, its gradient written into ``g``.
 
     ``mode``: ROWS (X (n, d), T (n, m)), ROWS_IDX (the same through the permutation
@@ -418,7 +590,8 @@ def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work
 
     Splits the range over ``slabs.shape[0]`` threads (one slab and one workspace
     row each); the slabs are reduced into ``g`` in thread order, so the result
-    does not depend on scheduling.  Returns (mean loss, status).
+    does not depend on scheduling.  ``key``: -1 for inference, else the dropout key of
+    this step (training).  Returns (mean loss, status).
     """
     nt = slabs.shape[0]
     B = work.shape[1] // prog[0, H_UNITS]
@@ -428,10 +601,10 @@ def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work
         if want_grad:
             g[:] = 0
         total, st = valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g,
-                                  work[0], B, want_grad)
+                                  work[0], B, want_grad, key)
         return total * scale, st
     _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
-                     losses, stats, want_grad)
+                     losses, stats, want_grad, key)
     total = 0.0
     for t in range(nt):
         if stats[t] != OK:
@@ -579,10 +752,8 @@ def penalty(prog, p, g, code, lam, want_grad):
     L = prog[0, H_NLAYERS]
     total = 0.0
     for l in range(1, L + 1):
-        if prog[l, F_KIND] != KIND_DENSE:
-            continue
         a = prog[l, F_WOFF]
-        b = a + prog[l, F_NIN] * prog[l, F_NOUT]
+        b = a + prog[l, F_NW]
         if code == 1:
             for i in range(a, b):
                 v = p[i]

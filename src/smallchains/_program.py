@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NFIELDS = 16
+NFIELDS = 28
 
 # header fields
 H_NLAYERS = 0
@@ -45,22 +45,51 @@ F_BIAS = 4
 F_WOFF = 5
 F_BOFF = 6
 F_Y = 7  # unit offset of the layer's output buffer
-F_D = 8  # unit offset of the saved activation derivative (-1: none)
+F_D = 8  # unit offset of the saved activation derivative / pooling argmax / dropout mask (-1: none)
 F_X = 9  # unit offset of the layer's input buffer
+F_NW = 10  # number of weights (the entries a weight penalty applies to), from F_WOFF
+# geometry of image layers (Conv, pooling): input (C, H, W), output (OC, OH, OW),
+# kernel (KH, KW), stride (SH, SW), zero padding (PH, PW)
+F_C = 11
+F_H = 12
+F_W = 13
+F_OC = 14
+F_OH = 15
+F_OW = 16
+F_KH = 17
+F_KW = 18
+F_SH = 19
+F_SW = 20
+F_PH = 21
+F_PW = 22
+F_PAD = 23  # unit offset of the zero-padded input copy (C, H+2PH, W+2PW) (-1: no padding)
+F_PGX = 24  # unit offset of the padded input cotangent (-1: none)
+F_AUX = 25  # dropout: probability of dropping, in units of 2**-32
+F_HP = 26  # padded input height (H + both paddings)
+F_WP = 27  # padded input width
 
 # layer kinds
 KIND_DENSE = 0
 KIND_ACTIVATION = 1
+KIND_CONV = 2
+KIND_MAXPOOL = 3
+KIND_AVGPOOL = 4
+KIND_FLATTEN = 5
+KIND_DROPOUT = 6
 
 #: Samples per block inside the kernels (the batch is split into blocks of at most this size).
 BLOCK = 256
 
 
-def build_program(nin: int, rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
-    """Lay out a program from ``(kind, nout, act, has_bias, nparams)`` rows.
+def build_program(nin: int, rows: list) -> np.ndarray:
+    """Lay out a program from layer rows.
 
-    Returns the int64 program array; parameter offsets are assigned in order
-    (each dense layer: ``W`` row-major ``nout x nin``, then ``b``).
+    A row is either a tuple ``(kind, nout, act, has_bias, nparams)`` (dense and
+    element-wise layers) or a dict of field values (``F_*`` keys) with the extra
+    keys ``"d"`` (needs a saved-derivative buffer of NOUT units), ``"pad"``
+    (units of a padded input copy, 0 for none), ``"pgx"`` (units of a padded
+    input cotangent) and ``"alias"`` (output is the input buffer itself).
+    Parameter offsets are assigned in order (each layer: weights, then bias).
     """
     L = len(rows)
     prog = np.zeros((L + 1, NFIELDS), dtype=np.int64)
@@ -69,24 +98,41 @@ def build_program(nin: int, rows: list[tuple[int, int, int, int, int]]) -> np.nd
     width = nin
     maxw = nin
     xu = 0
-    for i, (kind, nout, act, has_bias, nparams) in enumerate(rows, start=1):
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            kind, nout, act, has_bias, nparams = row
+            row = {F_KIND: kind, F_NOUT: nout, F_ACT: act, F_BIAS: has_bias, "nparams": nparams,
+                   "d": act != 0}
+            if kind == KIND_DENSE:
+                row[F_NW] = nout * width
         r = prog[i]
-        r[F_KIND] = kind
+        for k, v in row.items():
+            if isinstance(k, int):
+                r[k] = v
+        kind, nout = r[F_KIND], r[F_NOUT]
         r[F_NIN] = width
-        r[F_NOUT] = nout
-        r[F_ACT] = act
-        r[F_BIAS] = has_bias
         r[F_WOFF] = poff
-        r[F_BOFF] = poff + nout * width if kind == KIND_DENSE else poff
-        poff += nparams
+        r[F_BOFF] = poff + r[F_NW]
+        poff += row["nparams"]
         r[F_X] = xu
-        r[F_Y] = unit
-        unit += nout
-        if act != 0:
+        if row.get("alias"):
+            r[F_Y] = xu
+        else:
+            r[F_Y] = unit
+            unit += nout
+        if row.get("d"):
             r[F_D] = unit
             unit += nout
         else:
             r[F_D] = -1
+        r[F_PAD] = -1
+        r[F_PGX] = -1
+        if row.get("pad"):
+            r[F_PAD] = unit
+            unit += row["pad"]
+        if row.get("pgx"):
+            r[F_PGX] = unit
+            unit += row["pgx"]
         xu = r[F_Y]
         width = nout
         maxw = max(maxw, nout)

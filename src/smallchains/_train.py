@@ -114,13 +114,14 @@ def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
 
 @kernel
 def _step(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-          g, slabs, work, losses, stats, backup):
+          g, slabs, work, losses, stats, backup, key):
     """One optimizer step on samples [i0, i1): gradient, penalty, checked update.
 
+    ``key``: this step's dropout key (training mode).
     Returns (loss with penalty before the step, status).
     """
     val, st = E.valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
-                        True)
+                        True, key)
     if st != E.OK:
         return val, st
     val += E.penalty(prog, p, g, pen_code, pen_lam, True)
@@ -144,8 +145,15 @@ def _shuffle(perm, rng):
 
 
 @kernel
+def _step_key(rng, i):
+    """A non-negative dropout key for the step on samples from position ``i`` (from the stream state)."""
+    z = E._mix64(rng[0] + np.uint64(i) * np.uint64(0xD1B54A32D192ED03) + np.uint64(0x632BE59BD9B4E019))
+    return np.int64(z >> np.uint64(1))
+
+
+@kernel
 def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-               epochs, hist, h0, g, slabs, work, losses, stats, backup):
+               epochs, hist, h0, g, slabs, work, losses, stats, backup, rng):
     """``epochs`` full-batch steps.  hist[h0+e] <- loss (with penalty) before step e.
 
     ``XT`` (d, n) and ``TT`` (m, n, or any 2-D array for cross-entropy) are the data
@@ -158,8 +166,9 @@ def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
     n = XT.shape[1]
     idx = prog[0]
     for e in range(epochs):
+        rng[0] += np.uint64(0x9E3779B97F4A7C15)  # one dropout key per epoch
         val, st = _step(prog, p, XT, idx, E.COLUMNS, 0, n, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
-                        hyper, state, step, g, slabs, work, losses, stats, backup)
+                        hyper, state, step, g, slabs, work, losses, stats, backup, _step_key(rng, 0))
         if st != E.OK:
             return st, e
         hist[h0 + e] = val
@@ -182,7 +191,7 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
         while i < n:
             j = min(n, i + batch)
             val, st = _step(prog, p, X, perm, E.ROWS_IDX, i, j, T, labels, code, lpar, pen_code, pen_lam,
-                            opt_code, hyper, state, step, g, slabs, work, losses, stats, backup)
+                            opt_code, hyper, state, step, g, slabs, work, losses, stats, backup, _step_key(rng, i))
             if st != E.OK:
                 return st, e
             total += val * (j - i)

@@ -35,7 +35,7 @@ def check_params(p, num_params: int, name: str = "p") -> np.ndarray:
     return p
 
 
-def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, what="features"):
+def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, what="features", shape=None):
     """Return ``(array2d, was_1d)`` as C-contiguous ``dtype`` with ``ncols`` columns."""
     if not isinstance(a, np.ndarray):
         try:
@@ -45,6 +45,17 @@ def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, wh
     if a.dtype.kind != "f" or a.dtype.itemsize < 4 or a.dtype.itemsize > 8:
         raise TypeError(f"`{name}` has dtype {a.dtype}; pass float32 or float64 data "
                         f"(e.g. {name}.astype(np.{np.dtype(dtype).name}))")
+    if shape is not None and len(shape) > 1:  # image / sequence samples: (n, *shape) or one sample
+        shape = tuple(shape)
+        k = len(shape)
+        if a.ndim == k + 1 and a.shape[1:] == shape:
+            a = a.reshape(a.shape[0], -1)
+        elif a.ndim == k and a.shape == shape and allow_1d:
+            a = a.reshape(-1)
+        else:
+            raise ValueError(f"`{name}` has shape {a.shape}; the chain takes samples of shape {shape}, so pass "
+                             f"an array of shape (n, {', '.join(map(str, shape))})"
+                             + (f" or one sample of shape {shape}" if allow_1d else ""))
     was_1d = a.ndim == 1
     if was_1d and allow_1d:
         a = a.reshape(1, -1)

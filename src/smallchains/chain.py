@@ -39,27 +39,46 @@ class SimpleChain:
     """
 
     def __init__(self, input_dim, *layers):
-        if isinstance(input_dim, (tuple, list)) and len(input_dim) == 1:
-            input_dim = input_dim[0]
-        self.input_dim = positive_int("input_dim", input_dim)
+        if isinstance(input_dim, (tuple, list)):
+            if len(input_dim) not in (1, 2, 3):
+                raise ValueError(f"`input_dim` must be a feature count, (channels, length) or (channels, height, "
+                                 f"width), got {input_dim!r}")
+            shape = tuple(positive_int("input_dim", v) for v in input_dim)
+        else:
+            shape = (positive_int("input_dim", input_dim),)
+        #: the shape of one sample: (d,), (C, L) or (C, H, W)
+        self.input_shape = shape
+        #: features per sample (the product of ``input_shape``)
+        self.input_dim = int(np.prod(shape))
         if not layers:
             raise ValueError("SimpleChain needs at least one layer, e.g. sc.SimpleChain(4, sc.Dense(4))")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} is {layer!r}, not a smallchains layer (sc.Dense, sc.Activation)")
+                raise TypeError(f"layer {i} is {layer!r}, not a smallchains layer (sc.Dense, sc.Conv, ...)")
         self.layers = tuple(layers)
         rows = []
-        sizes = [self.input_dim]
+        shapes = [shape]
         self._macs = 0
-        for layer in self.layers:
-            nin = sizes[-1]
-            rows.append(layer.program_row(nin))
-            self._macs += layer.macs_per_sample(nin)
-            sizes.append(layer.output_size(nin))
-        self._sizes = tuple(sizes)
-        self.output_dim = sizes[-1]
+        for i, layer in enumerate(self.layers):
+            ins = shapes[-1]
+            try:
+                rows.append(layer.program_fields(ins))
+                self._macs += layer.macs_per_sample_shape(ins)
+                shapes.append(tuple(layer.output_shape(ins)))
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+        self._shapes = tuple(shapes)
+        #: the shape of one output sample
+        self.output_shape = shapes[-1]
+        self.output_dim = int(np.prod(shapes[-1]))
         self.program = build_program(self.input_dim, rows)
         self.num_params = E.num_params(self.program)
+        units = int(self.program[0, H_UNITS])
+        # samples per block: the block's workspace should stay near the L2 cache (~1 MB)
+        b = BLOCK
+        while b > 8 and units * b * 4 > (1 << 20):
+            b //= 2
+        self._block = b
         self._work_cache = {}
 
     # ------------------------------------------------------------------ parameters
@@ -72,9 +91,9 @@ class SimpleChain:
         rng = np.random.default_rng(seed)
         p = np.zeros(self.num_params, dtype=dtype)
         off = 0
-        for layer, nin in zip(self.layers, self._sizes):
-            k = layer.num_params(nin)
-            layer.init_params(p[off:off + k], nin, rng)
+        for layer, ins in zip(self.layers, self._shapes):
+            k = layer.num_params_shape(ins)
+            layer.init_params_shape(p[off:off + k], ins, rng)
             off += k
         return p
 
@@ -84,11 +103,11 @@ class SimpleChain:
         views = {}
         off = 0
         counts = {}
-        for layer, nin in zip(self.layers, self._sizes):
-            k = layer.num_params(nin)
+        for layer, ins in zip(self.layers, self._shapes):
+            k = layer.num_params_shape(ins)
             if k:
                 counts[layer.kind_name] = counts.get(layer.kind_name, 0) + 1
-                views[f"{layer.kind_name}{counts[layer.kind_name]}"] = layer.param_views(p[off:off + k], nin)
+                views[f"{layer.kind_name}{counts[layer.kind_name]}"] = layer.param_views_shape(p[off:off + k], ins)
             off += k
         return views
 
@@ -105,7 +124,7 @@ class SimpleChain:
             nt = 1
         else:
             nt = default_num_threads()
-        return max(1, min(nt, math.ceil(n / BLOCK)))
+        return max(1, min(nt, math.ceil(n / min(self._block, 32))))
 
     def _workspace(self, dtype, nt, n):
         """Private (work, slabs, losses, stats) for ``nt`` threads; reused across calls.
@@ -113,7 +132,7 @@ class SimpleChain:
         Keyed by the calling Python thread too: the kernels release the GIL, so two
         Python threads may use one chain at the same time without sharing buffers.
         """
-        B = min(BLOCK, n)
+        B = min(self._block, n)
         key = (dtype.char, nt, B, threading.get_ident())
         ws = self._work_cache.get(key)
         if ws is None:
@@ -130,7 +149,7 @@ class SimpleChain:
     def __call__(self, X, p, num_threads=None) -> np.ndarray:
         """Outputs for ``X`` of shape (n, d) -> (n, m), or one sample (d,) -> (m,). New array."""
         check_params(p, self.num_params)
-        X2, one = as_data("X", X, p.dtype, self.input_dim)
+        X2, one = as_data("X", X, p.dtype, self.input_dim, shape=self.input_shape)
         n = X2.shape[0]
         nt = self._threads(n, num_threads)
         work, _, _, stats = self._workspace(p.dtype, nt, n)
@@ -151,7 +170,7 @@ class SimpleChain:
         check_params(p, self.num_params)
         check_out("out", out, (self.num_params,), p.dtype)
         _no_overlap("out", out, p=p)
-        X2, one = as_data("x", x, p.dtype, self.input_dim)
+        X2, one = as_data("x", x, p.dtype, self.input_dim, shape=self.input_shape)
         n = X2.shape[0]
         V2, vone = as_data("v", v, p.dtype, self.output_dim, what="outputs")
         if V2.shape[0] != n or vone != one:
@@ -159,7 +178,7 @@ class SimpleChain:
                              f"pass v of shape {(self.output_dim,) if one else (n, self.output_dim)}")
         want_x = out_x is not None
         if want_x:
-            check_out("out_x", out_x, (self.input_dim,) if one else (n, self.input_dim), p.dtype)
+            check_out("out_x", out_x, self.input_shape if one else (n, *self.input_shape), p.dtype)
             _no_overlap("out_x", out_x, x=x, out=out)
             GX = out_x.reshape(n, self.input_dim)
         else:
@@ -177,13 +196,13 @@ class SimpleChain:
         Returns ``out``.
         """
         check_params(p, self.num_params)
-        X2, one = as_data("x", x, p.dtype, self.input_dim)
+        X2, one = as_data("x", x, p.dtype, self.input_dim, shape=self.input_shape)
         n = X2.shape[0]
         check_out("out", out, (self.output_dim,) if one else (n, self.output_dim), p.dtype)
         _no_overlap("out", out, x=x, dx=dx)
         use_dx = dx is not None
         if use_dx:
-            DX, _ = as_data("dx", dx, p.dtype, self.input_dim)
+            DX, _ = as_data("dx", dx, p.dtype, self.input_dim, shape=self.input_shape)
             if DX.shape != X2.shape:
                 raise ValueError(f"`dx` has shape {np.shape(dx)}; it must have x's shape {np.shape(x)}")
         else:
@@ -218,11 +237,13 @@ class SimpleChain:
     # ------------------------------------------------------------------ description
 
     def describe(self) -> dict:
-        return {"input_dim": self.input_dim, "layers": [layer.describe() for layer in self.layers]}
+        inp = self.input_shape[0] if len(self.input_shape) == 1 else list(self.input_shape)
+        return {"input_dim": inp, "layers": [layer.describe() for layer in self.layers]}
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
-        return f"SimpleChain({self.input_dim}, {inner})"
+        inp = self.input_shape[0] if len(self.input_shape) == 1 else self.input_shape
+        return f"SimpleChain({inp}, {inner})"
 
     def __len__(self):
         return len(self.layers)

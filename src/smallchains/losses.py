@@ -193,7 +193,7 @@ class ChainLoss:
     def _data(self, X, p):
         """Validated (X2, T, labels) for parameters ``p``."""
         check_params(p, self.chain.num_params)
-        X2, _ = as_data("X", X, p.dtype, self.chain.input_dim, allow_1d=False)
+        X2, _ = as_data("X", X, p.dtype, self.chain.input_dim, allow_1d=False, shape=self.chain.input_shape)
         n = self.loss.num_samples()
         if X2.shape[0] != n:
             raise ValueError(f"`X` has {X2.shape[0]} samples but the loss has targets for {n}; "
@@ -222,7 +222,7 @@ def _value(closs, X2, T_, labels, p, g, num_threads):
     want = g is not None
     gg = g if want else slabs[0]
     val, st = E.valgrad(chain.program, p, X2, chain.program[0], E.ROWS, 0, n, T_, labels, closs.loss.code,
-                        closs._lpar, gg, slabs, work, losses, stats, want)
+                        closs._lpar, gg, slabs, work, losses, stats, want, -1)
     raise_for_status(st, "X", chain.output_dim)
     code, lam = closs.pen
     if code:
@@ -291,3 +291,23 @@ def _rebind(closs, y):
     else:
         new = type(old)(y)
     return ChainLoss(closs.chain, new, closs.penalty)
+
+
+def predict_proba(chain, X, p, num_threads=None) -> np.ndarray:
+    """Class probabilities: the softmax of the chain's outputs (logits), shape (n, classes).
+
+    Computed in float64 from the logits with the max subtracted (no overflow).
+    """
+    Z = np.asarray(chain(X, p, num_threads=num_threads), dtype=np.float64)
+    one = Z.ndim == 1
+    Z = Z.reshape(1, -1) if one else Z
+    Z = Z - Z.max(axis=1, keepdims=True)
+    np.exp(Z, out=Z)
+    Z /= Z.sum(axis=1, keepdims=True)
+    return Z[0] if one else Z
+
+
+def predict(chain, X, p, num_threads=None) -> np.ndarray:
+    """Predicted class per sample: the index of the largest logit (int64, shape (n,))."""
+    Z = chain(X, p, num_threads=num_threads)
+    return np.asarray(Z.argmax(axis=-1), dtype=np.int64)

@@ -108,7 +108,7 @@ def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out
 
 
 def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None, callback_every=None,
-                    progress=False) -> np.ndarray:
+                    progress=False, seed=0) -> np.ndarray:
     """Full-batch training: one gradient step on all of ``X`` per epoch; ``p`` updated in place.
 
     Args:
@@ -119,6 +119,8 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
         num_threads: threads splitting the batch (default: all cores, one thread for tiny work).
         callback: ``callback(epochs_done, loss, p)`` every ``callback_every`` epochs
             (default: ten times per run).  progress: a tqdm progress bar if tqdm is installed.
+        seed: the dropout masks' stream (an int or a ``np.random.Generator``; only chains with
+            ``sc.Dropout`` use it).
 
     Returns:
         float64 array of length ``epochs``: the loss (with penalty) before each step.
@@ -135,8 +137,10 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     XT = np.ascontiguousarray(X2.T)  # transposed once per call (see _train.train_full)
     TT = np.ascontiguousarray(T_.T) if loss.loss.code != E.LOSS_LOGITCE else T_
 
+    rng = np.array([_stream_state(seed)], dtype=np.uint64)
+
     def call(k, h0):
-        return T.train_full(chain.program, p, XT, TT, labels, *settings, k, hist, h0, *buffers)
+        return T.train_full(chain.program, p, XT, TT, labels, *settings, k, hist, h0, *buffers, rng)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim)
 

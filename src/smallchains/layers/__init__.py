@@ -2,6 +2,9 @@
 
 from ._base import ACTIVATIONS, ActivationFunction, Layer
 from .activation import Activation
+from .conv import Conv, Conv1D
 from .dense import Dense
+from .pool import AvgPool, Dropout, Flatten, MaxPool
 
-__all__ = ["ACTIVATIONS", "Activation", "ActivationFunction", "Dense", "Layer"]
+__all__ = ["ACTIVATIONS", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dense", "Dropout",
+           "Flatten", "Layer", "MaxPool"]

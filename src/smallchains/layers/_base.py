@@ -97,3 +97,47 @@ class Layer:
 
     def macs_per_sample(self, nin: int) -> int:
         return 0
+
+    # Shape-aware protocol used by the chain (input shapes are tuples: (d,) for flat
+    # features, (C, H, W) images, (C, L) sequences).  Flat layers only implement the
+    # ``nin`` methods above; image layers override these.
+    def output_shape(self, in_shape: tuple) -> tuple:
+        return (self.output_size(_flat(in_shape, self)),)
+
+    def num_params_shape(self, in_shape: tuple) -> int:
+        return self.num_params(_flat(in_shape, self))
+
+    def macs_per_sample_shape(self, in_shape: tuple) -> int:
+        return self.macs_per_sample(_flat(in_shape, self))
+
+    def program_fields(self, in_shape: tuple):
+        return self.program_row(_flat(in_shape, self))
+
+    def init_params_shape(self, view: np.ndarray, in_shape: tuple, rng: np.random.Generator) -> None:
+        self.init_params(view, _flat(in_shape, self), rng)
+
+    def param_views_shape(self, view: np.ndarray, in_shape: tuple) -> tuple:
+        return self.param_views(view, _flat(in_shape, self))
+
+
+class ParameterFree(Layer):
+    """Base of layers without parameters that accept any input shape."""
+
+    def num_params_shape(self, in_shape):
+        return 0
+
+    def macs_per_sample_shape(self, in_shape):
+        return 0
+
+    def init_params_shape(self, view, in_shape, rng):
+        pass
+
+    def param_views_shape(self, view, in_shape):
+        return ()
+
+
+def _flat(in_shape, layer):
+    if len(in_shape) != 1:
+        raise ValueError(f"{layer!r} needs flat input but receives shape {tuple(in_shape)}; "
+                         "put sc.Flatten() before it")
+    return int(in_shape[0])

@@ -7,11 +7,13 @@ by the interpreter (``_engine.block_forward``/``block_backward``): forward
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._program import KIND_ACTIVATION
-from ._base import Layer, as_activation
+from ._base import ParameterFree, as_activation
 
 
-class Activation(Layer):
+class Activation(ParameterFree):
     """Apply ``f`` element-wise: ``sc.Activation(sc.relu)``.
 
     Equivalent to the ``activation`` argument of :class:`Dense`, which fuses the
@@ -25,6 +27,12 @@ class Activation(Layer):
 
     def output_size(self, nin):
         return nin
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def program_fields(self, in_shape):
+        return self.program_row(int(np.prod(in_shape)))
 
     def program_row(self, nin):
         return (KIND_ACTIVATION, nin, self.f.code, 0, 0)
