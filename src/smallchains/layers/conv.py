@@ -47,6 +47,14 @@ from ._base import Layer, as_activation
 # --------------------------------------------------------------------------- kernels
 
 
+@kernel(inline="always")
+def _tap(k, KK, KW, H, W, row, col):
+    """Unit offset, in a (C, H, W) image, of tap k = (c*KH + ki)*KW + kj at output origin (row, col)."""
+    c = k // KK
+    r = k - c * KK
+    return (c * H + row + r // KW) * W + col + r % KW
+
+
 @kernel
 def pad_copy(x, xo, C, H, W, xp, po, HP, WP, PH, PW, B):
     """xp (C, HP, WP) <- x (C, H, W) placed at row PH, column PW, zeros around (overwrites)."""
@@ -115,25 +123,14 @@ def conv_forward(A, woff, boff, has_bias, init, C, H, W, OC, OH, OW, KH, KW, SH,
             k = 0
             while k < K:
                 # four taps k..k+3 (missing ones read tap k with weight 0)
-                c0 = k // KK
-                r0 = k - c0 * KK
-                x0 = x[xo + ((c0 * H + xrow + r0 // KW) * W + xcol + r0 % KW) * B:][:run]
-                kk1 = k + 1 if k + 1 < K else k
-                kk2 = k + 2 if k + 2 < K else k
-                kk3 = k + 3 if k + 3 < K else k
-                c1 = kk1 // KK
-                r1 = kk1 - c1 * KK
-                x1 = x[xo + ((c1 * H + xrow + r1 // KW) * W + xcol + r1 % KW) * B:][:run]
-                c2 = kk2 // KK
-                r2 = kk2 - c2 * KK
-                x2 = x[xo + ((c2 * H + xrow + r2 // KW) * W + xcol + r2 % KW) * B:][:run]
-                c3 = kk3 // KK
-                r3 = kk3 - c3 * KK
-                x3 = x[xo + ((c3 * H + xrow + r3 // KW) * W + xcol + r3 % KW) * B:][:run]
-                zero = A[woff] - A[woff]
                 m1 = k + 1 < K
                 m2 = k + 2 < K
                 m3 = k + 3 < K
+                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x1 = x[xo + _tap(k + 1 if m1 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x2 = x[xo + _tap(k + 2 if m2 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x3 = x[xo + _tap(k + 3 if m3 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                zero = A[woff] - A[woff]
                 b = woff + o * K + k
                 a00 = A[b]
                 a01 = A[b + 1] if m1 else zero
@@ -197,14 +194,6 @@ def conv_pullback_params(gp, woff, boff, has_bias, C, H, W, OC, OH, OW, KH, KW, 
             kk1 = k + 1 if m1 else k
             kk2 = k + 2 if m2 else k
             kk3 = k + 3 if m3 else k
-            c0 = k // KK
-            r0 = k - c0 * KK
-            c1 = kk1 // KK
-            r1 = kk1 - c1 * KK
-            c2 = kk2 // KK
-            r2 = kk2 - c2 * KK
-            c3 = kk3 // KK
-            r3 = kk3 - c3 * KK
             z = x[xo] - x[xo]
             a00 = a01 = a02 = a03 = z
             a10 = a11 = a12 = a13 = z
@@ -220,10 +209,10 @@ def conv_pullback_params(gp, woff, boff, has_bias, C, H, W, OC, OH, OW, KH, KW, 
                 gbase = go + (i * OW + j) * B
                 xrow = i * SH
                 xcol = j * SW
-                x0 = x[xo + ((c0 * H + xrow + r0 // KW) * W + xcol + r0 % KW) * B:][:run]
-                x1 = x[xo + ((c1 * H + xrow + r1 // KW) * W + xcol + r1 % KW) * B:][:run]
-                x2 = x[xo + ((c2 * H + xrow + r2 // KW) * W + xcol + r2 % KW) * B:][:run]
-                x3 = x[xo + ((c3 * H + xrow + r3 // KW) * W + xcol + r3 % KW) * B:][:run]
+                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x1 = x[xo + _tap(kk1, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x2 = x[xo + _tap(kk2, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x3 = x[xo + _tap(kk3, KK, KW, H, W, xrow, xcol) * B:][:run]
                 g0 = g[gbase + o * OH * OW * B:][:run]
                 if four:
                     g1 = g[gbase + (o + 1) * OH * OW * B:][:run]
@@ -311,9 +300,7 @@ def conv_pullback_input(A, woff, C, H, W, OC, OH, OW, KH, KW, SH, SW, g, go, gx,
         xrow = i * SH
         xcol = j * SW
         for k in range(K):
-            c = k // KK
-            r = k - c * KK
-            dst = gx[gxo + ((c * H + xrow + r // KW) * W + xcol + r % KW) * B:][:run]
+            dst = gx[gxo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
             o = 0
             while o < OC:
                 g0 = g[gbase + o * OH * OW * B:][:run]

@@ -56,12 +56,6 @@ class _Pool(ParameterFree):
         (C, H, W), one_d = _pool_shape(in_shape, self.name)
         KH, KW = (1, self.k[1]) if one_d else self.k
         SH, SW = (1, self.stride[1]) if one_d else self.stride
-        if one_d and isinstance(self.k_given, (int, np.integer)):
-            KW = int(self.k_given)
-        if one_d and isinstance(self.stride_given, (int, np.integer)):
-            SW = int(self.stride_given)
-        elif one_d and self.stride_given is None:
-            SW = KW
         if H < KH or W < KW:
             raise ValueError(f"{self.name}: the input {H}x{W} is smaller than the pooling window {KH}x{KW}")
         OH = (H - KH) // SH + 1
