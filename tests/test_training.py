@@ -435,3 +435,71 @@ def test_minimize_lbfgs(dtype):
     assert res.fun == pytest.approx(l1, rel=1e-4 if dtype == np.float32 else 1e-10)
     np.testing.assert_allclose(p, res.x.astype(dtype), rtol=1e-6)
     assert res.nit > 1
+
+
+# --------------------------------------------------------------------------- validation set and history
+
+
+def _classification(n=120, seed=0):
+    chain = sc.SimpleChain(4, sc.Dense(12, sc.relu), sc.Dense(3))
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.5)
+    return chain, chain.init_params(seed=seed), X, y
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_validation_curves_equal_evaluation_after_each_epoch(batched):
+    chain, p0, X, y = _classification()
+    Xv, yv = X[:40] + 0.1, y[:40]
+    loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
+    train = (lambda lo, p, e, **kw: sc.train_batched(lo, X, p, sc.Adam(1e-2), e, batch_size=32, seed=3, **kw)) \
+        if batched else (lambda lo, p, e, **kw: sc.train_unbatched(lo, X, p, sc.Adam(1e-2), e, **kw))
+    p = p0.copy()
+    h = train(loss, p, 3, validation=(Xv, yv))
+    assert isinstance(h, sc.History) and h.shape == (3,)
+    assert h.val_loss.shape == (3,) and h.val_accuracy.shape == (3,)
+    # the same run without validation gives the same parameters and training losses
+    q = p0.copy()
+    h2 = train(loss, q, 3)
+    np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(np.asarray(h), np.asarray(h2))
+    assert h2.val_loss is None and h2.val_accuracy is None
+    # each epoch's validation figures are the evaluation of that epoch's parameters
+    for e in range(3):
+        r = p0.copy()
+        train(loss, r, e + 1)
+        acc, vl = sc.accuracy_and_loss(loss, Xv, yv, r)
+        assert h.val_accuracy[e] == pytest.approx(acc) and h.val_loss[e] == pytest.approx(vl, rel=1e-6)
+    # a slice is plain data, not a mislabelled history
+    assert h[:2].val_loss is None
+
+
+def test_validation_regression_accuracy_is_nan():
+    chain, p, X, Y, loss = _regression(n=40)
+    h = sc.train_batched(loss, X, p, sc.Adam(1e-2), 2, batch_size=16, validation=(X[:10], Y[:10]))
+    assert np.all(np.isnan(h.val_accuracy)) and np.all(np.isfinite(h.val_loss))
+    assert h.val_loss[1] == pytest.approx(sc.accuracy_and_loss(loss, X[:10], Y[:10], p)[1], rel=1e-9)
+
+
+def test_validation_bad_input():
+    chain, p, X, y = _classification()
+    loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
+    with pytest.raises(TypeError, match="validation"):
+        sc.train_batched(loss, X, p, sc.Adam(), 1, validation=X[:10])
+    with pytest.raises(ValueError, match="validation"):
+        sc.train_batched(loss, X, p, sc.Adam(), 1, validation=(X[:10], y[:9]))
+    with pytest.raises(ValueError, match="validation"):
+        sc.train_batched(loss, X, p, sc.Adam(), 1, validation=(X[:10, :3], y[:10]))
+    with pytest.raises(ValueError, match="validation"):
+        sc.train_batched(loss, X, p, sc.Adam(), 1, validation=(X[:10], np.full(10, 7)))
+
+
+def test_progress_bar_without_tqdm(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if tqdm were missing
+    chain, p, X, y = _classification()
+    loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
+    sc.train_batched(loss, X, p, sc.Adam(1e-2), 4, progress=True, validation=(X[:20], y[:20]))
+    err = capsys.readouterr().err
+    assert "4/4 epochs" in err and "val_acc=" in err and err.endswith("\n")

@@ -41,7 +41,7 @@ from .losses import (
     valgrad,
 )
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSProp
-from .training import minimize, train_batched, train_unbatched
+from .training import History, minimize, train_batched, train_unbatched
 
 identity = ACTIVATIONS["identity"]
 tanh = ACTIVATIONS["tanh"]
@@ -58,7 +58,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AbsoluteLoss", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dropout", "Flatten",
     "MaxPool", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
-    "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",
+    "History", "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",
     "SimpleChain", "SquaredLoss", "TrainingDivergedError", "accuracy_and_loss", "add_loss", "datasets", "elu",
     "gelu", "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
     "train_unbatched", "valgrad",
