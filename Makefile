@@ -35,6 +35,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/matexp.py
 	$(PY) benchmarks/valgrad.py
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/lenet.py --epochs-timed 3
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples

@@ -585,3 +585,15 @@ def test_activation_by_name_equals_object():
         assert sc.Dense(3, a.name).activation == a
         assert sc.Activation(a.name).f == a
     assert sc.Dense(3).activation == sc.identity
+
+
+def test_summary_lists_layers_shapes_and_parameter_counts():
+    chain = sc.SimpleChain((1, 12, 12), sc.Conv(4, 3, sc.relu), sc.MaxPool(2), sc.Flatten(), sc.Dense(7))
+    lines = chain.summary().splitlines()
+    assert lines[0].split() == ["layer", "output", "shape", "params"]
+    assert "(4, 10, 10)" in lines[2] and lines[2].split()[-1] == str(4 * 9 + 4)
+    assert "(4, 5, 5)" in lines[3] and lines[3].split()[-1] == "0"
+    assert "(100,)" in lines[4]
+    assert lines[5].split()[-1] == str(100 * 7 + 7)
+    assert lines[-1].split() == ["total", str(chain.num_params)]
+    assert chain.num_params == 40 + 707

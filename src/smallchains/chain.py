@@ -253,6 +253,17 @@ class SimpleChain:
     def __len__(self):
         return len(self.layers)
 
+    def summary(self) -> str:
+        """A table of the layers: each one's output shape and parameter count, and the totals."""
+        rows = [("input", str(tuple(self.input_shape)), "")]
+        for layer, ins, outs in zip(self.layers, self._shapes, self._shapes[1:]):
+            rows.append((repr(layer), str(tuple(outs)), str(layer.num_params_shape(ins))))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"{a:<{w0}}  {b:<{w1}}  {c:>8}" for a, b, c in [("layer", "output shape", "params")] + rows]
+        lines.append(f"{'total':<{w0}}  {'':<{w1}}  {self.num_params:>8}")
+        return "\n".join(lines)
+
 
 def _no_overlap(name, buf, **others):
     for other_name, a in others.items():
