@@ -6,9 +6,9 @@ Batch 32 (the seed's 16 x threads) and 256.  PyTorch: ``nn.Sequential`` with the
 ``torch.optim.Adam``, a ``DataLoader``-free loop over a shuffled index (what the seed does,
 minus the DataLoader's overhead, which would only slow PyTorch down), 2 threads.
 
-    python benchmarks/lenet.py [--epochs-timed 1] [--samples 60000] [--no-peers] [--accuracy-epochs 10]
+    python benchmarks/lenet.py [--epochs-timed 1] [--samples 60000] [--no-peers] [--accuracy-epochs 10 (0: skip)]
 
-``--accuracy-epochs N`` also trains smallchains N epochs at batch 32 and prints the test-accuracy curve.
+``--accuracy-epochs N`` (default 10) also trains smallchains N epochs at batch 32 and prints the test-accuracy curve.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--epochs-timed", type=int, default=1)
     ap.add_argument("--samples", type=int, default=60000)
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--accuracy-epochs", type=int, default=0)
+    ap.add_argument("--accuracy-epochs", type=int, default=10)
     args = ap.parse_args(argv)
     Xtr, ytr, Xte, yte = sc.datasets.fashion_mnist()
     X, y = Xtr[:args.samples], ytr[:args.samples]
