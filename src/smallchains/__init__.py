@@ -9,7 +9,7 @@ Quick start::
     history = sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=10_000)
 """
 
-from . import datasets, kernels
+from . import datasets, kernels, ode
 from ._errors import TrainingDivergedError
 from .chain import ChainKernels, SimpleChain
 from .io import load, load_params, save
@@ -40,6 +40,26 @@ from .losses import (
     predict_proba,
     valgrad,
 )
+from .ode import (
+    BS3,
+    DP5,
+    RK4,
+    ButcherTableau,
+    Euler,
+    Heun,
+    Jumps,
+    MaxStepsError,
+    NeuralODE,
+    NonFiniteStateError,
+    ODEFunction,
+    ODESolution,
+    ODESolveError,
+    PIController,
+    StepSizeUnderflowError,
+    Tsit5,
+    Vern7,
+    solve,
+)
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSProp
 from .training import History, minimize, train_batched, train_unbatched
 
@@ -56,6 +76,9 @@ rbf = ACTIVATIONS["rbf"]
 __version__ = "0.1.0"
 
 __all__ = [
+    "BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
+    "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
+    "StepSizeUnderflowError", "Tsit5", "Vern7", "ode", "solve",
     "AbsoluteLoss", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dropout", "Flatten",
     "MaxPool", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
     "History", "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",

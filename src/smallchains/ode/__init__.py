@@ -1,0 +1,21 @@
+"""ODE solvers: compiled explicit Runge–Kutta methods with dense output, jumps and events.
+
+``sc.solve(f, u0, tspan, p, solver=sc.Tsit5(), rtol=1e-6, atol=1e-6, saveat=ts, jumps=...)``.
+"""
+
+from .integrate import (
+    Jumps,
+    MaxStepsError,
+    NonFiniteStateError,
+    ODESolution,
+    ODESolveError,
+    PIController,
+    StepSizeUnderflowError,
+    solve,
+)
+from .problem import NeuralODE, ODEFunction
+from .tableau import BS3, DP5, RK4, ButcherTableau, Euler, Heun, Tsit5, Vern7
+
+__all__ = ["BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
+           "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
+           "StepSizeUnderflowError", "Tsit5", "Vern7", "solve"]
