@@ -140,37 +140,39 @@ def eval_f(f, du, u, p, t, iw, fw, rate, has_rate):
             du[j] += rate[j]
 
 
+@kernel(inline="always")
+def _axpy(a, x, y):
+    """y += a * x (skipped when a == 0: the tableau's zeros cost nothing)."""
+    if a != 0.0:
+        for j in range(y.shape[0]):
+            y[j] += a * x[j]
+
+
+@kernel(inline="always")
+def _dense_weight(D, i, theta):
+    """b_i(θ) = sum_k D[i, k] θ^(k+1)."""
+    w = 0.0
+    tp = theta
+    for k in range(D.shape[1]):
+        w += D[i, k] * tp
+        tp *= theta
+    return w
+
+
 @kernel
 def interp(D, K, S, u, h, theta, out):
     """out <- u + h * sum_i b_i(θ) K[i]: the dense output of a step at fraction θ."""
-    n = u.shape[0]
-    for j in range(n):
+    for j in range(u.shape[0]):
         out[j] = u[j]
-    deg = D.shape[1]
     for i in range(S):
-        w = 0.0
-        tp = theta
-        for k in range(deg):
-            w += D[i, k] * tp
-            tp *= theta
-        if w != 0.0:
-            hw = h * w
-            Ki = K[i]
-            for j in range(n):
-                out[j] += hw * Ki[j]
+        _axpy(h * _dense_weight(D, i, theta), K[i], out)
 
 
 @kernel
 def interp_weights(D, S, theta, wts):
     """wts[i] <- b_i(θ) (the dense-output weights)."""
-    deg = D.shape[1]
     for i in range(S):
-        w = 0.0
-        tp = theta
-        for k in range(deg):
-            w += D[i, k] * tp
-            tp *= theta
-        wts[i] = w
+        wts[i] = _dense_weight(D, i, theta)
 
 
 @kernel
@@ -209,12 +211,7 @@ def rk_stages(f, iw, fw, A, c, s, u, p, t, h, K, ytmp, rate, has_rate):
         for j in range(n):
             ytmp[j] = u[j]
         for m in range(i):
-            a = A[i, m]
-            if a != 0.0:
-                ha = h * a
-                Km = K[m]
-                for j in range(n):
-                    ytmp[j] += ha * Km[j]
+            _axpy(h * A[i, m], K[m], ytmp)
         eval_f(f, K[i], ytmp, p, t + c[i] * h, iw, fw, rate, has_rate)
     return s - 1
 
@@ -222,16 +219,10 @@ def rk_stages(f, iw, fw, A, c, s, u, p, t, h, K, ytmp, rate, has_rate):
 @kernel
 def rk_combine(wts, s, u, h, K, out):
     """out <- u + h * sum_i wts[i] K[i]."""
-    n = u.shape[0]
-    for j in range(n):
+    for j in range(u.shape[0]):
         out[j] = u[j]
     for i in range(s):
-        w = wts[i]
-        if w != 0.0:
-            hw = h * w
-            Ki = K[i]
-            for j in range(n):
-                out[j] += hw * Ki[j]
+        _axpy(h * wts[i], K[i], out)
 
 
 @kernel
@@ -420,11 +411,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
                 for j in range(n):
                     errv[j] = 0.0
                 for i in range(s):
-                    w = e[i]
-                    if w != 0.0:
-                        Ki = K[i]
-                        for j in range(n):
-                            errv[j] += h * w * Ki[j]
+                    _axpy(h * e[i], K[i], errv)
                 err = wrms(errv, u, unew, rtol, atol, scalar_tol)
                 if not _finite(err):
                     ok_values = False
