@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from numba import njit
 from numba.core.runtime import _nrt_python, rtsys
 
+import smallchains as sc
 from smallchains import _activations as A
 
 CODES = list(range(len(A.ACTIVATION_NAMES)))
@@ -216,7 +217,12 @@ def test_offsets_and_out_of_place_agree(dtype, code, n, off, doff, yoff, pad, wa
     np.testing.assert_allclose(z[off:off + n], y_ref, **tol)
     if want_d:
         assert np.all(d[:doff] == sentinel) and np.all(d[doff + n:] == sentinel)
-        np.testing.assert_allclose(d[doff:doff + n], A.reference_derivative(code, z0[off:off + n]), **tol)
+        # the derivative's own documented accuracy (tanh' in float32 saturates to 0 where the
+        # true value is ~5e-7: within its measured 5.5e-7, outside the values' 4e-7)
+        name = next(k for k, v in sc.ACTIVATIONS.items() if v.code == code)
+        dabs, drel = A.MAX_DERIV_ERRORS[name]["float32" if dtype is np.float32 else "float64"]
+        dtol = dict(rtol=max(tol["rtol"], 1.01 * drel), atol=max(tol["atol"], 1.01 * dabs))
+        np.testing.assert_allclose(d[doff:doff + n], A.reference_derivative(code, z0[off:off + n]), **dtol)
     else:
         assert np.all(d == sentinel)
 
