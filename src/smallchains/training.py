@@ -17,9 +17,9 @@ from ._validate import positive_int
 from .losses import ChainLoss, _rebind, accuracy_and_loss, valgrad
 from .optimizers import Optimizer
 
-#: Default minibatch size of ``train_batched``.  32 samples per thread keeps each
-#: thread's block in L1/L2 and gives many updates per epoch (the seed article's
-#: LeNet used 16 x threads); larger batches trade updates for throughput.
+#: Default minibatch size of ``train_batched`` per thread: long enough sample runs for the
+#: kernels, many updates per epoch (the seed article's LeNet used 16 x threads); larger
+#: batches trade updates for throughput (see ``train_batched``).
 DEFAULT_BATCH_PER_THREAD = 32
 
 
@@ -135,8 +135,8 @@ def _validation_loss(loss, validation, p):
     return vloss, Xv
 
 
-def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=None):
-    vloss, Xv = validation if validation is not None else (None, None)
+def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=(None, None)):
+    vloss, Xv = validation
     step, bar = _chunks(epochs, callback, callback_every, progress, vloss is not None)
     hist = hist.view(History)
     if vloss is not None:
@@ -183,7 +183,8 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
         epochs: number of steps.
         num_threads: threads splitting the batch (default: all cores, one thread for tiny work).
         callback: ``callback(epochs_done, loss, p)`` every ``callback_every`` epochs
-            (default: ten times per run).  progress: a tqdm progress bar if tqdm is installed.
+            (default: ten times per run).  progress: a progress bar (tqdm's when installed, else a
+            plain one on stderr).
         seed: the dropout masks' stream (an int or a ``np.random.Generator``; only chains with
             ``sc.Dropout`` use it).
         validation: optional ``(X_val, y_val)`` evaluated after every epoch (inference mode:

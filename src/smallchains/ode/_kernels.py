@@ -31,22 +31,18 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 from numba.experimental.function_type import _get_jit_address, _get_wrapper_address
 
-from .._jit import _COMMON, FASTMATH_FLAGS
+from .._jit import _COMMON, FASTMATH_FLAGS, kernel
 
 # --------------------------------------------------------------------------- types and codes
 
 F8 = types.float64
-I8 = types.int64
 F1 = types.float64[::1]
-F2 = types.float64[:, ::1]
-F3 = types.float64[:, :, ::1]
 I1 = types.int64[::1]
 
 RHS_SIG = types.void(F1, F1, F1, F8, I1, F1)
@@ -74,21 +70,15 @@ NOPT = 11
 I_S, I_FSAL, I_ADAPTIVE, I_MAXSTEPS, I_STORE, I_HASG, I_GDIR, I_ORDER = range(8)
 NIOPT = 8
 # stats (int64 out)
-S_STATUS, S_NACCEPT, S_NREJECT, S_NF, S_NSTORED, S_NSAVED, S_NJUMPS, S_NJ0 = range(8)
-NSTATS = 8
+S_STATUS, S_NACCEPT, S_NREJECT, S_NF, S_NSTORED, S_NSAVED, S_NJUMPS = range(7)
+NSTATS = 7
 # float results (fres)
-R_T, R_HLAST = range(2)
+R_T = 0
 
 FMAX = 1.7976931348623157e308
 
+#: the package's JIT options, for the wrappers compiled per model in problem.py
 _OPTS = dict(_COMMON, fastmath=set(FASTMATH_FLAGS) or False)
-
-
-def kernel(fn=None, **kw):
-    opts = dict(_OPTS, **kw)
-    if fn is None:
-        return lambda f: numba.njit(**opts)(f)
-    return numba.njit(**opts)(fn)
 
 
 def _function_caster(ftype):
@@ -166,13 +156,6 @@ def interp(D, K, S, u, h, theta, out):
         out[j] = u[j]
     for i in range(S):
         _axpy(h * _dense_weight(D, i, theta), K[i], out)
-
-
-@kernel
-def interp_weights(D, S, theta, wts):
-    """wts[i] <- b_i(θ) (the dense-output weights)."""
-    for i in range(S):
-        wts[i] = _dense_weight(D, i, theta)
 
 
 @kernel
@@ -332,7 +315,6 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     istop = 0
     status = OK
     fres[R_T] = t0
-    fres[R_HLAST] = 0.0
 
     # save points at t0 (before any jump at t0), skip tstops at or behind t0
     while isave < nsave and not _beyond(ts_save[isave], t0, dirn):
@@ -345,7 +327,6 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
         apply_jump(jkind[ijump], jidx[ijump], jval[ijump], jpidx[ijump], u, p, rate)
         ijump += 1
     stats[S_NJUMPS] = ijump
-    stats[S_NJ0] = ijump
 
     if t1 == t0:
         for j in range(n):
@@ -577,7 +558,6 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     stats[S_NSAVED] = isave
     stats[S_NJUMPS] = ijump
     fres[R_T] = t
-    fres[R_HLAST] = h
     return status
 
 

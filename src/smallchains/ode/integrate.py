@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _kernels as RK
@@ -338,7 +340,7 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         raise TypeError(f"`jumps` must be a sc.Jumps schedule, got {type(jumps).__name__}")
     jarr = jumps.arrays(n, p.shape[0], dirn)
     if event is None:
-        g = _NO_EVENT[0] if _NO_EVENT else _NO_EVENT.append(event_addresses(_no_event)) or _NO_EVENT[0]
+        g = _no_event_addresses()
         gfun = _no_event
     else:
         gfun = _adapt_event(event)
@@ -349,13 +351,18 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         iopt[RK.I_GDIR] = int(event_direction)
     P = _Prepared()
     P.fn, P.tab, P.u0, P.p, P.t0, P.t1, P.ts = fn, tab, u0, p, t0, t1, ts
+    # P.g keeps the event function's dispatcher alive while the kernel holds its addresses
     P.opt, P.iopt, P.rtol, P.atol, P.tstops, P.jumps, P.ga, P.g = opt, iopt, rtol_a, atol_a, stops, jarr, g, gfun
     P.n, P.S, P.max_steps = n, tab.stages + 1, int(max_steps)
     return P
 
 
 _CAP_HINTS = {}
-_NO_EVENT = []
+
+
+@functools.lru_cache(maxsize=1)
+def _no_event_addresses():
+    return event_addresses(_no_event)
 
 
 def run(P, store, cap=None):

@@ -67,24 +67,18 @@ class ODEFunction:
         f: a ``@numba.njit`` function writing du/dt into ``du`` in place (SciML's
             convention).  It may call other compiled code, smallchains' kernels included.
         n_states, n_params: optional sizes, checked against ``u0`` and ``p`` at solve time.
-        vjp: optional compiled ``vjp(lu, lp, v, u, p, t)``: ``lu <- vᵀ ∂f/∂u`` (overwrite) and
-            ``lp += vᵀ ∂f/∂p`` (accumulate), used by the adjoint sensitivities.
-        jvp: optional compiled ``jvp(out, u, p, t, du, dp)``: ``out <- ∂f/∂u du + ∂f/∂p dp``, used
-            by forward sensitivities.
 
     Plain ``@njit`` functions may also be passed to :func:`solve` directly; they are
     wrapped on the fly (a wrapper costs ~0.1 s of compilation once per function).
     """
 
-    def __init__(self, f, *, n_states=None, n_params=None, vjp=None, jvp=None, name=None):
+    def __init__(self, f, *, n_states=None, n_params=None, name=None):
         self.py = f
         self.rhs = _adapt4(f)
         self.iw = _EMPTY_I
         self.fw = _EMPTY_F
         self.n_states = n_states
         self.n_params = n_params
-        self.user_vjp = vjp
-        self.user_jvp = jvp
         self.name = name or getattr(getattr(f, "py_func", f), "__name__", "f")
 
     @property
@@ -133,8 +127,6 @@ class NeuralODE(ODEFunction):
         self.fw = np.zeros(max(chain.work_size(1), 1))
         self.n_states = chain.input_dim
         self.n_params = chain.num_params
-        self.user_vjp = None
-        self.user_jvp = None
         self.name = "NeuralODE"
 
     def __repr__(self):
