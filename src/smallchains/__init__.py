@@ -44,8 +44,11 @@ from .ode import (
     BS3,
     DP5,
     RK4,
+    UDE,
     ButcherTableau,
+    DiscreteAdjoint,
     Euler,
+    GradientFunction,
     Heun,
     Jumps,
     MaxStepsError,
@@ -55,10 +58,13 @@ from .ode import (
     ODESolution,
     ODESolveError,
     PIController,
+    SquaredError,
     StepSizeUnderflowError,
     Tsit5,
     Vern7,
+    gradient_function,
     solve,
+    value_and_grad,
 )
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSProp
 from .training import History, minimize, train_batched, train_unbatched
@@ -78,7 +84,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
     "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
-    "StepSizeUnderflowError", "Tsit5", "Vern7", "ode", "solve",
+    "StepSizeUnderflowError", "Tsit5", "Vern7", "ode", "solve", "UDE", "DiscreteAdjoint", "GradientFunction",
+    "SquaredError", "gradient_function", "value_and_grad",
     "AbsoluteLoss", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dropout", "Flatten",
     "MaxPool", "Adam", "AdamW", "ChainKernels", "ChainLoss", "Dense",
     "History", "HuberLoss", "L1Penalty", "L2Penalty", "Layer", "LogitCrossEntropyLoss", "Optimizer", "RMSProp", "SGD",

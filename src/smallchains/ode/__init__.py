@@ -13,9 +13,18 @@ from .integrate import (
     StepSizeUnderflowError,
     solve,
 )
-from .problem import NeuralODE, ODEFunction
+from .problem import UDE, NeuralODE, ODEFunction
+from .sensitivity import (
+    DiscreteAdjoint,
+    GradientFunction,
+    SensitivityMethod,
+    SquaredError,
+    gradient_function,
+    value_and_grad,
+)
 from .tableau import BS3, DP5, RK4, ButcherTableau, Euler, Heun, Tsit5, Vern7
 
 __all__ = ["BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
            "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
-           "StepSizeUnderflowError", "Tsit5", "Vern7", "solve"]
+           "StepSizeUnderflowError", "Tsit5", "Vern7", "solve", "UDE", "DiscreteAdjoint", "GradientFunction",
+           "SensitivityMethod", "SquaredError", "gradient_function", "value_and_grad"]

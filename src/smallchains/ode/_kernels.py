@@ -72,6 +72,8 @@ NIOPT = 8
 # stats (int64 out)
 S_STATUS, S_NACCEPT, S_NREJECT, S_NF, S_NSTORED, S_NSAVED, S_NJUMPS = range(7)
 NSTATS = 7
+# iopt[I_STORE]: what to record per accepted step
+STORE_NONE, STORE_ALL, STORE_STATES = 0, 1, 2
 # float results (fres)
 R_T = 0
 
@@ -256,9 +258,9 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     """Integrate from opt[O_T0] to opt[O_T1]; see the module docstring for the conventions.
 
     Writes the save points into ``us_save`` (nsave, n), the final state into ``uend``,
-    statistics into ``stats`` and the time reached into ``fres``.  With
-    ``iopt[I_STORE]`` it records every accepted step for the dense solution and the
-    adjoints: ``st_t``/``st_h`` (start, signed size), ``st_u`` (state at the start),
+    statistics into ``stats`` and the time reached into ``fres``.  With ``iopt[I_STORE]``
+    (STORE_ALL, or STORE_STATES: all but ``st_k``) it records every accepted step for the
+    dense solution and the adjoints: ``st_t``/``st_h`` (start, signed size), ``st_u`` (state at the start),
     ``st_k`` (the S stage derivatives), ``st_j`` (jumps applied at the step's end: index
     one past the last jump applied there, or -1).  ``fa``/``ga``: the (c, jit) addresses of the
     right-hand side and of the event function (int64 arrays of 2).  Returns the status.
@@ -272,6 +274,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     adaptive = iopt[I_ADAPTIVE] != 0
     max_steps = iopt[I_MAXSTEPS]
     store = iopt[I_STORE] != 0
+    store_k = iopt[I_STORE] == STORE_ALL
     has_g = iopt[I_HASG] != 0
     gdir = iopt[I_GDIR]
     order = iopt[I_ORDER]
@@ -488,10 +491,11 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
             st_j[nstored] = -1
             for j in range(n):
                 st_u[nstored, j] = u[j]
-            for i in range(S):
-                Ki = K[i]
-                for j in range(n):
-                    st_k[nstored, i, j] = Ki[j]
+            if store_k:
+                for i in range(S):
+                    Ki = K[i]
+                    for j in range(n):
+                        st_k[nstored, i, j] = Ki[j]
             nstored += 1
         naccept += 1
         if stop_here:

@@ -1,0 +1,230 @@
+"""The discrete adjoint: reverse-mode differentiation of the Runge–Kutta steps themselves.
+
+It gives the exact gradient of the *computed* solution (step sizes and the accepted
+step sequence held fixed, as every discrete adjoint does), from what the forward solve
+stored: each step's start, size and state, and either its stages (``store_stages``)
+or nothing more (they are recomputed, one step at a time, from the stored state: the
+memory drops from (S + 1) n to n numbers per step for one more forward pass).
+
+One explicit step, stage inputs Y_i = u + h sum_{m<i} A[i, m] K_m, K_i = f(Y_i, t + c_i h),
+u' = u + h sum_i b_i K_i, and a save point inside it at fraction θ,
+u(θ) = u + h sum_i b_i(θ) K_i (the dense output; slot s is f at the step's end).
+Given ū' (the cotangent of u') and the save points' cotangents, with W_i the cotangent of K_i:
+
+    W_i = h b_i ū' + h sum_saves b_i(θ) ḡ   (+ the slot-s term, pulled through f at u')
+    for i = s-1 .. 0:  Ȳ_i = W_i^T df/du (Y_i),  p̄ += W_i^T df/dp (Y_i),
+                       W_m += h A[i, m] Ȳ_i (m < i),  ū += Ȳ_i
+    ū = ū' + sum_saves ḡ + sum_i Ȳ_i
+
+A stage whose cotangent is exactly zero (Tsit5's seventh when no save point falls in the
+step) costs nothing.  Jumps are pulled back in reverse order at their times:
+a bolus u[i] += v p[k] adds v ū[i] to p̄[k]; a reset or a set zeroes the cotangent it
+overwrites; an input switch does not involve u or p.
+
+Vector–Jacobian products reach the kernel as function pointers of the signature
+``VJP_SIG``: ``vjp(lu, lp, v, u, p, t, iw, fw)``: lu <- v^T df/du (overwritten),
+lp += v^T df/dp (accumulated).
+"""
+
+from __future__ import annotations
+
+from numba import types
+
+from .._jit import kernel
+from ._kernels import (
+    F1,
+    F8,
+    I1,
+    J_BOLUS,
+    J_INPUT,
+    J_RESET,
+    J_SET,
+    _axpy,
+    _dense_weight,
+    _function_caster,
+    as_rhs,
+    eval_f,
+    rk_combine,
+    rk_stages,
+)
+
+VJP_SIG = types.void(F1, F1, F1, F1, F1, F8, I1, F1)
+VJP_T = types.FunctionType(VJP_SIG)
+as_vjp = _function_caster(VJP_T)
+
+# int options of the adjoint (aopt)
+A_S, A_FSAL, A_NSTORED, A_NJUMP0, A_NJUMPS, A_STAGES = range(6)
+NAOPT = 6
+
+
+@kernel(inline="always")
+def _zero(x):
+    for j in range(x.shape[0]):
+        x[j] = 0.0
+
+
+@kernel(inline="always")
+def _all_zero(x):
+    for j in range(x.shape[0]):
+        if x[j] != 0.0:
+            return False
+    return True
+
+
+@kernel
+def _jump_adjoint(q, jkind, jidx, jval, jpidx, lam, gp):
+    """Pull the cotangent ``lam`` of the state after jump ``q`` back to before it."""
+    kind = jkind[q]
+    if kind == J_BOLUS:
+        if jpidx[q] >= 0:
+            gp[jpidx[q]] += jval[q] * lam[jidx[q]]
+    elif kind == J_RESET:
+        _zero(lam)
+    elif kind == J_SET:
+        lam[jidx[q]] = 0.0
+
+
+@kernel
+def _rate_before(njumps_applied, jkind, jidx, jval, rate):
+    """The piecewise-constant input after the first ``njumps_applied`` jumps (summed as forward does)."""
+    _zero(rate)
+    has = False
+    for q in range(jkind.shape[0]):
+        if jkind[q] == J_INPUT:
+            has = True
+    for q in range(njumps_applied):
+        if jkind[q] == J_INPUT:
+            rate[jidx[q]] += jval[q]
+    return has
+
+
+@kernel
+def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
+                        st_t, st_h, st_u, st_k, st_j,
+                        jt, jkind, jidx, jval, jpidx,
+                        ts_save, gsave, lam, gp, W, K, wk):
+    """Reverse pass over the stored steps.  On return ``lam`` = dL/du0 and ``gp`` += dL/dp.
+
+    ``gsave`` (nsave, n): dL/du at the save points ``ts_save``.  ``lam`` holds dL/du at
+    the end of the solve on entry (zero when the loss only reads save points).
+    ``aopt``: A_S stages, A_FSAL, A_NSTORED steps, A_NJUMP0 jumps applied at t0,
+    A_NJUMPS jumps applied in all, A_STAGES (1: ``st_k`` holds the stages, 0: recompute).
+    Workspaces: W, K (S, n); wk (6 n).
+    """
+    f = as_rhs(fa[0], fa[1])
+    vjp = as_vjp(va[0], va[1])
+    n = lam.shape[0]
+    s = aopt[A_S]
+    S = W.shape[0]
+    fsal = aopt[A_FSAL] != 0
+    N = aopt[A_NSTORED]
+    njump0 = aopt[A_NJUMP0]
+    ijump = aopt[A_NJUMPS]
+    have_stages = aopt[A_STAGES] != 0
+    nsave = ts_save.shape[0]
+
+    y = wk[0:n]
+    lu = wk[n:2 * n]
+    ubar = wk[2 * n:3 * n]
+    unew = wk[3 * n:4 * n]
+    rate = wk[4 * n:5 * n]
+    has_rate = False
+    rate_jumps = -1  # jumps included in ``rate``
+
+    dirn = 1.0
+    if N > 0:
+        dirn = 1.0 if st_h[0] >= 0.0 else -1.0
+    isave = nsave - 1
+
+    for nstep in range(N - 1, -1, -1):
+        t = st_t[nstep]
+        h = st_h[nstep]
+        tnew = st_t[nstep + 1] if nstep + 1 < N else t_final
+        u = st_u[nstep]
+        # jumps applied at this step's end, in reverse
+        if st_j[nstep] >= 0:
+            while ijump > njump0 and jt[ijump - 1] == tnew:
+                ijump -= 1
+                _jump_adjoint(ijump, jkind, jidx, jval, jpidx, lam, gp)
+        # the stages of this step
+        if have_stages:
+            Ks = st_k[nstep]
+        else:
+            if rate_jumps != ijump:
+                has_rate = _rate_before(ijump, jkind, jidx, jval, rate)
+                rate_jumps = ijump
+            eval_f(f, K[0], u, p, t, iw, fw, rate, has_rate)
+            rk_stages(f, iw, fw, A, c, s, u, p, t, h, K, y, rate, has_rate)
+            Ks = K
+        for i in range(S):
+            _zero(W[i])
+        _zero(ubar)
+        # save points inside the step (t, tnew]
+        while isave >= 0 and (ts_save[isave] - t) * dirn > 0.0:
+            ts = ts_save[isave]
+            gq = gsave[isave]
+            if ts == tnew:
+                for j in range(n):
+                    lam[j] += gq[j]
+            else:
+                th = (ts - t) / h
+                for i in range(S):
+                    _axpy(h * _dense_weight(D, i, th), gq, W[i])
+                for j in range(n):
+                    ubar[j] += gq[j]
+            isave -= 1
+        # slot s: f at the step's end (FSAL: the last stage itself)
+        if fsal:
+            _axpy(1.0, W[s], W[s - 1])
+        elif not _all_zero(W[s]):
+            rk_combine(b, s, u, h, Ks, unew)
+            vjp(lu, gp, W[s], unew, p, tnew, iw, fw)
+            for j in range(n):
+                lam[j] += lu[j]
+        for i in range(s):
+            _axpy(h * b[i], lam, W[i])
+        for j in range(n):
+            ubar[j] += lam[j]
+        for i in range(s - 1, -1, -1):
+            Wi = W[i]
+            if _all_zero(Wi):
+                continue
+            for j in range(n):
+                y[j] = u[j]
+            for m in range(i):
+                _axpy(h * A[i, m], Ks[m], y)
+            vjp(lu, gp, Wi, y, p, t + c[i] * h, iw, fw)
+            for j in range(n):
+                ubar[j] += lu[j]
+            for m in range(i):
+                _axpy(h * A[i, m], lu, W[m])
+        for j in range(n):
+            lam[j] = ubar[j]
+
+    # jumps at t0 (applied before the first step), then save points at t0
+    while ijump > 0:
+        ijump -= 1
+        _jump_adjoint(ijump, jkind, jidx, jval, jpidx, lam, gp)
+    while isave >= 0:
+        gq = gsave[isave]
+        for j in range(n):
+            lam[j] += gq[j]
+        isave -= 1
+    return 0
+
+
+@kernel
+def squared_error(us, data, w, cols, g):
+    """sum w_c (us[i, cols[c]] - data[i, c])^2 over finite data; g <- its gradient in us (overwritten)."""
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            g[i, j] = 0.0
+    val = 0.0
+    for i in range(data.shape[0]):
+        for c in range(data.shape[1]):
+            d = data[i, c]
+            if abs(d) <= 1.7976931348623157e308:
+                r = us[i, cols[c]] - d
+                val += w[c] * r * r
+                g[i, cols[c]] += 2.0 * w[c] * r
+    return val

@@ -1,0 +1,373 @@
+"""Gradients of losses on ODE solutions: ``value_and_grad`` and the sensitivity methods.
+
+A loss reads the solution at the save points: L = sum_i g(u(t_i), t_i).  Every method
+calls compiled vector–Jacobian (or Jacobian–vector) products of the right-hand side:
+the chain kernels for a neural ODE, complex-step derivatives (or the user's own
+``vjp``) for a hand-written ``f``; none records a tape in Python.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from . import _adjoint as ADJ
+from . import _kernels as RK
+from .integrate import _RETCODES, ODESolution, _raise, _stats, prepare
+
+# --------------------------------------------------------------------------- losses
+
+
+class SquaredError:
+    """L = sum_i sum_j w_j (u_j(t_i) - data[i, j])^2 over the save points; NaN data are missing.
+
+    Args:
+        data: (n_saves, n_observed) observations at the ``saveat`` times.
+        states: indices of the observed states (default: all, in order).
+        weights: a scalar or one weight per observed state.
+    """
+
+    def __init__(self, data, states=None, weights=1.0):
+        d = np.asarray(data, dtype=np.float64)
+        if d.ndim == 1:
+            d = d[:, None]
+        if d.ndim != 2:
+            raise ValueError(f"`data` must be a (n_saves, n_observed) array, got shape {np.shape(data)}")
+        self.data = d
+        self.states = None if states is None else np.asarray(states, dtype=np.int64).reshape(-1)
+        if self.states is not None and self.states.shape[0] != d.shape[1]:
+            raise ValueError(f"`states` lists {self.states.shape[0]} states but `data` has {d.shape[1]} columns")
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim > 1 or (w.ndim == 1 and w.shape[0] != d.shape[1]):
+            raise ValueError(f"`weights` must be a scalar or one per observed state ({d.shape[1]}), "
+                             f"got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("`weights` must be finite and >= 0")
+        self.weights = w
+        self._cols = None
+
+    def check(self, n_saves, n_states):
+        if self.data.shape[0] != n_saves:
+            raise ValueError(f"`data` has {self.data.shape[0]} rows but there are {n_saves} save points "
+                             "(one row per saveat time)")
+        if self.states is None and self.data.shape[1] != n_states:
+            raise ValueError(f"`data` has {self.data.shape[1]} columns but the ODE has {n_states} states; "
+                             "pass states=[...] to name the observed ones")
+        cols = self.states if self.states is not None else np.arange(n_states, dtype=np.int64)
+        if np.any(cols < 0) or np.any(cols >= n_states):
+            raise ValueError(f"`states` {cols.tolist()} must lie in 0..{n_states - 1}")
+        self._cols = np.ascontiguousarray(cols, dtype=np.int64)
+        self._w = np.ascontiguousarray(np.broadcast_to(self.weights, (self.data.shape[1],)), dtype=np.float64)
+        self._data = np.ascontiguousarray(self.data)
+
+    def into(self, u, g):
+        """The loss at the saved states ``u``; its gradient written into ``g`` (compiled, no allocation)."""
+        return ADJ.squared_error(u, self._data, self._w, self._cols, g)
+
+    def __call__(self, u, t):
+        u = np.ascontiguousarray(u, dtype=np.float64)
+        self.check(u.shape[0], u.shape[1])
+        g = np.empty_like(u)
+        return self.into(u, g), g
+
+    def __repr__(self):
+        return f"SquaredError({self.data.shape[0]}x{self.data.shape[1]} data)"
+
+
+def _as_loss(loss):
+    if isinstance(loss, SquaredError):
+        return loss
+    if callable(loss):
+        return loss
+    if isinstance(loss, np.ndarray) or isinstance(loss, (list, tuple)):
+        return SquaredError(loss)
+    raise TypeError("`loss` must be sc.SquaredError(data), a data array (squared error), or a callable "
+                    f"loss(u, t) -> (value, dvalue/du) on the saved states; got {type(loss).__name__}")
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class SensitivityMethod:
+    name = "sensitivity"
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class DiscreteAdjoint(SensitivityMethod):
+    """Reverse-mode differentiation of the Runge–Kutta steps (the default).
+
+    The exact gradient of the computed solution (the accepted steps held fixed), to
+    rounding.  The forward solve records every step; the reverse pass pulls the loss's
+    cotangents back through each stage, the dense output (save points between steps)
+    and the jumps.  Cost: one vector–Jacobian product per stage and step.
+
+    Args:
+        store: "auto" (default) keeps every stage when that fits in ``max_memory`` bytes,
+            else only each step's starting state, recomputing its stages during the reverse
+            pass (one more right-hand side evaluation per stage).  "stages" or "states"
+            force one of the two.
+        max_memory: the budget for the recorded steps, in bytes (default 512 MB).
+    """
+
+    name = "discrete adjoint"
+
+    def __init__(self, store="auto", max_memory=512 * 2**20):
+        if store not in ("auto", "stages", "states"):
+            raise ValueError(f"`store` must be 'auto', 'stages' or 'states', got {store!r}")
+        if not max_memory > 0:
+            raise ValueError(f"`max_memory` must be > 0 bytes, got {max_memory!r}")
+        self.store = store
+        self.max_memory = float(max_memory)
+
+    def __repr__(self):
+        return f"DiscreteAdjoint(store={self.store!r}, max_memory={self.max_memory:.3g})"
+
+
+# --------------------------------------------------------------------------- gradient functions
+
+
+def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
+    """Compare the right-hand side's vector-Jacobian product with central differences, once.
+
+    Complex-step derivatives are exact for analytic code but silently wrong for code
+    that is not (``abs`` of a state drops the derivative's sign); a hand-written vjp may
+    simply be wrong.  Checked near ``u0`` (shifted, so that states starting at zero do
+    not hide terms) for the states and at most 40 parameters.
+    """
+    n, m = u0.shape[0], p.shape[0]
+    rng = np.random.default_rng(12345)
+    u = u0 + 0.05 * (1.0 + np.abs(u0)) * rng.uniform(0.5, 1.0, n)
+    v = rng.normal(size=n)
+    lu = np.zeros(n)
+    lp = np.zeros(m)
+    fn.vjp(lu, lp, v, u, p, t, fn.iw, fw)
+    da = np.empty(n)
+    db = np.empty(n)
+
+    def fd(x, k, which):
+        e = 1e-6 * max(1.0, abs(x[k]))
+        a = x.copy()
+        b = x.copy()
+        a[k] += e
+        b[k] -= e
+        if which == "u":
+            fn.rhs(da, a, p, t, fn.iw, fw)
+            fn.rhs(db, b, p, t, fn.iw, fw)
+        else:
+            fn.rhs(da, u, a, t, fn.iw, fw)
+            fn.rhs(db, u, b, t, fn.iw, fw)
+        return float(v @ (da - db)) / (2 * e)
+
+    fu = np.array([fd(u, k, "u") for k in range(n)])
+    ks = np.arange(m) if m <= 40 else np.sort(rng.choice(m, 40, replace=False))
+    fp = np.array([fd(p, k, "p") for k in ks])
+    scale = max(np.abs(fu).max(initial=0.0), np.abs(fp).max(initial=0.0), 1e-8)
+    bad_u = np.abs(lu - fu) > tol * scale + 1e-7 * np.abs(fu)
+    bad_p = np.abs(lp[ks] - fp) > tol * scale + 1e-7 * np.abs(fp)
+    if np.any(bad_u) or np.any(bad_p) or not (np.all(np.isfinite(lu)) and np.all(np.isfinite(lp))):
+        how = ("complex-step differentiation (is the code analytic? abs(), min/max or branches on the state "
+               "break it)" if getattr(fn, "complex_step", False) else "the supplied vjp")
+        where = [f"du/du[{k}]" for k in np.flatnonzero(bad_u)] + [f"du/dp[{ks[k]}]" for k in np.flatnonzero(bad_p)]
+        raise ValueError(f"the derivatives of {fn.name} from {how} disagree with finite differences at "
+                         f"{', '.join(where[:6]) or 'non-finite values'} (vjp {np.r_[lu, lp[ks]][:6]}, "
+                         f"differences {np.r_[fu, fp][:6]}); fix the right-hand side or pass vjp=..., or "
+                         "check_derivatives=False to skip this check")
+
+
+class GradientFunction:
+    """``(value, grad_p, grad_u0) = gf(p, u0=None)``: a loss on an ODE solution and its gradient.
+
+    Built once by :func:`gradient_function` (inputs checked, options fixed, buffers
+    allocated), then called many times: the per-call Python cost is a few microseconds
+    on top of the compiled forward and reverse passes.  ``gf.stats`` holds the last
+    forward solve's step counts; ``gf.solution()`` the last solve's save points.
+    """
+
+    def __init__(self, loss, f, u0, tspan, p, sensitivity, solve_kw, check_derivatives=True):
+        if "event" in solve_kw and solve_kw["event"] is not None:
+            raise ValueError("gradients through terminating events are not supported (the event time would "
+                             "depend on the parameters); integrate to a fixed end instead")
+        solve_kw = {k: v for k, v in solve_kw.items() if k != "event"}
+        if solve_kw.get("saveat") is None:
+            raise ValueError("`saveat` is required: the loss reads the solution at the save points")
+        if p is None:
+            raise ValueError("`p` is required: the parameters to differentiate with respect to")
+        self.sensitivity = DiscreteAdjoint() if sensitivity is None else sensitivity
+        if not isinstance(self.sensitivity, SensitivityMethod):
+            raise TypeError(f"`sensitivity` must be a method object such as sc.DiscreteAdjoint(), "
+                            f"got {sensitivity!r}")
+        P = prepare(f, u0, tspan, p, **solve_kw)
+        self.P = P
+        self.u0 = P.u0  # the default initial state
+        self.loss = _as_loss(loss)
+        if isinstance(self.loss, SquaredError):
+            self.loss = copy.copy(self.loss)  # its compiled arguments are fixed for this problem
+            self.loss.check(P.ts.shape[0], P.n)
+        fn = P.fn
+        self.fn = fn
+        n, m, S = P.n, P.p.shape[0], P.S
+        self.n, self.m = n, m
+        self.fw = fn.workspace(n, m)
+        self.fa = fn.addr
+        self.va = fn.vjp_addr
+        if check_derivatives:
+            _check_vjp(fn, P.u0, P.p, P.t0, self.fw)
+        tab = P.tab
+        self.aopt = np.zeros(ADJ.NAOPT, dtype=np.int64)
+        self.aopt[ADJ.A_S] = tab.stages
+        self.aopt[ADJ.A_FSAL] = int(tab.fsal)
+        jt = P.jumps[0]
+        dirn = 1.0 if P.t1 >= P.t0 else -1.0
+        self.aopt[ADJ.A_NJUMP0] = int(np.sum((jt - P.t0) * dirn <= 0.0))
+        self.K = np.zeros((S, n))
+        self.W = np.zeros((S, n))
+        self.wk = np.zeros(5 * n + S)
+        self.awk = np.zeros(6 * n)
+        self.stats_arr = np.zeros(RK.NSTATS, dtype=np.int64)
+        self.fres = np.zeros(2)
+        self.uend = np.empty(n)
+        self.us = np.empty((P.ts.shape[0], n))
+        self._g = np.empty((P.ts.shape[0], n))
+        self._cap = 0
+        self._mode = None
+        self.stats = {}
+
+    # buffers for the recorded steps, grown on demand and reused between calls
+    def _storage(self, want):
+        """Buffers for ``want`` steps (fewer if the budget says so); returns the capacity."""
+        n, S = self.n, self.P.S
+        sens = self.sensitivity
+        per_all = (S + 1) * n * 8.0 + 24.0
+        per_states = n * 8.0 + 24.0
+        if sens.store == "stages" or (sens.store == "auto" and want * per_all <= sens.max_memory):
+            mode, cap = RK.STORE_ALL, want
+        else:
+            mode = RK.STORE_STATES
+            cap = min(want, int(sens.max_memory // per_states))
+            if cap <= self._cap and self._mode == RK.STORE_STATES and cap < want:
+                raise MemoryError(f"recording more than {self._cap} steps needs more than {sens.max_memory:.3g} "
+                                  "bytes, the DiscreteAdjoint budget (max_memory); raise max_memory, loosen the "
+                                  "tolerances or lower max_steps")
+            if cap < 1:
+                raise MemoryError(f"max_memory={sens.max_memory:.3g} bytes cannot hold even one step")
+        if cap != self._cap or mode != self._mode:
+            self.st_t = np.empty(cap)
+            self.st_h = np.empty(cap)
+            self.st_u = np.empty((cap, n))
+            self.st_k = np.empty((cap if mode == RK.STORE_ALL else 1, S, n))
+            self.st_j = np.empty(cap, dtype=np.int64)
+            self._cap, self._mode = cap, mode
+        return cap
+
+    def _set_inputs(self, p, u0):
+        P = self.P
+        p = np.asarray(p)
+        if p.shape != (self.m,):
+            raise ValueError(f"`p` must have shape ({self.m},), got {p.shape}")
+        p = np.ascontiguousarray(p, dtype=np.float64)
+        if not np.all(np.isfinite(p)):
+            raise ValueError("`p` contains NaN or Inf")
+        P.p = p
+        if u0 is None:
+            P.u0 = self.u0
+        else:
+            u0 = np.asarray(u0)
+            if u0.shape != (self.n,):
+                raise ValueError(f"`u0` must have shape ({self.n},), got {u0.shape}")
+            u0 = np.ascontiguousarray(u0, dtype=np.float64)
+            if not np.all(np.isfinite(u0)):
+                raise ValueError("`u0` contains NaN or Inf")
+            P.u0 = u0
+
+    def forward(self):
+        """Run the recording forward solve; returns the status."""
+        P = self.P
+        want = self._cap or 64
+        while True:
+            self._storage(min(want, P.max_steps + 1))
+            P.iopt[RK.I_STORE] = self._mode
+            status = RK.rk_solve(self.fa, P.fn.iw, self.fw, P.ga, P.tab.A, P.tab.b, P.tab.c,
+                                 P.tab.b_err_or_zero, P.tab.D, P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p, P.ts,
+                                 self.us, P.tstops, *P.jumps, self.st_t, self.st_h, self.st_u, self.st_k,
+                                 self.st_j, self.K, self.wk, self.stats_arr, self.fres, self.uend)
+            if status != RK.STORAGE_FULL:
+                break
+            want = max(2 * self._cap, 64)
+        self.stats = _stats(self.stats_arr)
+        if status != RK.OK:
+            sol = ODESolution(P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(),
+                              _RETCODES.get(status, "failure"), dict(self.stats))
+            _raise(status, sol, {"max_steps": P.max_steps, "t1": P.t1})
+        return status
+
+    def value(self, p, u0=None):
+        """The loss alone (one forward solve, nothing recorded beyond what the adjoint needs)."""
+        self._set_inputs(p, u0)
+        self.forward()
+        v, _ = self.loss(self.us, self.P.ts)
+        return float(v)
+
+    def __call__(self, p, u0=None):
+        self._set_inputs(p, u0)
+        self.forward()
+        if isinstance(self.loss, SquaredError):
+            g = self._g
+            value = self.loss.into(self.us, g)
+        else:
+            value, g = self.loss(self.us, self.P.ts)
+            g = np.ascontiguousarray(g, dtype=np.float64)
+            if g.shape != self.us.shape:
+                raise ValueError(f"the loss's gradient has shape {g.shape}; expected {self.us.shape} (one row "
+                                 "per save point, one column per state)")
+            if not np.all(np.isfinite(g)):
+                raise ValueError("the loss's gradient contains NaN or Inf")
+        gp = np.zeros(self.m)
+        lam = np.zeros(self.n)
+        self.aopt[ADJ.A_NSTORED] = self.stats_arr[RK.S_NSTORED]
+        self.aopt[ADJ.A_NJUMPS] = self.stats_arr[RK.S_NJUMPS]
+        self.aopt[ADJ.A_STAGES] = int(self._mode == RK.STORE_ALL)
+        P = self.P
+        ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D, self.aopt,
+                                float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u, self.st_k,
+                                self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk)
+        return float(value), gp, lam
+
+    def solution(self):
+        """The last forward solve's save points, as an :class:`ODESolution` (no dense output)."""
+        P = self.P
+        return ODESolution(P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(), "success",
+                           dict(self.stats))
+
+
+def gradient_function(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_derivatives=True,
+                      **solve_kw) -> GradientFunction:
+    """Prepare ``gf(p, u0=None) -> (value, grad_p, grad_u0)`` for repeated calls (training loops).
+
+    Arguments as :func:`value_and_grad`; ``p`` and ``u0`` fix the sizes and the defaults.
+    ``check_derivatives`` compares the right-hand side's vector-Jacobian product with
+    central differences once, here (a ValueError names the disagreeing entries).
+    """
+    return GradientFunction(loss, f, u0, tspan, p, sensitivity, dict(solve_kw, saveat=saveat), check_derivatives)
+
+
+def value_and_grad(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_derivatives=True, **solve_kw):
+    """The loss on the solution at ``saveat`` and its gradient: ``(value, grad_p, grad_u0)``.
+
+    Args:
+        loss: ``sc.SquaredError(data, states=..., weights=...)``, a data array (squared error
+            against every state), or a callable ``loss(u, t) -> (value, dvalue/du)`` on the
+            saved states ``u`` (n_saves, n_states) at the times ``t``.
+        f, u0, tspan, p: as :func:`smallchains.solve`.
+        saveat: the times the loss reads.
+        sensitivity: ``sc.DiscreteAdjoint()`` (default).
+        **solve_kw: the solver options of :func:`smallchains.solve` (solver, rtol, atol, dt,
+            jumps, tstops, dtmax, max_steps, controller, ...).
+
+    For many calls with new parameters (training), build the function once with
+    :func:`gradient_function`; this one checks and prepares everything on every call.
+    """
+    return gradient_function(loss, f, u0, tspan, p, saveat=saveat, sensitivity=sensitivity,
+                             check_derivatives=check_derivatives, **solve_kw)(p)

@@ -1,0 +1,366 @@
+"""Gradients of losses on ODE solutions: every sensitivity method against central finite differences
+(of the discrete solution for the discrete adjoint, of a tight-tolerance solve for the others), with
+doses, infusions, resets and save points on and between steps; neural ODEs and UDEs; errors."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import smallchains as sc
+from smallchains.ode import _adjoint as ADJ
+from smallchains.ode import _kernels as RK
+
+
+@numba.njit
+def nonlin(du, u, p, t):
+    du[0] = p[0] * u[0] + p[1] * u[1] * u[1] + np.sin(t)
+    du[1] = p[2] * u[0] - p[3] * u[1] * np.exp(-0.1 * u[0])
+
+
+@numba.njit
+def nonlin_vjp(lu, lp, v, u, p, t):
+    e = np.exp(-0.1 * u[0])
+    lu[0] = v[0] * p[0] + v[1] * (p[2] + 0.1 * p[3] * u[1] * e)
+    lu[1] = v[0] * 2.0 * p[1] * u[1] - v[1] * p[3] * e
+    lp[0] += v[0] * u[0]
+    lp[1] += v[0] * u[1] * u[1]
+    lp[2] += v[1] * u[0]
+    lp[3] -= v[1] * u[1] * e
+
+
+@numba.njit
+def pk2(du, u, p, t):
+    """Depot -> central (ka = p[0]), saturable elimination vmax p[1], km p[2]."""
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] * u[1] / (p[2] + u[1])
+
+
+U0 = np.array([1.0, 0.5])
+P = np.array([-0.5, 0.3, 0.8, 0.7])
+TS = np.linspace(0.0, 3.0, 13)  # includes t0, and times on and between steps
+DATA = np.random.default_rng(0).normal(size=(13, 2))
+
+
+def central_fd(fun, x, eps=1e-6):
+    g = np.zeros_like(x)
+    for k in range(x.shape[0]):
+        a = x.copy()
+        b = x.copy()
+        a[k] += eps
+        b[k] -= eps
+        g[k] = (fun(a) - fun(b)) / (2 * eps)
+    return g
+
+
+def rel(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+def check_against_fd(gf, p, u0, tol):
+    v, gp, gu = gf(p, u0)
+    assert np.isfinite(v)
+    fp = central_fd(lambda q: gf.value(q, u0), p)
+    fu = central_fd(lambda q: gf.value(p, q), u0)
+    assert rel(gp, fp) < tol, (gp, fp)
+    assert rel(gu, fu) < tol, (gu, fu)
+    return gp, gu
+
+
+def dosing():
+    return (sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1).infusion(0.5, 1, 1.0, 1.3).set(2.2, 1, 0.4)
+            .bolus(1.5, 1, -0.3))
+
+
+# --------------------------------------------------------------------------- the discrete adjoint
+
+FIXED = [(sc.Tsit5(), 0.05), (sc.DP5(), 0.1), (sc.BS3(), 0.05), (sc.Vern7(), 0.1), (sc.RK4(), 0.07),
+         (sc.Heun(), 0.02), (sc.Euler(), 0.01)]
+
+
+@pytest.mark.parametrize("solver,dt", FIXED, ids=[s.name for s, _ in FIXED])
+@pytest.mark.parametrize("store", ["stages", "states"])
+def test_discrete_adjoint_is_the_gradient_of_the_discrete_solution(solver, dt, store):
+    """Fixed steps: finite differences see the same step sequence, so the agreement is ~1e-9."""
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, solver=solver, dt=dt,
+                              jumps=dosing(), sensitivity=sc.DiscreteAdjoint(store=store))
+    check_against_fd(gf, P, U0, 1e-7)
+
+
+def test_store_modes_agree_to_rounding():
+    out = []
+    for store in ("stages", "states"):
+        gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(),
+                                  sensitivity=sc.DiscreteAdjoint(store=store))
+        out.append(gf(P))
+    assert out[0][0] == out[1][0]
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(out[0][2], out[1][2], rtol=1e-13, atol=1e-14)
+
+
+def test_auto_store_falls_back_to_states_under_a_small_budget():
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS,
+                              sensitivity=sc.DiscreteAdjoint(max_memory=2000))
+    v, gp, gu = gf(P)
+    assert gf._mode == RK.STORE_STATES
+    ref = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS)(P)
+    assert ref[0] == v
+    np.testing.assert_allclose(gp, ref[1], rtol=1e-13)
+    with pytest.raises(MemoryError, match="max_memory"):
+        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS,
+                             sensitivity=sc.DiscreteAdjoint(max_memory=100))(P)
+
+
+@pytest.mark.parametrize("solver", [sc.Tsit5(), sc.DP5(), sc.BS3(), sc.Vern7()], ids=lambda s: s.name)
+def test_adaptive_discrete_adjoint_matches_the_exact_gradient(solver):
+    """Adaptive steps: against finite differences of a tight-tolerance solve (the true gradient)."""
+    tight = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=sc.Vern7(),
+                                 rtol=1e-12, atol=1e-12)
+    fp = central_fd(lambda q: tight.value(q), P, 1e-5)
+    fu = central_fd(lambda q: tight.value(P, q), U0, 1e-5)
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=solver,
+                              rtol=1e-9, atol=1e-9)
+    _, gp, gu = gf(P)
+    assert rel(gp, fp) < 1e-5
+    assert rel(gu, fu) < 1e-5
+
+
+def test_backwards_in_time():
+    ts = np.linspace(3.0, 0.0, 7)
+    gf = sc.gradient_function(DATA[:7], nonlin, U0, (3.0, 0.0), P, saveat=ts, dt=0.05,
+                              jumps=sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1))
+    check_against_fd(gf, P, U0, 1e-7)
+
+
+def test_reset_zeroes_the_sensitivity_to_the_past():
+    ts = np.array([2.0, 2.5, 3.0])  # after the reset only
+    gf = sc.gradient_function(sc.SquaredError(np.ones((3, 1)), states=[1]), pk2, [0.0, 0.0], (0.0, 3.0),
+                              [1.2, 0.8, 0.5], saveat=ts,
+                              jumps=sc.Jumps().bolus(0.0, 0, 5.0).reset(1.5).bolus(1.5, 0, 3.0, scale_param=2),
+                              dt=0.01)
+    _, gp, gu = gf(np.array([1.2, 0.8, 0.5]))
+    np.testing.assert_array_equal(gu, 0.0)  # nothing before the reset matters
+    check_against_fd(gf, np.array([1.2, 0.8, 0.5]), np.zeros(2), 1e-7)
+
+
+def test_dose_scale_parameter_gradient_and_observed_states():
+    """A bioavailability-scaled oral dose, only the central compartment observed, NaN = missing."""
+    data = np.array([[1.0], [np.nan], [2.0], [1.5], [np.nan], [0.7]])
+    ts = np.array([0.5, 1.0, 2.0, 4.0, 6.0, 8.0])
+    loss = sc.SquaredError(data, states=[1], weights=2.0)
+    jumps = sc.Jumps().bolus(0.0, 0, 10.0, scale_param=3).bolus(4.0, 0, 10.0, scale_param=3)
+    p = np.array([1.1, 2.0, 3.0, 0.6])
+
+    @numba.njit
+    def oral(du, u, p, t):
+        du[0] = -p[0] * u[0]
+        du[1] = p[0] * u[0] - p[1] * u[1] / (p[2] + u[1])
+
+    gf = sc.gradient_function(loss, oral, [0.0, 0.0], (0.0, 8.0), p, saveat=ts, jumps=jumps, dt=0.02)
+    gp, _ = check_against_fd(gf, p, np.zeros(2), 1e-7)
+    assert gp[3] != 0.0
+    v = gf.value(p)
+    sol = sc.solve(oral, [0.0, 0.0], (0.0, 8.0), p, saveat=ts, jumps=jumps, dt=0.02)
+    r = sol.u[:, 1] - data[:, 0]
+    assert v == pytest.approx(2.0 * np.nansum(r * r), rel=1e-14)
+
+
+def test_user_loss_callable():
+    w = np.linspace(1, 2, 13)
+
+    def loss(u, t):
+        r = u[:, 0] * np.cos(t)
+        return float(np.sum(w * r ** 2)), np.stack([2 * w * r * np.cos(t), np.zeros_like(r)], axis=1)
+
+    gf = sc.gradient_function(loss, nonlin, U0, (0.0, 3.0), P, saveat=TS, dt=0.05)
+    check_against_fd(gf, P, U0, 1e-7)
+    bad = sc.gradient_function(lambda u, t: (0.0, np.zeros(3)), nonlin, U0, (0.0, 3.0), P, saveat=TS, dt=0.05)
+    with pytest.raises(ValueError, match="gradient has shape"):
+        bad(P)
+
+
+def test_user_vjp_equals_complex_step():
+    a = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())(P)
+    fn = sc.ODEFunction(nonlin, vjp=nonlin_vjp)
+    b = sc.gradient_function(DATA, fn, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())(P)
+    assert a[0] == b[0]
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-12)
+
+
+def test_value_and_grad_one_call():
+    v, gp, gu = sc.value_and_grad(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, dt=0.05)
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, dt=0.05)
+    v2, gp2, gu2 = gf(P)
+    assert v == v2
+    np.testing.assert_array_equal(gp, gp2)
+    np.testing.assert_array_equal(gu, gu2)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def spiral_data(ts):
+    @numba.njit
+    def truth(du, u, p, t):
+        du[0] = u[0] ** 3 * -0.1 + u[1] ** 3 * -2.0
+        du[1] = u[0] ** 3 * 2.0 + u[1] ** 3 * -0.1
+
+    return sc.solve(truth, [2.0, 0.0], (0.0, 1.5), saveat=ts, rtol=1e-10, atol=1e-10).u
+
+
+@numba.njit
+def cube(x, u, pm, t):
+    for j in range(2):
+        x[j] = u[j] ** 3
+
+
+@numba.njit
+def net_only(du, u, pm, t, y):
+    du[0] = y[0]
+    du[1] = y[1]
+
+
+def test_neural_ode_gradient():
+    ts = np.linspace(0, 1.5, 10)
+    chain = sc.SimpleChain(2, sc.Dense(8, sc.tanh), sc.Dense(2))
+    p = chain.init_params(seed=3, dtype=np.float64)
+    gf = sc.gradient_function(spiral_data(ts), sc.NeuralODE(chain), [2.0, 0.0], (0.0, 1.5), p, saveat=ts, dt=0.05)
+    check_against_fd(gf, p, np.array([2.0, 0.0]), 1e-7)
+
+
+def test_ude_spiral_gradient_and_identity_to_neural_ode():
+    ts = np.linspace(0, 1.5, 10)
+    chain = sc.SimpleChain(2, sc.Dense(8, sc.tanh), sc.Dense(2))
+    ude = sc.UDE(net_only, chain, n_states=2, features=cube)
+    p = ude.init_params(seed=1)
+    gf = sc.gradient_function(spiral_data(ts), ude, [2.0, 0.0], (0.0, 1.5), p, saveat=ts, dt=0.05)
+    check_against_fd(gf, p, np.array([2.0, 0.0]), 1e-7)
+    # without features, a UDE that returns y is the neural ODE
+    ude2 = sc.UDE(net_only, chain, n_states=2)
+    a = sc.gradient_function(spiral_data(ts), ude2, [2.0, 0.0], (0.0, 1.5), p, saveat=ts)(p)
+    b = sc.gradient_function(spiral_data(ts), sc.NeuralODE(chain), [2.0, 0.0], (0.0, 1.5), p, saveat=ts)(p)
+    assert a[0] == pytest.approx(b[0], rel=1e-14)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-11)
+
+
+def test_ude_with_mechanistic_parameters_and_doses():
+    @numba.njit
+    def pk(du, u, pm, t, y):
+        du[0] = -pm[0] * u[0]
+        du[1] = pm[0] * u[0] - pm[1] * u[1] / (1.0 + u[1]) + 0.1 * y[0]
+
+    @numba.njit
+    def feat(x, u, pm, t):
+        x[0] = u[1] * pm[2]
+
+    ude = sc.UDE(pk, sc.SimpleChain(1, sc.Dense(6, sc.tanh), sc.Dense(1)), n_states=2,
+                 params=["ka", "ke", "s"], features=feat)
+    p = ude.init_params(seed=2, ka=1.1, ke=0.3, s=0.5)
+    assert ude.unpack(p)["ka"] == 1.1 and ude.slices["network"].start == 3
+    ts = np.linspace(0.5, 10, 12)
+    gf = sc.gradient_function(sc.SquaredError(np.ones((12, 1)), states=[1]), ude, [0.0, 0.0], (0, 10), p,
+                              saveat=ts, dt=0.05, jumps=sc.Jumps().bolus(0, 0, 10.0).bolus(5, 0, 10.0))
+    check_against_fd(gf, p, np.zeros(2), 1e-7)
+    with pytest.raises(KeyError, match="unknown parameter"):
+        ude.pack(p, kk=1.0)
+    with pytest.raises(ValueError, match="reserved"):
+        sc.UDE(pk, sc.SimpleChain(1, sc.Dense(1)), n_states=2, params=["network"], features=feat)
+    with pytest.raises(ValueError, match="features"):
+        sc.UDE(pk, sc.SimpleChain(1, sc.Dense(1)), n_states=2)
+
+
+# --------------------------------------------------------------------------- allocation, errors
+
+
+def test_no_allocation_in_the_forward_and_reverse_kernels():
+    from numba.core.runtime import _nrt_python, rtsys
+
+    for fn in (RK.rk_solve, ADJ.rk_discrete_adjoint):
+        assert fn.targetoptions.get("_nrt") is False
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())
+    gf(P)
+    P_ = gf.P
+    g = np.ones_like(gf.us)  # a loss gradient
+    gp = np.zeros(4)
+    lam = np.zeros(2)
+
+    def kernels():
+        RK.rk_solve(gf.fa, P_.fn.iw, gf.fw, P_.ga, P_.tab.A, P_.tab.b, P_.tab.c, P_.tab.b_err_or_zero, P_.tab.D,
+                    P_.opt, P_.iopt, P_.rtol, P_.atol, P_.u0, P_.p, P_.ts, gf.us, P_.tstops, *P_.jumps, gf.st_t,
+                    gf.st_h, gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend)
+        ADJ.rk_discrete_adjoint(gf.fa, gf.va, P_.fn.iw, gf.fw, P_.tab.A, P_.tab.b, P_.tab.c, P_.tab.D, gf.aopt,
+                                float(gf.fres[RK.R_T]), P_.p, gf.st_t, gf.st_h, gf.st_u, gf.st_k, gf.st_j,
+                                *P_.jumps, P_.ts, g, lam, gp, gf.W, gf.K, gf.awk)
+
+    kernels()
+    enabled = _nrt_python.memsys_stats_enabled()
+    _nrt_python.memsys_enable_stats()
+    try:
+        before = rtsys.get_allocation_stats()
+        kernels()
+        after = rtsys.get_allocation_stats()
+    finally:
+        if not enabled:
+            _nrt_python.memsys_disable_stats()
+    assert after.alloc == before.alloc and after.free == before.free
+    assert np.all(np.isfinite(gp)) and np.any(gp != 0)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="saveat"):
+        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=None)
+    with pytest.raises(ValueError, match="events"):
+        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, event=numba.njit(lambda u, p, t: u[0]))
+    with pytest.raises(TypeError, match="sensitivity"):
+        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity="adjoint")
+    with pytest.raises(ValueError, match="rows"):
+        sc.gradient_function(DATA[:5], nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    with pytest.raises(ValueError, match="columns"):
+        sc.gradient_function(DATA[:, :1], nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    with pytest.raises(ValueError, match="states"):
+        sc.gradient_function(sc.SquaredError(DATA[:, :1], states=[5]), nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    with pytest.raises(TypeError, match="loss"):
+        sc.gradient_function("mse", nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    with pytest.raises(ValueError, match="shape"):
+        gf(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        gf(np.full(4, np.nan))
+    with pytest.raises(ValueError, match="u0"):
+        gf(P, np.zeros(3))
+    with pytest.raises(sc.MaxStepsError):
+        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, max_steps=3)(P)
+    with pytest.raises(ValueError, match="store"):
+        sc.DiscreteAdjoint(store="everything")
+
+
+def test_complex_step_refuses_a_non_analytic_rhs():
+    @numba.njit
+    def kinked(du, u, p, t):
+        du[0] = -p[0] * u[0] if u[0] > 0 else 0.0
+
+    with pytest.raises(TypeError, match="complex step"):
+        sc.gradient_function(np.zeros((3, 1)), kinked, [1.0], (0.0, 1.0), [1.0], saveat=[0.2, 0.5, 1.0])
+
+
+def test_derivative_check_catches_abs_and_a_wrong_vjp():
+    @numba.njit
+    def with_abs(du, u, p, t):
+        du[0] = -p[0] * abs(u[0])
+
+    with pytest.raises(ValueError, match="complex-step"):
+        sc.gradient_function(np.zeros((3, 1)), with_abs, [1.0], (0.0, 1.0), [1.0], saveat=[0.2, 0.5, 1.0])
+
+    @numba.njit
+    def wrong_vjp(lu, lp, v, u, p, t):
+        nonlin_vjp(lu, lp, v, u, p, t)
+        lp[2] += 0.1 * v[1]
+
+    with pytest.raises(ValueError, match=r"du/dp\[2\]"):
+        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS)
+    # the check can be skipped
+    sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS,
+                         check_derivatives=False)
