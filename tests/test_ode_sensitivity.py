@@ -55,7 +55,8 @@ def central_fd(fun, x, eps=1e-6):
 
 
 def rel(a, b):
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+    """Relative difference; gradients here are O(1-100), so below 1e-3 it is absolute (FD noise is ~1e-11)."""
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-3)
 
 
 def check_against_fd(gf, p, u0, tol):
@@ -65,6 +66,28 @@ def check_against_fd(gf, p, u0, tol):
     fu = central_fd(lambda q: gf.value(p, q), u0)
     assert rel(gp, fp) < tol, (gp, fp)
     assert rel(gu, fu) < tol, (gu, fu)
+    return gp, gu
+
+
+EXACT = [sc.DiscreteAdjoint(), sc.ForwardSensitivity()]  # exact for the discrete solution
+ALL = [sc.DiscreteAdjoint(), sc.InterpolatingAdjoint(), sc.BacksolveAdjoint(), sc.ForwardSensitivity()]
+
+
+def check_method(make, sens, p, u0, dt):
+    """One gradient check: ``make(**kw)`` builds a gradient function for a problem.
+
+    Exact methods (discrete adjoint, forward sensitivities) with fixed steps ``dt`` against
+    central differences of the same discrete solution (1e-7); the continuous adjoints,
+    adaptive at 1e-10, against differences of a Vern7 solve at 1e-12 (1e-5).
+    """
+    if isinstance(sens, (sc.DiscreteAdjoint, sc.ForwardSensitivity)):
+        return check_against_fd(make(sensitivity=sens, dt=dt), p, u0, 1e-7)
+    tight = make(sensitivity=sc.DiscreteAdjoint(), solver=sc.Vern7(), rtol=1e-12, atol=1e-12)
+    fp = central_fd(lambda q: tight.value(q, u0), p, 1e-5)
+    fu = central_fd(lambda q: tight.value(p, q), u0, 1e-5)
+    _, gp, gu = make(sensitivity=sens, rtol=1e-10, atol=1e-10)(p, u0)
+    assert rel(gp, fp) < 1e-5, (gp, fp)
+    assert rel(gu, fu) < 1e-5, (gu, fu)
     return gp, gu
 
 
@@ -88,6 +111,13 @@ def test_discrete_adjoint_is_the_gradient_of_the_discrete_solution(solver, dt, s
     check_against_fd(gf, P, U0, 1e-7)
 
 
+@pytest.mark.parametrize("solver,dt", FIXED, ids=[s.name for s, _ in FIXED])
+def test_forward_sensitivity_is_the_gradient_of_the_discrete_solution(solver, dt):
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, solver=solver, dt=dt,
+                              jumps=dosing(), sensitivity=sc.ForwardSensitivity())
+    check_against_fd(gf, P, U0, 1e-7)
+
+
 def test_store_modes_agree_to_rounding():
     out = []
     for store in ("stages", "states"):
@@ -104,7 +134,7 @@ def test_auto_store_falls_back_to_states_under_a_small_budget():
                               sensitivity=sc.DiscreteAdjoint(max_memory=2000))
     v, gp, gu = gf(P)
     assert gf._mode == RK.STORE_STATES
-    ref = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS)(P)
+    ref = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint())(P)
     assert ref[0] == v
     np.testing.assert_allclose(gp, ref[1], rtol=1e-13)
     with pytest.raises(MemoryError, match="max_memory"):
@@ -113,35 +143,68 @@ def test_auto_store_falls_back_to_states_under_a_small_budget():
 
 
 @pytest.mark.parametrize("solver", [sc.Tsit5(), sc.DP5(), sc.BS3(), sc.Vern7()], ids=lambda s: s.name)
-def test_adaptive_discrete_adjoint_matches_the_exact_gradient(solver):
+@pytest.mark.parametrize("sens", ALL, ids=lambda s: type(s).__name__)
+def test_adaptive_gradients_match_the_exact_gradient(solver, sens):
     """Adaptive steps: against finite differences of a tight-tolerance solve (the true gradient)."""
     tight = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=sc.Vern7(),
-                                 rtol=1e-12, atol=1e-12)
+                                 rtol=1e-12, atol=1e-12, sensitivity=sc.DiscreteAdjoint())
     fp = central_fd(lambda q: tight.value(q), P, 1e-5)
     fu = central_fd(lambda q: tight.value(P, q), U0, 1e-5)
     gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=solver,
-                              rtol=1e-9, atol=1e-9)
+                              rtol=1e-9, atol=1e-9, sensitivity=sens)
     _, gp, gu = gf(P)
     assert rel(gp, fp) < 1e-5
     assert rel(gu, fu) < 1e-5
 
 
-def test_backwards_in_time():
+def test_methods_agree_with_each_other():
+    out = [sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-10,
+                                atol=1e-10, sensitivity=s)(P) for s in ALL]
+    for v, gp, gu in out[1:]:
+        assert v == pytest.approx(out[0][0], rel=1e-8)
+        assert rel(gp, out[0][1]) < 1e-6
+        assert rel(gu, out[0][2]) < 1e-6
+
+
+@pytest.mark.parametrize("sens", ALL, ids=lambda s: type(s).__name__)
+def test_backwards_in_time(sens):
     ts = np.linspace(3.0, 0.0, 7)
-    gf = sc.gradient_function(DATA[:7], nonlin, U0, (3.0, 0.0), P, saveat=ts, dt=0.05,
-                              jumps=sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1))
-    check_against_fd(gf, P, U0, 1e-7)
+    jumps = sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1).input(2.0, 1, 1.0).input(1.5, 1, -1.0)
+
+    def make(**kw):
+        return sc.gradient_function(DATA[:7], nonlin, U0, (3.0, 0.0), P, saveat=ts, jumps=jumps, **kw)
+
+    check_method(make, sens, P, U0, 0.05)
 
 
-def test_reset_zeroes_the_sensitivity_to_the_past():
+@pytest.mark.parametrize("sens", ALL, ids=lambda s: type(s).__name__)
+def test_reset_zeroes_the_sensitivity_to_the_past(sens):
     ts = np.array([2.0, 2.5, 3.0])  # after the reset only
-    gf = sc.gradient_function(sc.SquaredError(np.ones((3, 1)), states=[1]), pk2, [0.0, 0.0], (0.0, 3.0),
-                              [1.2, 0.8, 0.5], saveat=ts,
-                              jumps=sc.Jumps().bolus(0.0, 0, 5.0).reset(1.5).bolus(1.5, 0, 3.0, scale_param=2),
-                              dt=0.01)
-    _, gp, gu = gf(np.array([1.2, 0.8, 0.5]))
+    p = np.array([1.2, 0.8, 0.5])
+
+    def make(**kw):
+        return sc.gradient_function(sc.SquaredError(np.ones((3, 1)), states=[1]), pk2, [0.0, 0.0], (0.0, 3.0), p,
+                                    saveat=ts, jumps=sc.Jumps().bolus(0.0, 0, 5.0).reset(1.5)
+                                    .bolus(1.5, 0, 3.0, scale_param=2), **kw)
+
+    _, gp, gu = make(sensitivity=sens, dt=0.01)(p)
     np.testing.assert_array_equal(gu, 0.0)  # nothing before the reset matters
-    check_against_fd(gf, np.array([1.2, 0.8, 0.5]), np.zeros(2), 1e-7)
+    check_method(make, sens, p, np.zeros(2), 0.01)
+
+
+@pytest.mark.parametrize("sens", ALL, ids=lambda s: type(s).__name__)
+def test_everything_at_once(sens):
+    """Doses at t0 and at the end, a save at t0 and at dose times, a reset, an infusion across it."""
+    p = np.array([1.2, 0.8, 0.5])
+    u0 = np.array([0.3, 0.1])
+    ts = np.array([0.0, 0.7, 1.5, 2.0, 2.5, 3.0])
+    jumps = (sc.Jumps().bolus(0.0, 0, 5.0, scale_param=2).bolus(0.7, 1, 1.0).reset(1.5)
+             .bolus(1.5, 0, 3.0, scale_param=2).infusion(1.0, 1, 2.0, 1.5).bolus(3.0, 0, 1.0))
+
+    def make(**kw):
+        return sc.gradient_function(np.ones((6, 2)), pk2, u0, (0.0, 3.0), p, saveat=ts, jumps=jumps, **kw)
+
+    check_method(make, sens, p, u0, 0.01)
 
 
 def test_dose_scale_parameter_gradient_and_observed_states():
@@ -181,9 +244,10 @@ def test_user_loss_callable():
 
 
 def test_user_vjp_equals_complex_step():
-    a = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())(P)
+    da = sc.DiscreteAdjoint()
+    a = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=da)(P)
     fn = sc.ODEFunction(nonlin, vjp=nonlin_vjp)
-    b = sc.gradient_function(DATA, fn, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())(P)
+    b = sc.gradient_function(DATA, fn, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=da)(P)
     assert a[0] == b[0]
     np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
     np.testing.assert_allclose(a[2], b[2], rtol=1e-12)
@@ -278,9 +342,14 @@ def test_ude_with_mechanistic_parameters_and_doses():
 def test_no_allocation_in_the_forward_and_reverse_kernels():
     from numba.core.runtime import _nrt_python, rtsys
 
-    for fn in (RK.rk_solve, ADJ.rk_discrete_adjoint):
-        assert fn.targetoptions.get("_nrt") is False
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing())
+    from smallchains.ode import _user as UK
+
+    # compiled without Numba's runtime: an allocation inside would not even compile
+    for fn in (RK.rk_solve, ADJ.rk_discrete_adjoint, ADJ.augmented_rhs, ADJ.squared_error, UK.user_rhs,
+               UK.user_vjp, UK.user_jvp, UK.ude_rhs, UK.ude_vjp, UK.ude_jvp):
+        assert fn.targetoptions.get("_nrt") is False, fn
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(),
+                              sensitivity=sc.DiscreteAdjoint())
     gf(P)
     P_ = gf.P
     g = np.ones_like(gf.us)  # a loss gradient
@@ -342,7 +411,7 @@ def test_complex_step_refuses_a_non_analytic_rhs():
     def kinked(du, u, p, t):
         du[0] = -p[0] * u[0] if u[0] > 0 else 0.0
 
-    with pytest.raises(TypeError, match="complex step"):
+    with pytest.raises(TypeError, match="complex arrays"):
         sc.gradient_function(np.zeros((3, 1)), kinked, [1.0], (0.0, 1.0), [1.0], saveat=[0.2, 0.5, 1.0])
 
 
@@ -360,7 +429,45 @@ def test_derivative_check_catches_abs_and_a_wrong_vjp():
         lp[2] += 0.1 * v[1]
 
     with pytest.raises(ValueError, match=r"du/dp\[2\]"):
-        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS)
+        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS,
+                             sensitivity=sc.DiscreteAdjoint())
+
+    @numba.njit
+    def wrong_jvp(out, u, p, t, du, dp):
+        out[0] = du[0]
+        out[1] = du[1] + dp[0]
+
+    with pytest.raises(ValueError, match="Jacobian-vector product of nonlin from the supplied jvp"):
+        sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=wrong_jvp), U0, (0.0, 3.0), P, saveat=TS,
+                             sensitivity=sc.ForwardSensitivity())
     # the check can be skipped
     sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS,
                          check_derivatives=False)
+
+
+@numba.njit
+def nonlin_jvp(out, u, p, t, du, dp):
+    e = np.exp(-0.1 * u[0])
+    out[0] = p[0] * du[0] + 2.0 * p[1] * u[1] * du[1] + dp[0] * u[0] + dp[1] * u[1] * u[1]
+    out[1] = (p[2] + 0.1 * p[3] * u[1] * e) * du[0] - p[3] * e * du[1] + dp[2] * u[0] - dp[3] * u[1] * e
+
+
+def test_user_jvp_equals_complex_step():
+    fs = sc.ForwardSensitivity()
+    a = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=fs)(P)
+    b = sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=nonlin_jvp), U0, (0.0, 3.0), P, saveat=TS,
+                             jumps=dosing(), sensitivity=fs)(P)
+    assert a[0] == pytest.approx(b[0], rel=1e-13)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-11)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-11)
+
+
+def test_automatic_choice():
+    assert isinstance(sc.ode.auto_sensitivity(2, 4), sc.ForwardSensitivity)
+    assert isinstance(sc.ode.auto_sensitivity(2, 252), sc.DiscreteAdjoint)
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS)
+    assert isinstance(gf.sensitivity, sc.ForwardSensitivity)
+    chain = sc.SimpleChain(2, sc.Dense(16, sc.tanh), sc.Dense(2))
+    gf = sc.gradient_function(np.zeros((5, 2)), sc.NeuralODE(chain), [2.0, 0.0], (0.0, 1.0),
+                              chain.init_params(dtype=np.float64), saveat=np.linspace(0, 1, 5))
+    assert isinstance(gf.sensitivity, sc.DiscreteAdjoint)

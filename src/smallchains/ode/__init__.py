@@ -15,10 +15,14 @@ from .integrate import (
 )
 from .problem import UDE, NeuralODE, ODEFunction
 from .sensitivity import (
+    BacksolveAdjoint,
     DiscreteAdjoint,
+    ForwardSensitivity,
     GradientFunction,
+    InterpolatingAdjoint,
     SensitivityMethod,
     SquaredError,
+    auto_sensitivity,
     gradient_function,
     value_and_grad,
 )
@@ -27,4 +31,5 @@ from .tableau import BS3, DP5, RK4, ButcherTableau, Euler, Heun, Tsit5, Vern7
 __all__ = ["BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
            "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
            "StepSizeUnderflowError", "Tsit5", "Vern7", "solve", "UDE", "DiscreteAdjoint", "GradientFunction",
-           "SensitivityMethod", "SquaredError", "gradient_function", "value_and_grad"]
+           "SensitivityMethod", "SquaredError", "gradient_function", "value_and_grad",
+           "BacksolveAdjoint", "ForwardSensitivity", "InterpolatingAdjoint", "auto_sensitivity"]

@@ -44,6 +44,7 @@ from ._kernels import (
     _function_caster,
     as_rhs,
     eval_f,
+    interp,
     rk_combine,
     rk_stages,
 )
@@ -51,6 +52,16 @@ from ._kernels import (
 VJP_SIG = types.void(F1, F1, F1, F1, F1, F8, I1, F1)
 VJP_T = types.FunctionType(VJP_SIG)
 as_vjp = _function_caster(VJP_T)
+#: jvp(out, u, p, t, du, dp, iw, fw): out <- df/du du + df/dp dp
+JVP_SIG = types.void(F1, F1, F1, F8, F1, F1, I1, F1)
+JVP_T = types.FunctionType(JVP_SIG)
+as_jvp = _function_caster(JVP_T)
+
+# the augmented right-hand sides solved by rk_solve for the continuous methods
+M_INTERP, M_BACKSOLVE, M_FORWARD = 0, 1, 2
+# header of their int context (then the model's own iw)
+X_F, X_D, X_N, X_M, X_MODE, X_NST, X_S, X_DEG, X_LI, X_LF = 0, 2, 4, 5, 6, 7, 8, 9, 10, 11
+NX = 12
 
 # int options of the adjoint (aopt)
 A_S, A_FSAL, A_NSTORED, A_NJUMP0, A_NJUMPS, A_STAGES = range(6)
@@ -228,3 +239,99 @@ def squared_error(us, data, w, cols, g):
                 val += w[c] * r * r
                 g[i, cols[c]] += 2.0 * w[c] * r
     return val
+
+
+# --------------------------------------------------------------------------- continuous methods
+
+
+@kernel
+def dense_segment(D, st_t, st_h, st_u, st_k, lo, hi, t, out):
+    """out <- the dense solution at t from the steps lo..hi only (one stretch between two jumps).
+
+    Times just outside the stretch (rounding) extrapolate its end steps slightly.
+    """
+    dirn = 1.0 if st_h[lo] >= 0.0 else -1.0
+    a = lo
+    b = hi
+    while a < b:
+        mid = (a + b) // 2
+        if (st_t[mid] + st_h[mid] - t) * dirn >= 0.0:
+            b = mid
+        else:
+            a = mid + 1
+    th = (t - st_t[a]) / st_h[a]
+    interp(D, st_k[a], st_k.shape[1], st_u[a], st_h[a], th, out)
+
+
+@kernel
+def augmented_rhs(dz, z, p, t, iw, fw):
+    """The right-hand side of the continuous adjoints and of the forward sensitivities.
+
+    Interpolating adjoint, z = [λ (n), μ (m), lo, hi]: u(t) from the forward dense output on
+    the steps lo..hi;  λ' = -(df/du)^T λ,  μ' = -(df/dp)^T λ.
+    Backsolve adjoint, z = [u (n), λ (n), μ (m)]: u' = f(u) as well (solved backwards).
+    Forward sensitivities, z = [u (n), s_0 .. s_{n+m-1} (n each)], s_d = du/d(u0, p)_d:
+    s_d' = df/du s_d + df/dp e_d.
+    """
+    vjp = as_vjp(iw[X_D], iw[X_D + 1])
+    f = as_rhs(iw[X_F], iw[X_F + 1])
+    n = iw[X_N]
+    m = iw[X_M]
+    mode = iw[X_MODE]
+    N = iw[X_NST]
+    S = iw[X_S]
+    deg = iw[X_DEG]
+    li = iw[X_LI]
+    lf = iw[X_LF]
+    miw = iw[NX:NX + li]
+    mfw = fw[0:lf]
+    o = lf
+    st_t = fw[o:o + N]
+    o += N
+    st_h = fw[o:o + N]
+    o += N
+    st_u = fw[o:o + N * n].reshape((N, n))
+    o += N * n
+    st_k = fw[o:o + N * S * n].reshape((N, S, n))
+    o += N * S * n
+    D = fw[o:o + S * deg].reshape((S, deg))
+    o += S * deg
+    utmp = fw[o:o + n]
+    o += n
+    lu = fw[o:o + n]
+    o += n
+    dpt = fw[o:o + m]
+    if mode == M_FORWARD:
+        jvp = as_jvp(iw[X_D], iw[X_D + 1])
+        u = z[0:n]
+        f(dz[0:n], u, p, t, miw, mfw)
+        for d in range(n + m):
+            if d >= n:
+                dpt[d - n] = 1.0
+            jvp(dz[n + d * n:n + (d + 1) * n], u, p, t, z[n + d * n:n + (d + 1) * n], dpt, miw, mfw)
+            if d >= n:
+                dpt[d - n] = 0.0
+        return
+    if mode == M_BACKSOLVE:
+        u = z[0:n]
+        lam = z[n:2 * n]
+        dmu = dz[2 * n:2 * n + m]
+        f(dz[0:n], u, p, t, miw, mfw)
+        _zero(dmu)
+        vjp(lu, dmu, lam, u, p, t, miw, mfw)
+        for j in range(n):
+            dz[n + j] = -lu[j]
+    else:
+        lam = z[0:n]
+        dmu = dz[n:n + m]
+        lo = int(z[n + m])
+        hi = int(z[n + m + 1])
+        dense_segment(D, st_t, st_h, st_u, st_k, lo, hi, t, utmp)
+        _zero(dmu)
+        vjp(lu, dmu, lam, utmp, p, t, miw, mfw)
+        for j in range(n):
+            dz[j] = -lu[j]
+        dz[n + m] = 0.0
+        dz[n + m + 1] = 0.0
+    for k in range(m):
+        dmu[k] = -dmu[k]

@@ -24,6 +24,7 @@ Schedule of jumps (sorted in the direction of integration, applied in order):
   kind 1 (input)   rate[idx] += val: a piecewise-constant input added to du
   kind 2 (reset)   u[:] = 0, rates kept
   kind 3 (set)     u[idx] = val
+  kind 4 (axpy)    u[idx] += val * u[pidx]   (internal: the continuous adjoints' jump conditions)
 A save point at the time of a jump gets the value before it (left limit).
 """
 
@@ -63,6 +64,7 @@ J_BOLUS = 0
 J_INPUT = 1
 J_RESET = 2
 J_SET = 3
+J_AXPY = 4  # internal (adjoint solves): u[idx] += val * u[pidx]
 
 # float options (opt) and int options (iopt)
 O_T0, O_T1, O_DT0, O_DTMIN, O_DTMAX, O_BETA1, O_BETA2, O_GAMMA, O_QMIN, O_QMAX, O_QREJ = range(11)
@@ -184,8 +186,10 @@ def apply_jump(kind, idx, val, pidx, u, p, rate):
     elif kind == J_RESET:
         for j in range(u.shape[0]):
             u[j] = 0.0
-    else:
+    elif kind == J_SET:
         u[idx] = val
+    else:  # J_AXPY: u[idx] += val * u[pidx] (the adjoints' dose-scale quadrature)
+        u[idx] += val * u[pidx]
 
 
 @kernel

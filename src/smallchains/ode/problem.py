@@ -13,11 +13,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import _engine as E
 from .. import kernels as CK
-from .._program import H_G1
+from .._program import H_NOUT, H_UNITS
 from ..chain import SimpleChain
-from ._adjoint import VJP_SIG
+from . import _user as UK
+from ._adjoint import JVP_SIG, VJP_SIG
 from ._kernels import _OPTS, EVT_SIG, RHS_SIG, addresses
 
 _EMPTY_I = np.zeros(1, dtype=np.int64)
@@ -28,73 +28,25 @@ def _is_dispatcher(f):
     return isinstance(f, numba.core.dispatcher.Dispatcher)
 
 
-def _adapt4(f, what="f"):
-    """A 6-argument pointer-callable wrapper of a user's ``f(du, u, p, t)``."""
+def _require_dispatcher(f, what, signature):
     if not _is_dispatcher(f):
-        raise TypeError(f"`{what}` must be a Numba-compiled function: decorate it with @numba.njit "
-                        f"(got {type(f).__name__}); the signature is {what}(du, u, p, t), writing du in place")
-
-    @numba.njit(**dict(_OPTS, cache=False))
-    def rhs(du, u, p, t, iw, fw):
-        f(du, u, p, t)
-
-    return rhs
+        raise TypeError(f"`{what}` must be a Numba-compiled function {signature}: decorate it with @numba.njit "
+                        f"(got {type(f).__name__})")
 
 
-#: the imaginary step of the complex-step derivative: no subtraction, so no cancellation;
-#: df/dx = Im f(x + iH) / H exactly to rounding for any analytic f
-_CS_H = 1e-30
+def _compile_user(f, sig, what, name, hint):
+    """(c, jit) addresses of a user's function compiled for ``sig``; a clear error if it cannot be."""
+    try:
+        return addresses(f, sig)
+    except numba.core.errors.TypingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        useful = [ln for ln in lines if not ln.startswith(("Failed in", "During", "File", "^"))]
+        raise TypeError(f"{what} of {name} could not be compiled{hint}. Numba said: "
+                        f"{(useful or lines or [''])[0]}") from None
 
 
-def _complex_step_vjp(f):
-    """vjp(lu, lp, v, u, p, t, iw, fw) of a user's f(du, u, p, t) by complex-step differentiation.
-
-    Costs n_states + n_params evaluations of f in complex arithmetic; ``fw`` must hold
-    2 (2 n + m) floats (viewed as complex: du, u, p).
-    """
-
-    @numba.njit(**dict(_OPTS, cache=False))
-    def vjp(lu, lp, v, u, p, t, iw, fw):
-        n = u.shape[0]
-        m = p.shape[0]
-        z = fw[0:2 * (2 * n + m)].view(np.complex128)
-        dz = z[0:n]
-        uz = z[n:2 * n]
-        pz = z[2 * n:2 * n + m]
-        for j in range(n):
-            uz[j] = u[j]
-        for k in range(m):
-            pz[k] = p[k]
-        for k in range(n):
-            uz[k] = complex(u[k], _CS_H)
-            f(dz, uz, pz, t)
-            acc = 0.0
-            for j in range(n):
-                acc += v[j] * dz[j].imag
-            lu[k] = acc / _CS_H
-            uz[k] = u[k]
-        for k in range(m):
-            pz[k] = complex(p[k], _CS_H)
-            f(dz, uz, pz, t)
-            acc = 0.0
-            for j in range(n):
-                acc += v[j] * dz[j].imag
-            lp[k] += acc / _CS_H
-            pz[k] = p[k]
-
-    return vjp
-
-
-def _adapt_vjp(vjp):
-    if not _is_dispatcher(vjp):
-        raise TypeError("`vjp` must be a Numba-compiled function vjp(lu, lp, v, u, p, t) (lu <- v^T df/du, "
-                        f"lp += v^T df/dp): decorate it with @numba.njit (got {type(vjp).__name__})")
-
-    @numba.njit(**dict(_OPTS, cache=False))
-    def w(lu, lp, v, u, p, t, iw, fw):
-        vjp(lu, lp, v, u, p, t)
-
-    return w
+_COMPLEX_HINT = (" for complex arrays, which its complex-step derivatives need (no abs/min/max/comparisons on "
+                 "u or p, no writes of complex values into float arrays)")
 
 
 def _adapt_event(g):
@@ -120,23 +72,38 @@ def event_addresses(g):
 
 
 class ODEFunction:
-    """A right-hand side ``f(du, u, p, t)`` for :func:`smallchains.solve`.
+    """A right-hand side ``f(du, u, p, t)`` for :func:`smallchains.solve` and the sensitivities.
 
     Args:
         f: a ``@numba.njit`` function writing du/dt into ``du`` in place (SciML's
             convention).  It may call other compiled code, smallchains' kernels included.
         n_states, n_params: optional sizes, checked against ``u0`` and ``p`` at solve time.
+        vjp: optional ``@njit`` ``vjp(lu, lp, v, u, p, t)``: lu <- v^T df/du (overwrite),
+            lp += v^T df/dp (accumulate).  Default: complex-step differentiation of ``f``
+            (exact to rounding for analytic code; n_states + n_params complex evaluations).
+        jvp: optional ``@njit`` ``jvp(out, u, p, t, du, dp)``: out <- df/du du + df/dp dp.
+            Default: complex step (one complex evaluation).
 
     Plain ``@njit`` functions may also be passed to :func:`solve` directly; they are
-    wrapped on the fly (a wrapper costs ~0.1 s of compilation once per function).
+    wrapped on the fly.  Only ``f`` itself is compiled for a new model (and, when
+    derivatives are asked for, its complex version): the solver and derivative kernels
+    around it are compiled once and cached.
     """
 
-    def __init__(self, f, *, n_states=None, n_params=None, vjp=None, name=None):
+    def __init__(self, f, *, n_states=None, n_params=None, vjp=None, jvp=None, name=None):
+        _require_dispatcher(f, "f", "f(du, u, p, t) writing du in place")
+        if vjp is not None:
+            _require_dispatcher(vjp, "vjp", "vjp(lu, lp, v, u, p, t) (lu <- v^T df/du, lp += v^T df/dp)")
+        if jvp is not None:
+            _require_dispatcher(jvp, "jvp", "jvp(out, u, p, t, du, dp) (out <- df/du du + df/dp dp)")
         self.py = f
-        self.rhs = _adapt4(f)
-        self.vjp = _complex_step_vjp(f) if vjp is None else _adapt_vjp(vjp)
+        self.user_vjp = vjp
+        self.user_jvp = jvp
+        self.rhs, self.vjp, self.jvp = UK.user_rhs, UK.user_vjp, UK.user_jvp
         self.complex_step = vjp is None
-        self.iw = _EMPTY_I
+        self.complex_step_jvp = jvp is None
+        self.iw = np.zeros(UK.NU, dtype=np.int64)
+        self.iw[UK.U_FLAGS] = (UK.FLAG_VJP if vjp is not None else 0) | (UK.FLAG_JVP if jvp is not None else 0)
         self.fw = _EMPTY_F
         self.n_states = n_states
         self.n_params = n_params
@@ -144,33 +111,44 @@ class ODEFunction:
 
     def workspace(self, n, m):
         """The float context ``fw`` the right-hand side and its derivatives need for n states, m params."""
-        return np.zeros(max(2 * (2 * n + m), 1)) if self.complex_step else self.fw
+        return np.zeros(max(2 * (2 * n + m), 1))
+
+    def _set(self, slot, fn, sig, what, hint=""):
+        self.iw[slot:slot + 2] = _compile_user(fn, sig, what, self.name, hint)
+
+    def _kernel_addr(self, attr, disp, sig):
+        a = getattr(self, attr, None)
+        if a is None:
+            a = np.array(addresses(disp, sig), dtype=np.int64)
+            setattr(self, attr, a)
+        return a
 
     @property
     def addr(self):
-        """(c, jit) addresses of the right-hand side (compiled on first use), int64 array of 2."""
-        a = getattr(self, "_addr", None)
-        if a is None:
-            a = self._addr = np.array(addresses(self.rhs, RHS_SIG), dtype=np.int64)
-        return a
+        """(c, jit) addresses of the right-hand side (its pieces compiled on first use), int64 array of 2."""
+        if getattr(self, "_addr", None) is None:
+            self._set(UK.U_F, self.py, UK.F4_SIG, "f")
+        return self._kernel_addr("_addr", self.rhs, RHS_SIG)
 
     @property
     def vjp_addr(self):
         """(c, jit) addresses of the vector-Jacobian product (compiled on first use)."""
-        a = getattr(self, "_vjp_addr", None)
-        if a is None:
-            try:
-                a = np.array(addresses(self.vjp, VJP_SIG), dtype=np.int64)
-            except numba.core.errors.TypingError as e:
-                if not self.complex_step:
-                    raise
-                raise TypeError(
-                    f"could not differentiate {self.name} by complex step (it must also compile for complex "
-                    "arrays: no abs/min/max/comparisons on u or p, no writes of complex values into float "
-                    "arrays); pass vjp=... to sc.ODEFunction with its hand-written vector-Jacobian product. "
-                    f"Numba said: {str(e).splitlines()[0]}") from None
-            self._vjp_addr = a
-        return a
+        if getattr(self, "_vjp_addr", None) is None:
+            if self.user_vjp is not None:
+                self._set(UK.U_VJP, self.user_vjp, UK.UVJP_SIG, "vjp")
+            elif not self.iw[UK.U_FZ]:
+                self._set(UK.U_FZ, self.py, UK.F4Z_SIG, "f", _COMPLEX_HINT + "; or pass vjp=... to sc.ODEFunction")
+        return self._kernel_addr("_vjp_addr", self.vjp, VJP_SIG)
+
+    @property
+    def jvp_addr(self):
+        """(c, jit) addresses of the Jacobian-vector product (compiled on first use)."""
+        if getattr(self, "_jvp_addr", None) is None:
+            if self.user_jvp is not None:
+                self._set(UK.U_JVP, self.user_jvp, UK.UJVP_SIG, "jvp")
+            elif not self.iw[UK.U_FZ]:
+                self._set(UK.U_FZ, self.py, UK.F4Z_SIG, "f", _COMPLEX_HINT + "; or pass jvp=... to sc.ODEFunction")
+        return self._kernel_addr("_jvp_addr", self.jvp, JVP_SIG)
 
     def __repr__(self):
         return f"ODEFunction({self.name})"
@@ -195,6 +173,13 @@ def _neural_vjp(lu, lp, v, u, p, t, iw, fw):
     CK.vjp_accumulate(prog, lp, p, v, u, lu, fw)
 
 
+@numba.njit(**_OPTS)
+def _neural_jvp(out, u, p, t, du, dp, iw, fw):
+    prog = iw[2:].reshape((iw[0], iw[1]))
+    units = prog[0, H_UNITS]
+    CK.jvp_into(prog, fw[units:units + prog[0, H_NOUT]], out, p, u, du, dp, fw[0:units])
+
+
 class NeuralODE(ODEFunction):
     """du/dt = chain(u): a neural ODE whose parameters are the chain's (float64).
 
@@ -213,12 +198,28 @@ class NeuralODE(ODEFunction):
         self.py = None
         self.rhs = _neural_rhs
         self.vjp = _neural_vjp
-        self.complex_step = False
+        self.jvp = _neural_jvp
+        self.complex_step = self.complex_step_jvp = False
         self.iw = _pack_program(chain.program)
-        self.fw = np.zeros(max(chain.work_size(1), 1))
+        self.fw = np.zeros(chain.work_size(1) + chain.output_dim)
         self.n_states = chain.input_dim
         self.n_params = chain.num_params
         self.name = "NeuralODE"
+
+    def workspace(self, n, m):
+        return np.zeros_like(self.fw)
+
+    @property
+    def addr(self):
+        return self._kernel_addr("_addr", self.rhs, RHS_SIG)
+
+    @property
+    def vjp_addr(self):
+        return self._kernel_addr("_vjp_addr", self.vjp, VJP_SIG)
+
+    @property
+    def jvp_addr(self):
+        return self._kernel_addr("_jvp_addr", self.jvp, JVP_SIG)
 
     def __repr__(self):
         return f"NeuralODE({self.chain!r})"
@@ -248,122 +249,6 @@ def _cached_wrap(f):
 
 
 # --------------------------------------------------------------------------- universal differential equations
-
-
-@numba.njit(**_OPTS)
-def _identity_features(x, u, p, t):
-    for j in range(x.shape[0]):
-        x[j] = u[j]
-
-
-def _ude_functions(f, features):
-    """The rhs and vjp wrappers of a UDE, compiled for this (f, features) pair."""
-    opts = dict(_OPTS, cache=False)
-
-    @numba.njit(**opts)
-    def rhs(du, u, p, t, iw, fw):
-        nm = iw[0]
-        d = iw[2]
-        mo = iw[3]
-        prog = iw[6:].reshape((iw[4], iw[5]))
-        x = fw[0:d]
-        y = fw[d:d + mo]
-        work = fw[2 * d + 2 * mo:]
-        pm = p[0:nm]
-        features(x, u, pm, t)
-        CK.forward_into(prog, y, x, p[nm:], work)
-        f(du, u, pm, t, y)
-
-    @numba.njit(**opts)
-    def vjp(lu, lp, v, u, p, t, iw, fw):
-        n = u.shape[0]
-        nm = iw[0]
-        ident = iw[1] != 0
-        d = iw[2]
-        mo = iw[3]
-        prog = iw[6:].reshape((iw[4], iw[5]))
-        x = fw[0:d]
-        y = fw[d:d + mo]
-        xbar = fw[d + mo:2 * d + mo]
-        ybar = fw[2 * d + mo:2 * d + 2 * mo]
-        nwork = fw.shape[0] - (2 * d + 2 * mo) - 2 * (2 * n + nm + mo + d)
-        work = fw[2 * d + 2 * mo:2 * d + 2 * mo + nwork]
-        z = fw[2 * d + 2 * mo + nwork:].view(np.complex128)
-        dz = z[0:n]
-        uz = z[n:2 * n]
-        pz = z[2 * n:2 * n + nm]
-        yz = z[2 * n + nm:2 * n + nm + mo]
-        xz = z[2 * n + nm + mo:2 * n + nm + mo + d]
-        pm = p[0:nm]
-        pn = p[nm:]
-        features(x, u, pm, t)
-        # the network's forward pass, its derivatives kept in ``work`` for the pullback below
-        for k in range(d):
-            work[k] = x[k]
-        yo = E.block_forward(prog, pn, work, 1, True)
-        for k in range(mo):
-            y[k] = work[yo + k]
-        for j in range(n):
-            uz[j] = u[j]
-        for k in range(nm):
-            pz[k] = p[k]
-        for k in range(mo):
-            yz[k] = y[k]
-        # the mechanistic part, by complex step in u, p_mech and the network's output y
-        for k in range(n):
-            uz[k] = complex(u[k], _CS_H)
-            f(dz, uz, pz, t, yz)
-            acc = 0.0
-            for j in range(n):
-                acc += v[j] * dz[j].imag
-            lu[k] = acc / _CS_H
-            uz[k] = u[k]
-        for k in range(nm):
-            pz[k] = complex(p[k], _CS_H)
-            f(dz, uz, pz, t, yz)
-            acc = 0.0
-            for j in range(n):
-                acc += v[j] * dz[j].imag
-            lp[k] += acc / _CS_H
-            pz[k] = p[k]
-        for k in range(mo):
-            yz[k] = complex(y[k], _CS_H)
-            f(dz, uz, pz, t, yz)
-            acc = 0.0
-            for j in range(n):
-                acc += v[j] * dz[j].imag
-            ybar[k] = acc / _CS_H
-            yz[k] = y[k]
-        # the network, by its compiled pullback (from the forward pass above)
-        g1 = prog[0, H_G1]
-        for k in range(mo):
-            work[g1 + k] = ybar[k]
-        xo = E.block_backward(prog, pn, lp[nm:], work, 1, True)
-        for k in range(d):
-            xbar[k] = work[xo + k]
-        # the features
-        if ident:
-            for k in range(n):
-                lu[k] += xbar[k]
-        else:
-            for k in range(n):
-                uz[k] = complex(u[k], _CS_H)
-                features(xz, uz, pz, t)
-                acc = 0.0
-                for j in range(d):
-                    acc += xbar[j] * xz[j].imag
-                lu[k] += acc / _CS_H
-                uz[k] = u[k]
-            for k in range(nm):
-                pz[k] = complex(p[k], _CS_H)
-                features(xz, uz, pz, t)
-                acc = 0.0
-                for j in range(d):
-                    acc += xbar[j] * xz[j].imag
-                lp[k] += acc / _CS_H
-                pz[k] = p[k]
-
-    return rhs, vjp
 
 
 class UDE(ODEFunction):
@@ -404,12 +289,9 @@ class UDE(ODEFunction):
     """
 
     def __init__(self, f, chain, *, n_states, params=(), features=None, name=None):
-        if not _is_dispatcher(f):
-            raise TypeError("`f` must be a Numba-compiled function f(du, u, pm, t, y): decorate it with "
-                            f"@numba.njit (got {type(f).__name__})")
-        if features is not None and not _is_dispatcher(features):
-            raise TypeError("`features` must be a Numba-compiled function features(x, u, pm, t): decorate it "
-                            f"with @numba.njit (got {type(features).__name__})")
+        _require_dispatcher(f, "f", "f(du, u, pm, t, y)")
+        if features is not None:
+            _require_dispatcher(features, "features", "features(x, u, pm, t)")
         if not isinstance(chain, SimpleChain):
             raise TypeError(f"`chain` must be a sc.SimpleChain, got {type(chain).__name__}")
         n = int(n_states)
@@ -434,12 +316,15 @@ class UDE(ODEFunction):
         self.chain = chain
         self.py = f
         self.features = features
-        self.rhs, self.vjp = _ude_functions(f, _identity_features if features is None else features)
-        self.complex_step = False
+        self.user_vjp = self.user_jvp = None
+        self.rhs, self.vjp, self.jvp = UK.ude_rhs, UK.ude_vjp, UK.ude_jvp
+        self.complex_step = self.complex_step_jvp = True
         d, mo = chain.input_dim, chain.output_dim
         prog = chain.program
-        self.iw = np.concatenate([np.array([off, int(features is None), d, mo, prog.shape[0], prog.shape[1]],
-                                           dtype=np.int64), prog.ravel()]).astype(np.int64)
+        head = np.zeros(UK.ND, dtype=np.int64)
+        head[[UK.D_NM, UK.D_IDENT, UK.D_D, UK.D_MO, UK.D_ROWS, UK.D_COLS]] = (
+            off, int(features is None), d, mo, prog.shape[0], prog.shape[1])
+        self.iw = np.concatenate([head, prog.ravel()]).astype(np.int64)
         self._nwork = max(chain.work_size(1), 1)
         self.fw = np.zeros(2 * d + 2 * mo + self._nwork + 2 * (2 * n + off + mo + d))
         self.n_states = n
@@ -448,6 +333,34 @@ class UDE(ODEFunction):
 
     def workspace(self, n, m):
         return np.zeros_like(self.fw)
+
+    @property
+    def addr(self):
+        if getattr(self, "_addr", None) is None:
+            self._set(UK.D_F, self.py, UK.F5_SIG, "f")
+            if self.features is not None:
+                self._set(UK.D_G, self.features, UK.F4_SIG, "features")
+        return self._kernel_addr("_addr", self.rhs, RHS_SIG)
+
+    def _complex(self):
+        if not self.iw[UK.D_FZ]:
+            self._set(UK.D_FZ, self.py, UK.F5Z_SIG, "f", _COMPLEX_HINT)
+            if self.features is not None:
+                self._set(UK.D_GZ, self.features, UK.F4Z_SIG, "features", _COMPLEX_HINT)
+
+    @property
+    def vjp_addr(self):
+        if getattr(self, "_vjp_addr", None) is None:
+            self.addr  # noqa: B018 - the real-valued pieces too
+            self._complex()
+        return self._kernel_addr("_vjp_addr", self.vjp, VJP_SIG)
+
+    @property
+    def jvp_addr(self):
+        if getattr(self, "_jvp_addr", None) is None:
+            self.addr  # noqa: B018
+            self._complex()
+        return self._kernel_addr("_jvp_addr", self.jvp, JVP_SIG)
 
     def init_params(self, seed=0, **values):
         """A flat parameter vector: the network initialised (seeded), mechanistic values given by name (else 0)."""

@@ -9,12 +9,13 @@ the chain kernels for a neural ODE, complex-step derivatives (or the user's own
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 
 from . import _adjoint as ADJ
 from . import _kernels as RK
-from .integrate import _RETCODES, ODESolution, _raise, _stats, prepare
+from .integrate import _RETCODES, ODESolution, _no_event_addresses, _raise, _stats, prepare
 
 # --------------------------------------------------------------------------- losses
 
@@ -126,7 +127,109 @@ class DiscreteAdjoint(SensitivityMethod):
         return f"DiscreteAdjoint(store={self.store!r}, max_memory={self.max_memory:.3g})"
 
 
+class _ContinuousMethod(SensitivityMethod):
+    def __init__(self, rtol=None, atol=None):
+        for name, v in (("rtol", rtol), ("atol", atol)):
+            if v is not None and not (np.isfinite(v) and v > 0):
+                raise ValueError(f"`{name}` must be a positive number, got {v!r}")
+        self.rtol, self.atol = rtol, atol
+
+    def __repr__(self):
+        return f"{type(self).__name__}(rtol={self.rtol}, atol={self.atol})"
+
+
+class InterpolatingAdjoint(_ContinuousMethod):
+    """The continuous adjoint, the forward state read from the forward solve's dense output.
+
+    Solves λ' = -(df/du)^T λ and μ' = -(df/dp)^T λ backwards from the end with the same
+    method, λ jumping by dL/du at each save point and through each dose (a bolus scaled
+    by p[k] adds its amount times λ to μ[k]; a reset or set zeroes λ there).  Accurate to
+    the solver tolerances (``rtol``/``atol``, default the forward solve's), not to rounding;
+    stores every forward step (like the discrete adjoint's "stages" mode).
+    """
+
+    name = "interpolating adjoint"
+
+
+class BacksolveAdjoint(_ContinuousMethod):
+    """The continuous adjoint with the state re-solved backwards alongside λ and μ.
+
+    Needs no record of the forward steps; the backward state is restarted from the forward
+    values at every save point and dose time (left limits), which keeps the drift of the
+    unstable backward solve in check.  Cheapest in memory, least accurate on dissipative
+    problems (the backward state solve is then unstable between save points).
+    """
+
+    name = "backsolve adjoint"
+
+
+class ForwardSensitivity(_ContinuousMethod):
+    """The forward sensitivity equations: s' = (df/du) s + df/dp for each of the n + m inputs.
+
+    One Jacobian-vector product per input per stage, and no reverse pass, no storage:
+    the better choice when states plus parameters are few (below about 50 here; see
+    :func:`auto_sensitivity`).  Accurate to the tolerances, the sensitivities being part
+    of the error-controlled state.
+    """
+
+    name = "forward sensitivity"
+
+
+#: below this many states plus parameters the automatic choice is ForwardSensitivity
+FORWARD_MAX_INPUTS = 50
+
+
+def auto_sensitivity(n_states, n_params):
+    """The automatic choice: ForwardSensitivity when n_states + n_params <= FORWARD_MAX_INPUTS, else
+    DiscreteAdjoint.  Forward sensitivities cost ~(n + m) times the forward solve and need no
+    reverse pass; the adjoint costs ~2-3 forward solves whatever m is."""
+    if n_states + n_params <= FORWARD_MAX_INPUTS:
+        return ForwardSensitivity()
+    return DiscreteAdjoint()
+
+
 # --------------------------------------------------------------------------- gradient functions
+
+
+def _rows_to_arrays(rows):
+    """Jump rows (t, kind, idx, val, pidx), already in the order of application, as kernel arrays."""
+    if not rows:
+        z = np.zeros(0)
+        zi = np.zeros(0, dtype=np.int64)
+        return z, zi, zi, z, zi
+    t, kind, idx, val, pidx = zip(*rows)
+    return (np.array(t, dtype=np.float64), np.array(kind, dtype=np.int64), np.array(idx, dtype=np.int64),
+            np.array(val, dtype=np.float64), np.array(pidx, dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def _augmented_addresses():
+    return np.array(RK.addresses(ADJ.augmented_rhs, RK.RHS_SIG), dtype=np.int64)
+
+
+def _check_jvp(fn, u0, p, t, fw, tol=1e-5):
+    """Compare the Jacobian-vector product with central differences along a random direction, once."""
+    fn.jvp_addr  # noqa: B018 - compiled before the kernel is called
+    n, m = u0.shape[0], p.shape[0]
+    rng = np.random.default_rng(54321)
+    u = u0 + 0.05 * (1.0 + np.abs(u0)) * rng.uniform(0.5, 1.0, n)
+    du = rng.normal(size=n)
+    dp = rng.normal(size=m) * (1e-2 + np.abs(p)) * 0.1
+    out = np.zeros(n)
+    fn.jvp(out, u, p, t, du, dp, fn.iw, fw)
+    e = 1e-6
+    a = np.empty(n)
+    b = np.empty(n)
+    fn.rhs(a, u + e * du, p + e * dp, t, fn.iw, fw)
+    fn.rhs(b, u - e * du, p - e * dp, t, fn.iw, fw)
+    fd = (a - b) / (2 * e)
+    scale = max(np.abs(fd).max(initial=0.0), 1e-8)
+    if not np.all(np.isfinite(out)) or np.any(np.abs(out - fd) > tol * scale + 1e-7 * np.abs(fd)):
+        how = ("complex-step differentiation (is the code analytic?)" if getattr(fn, "complex_step_jvp", False)
+               else "the supplied jvp")
+        raise ValueError(f"the Jacobian-vector product of {fn.name} from {how} disagrees with finite "
+                         f"differences (jvp {out[:6]}, differences {fd[:6]}); fix it, pass jvp=..., or "
+                         "check_derivatives=False to skip this check")
 
 
 def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
@@ -137,6 +240,7 @@ def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
     simply be wrong.  Checked near ``u0`` (shifted, so that states starting at zero do
     not hide terms) for the states and at most 40 parameters.
     """
+    fn.vjp_addr  # noqa: B018 - compiled before the kernel is called
     n, m = u0.shape[0], p.shape[0]
     rng = np.random.default_rng(12345)
     u = u0 + 0.05 * (1.0 + np.abs(u0)) * rng.uniform(0.5, 1.0, n)
@@ -195,11 +299,11 @@ class GradientFunction:
             raise ValueError("`saveat` is required: the loss reads the solution at the save points")
         if p is None:
             raise ValueError("`p` is required: the parameters to differentiate with respect to")
-        self.sensitivity = DiscreteAdjoint() if sensitivity is None else sensitivity
-        if not isinstance(self.sensitivity, SensitivityMethod):
+        if sensitivity is not None and not isinstance(sensitivity, SensitivityMethod):
             raise TypeError(f"`sensitivity` must be a method object such as sc.DiscreteAdjoint(), "
                             f"got {sensitivity!r}")
         P = prepare(f, u0, tspan, p, **solve_kw)
+        self.sensitivity = auto_sensitivity(P.n, P.p.shape[0]) if sensitivity is None else sensitivity
         self.P = P
         self.u0 = P.u0  # the default initial state
         self.loss = _as_loss(loss)
@@ -212,9 +316,34 @@ class GradientFunction:
         self.n, self.m = n, m
         self.fw = fn.workspace(n, m)
         self.fa = fn.addr
-        self.va = fn.vjp_addr
+        sens = self.sensitivity
+        if isinstance(sens, ForwardSensitivity):
+            self.va = fn.jvp_addr
+        else:
+            self.va = fn.vjp_addr
         if check_derivatives:
-            _check_vjp(fn, P.u0, P.p, P.t0, self.fw)
+            # (the check calls the kernels directly: their user pieces must be compiled first)
+            if isinstance(sens, ForwardSensitivity):
+                _check_jvp(fn, P.u0, P.p, P.t0, self.fw)
+            else:
+                fn.vjp_addr  # noqa: B018
+                _check_vjp(fn, P.u0, P.p, P.t0, self.fw)
+        self.dirn = 1.0 if P.t1 >= P.t0 else -1.0
+        # the save times of the forward solve: the loss's, plus the dose times for the backsolve
+        # adjoint (its state restarts from the forward's left limits there)
+        self.ts_fwd = P.ts
+        self.rows = None
+        if isinstance(sens, BacksolveAdjoint) and P.jumps[0].shape[0]:
+            jt = P.jumps[0]
+            lo, hi = min(P.t0, P.t1), max(P.t0, P.t1)
+            extra = jt[(jt > lo) & (jt <= hi)] if self.dirn > 0 else jt[(jt >= lo) & (jt < hi)]
+            ext = np.unique(np.concatenate([P.ts, extra]))
+            self.ts_fwd = np.ascontiguousarray(ext if self.dirn > 0 else ext[::-1])
+            key = self.ts_fwd if self.dirn > 0 else self.ts_fwd[::-1]
+            pos = np.searchsorted(key, P.ts)
+            self.rows = pos if self.dirn > 0 else self.ts_fwd.shape[0] - 1 - pos
+        if isinstance(sens, ForwardSensitivity):
+            self._fs_jumps = self._forward_sensitivity_jumps()
         tab = P.tab
         self.aopt = np.zeros(ADJ.NAOPT, dtype=np.int64)
         self.aopt[ADJ.A_S] = tab.stages
@@ -229,7 +358,8 @@ class GradientFunction:
         self.stats_arr = np.zeros(RK.NSTATS, dtype=np.int64)
         self.fres = np.zeros(2)
         self.uend = np.empty(n)
-        self.us = np.empty((P.ts.shape[0], n))
+        self.us_fwd = np.empty((self.ts_fwd.shape[0], n))
+        self.us = self.us_fwd if self.rows is None else np.empty((P.ts.shape[0], n))
         self._g = np.empty((P.ts.shape[0], n))
         self._cap = 0
         self._mode = None
@@ -242,7 +372,10 @@ class GradientFunction:
         sens = self.sensitivity
         per_all = (S + 1) * n * 8.0 + 24.0
         per_states = n * 8.0 + 24.0
-        if sens.store == "stages" or (sens.store == "auto" and want * per_all <= sens.max_memory):
+        if isinstance(sens, BacksolveAdjoint):
+            mode, cap = RK.STORE_NONE, 1
+        elif not isinstance(sens, DiscreteAdjoint) or sens.store == "stages" or (
+                sens.store == "auto" and want * per_all <= sens.max_memory):
             mode, cap = RK.STORE_ALL, want
         else:
             mode = RK.STORE_STATES
@@ -290,13 +423,15 @@ class GradientFunction:
             self._storage(min(want, P.max_steps + 1))
             P.iopt[RK.I_STORE] = self._mode
             status = RK.rk_solve(self.fa, P.fn.iw, self.fw, P.ga, P.tab.A, P.tab.b, P.tab.c,
-                                 P.tab.b_err_or_zero, P.tab.D, P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p, P.ts,
-                                 self.us, P.tstops, *P.jumps, self.st_t, self.st_h, self.st_u, self.st_k,
-                                 self.st_j, self.K, self.wk, self.stats_arr, self.fres, self.uend)
+                                 P.tab.b_err_or_zero, P.tab.D, P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p,
+                                 self.ts_fwd, self.us_fwd, P.tstops, *P.jumps, self.st_t, self.st_h, self.st_u,
+                                 self.st_k, self.st_j, self.K, self.wk, self.stats_arr, self.fres, self.uend)
             if status != RK.STORAGE_FULL:
                 break
             want = max(2 * self._cap, 64)
         self.stats = _stats(self.stats_arr)
+        if self.rows is not None:
+            self.us[:] = self.us_fwd[self.rows]
         if status != RK.OK:
             sol = ODESolution(P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(),
                               _RETCODES.get(status, "failure"), dict(self.stats))
@@ -310,9 +445,7 @@ class GradientFunction:
         v, _ = self.loss(self.us, self.P.ts)
         return float(v)
 
-    def __call__(self, p, u0=None):
-        self._set_inputs(p, u0)
-        self.forward()
+    def _loss_gradient(self):
         if isinstance(self.loss, SquaredError):
             g = self._g
             value = self.loss.into(self.us, g)
@@ -324,16 +457,194 @@ class GradientFunction:
                                  "per save point, one column per state)")
             if not np.all(np.isfinite(g)):
                 raise ValueError("the loss's gradient contains NaN or Inf")
-        gp = np.zeros(self.m)
-        lam = np.zeros(self.n)
-        self.aopt[ADJ.A_NSTORED] = self.stats_arr[RK.S_NSTORED]
-        self.aopt[ADJ.A_NJUMPS] = self.stats_arr[RK.S_NJUMPS]
-        self.aopt[ADJ.A_STAGES] = int(self._mode == RK.STORE_ALL)
+        return float(value), g
+
+    def __call__(self, p, u0=None):
+        self._set_inputs(p, u0)
+        sens = self.sensitivity
+        if isinstance(sens, ForwardSensitivity):
+            return self._forward_sensitivity()
+        self.forward()
+        value, g = self._loss_gradient()
+        if isinstance(sens, DiscreteAdjoint):
+            gp = np.zeros(self.m)
+            lam = np.zeros(self.n)
+            self.aopt[ADJ.A_NSTORED] = self.stats_arr[RK.S_NSTORED]
+            self.aopt[ADJ.A_NJUMPS] = self.stats_arr[RK.S_NJUMPS]
+            self.aopt[ADJ.A_STAGES] = int(self._mode == RK.STORE_ALL)
+            P = self.P
+            ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D,
+                                    self.aopt, float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u,
+                                    self.st_k, self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk)
+            return value, gp, lam
+        gp, lam = self._continuous_adjoint(g)
+        return value, gp, lam
+
+    # ------------------------------------------------------------------ continuous methods
+
+    def _context(self, mode, N):
+        """The augmented right-hand side's int and float context (see ``_adjoint.augmented_rhs``)."""
+        P, n, m = self.P, self.n, self.m
+        S, deg = P.tab.D.shape
+        miw = P.fn.iw
+        da = self.va
+        head = np.array([self.fa[0], self.fa[1], da[0], da[1], n, m, mode, N, S, deg, miw.shape[0],
+                         self.fw.shape[0]], dtype=np.int64)
+        iw = np.concatenate([head, miw]).astype(np.int64)
+        fw = np.zeros(self.fw.shape[0] + 2 * N + N * n + N * S * n + S * deg + 2 * n + m)
+        if N:
+            o = self.fw.shape[0]
+            fw[o:o + N] = self.st_t[:N]
+            o += N
+            fw[o:o + N] = self.st_h[:N]
+            o += N
+            fw[o:o + N * n] = self.st_u[:N].ravel()
+            o += N * n
+            fw[o:o + N * S * n] = self.st_k[:N].ravel()
+            o += N * S * n
+            fw[o:o + S * deg] = P.tab.D.ravel()
+        return iw, fw
+
+    def _tolerances(self):
+        sens, P = self.sensitivity, self.P
+        rtol = sens.rtol if sens.rtol is not None else float(P.rtol.min())
+        atol = sens.atol if sens.atol is not None else float(P.atol.min())
+        return np.array([rtol]), np.array([atol])
+
+    def _aug_solve(self, iw, fw, z0, t_from, t_to, jumps, ts_save=None, tstops=None):
         P = self.P
-        ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D, self.aopt,
-                                float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u, self.st_k,
-                                self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk)
-        return float(value), gp, lam
+        nz = z0.shape[0]
+        S = P.S
+        opt = P.opt.copy()
+        opt[RK.O_T0], opt[RK.O_T1] = t_from, t_to
+        iopt = P.iopt.copy()
+        iopt[RK.I_STORE] = RK.STORE_NONE
+        iopt[RK.I_HASG] = 0
+        if iopt[RK.I_ADAPTIVE]:
+            opt[RK.O_DT0] = 0.0
+        rtol, atol = self._tolerances()
+        ts = np.zeros(0) if ts_save is None else ts_save
+        us = np.full((ts.shape[0], nz), np.nan)
+        stats = np.zeros(RK.NSTATS, dtype=np.int64)
+        fres = np.zeros(2)
+        zend = np.empty(nz)
+        st1 = np.zeros(1)
+        status = RK.rk_solve(_augmented_addresses(), iw, fw, _no_event_addresses(), P.tab.A, P.tab.b, P.tab.c,
+                             P.tab.b_err_or_zero, P.tab.D, opt, iopt, rtol, atol, z0, P.p, ts, us,
+                             np.zeros(0) if tstops is None else tstops, *jumps, st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64),
+                             np.zeros((S, nz)), np.zeros(5 * nz + S), stats, fres, zend)
+        self.adjoint_stats = _stats(stats)
+        if status != RK.OK:
+            sol = ODESolution(ts.copy(), us, float(fres[RK.R_T]), zend, _RETCODES.get(status, "failure"),
+                              dict(self.adjoint_stats))
+            what = "forward sensitivity" if isinstance(self.sensitivity, ForwardSensitivity) else "adjoint"
+            try:
+                _raise(status, sol, {"max_steps": P.max_steps, "t1": t_to})
+            except Exception as e:
+                raise type(e)(f"the {what} solve failed: {e}", e.t, e.status, e.solution) from None
+        return zend, us
+
+    def _continuous_adjoint(self, g):
+        P, n, m = self.P, self.n, self.m
+        backsolve = isinstance(self.sensitivity, BacksolveAdjoint)
+        mode = ADJ.M_BACKSOLVE if backsolve else ADJ.M_INTERP
+        N = 0 if backsolve else int(self.stats_arr[RK.S_NSTORED])
+        t_end = float(self.fres[RK.R_T])
+        iw, fw = self._context(mode, N)
+        jt, jk, ji, jv, jp = P.jumps
+        nj = int(self.stats_arr[RK.S_NJUMPS])
+        dirn = self.dirn
+        lam_off = n if backsolve else 0
+        mu_off = lam_off + n
+        # stretches of steps between jumps (interpolating): the steps lo..hi below each jump time
+        seg_at = {}
+        if not backsolve:
+            st_j = self.st_j[:N]
+            ends = np.flatnonzero(st_j >= 0)
+            starts = np.concatenate([[0], ends + 1])
+            last_lo = int(starts[-1]) if starts[-1] <= N - 1 else int(starts[-2])
+            for k_i, k in enumerate(ends):
+                tk = float(self.st_t[k + 1]) if k + 1 < N else t_end
+                seg_at[tk] = (int(starts[k_i]), int(k))
+        jumps_at = {}
+        for q in range(nj):
+            jumps_at.setdefault(float(jt[q]), []).append(q)
+        saves_at = {}
+        for i, t in enumerate(P.ts):
+            saves_at.setdefault(float(t), []).append(i)
+        times = sorted(set(jumps_at) | set(saves_at), key=lambda t: -dirn * t)
+        rows = []
+        if backsolve:
+            rowmap = {float(t): i for i, t in enumerate(self.ts_fwd)}
+            total = np.zeros(n)
+            for q in range(nj):
+                if jk[q] == RK.J_INPUT and (jt[q] - t_end) * dirn < 0:
+                    total[ji[q]] += jv[q]
+            for j in range(n):
+                if total[j] != 0.0:
+                    rows.append((t_end, RK.J_INPUT, j, total[j], -1))
+        for tau in times:
+            for q in reversed(jumps_at.get(tau, ())):
+                kind = jk[q]
+                if kind == RK.J_BOLUS and jp[q] >= 0:
+                    rows.append((tau, RK.J_AXPY, mu_off + jp[q], jv[q], lam_off + ji[q]))
+                elif kind == RK.J_RESET:
+                    rows.extend((tau, RK.J_SET, lam_off + j, 0.0, -1) for j in range(n))
+                elif kind == RK.J_SET:
+                    rows.append((tau, RK.J_SET, lam_off + ji[q], 0.0, -1))
+                elif kind == RK.J_INPUT and backsolve and tau != t_end:
+                    rows.append((tau, RK.J_INPUT, ji[q], -jv[q], -1))
+            for i in saves_at.get(tau, ()):
+                rows.extend((tau, RK.J_BOLUS, lam_off + j, g[i, j], -1) for j in range(n) if g[i, j] != 0.0)
+            if backsolve and tau != P.t0 and tau in rowmap:
+                u_left = self.us_fwd[rowmap[tau]]
+                rows.extend((tau, RK.J_SET, j, u_left[j], -1) for j in range(n))
+            if not backsolve and tau in seg_at:
+                lo, hi = seg_at[tau]
+                rows.append((tau, RK.J_SET, n + m, float(lo), -1))
+                rows.append((tau, RK.J_SET, n + m + 1, float(hi), -1))
+        jumps = _rows_to_arrays(rows)
+        if backsolve:
+            z0 = np.zeros(2 * n + m)
+            z0[:n] = self.uend
+        else:
+            z0 = np.zeros(n + m + 2)
+            z0[n + m] = last_lo if N else 0
+            z0[n + m + 1] = N - 1
+        # the forward's known discontinuities (and, for Vern7, its save points) bound the adjoint's steps too
+        zend, _ = self._aug_solve(iw, fw, z0, t_end, P.t0, jumps, tstops=np.ascontiguousarray(P.tstops[::-1]))
+        return zend[mu_off:mu_off + m].copy(), zend[lam_off:lam_off + n].copy()
+
+    def _forward_sensitivity_jumps(self):
+        P, n, m = self.P, self.n, self.m
+        jt, jk, ji, jv, jp = P.jumps
+        rows = []
+        for q in range(jt.shape[0]):
+            t, kind, idx, val, pidx = float(jt[q]), int(jk[q]), int(ji[q]), float(jv[q]), int(jp[q])
+            rows.append((t, kind, idx, val, pidx))
+            if kind == RK.J_BOLUS and pidx >= 0:
+                rows.append((t, RK.J_BOLUS, n + (n + pidx) * n + idx, val, -1))
+            elif kind == RK.J_SET:
+                rows.extend((t, RK.J_SET, n + d * n + idx, 0.0, -1) for d in range(n + m))
+        return _rows_to_arrays(rows)
+
+    def _forward_sensitivity(self):
+        P, n, m = self.P, self.n, self.m
+        nz = n + n * (n + m)
+        z0 = np.zeros(nz)
+        z0[:n] = P.u0
+        for d in range(n):
+            z0[n + d * n + d] = 1.0
+        iw, fw = self._context(ADJ.M_FORWARD, 0)
+        zend, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, self._fs_jumps, P.ts, P.tstops)
+        self.stats = self.adjoint_stats
+        self.fres[RK.R_T] = P.t1
+        self.uend[:] = zend[:n]
+        self.us[:] = zs[:, :n]
+        value, g = self._loss_gradient()
+        sens = zs[:, n:].reshape(zs.shape[0], n + m, n)
+        grad = np.einsum("qj,qdj->d", g, sens)
+        return value, grad[n:].copy(), grad[:n].copy()
 
     def solution(self):
         """The last forward solve's save points, as an :class:`ODESolution` (no dense output)."""
