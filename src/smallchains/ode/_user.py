@@ -24,6 +24,7 @@ from .. import _engine as E
 from .. import kernels as CK
 from .._jit import kernel
 from .._program import H_G1
+from . import _complexpow  # noqa: F401 - exact complex z ** n, before any user code compiles for complex
 from ._kernels import F1, F8, _function_caster
 
 C1 = types.complex128[::1]

@@ -166,25 +166,27 @@ class BacksolveAdjoint(_ContinuousMethod):
 class ForwardSensitivity(_ContinuousMethod):
     """The forward sensitivity equations: s' = (df/du) s + df/dp for each of the n + m inputs.
 
-    One Jacobian-vector product per input per stage, and no reverse pass, no storage:
-    the better choice when states plus parameters are few (below about 50 here; see
-    :func:`auto_sensitivity`).  Accurate to the tolerances, the sensitivities being part
-    of the error-controlled state.
+    One Jacobian-vector product per input per stage, no reverse pass and no record of the
+    steps: memory n (n + m) whatever the length of the solve.  The sensitivities are part
+    of the error-controlled state, so they are accurate to the tolerances.  Measured here
+    (``benchmarks/sensitivity_choice.py``) it is 1.2-1.6x slower than the discrete adjoint
+    at every size tried (n + m from 6 to 96), so it is not the automatic choice; prefer it
+    for very long solves with few inputs, where recording the steps costs too much memory.
     """
 
     name = "forward sensitivity"
 
 
-#: below this many states plus parameters the automatic choice is ForwardSensitivity
-FORWARD_MAX_INPUTS = 50
-
-
 def auto_sensitivity(n_states, n_params):
-    """The automatic choice: ForwardSensitivity when n_states + n_params <= FORWARD_MAX_INPUTS, else
-    DiscreteAdjoint.  Forward sensitivities cost ~(n + m) times the forward solve and need no
-    reverse pass; the adjoint costs ~2-3 forward solves whatever m is."""
-    if n_states + n_params <= FORWARD_MAX_INPUTS:
-        return ForwardSensitivity()
+    """The automatic choice: :class:`DiscreteAdjoint`, whatever the size.
+
+    SciML switches to forward mode below ~100 states plus parameters because its
+    reverse mode carries a tape; here both are compiled and a vector-Jacobian product
+    costs what n + m Jacobian-vector products cost (complex step), so the adjoint, which
+    needs one per stage instead of n + m, is faster at every size measured
+    (``benchmarks/sensitivity_choice.py``: n + m = 6: 60 against 97 us; 96: 3.6 against
+    4.4 ms; a 252-weight neural ODE: 0.05 against 12 ms).
+    """
     return DiscreteAdjoint()
 
 
@@ -645,6 +647,41 @@ class GradientFunction:
         sens = zs[:, n:].reshape(zs.shape[0], n + m, n)
         grad = np.einsum("qj,qdj->d", g, sens)
         return value, grad[n:].copy(), grad[:n].copy()
+
+    def minimize(self, p, method="L-BFGS-B", *, u0=None, maxiter=1000, tol=None, options=None, callback=None):
+        """Minimise the loss over ``p`` with ``scipy.optimize.minimize`` and these exact gradients.
+
+        ``p`` is updated in place with the result (when finite); returns SciPy's
+        ``OptimizeResult``.  ``callback(p, value)`` is called after each evaluation and may
+        return True to stop (e.g. once the loss is low enough).
+        """
+        from scipy.optimize import minimize as _minimize
+
+        best = {"x": None, "f": np.inf}
+
+        class _Stop(Exception):
+            pass
+
+        def fun(theta):
+            value, gp, _ = self(theta, u0)
+            if value < best["f"]:
+                best["x"], best["f"] = theta.copy(), value
+            if callback is not None and callback(theta, value):
+                raise _Stop
+            return value, gp
+
+        opts = {"maxiter": int(maxiter)}
+        if options:
+            opts.update(options)
+        try:
+            res = _minimize(fun, np.array(p, dtype=np.float64), jac=True, method=method, tol=tol, options=opts)
+        except _Stop:
+            from scipy.optimize import OptimizeResult
+
+            res = OptimizeResult(x=best["x"], fun=best["f"], success=True, message="stopped by the callback")
+        if res.x is not None and np.all(np.isfinite(res.x)):
+            p[:] = res.x
+        return res
 
     def solution(self):
         """The last forward solve's save points, as an :class:`ODESolution` (no dense output)."""
