@@ -28,8 +28,8 @@ import textwrap
 import time
 
 import numba
-import scipy.optimize  # noqa: F401 - imported outside the training clock
 import numpy as np
+import scipy.optimize  # noqa: F401 - imported outside the training clock
 
 import smallchains as sc
 
@@ -250,7 +250,7 @@ def train_spiral(data, adam_iters=300, lr=0.05, target=0.1, lbfgs_iters=300):
     hit = {}
     evals = [0]
     t0 = time.perf_counter()
-    for i in range(adam_iters):
+    for _ in range(adam_iters):
         v, g, _ = gf(p)
         evals[0] += 1
         if v < target and not hit:

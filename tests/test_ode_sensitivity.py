@@ -487,3 +487,16 @@ def test_complex_step_of_integer_powers_of_negative_states():
     J_p = np.array([[u[0] ** 3, 0.0], [0.0, u[1] ** -3]])
     np.testing.assert_allclose(lu, v @ J_u, rtol=1e-14)
     np.testing.assert_allclose(lp, v @ J_p, rtol=1e-14)
+
+
+def test_own_solver_example_matches_the_library_discrete_adjoint():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "own_solver_ude.py")
+    spec = importlib.util.spec_from_file_location("own_solver_ude", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    loss, gp, ref, ref_gp = ex.main()
+    assert loss == pytest.approx(ref, rel=1e-13)
+    np.testing.assert_allclose(gp, ref_gp, rtol=1e-11, atol=1e-12 * np.abs(ref_gp).max())

@@ -17,3 +17,15 @@ def test_quick_start_runs():
     assert ns["history"].shape == (50,)
     assert ns["history"][-1] < ns["history"][0]
     assert abs(ns["value"] - ns["loss"](ns["X"], ns["p"])) < 1e-4 * abs(ns["value"])
+
+
+def test_neural_ode_snippet_runs():
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = next(b for b in blocks if "sc.NeuralODE" in b)
+    ns = {}
+    exec(compile(code.replace("maxiter=200", "maxiter=20"), "README.md", "exec"), ns)
+    v0 = ns["value"]
+    v1, _, _ = ns["gf"](ns["p"])
+    assert v1 < v0
+    assert ns["grad_p"].shape == ns["p"].shape and ns["grad_u0"].shape == (2,)

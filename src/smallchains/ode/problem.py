@@ -150,6 +150,21 @@ class ODEFunction:
                 self._set(UK.U_FZ, self.py, UK.F4Z_SIG, "f", _COMPLEX_HINT + "; or pass jvp=... to sc.ODEFunction")
         return self._kernel_addr("_jvp_addr", self.jvp, JVP_SIG)
 
+    def compile(self, derivatives=("vjp",)):
+        """Compile the right-hand side (and the named derivatives, "vjp" and/or "jvp") now.
+
+        After this, ``self.rhs``, ``self.vjp`` and ``self.jvp`` (compiled kernels of the fixed
+        signatures ``rhs(du, u, p, t, iw, fw)``, ``vjp(lu, lp, v, u, p, t, iw, fw)``,
+        ``jvp(out, u, p, t, du, dp, iw, fw)``) may be called from your own ``@njit`` code
+        with ``iw = self.iw`` and ``fw = self.workspace(n_states, n_params)``.  Returns self.
+        """
+        self.addr  # noqa: B018
+        for d in derivatives:
+            if d not in ("vjp", "jvp"):
+                raise ValueError(f"derivatives must be 'vjp' and/or 'jvp', got {d!r}")
+            getattr(self, f"{d}_addr")
+        return self
+
     def __repr__(self):
         return f"ODEFunction({self.name})"
 
