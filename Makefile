@@ -36,6 +36,8 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/valgrad.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/lenet.py --epochs-timed 3
+	$(PY) benchmarks/neural_ode.py
+	$(PY) benchmarks/sensitivity_choice.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples
