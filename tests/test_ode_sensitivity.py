@@ -500,3 +500,85 @@ def test_own_solver_example_matches_the_library_discrete_adjoint():
     loss, gp, ref, ref_gp = ex.main()
     assert loss == pytest.approx(ref, rel=1e-13)
     np.testing.assert_allclose(gp, ref_gp, rtol=1e-11, atol=1e-12 * np.abs(ref_gp).max())
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def test_nonfinite_start_and_nonfinite_steps_raise_instead_of_hanging():
+    @numba.njit
+    def nan_at_start(du, u, p, t):
+        du[0] = np.sqrt(u[0] - 2.0)
+
+    with pytest.raises(sc.NonFiniteStateError):
+        sc.solve(nan_at_start, [1.0], (0.0, 1.0))
+
+    @numba.njit
+    def nan_after(du, u, p, t):
+        du[0] = np.sqrt(-t)  # finite at t = 0 only
+
+    for dt0 in (None, 0.1):
+        with pytest.raises(sc.NonFiniteStateError):
+            sc.solve(nan_after, [1.0], (0.0, 1.0), dt0=dt0)
+
+
+def test_derivative_check_enforces_overwrite_and_accumulate():
+    @numba.njit
+    def overwriting_vjp(lu, lp, v, u, p, t):  # lp[0] = ... where it must be lp[0] += ...
+        e = np.exp(-0.1 * u[0])
+        nonlin_vjp(lu, lp, v, u, p, t)
+        lp[0] = v[0] * u[0]
+        lu[1] = lu[1] + 0.0 * e
+
+    with pytest.raises(ValueError, match="add to lp"):
+        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=overwriting_vjp), U0, (0.0, 3.0), P, saveat=TS,
+                             sensitivity=sc.DiscreteAdjoint())
+
+    @numba.njit
+    def accumulating_jvp(out, u, p, t, du, dp):  # out += ... where it must overwrite
+        tmp = np.zeros(2)
+        nonlin_jvp(tmp, u, p, t, du, dp)
+        out[0] += tmp[0]
+        out[1] += tmp[1]
+
+    with pytest.raises(ValueError, match="Jacobian-vector"):
+        sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=accumulating_jvp), U0, (0.0, 3.0), P, saveat=TS,
+                             sensitivity=sc.ForwardSensitivity())
+
+
+@pytest.mark.parametrize("sens", ALL[1:], ids=lambda s: type(s).__name__)
+def test_jumps_before_t0_count_in_every_method(sens):
+    ts = np.linspace(1.5, 4.0, 6)
+    p = np.array([1.2, 0.8, 0.5])
+    jumps = sc.Jumps().bolus(0.5, 0, 10.0, scale_param=2).set(0.7, 1, 0.3)
+    kw = dict(saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
+    ref = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sc.DiscreteAdjoint(),
+                               **kw)(p)
+    got = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens, **kw)(p)
+    assert ref[1][2] != 0.0
+    assert rel(got[1], ref[1]) < 1e-6
+    assert rel(got[2], ref[2]) < 1e-6
+
+
+def test_default_u0_is_not_a_view_of_the_callers_array():
+    u0 = U0.copy()
+    gf = sc.gradient_function(DATA, nonlin, u0, (0.0, 3.0), P, saveat=TS)
+    v = gf(P)[0]
+    u0[0] = 5.0
+    assert gf(P)[0] == v
+
+
+def test_interpolating_adjoint_with_an_empty_span():
+    gf = sc.gradient_function(np.ones((1, 2)), nonlin, U0, (1.0, 1.0), P, saveat=[1.0],
+                              sensitivity=sc.InterpolatingAdjoint())
+    v, gp, gu = gf(P)
+    np.testing.assert_allclose(gu, 2 * (U0 - 1.0))
+    np.testing.assert_array_equal(gp, 0.0)
+
+
+def test_jumps_at_the_end_time_take_no_extra_step():
+    a = sc.solve(pk2, [1.0, 0.0], (0.0, 2.0), [1.2, 0.8, 0.5])
+    b = sc.solve(pk2, [1.0, 0.0], (0.0, 2.0), [1.2, 0.8, 0.5], jumps=sc.Jumps().bolus(2.0, 0, 5.0))
+    assert b.stats["naccept"] == a.stats["naccept"]
+    assert b.t[-1] == 2.0 and b.t[-2] < 2.0
+    assert b.u_final[0] == pytest.approx(a.u_final[0] + 5.0)

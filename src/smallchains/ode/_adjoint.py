@@ -248,7 +248,7 @@ def squared_error(us, data, w, cols, g):
 def dense_segment(D, st_t, st_h, st_u, st_k, lo, hi, t, out):
     """out <- the dense solution at t from the steps lo..hi only (one stretch between two jumps).
 
-    Times just outside the stretch (rounding) extrapolate its end steps slightly.
+    Times outside the stretch (rounding, or a trial point of the first step) get its end values.
     """
     dirn = 1.0 if st_h[lo] >= 0.0 else -1.0
     a = lo
@@ -259,7 +259,7 @@ def dense_segment(D, st_t, st_h, st_u, st_k, lo, hi, t, out):
             b = mid
         else:
             a = mid + 1
-    th = (t - st_t[a]) / st_h[a]
+    th = min(max((t - st_t[a]) / st_h[a], 0.0), 1.0)  # no extrapolation beyond the stretch
     interp(D, st_k[a], st_k.shape[1], st_u[a], st_h[a], th, out)
 
 

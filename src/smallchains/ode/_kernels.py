@@ -347,12 +347,18 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
         gold = g(u, p, t, iw, fw)
     else:
         gold = 0.0
+    ok_start = True
+    for j in range(n):
+        if not _finite(K[0][j]):
+            ok_start = False
     h = opt[O_DT0]
     if h <= 0.0:
-        if adaptive:
+        if adaptive and ok_start:
             h = initial_step(f, iw, fw, u, K[0], p, t, dirn, order, rtol, atol, scalar_tol, ytmp, errv,
                              rate, has_rate)
             nf += 1
+            if not (h > 0.0 and h <= FMAX):  # a NaN or Inf at the trial point: start small, let rejection work
+                h = 1e-6 * abs(t1 - t0)
         else:
             h = abs(t1 - t0)
     h = min(h, dtmax) if dtmax > 0.0 else h
@@ -363,7 +369,12 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     troot = t0
     th = 1.0
 
+    # the smallest meaningful step: a few ulps of the times involved (never zero, even at t = 0)
+    hfloor = 4.0 * eps * max(abs(t0), abs(t1), abs(t1 - t0))
     while True:
+        if not ok_start:  # f(u0) is not finite: no step can succeed
+            status = NONFINITE
+            break
         # the next barrier: the end, a jump time or a stop time
         tb = t1
         bkind = 0  # 0 end, 1 jump, 2 stop
@@ -381,7 +392,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
         if abs(h) >= abs(remaining) or abs(remaining - h) <= 100.0 * eps * max(abs(t), abs(tb)):
             h = remaining
             land = True
-        if (not land) and abs(h) < max(dtmin, 4.0 * eps * abs(t)):
+        if (not land) and not (abs(h) >= max(dtmin, hfloor)):  # (NaN-safe)
             status = DT_UNDERFLOW
             break
 
@@ -415,8 +426,11 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
                 else:
                     h = h * 0.25
                 last_rejected = True
-                if abs(h) < max(dtmin, 4.0 * eps * abs(t)):
+                if not (abs(h) >= max(dtmin, hfloor)):  # (NaN-safe)
                     status = NONFINITE if not ok_values else DT_UNDERFLOW
+                    break
+                if naccept + nreject >= max_steps:
+                    status = MAX_STEPS
                     break
                 continue
         elif not ok_values:
@@ -539,6 +553,10 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
                 apply_jump(jkind[ijump], jidx[ijump], jval[ijump], jpidx[ijump], u, p, rate)
                 ijump += 1
                 restart = True
+            if t == t1:  # jumps at the end time: applied, and nothing left to integrate
+                if restart and store:
+                    st_j[nstored - 1] = ijump
+                break
             while istop < nstop and not _beyond(tstops[istop], t, dirn):
                 istop += 1
             if restart:
@@ -552,7 +570,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
             if abs(hnext) < abs(hprop):
                 hnext = hprop
         h = hnext
-        if naccept >= max_steps:
+        if naccept + nreject >= max_steps:
             status = MAX_STEPS
             break
 

@@ -339,6 +339,11 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
     if not isinstance(jumps, Jumps):
         raise TypeError(f"`jumps` must be a sc.Jumps schedule, got {type(jumps).__name__}")
     jarr = jumps.arrays(n, p.shape[0], dirn)
+    # jumps scheduled before t0 are applied at t0 (in their order): say so in the schedule itself,
+    # so that every consumer (the solver, the adjoints' jump conditions) agrees
+    before = (jarr[0] - t0) * dirn < 0.0
+    if np.any(before):
+        jarr = (np.where(before, t0, jarr[0]),) + tuple(jarr[1:])
     if event is None:
         g = _no_event_addresses()
         gfun = _no_event
@@ -375,6 +380,7 @@ def run(P, store, cap=None):
     fres = np.zeros(2)
     K = np.zeros((S, n))
     wk = np.zeros(5 * n + S)
+    fw = P.fn.workspace(n, P.p.shape[0])  # per call: solves of one model may run in several threads
     key = (id(P.fn), P.tab.name)
     if store:
         cap = cap or _CAP_HINTS.get(key, 64)
@@ -387,7 +393,7 @@ def run(P, store, cap=None):
         st_u = np.empty((cap, n))
         st_k = np.empty((cap, S, n))
         st_j = np.empty(cap, dtype=np.int64)
-        status = RK.rk_solve(P.fn.addr, P.fn.iw, P.fn.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D,
+        status = RK.rk_solve(P.fn.addr, P.fn.iw, fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D,
                              P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p, P.ts, us, P.tstops, *P.jumps,
                              st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend)
         if status != RK.STORAGE_FULL:
@@ -426,7 +432,7 @@ def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=Non
         dt: a fixed step size: required by the fixed-step methods; with an adaptive method
             it turns adaptivity off.  dt0: the first step of an adaptive solve (default:
             Hairer's automatic choice).  dtmin, dtmax: bounds on the adaptive step.
-        max_steps: the accepted-step budget.
+        max_steps: the budget of step attempts (accepted and rejected).
         controller: a :class:`PIController` (default OrdinaryDiffEq's coefficients).
         jumps: a :class:`Jumps` schedule (doses, infusions, resets).
         tstops: times the solver must step to exactly (known discontinuities).

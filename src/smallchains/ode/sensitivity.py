@@ -217,7 +217,7 @@ def _check_jvp(fn, u0, p, t, fw, tol=1e-5):
     u = u0 + 0.05 * (1.0 + np.abs(u0)) * rng.uniform(0.5, 1.0, n)
     du = rng.normal(size=n)
     dp = rng.normal(size=m) * (1e-2 + np.abs(p)) * 0.1
-    out = np.zeros(n)
+    out = rng.normal(size=n) * 1e3  # must be overwritten
     fn.jvp(out, u, p, t, du, dp, fn.iw, fw)
     e = 1e-6
     a = np.empty(n)
@@ -247,9 +247,12 @@ def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
     rng = np.random.default_rng(12345)
     u = u0 + 0.05 * (1.0 + np.abs(u0)) * rng.uniform(0.5, 1.0, n)
     v = rng.normal(size=n)
-    lu = np.zeros(n)
-    lp = np.zeros(m)
+    # lu must be overwritten and lp accumulated into: start both from garbage and check that
+    lu = rng.normal(size=n) * 1e3
+    lp0 = rng.normal(size=m)
+    lp = lp0.copy()
     fn.vjp(lu, lp, v, u, p, t, fn.iw, fw)
+    lp = lp - lp0
     da = np.empty(n)
     db = np.empty(n)
 
@@ -279,8 +282,8 @@ def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
         where = [f"du/du[{k}]" for k in np.flatnonzero(bad_u)] + [f"du/dp[{ks[k]}]" for k in np.flatnonzero(bad_p)]
         raise ValueError(f"the derivatives of {fn.name} from {how} disagree with finite differences at "
                          f"{', '.join(where[:6]) or 'non-finite values'} (vjp {np.r_[lu, lp[ks]][:6]}, "
-                         f"differences {np.r_[fu, fp][:6]}); fix the right-hand side or pass vjp=..., or "
-                         "check_derivatives=False to skip this check")
+                         f"differences {np.r_[fu, fp][:6]}); a vjp must overwrite lu and add to lp; fix it "
+                         "or pass vjp=..., or check_derivatives=False to skip this check")
 
 
 class GradientFunction:
@@ -290,13 +293,17 @@ class GradientFunction:
     allocated), then called many times: the per-call Python cost is a few microseconds
     on top of the compiled forward and reverse passes.  ``gf.stats`` holds the last
     forward solve's step counts; ``gf.solution()`` the last solve's save points.
+
+    Not reentrant: it owns its buffers, so use one per thread (e.g. one per subject
+    group); the compiled passes release the GIL, so threads do run in parallel.
     """
 
     def __init__(self, loss, f, u0, tspan, p, sensitivity, solve_kw, check_derivatives=True):
         if "event" in solve_kw and solve_kw["event"] is not None:
             raise ValueError("gradients through terminating events are not supported (the event time would "
                              "depend on the parameters); integrate to a fixed end instead")
-        solve_kw = {k: v for k, v in solve_kw.items() if k != "event"}
+        # (dense output is internal here: the adjoints record what they need)
+        solve_kw = {k: v for k, v in solve_kw.items() if k not in ("event", "dense")}
         if solve_kw.get("saveat") is None:
             raise ValueError("`saveat` is required: the loss reads the solution at the save points")
         if p is None:
@@ -307,7 +314,7 @@ class GradientFunction:
         P = prepare(f, u0, tspan, p, **solve_kw)
         self.sensitivity = auto_sensitivity(P.n, P.p.shape[0]) if sensitivity is None else sensitivity
         self.P = P
-        self.u0 = P.u0  # the default initial state
+        self.u0 = P.u0 = P.u0.copy()  # the default initial state (not a view of the caller's array)
         self.loss = _as_loss(loss)
         if isinstance(self.loss, SquaredError):
             self.loss = copy.copy(self.loss)  # its compiled arguments are fixed for this problem
@@ -365,6 +372,7 @@ class GradientFunction:
         self._g = np.empty((P.ts.shape[0], n))
         self._cap = 0
         self._mode = None
+        self._last_steps = 0
         self.stats = {}
 
     # buffers for the recorded steps, grown on demand and reused between calls
@@ -420,7 +428,7 @@ class GradientFunction:
     def forward(self):
         """Run the recording forward solve; returns the status."""
         P = self.P
-        want = self._cap or 64
+        want = max(64, int(self._last_steps * 1.25) + 8) if self._last_steps else 64
         while True:
             self._storage(min(want, P.max_steps + 1))
             P.iopt[RK.I_STORE] = self._mode
@@ -432,6 +440,7 @@ class GradientFunction:
                 break
             want = max(2 * self._cap, 64)
         self.stats = _stats(self.stats_arr)
+        self._last_steps = int(self.stats_arr[RK.S_NSTORED])
         if self.rows is not None:
             self.us[:] = self.us_fwd[self.rows]
         if status != RK.OK:
@@ -441,10 +450,14 @@ class GradientFunction:
         return status
 
     def value(self, p, u0=None):
-        """The loss alone (one forward solve, nothing recorded beyond what the adjoint needs)."""
+        """The loss alone, from the forward solve of the adjoint methods (for ForwardSensitivity
+        this solve differs from the augmented one inside ``gf(p)``, so the values may differ in
+        the last digits allowed by the tolerances)."""
         self._set_inputs(p, u0)
         self.forward()
-        v, _ = self.loss(self.us, self.P.ts)
+        if isinstance(self.loss, SquaredError):
+            return float(self.loss.into(self.us, self._g))
+        v, _ = self.loss(self.us.copy(), self.P.ts.copy())
         return float(v)
 
     def _loss_gradient(self):
@@ -452,7 +465,7 @@ class GradientFunction:
             g = self._g
             value = self.loss.into(self.us, g)
         else:
-            value, g = self.loss(self.us, self.P.ts)
+            value, g = self.loss(self.us.copy(), self.P.ts.copy())  # copies: the buffers are reused
             g = np.ascontiguousarray(g, dtype=np.float64)
             if g.shape != self.us.shape:
                 raise ValueError(f"the loss's gradient has shape {g.shape}; expected {self.us.shape} (one row "
@@ -513,7 +526,7 @@ class GradientFunction:
         atol = sens.atol if sens.atol is not None else float(P.atol.min())
         return np.array([rtol]), np.array([atol])
 
-    def _aug_solve(self, iw, fw, z0, t_from, t_to, jumps, ts_save=None, tstops=None):
+    def _aug_solve(self, iw, fw, z0, t_from, t_to, jumps, ts_save=None, tstops=None, tol=None):
         P = self.P
         nz = z0.shape[0]
         S = P.S
@@ -524,7 +537,7 @@ class GradientFunction:
         iopt[RK.I_HASG] = 0
         if iopt[RK.I_ADAPTIVE]:
             opt[RK.O_DT0] = 0.0
-        rtol, atol = self._tolerances()
+        rtol, atol = self._tolerances() if tol is None else tol
         ts = np.zeros(0) if ts_save is None else ts_save
         us = np.full((ts.shape[0], nz), np.nan)
         stats = np.zeros(RK.NSTATS, dtype=np.int64)
@@ -564,7 +577,7 @@ class GradientFunction:
             st_j = self.st_j[:N]
             ends = np.flatnonzero(st_j >= 0)
             starts = np.concatenate([[0], ends + 1])
-            last_lo = int(starts[-1]) if starts[-1] <= N - 1 else int(starts[-2])
+            last_lo = 0 if N == 0 else (int(starts[-1]) if starts[-1] <= N - 1 else int(starts[-2]))
             for k_i, k in enumerate(ends):
                 tk = float(self.st_t[k + 1]) if k + 1 < N else t_end
                 seg_at[tk] = (int(starts[k_i]), int(k))
@@ -614,7 +627,12 @@ class GradientFunction:
             z0[n + m] = last_lo if N else 0
             z0[n + m + 1] = N - 1
         # the forward's known discontinuities (and, for Vern7, its save points) bound the adjoint's steps too
-        zend, _ = self._aug_solve(iw, fw, z0, t_end, P.t0, jumps, tstops=np.ascontiguousarray(P.tstops[::-1]))
+        rtol, atol = self._tolerances()
+        if not backsolve:  # the two stretch markers are bookkeeping, not state: out of the error norm
+            rtol = np.r_[np.full(n + m, rtol[0]), 0.0, 0.0]
+            atol = np.r_[np.full(n + m, atol[0]), 1e300, 1e300]
+        zend, _ = self._aug_solve(iw, fw, z0, t_end, P.t0, jumps, tstops=np.ascontiguousarray(P.tstops[::-1]),
+                                  tol=(rtol, atol))
         return zend[mu_off:mu_off + m].copy(), zend[lam_off:lam_off + n].copy()
 
     def _forward_sensitivity_jumps(self):
