@@ -546,7 +546,8 @@ class GradientFunction:
         st1 = np.zeros(1)
         status = RK.rk_solve(_augmented_addresses(), iw, fw, _no_event_addresses(), P.tab.A, P.tab.b, P.tab.c,
                              P.tab.b_err_or_zero, P.tab.D, opt, iopt, rtol, atol, z0, P.p, ts, us,
-                             np.zeros(0) if tstops is None else tstops, *jumps, st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64),
+                             np.zeros(0) if tstops is None else tstops, *jumps,
+                             st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64),
                              np.zeros((S, nz)), np.zeros(5 * nz + S), stats, fres, zend)
         self.adjoint_stats = _stats(stats)
         if status != RK.OK:
