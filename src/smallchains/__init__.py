@@ -9,7 +9,7 @@ Quick start::
     history = sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=10_000)
 """
 
-from . import datasets, kernels, ode
+from . import datasets, kernels, ode, pk, pkdata
 from ._errors import TrainingDivergedError
 from .chain import ChainKernels, SimpleChain
 from .io import load, load_params, save
@@ -96,5 +96,5 @@ __all__ = [
     "SimpleChain", "SquaredLoss", "TrainingDivergedError", "accuracy_and_loss", "add_loss", "datasets", "elu",
     "gelu", "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
     "train_unbatched", "valgrad",
-    "load", "load_params", "save", "predict", "predict_proba",
+    "load", "load_params", "save", "predict", "predict_proba", "pk", "pkdata",
 ]

