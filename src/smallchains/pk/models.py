@@ -1,0 +1,214 @@
+"""Built-in compartment models, compiled as right-hand sides for the ODE solvers.
+
+States are amounts; the outputs are functions of the state and the individual parameters
+(a concentration: the central amount over its volume; an effect: an Emax function of the
+effect-compartment concentration).  Every model's right-hand side is an ``@njit``
+``f(du, u, p, t)`` with ``p`` the individual parameters in the model's order, so its exact
+derivatives come from the package's complex-step kernels; outputs are NumPy expressions
+differentiated the same way.
+
+========================  =================================  ===========================
+model                     parameters                         states (CMT = index + 1)
+========================  =================================  ===========================
+``one_cpt_iv()``          CL, V                              central
+``one_cpt_oral()``        ka, CL, V                          depot, central
+``two_cpt_iv()``          CL, V1, Q, V2                      central, peripheral
+``two_cpt_oral()``        ka, CL, V1, Q, V2                  depot, central, peripheral
+``one_cpt_oral_mm()``     ka, Vmax, Km, V                    depot, central
+``one_cpt_oral_emax()``   ka, CL, V, ke0, E0, Emax, EC50     depot, central, effect
+========================  =================================  ===========================
+
+Output 1 (DVID 1) is the central concentration; ``one_cpt_oral_emax`` has output 2, the
+effect E0 + Emax Ce / (EC50 + Ce), Ce the effect-compartment concentration (its amount
+is in units of the central concentration: dCe/dt = ke0 (C - Ce)).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..ode.problem import ODEFunction
+
+_H = 1e-30
+
+
+class CompartmentModel:
+    """A compartment model: a compiled right-hand side, named parameters and states, outputs.
+
+    Args:
+        name: a label.
+        f: ``@njit`` ``f(du, u, p, t)``, amounts, ``p`` the individual parameters in order.
+        params: parameter names.  states: state names (CMT k is state k - 1).
+        outputs: one function ``y(u, p)`` per output (DVID 1, 2, ...), NumPy, vectorised over
+            rows of ``u`` (shape (n_obs, n_states)); ``p`` a 1-D parameter vector.
+        dose_cmt: the default dosing compartment (1-based).
+    """
+
+    def __init__(self, name, f, params, states, outputs, dose_cmt=1):
+        self.name = name
+        self.params = list(params)
+        self.states = list(states)
+        self.outputs = list(outputs)
+        self.dose_cmt = int(dose_cmt)
+        self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name)
+
+    @property
+    def n_states(self):
+        return len(self.states)
+
+    @property
+    def n_params(self):
+        return len(self.params)
+
+    def param_vector(self, values):
+        """A parameter vector from a dict {name: value} (every parameter) or a sequence in order."""
+        if isinstance(values, dict):
+            missing = [k for k in self.params if k not in values]
+            extra = [k for k in values if k not in self.params]
+            if missing or extra:
+                raise ValueError(f"{self.name} takes parameters {self.params}; missing {missing}, unknown {extra}")
+            return np.array([float(values[k]) for k in self.params])
+        p = np.asarray(values, dtype=float).reshape(-1)
+        if p.shape[0] != self.n_params:
+            raise ValueError(f"{self.name} takes {self.n_params} parameters {self.params}, got {p.shape[0]}")
+        return p
+
+    def output(self, u, p, dvid):
+        """Predictions for observations: ``u`` (n_obs, n_states), ``dvid`` (n_obs,) 1-based."""
+        u = np.atleast_2d(np.asarray(u))
+        dvid = np.asarray(dvid, dtype=np.int64).reshape(-1)
+        y = np.empty(u.shape[0], dtype=np.result_type(u, p, float))
+        for k, fn in enumerate(self.outputs, start=1):
+            m = dvid == k
+            if np.any(m):
+                y[m] = fn(u[m], p)
+        bad = (dvid < 1) | (dvid > len(self.outputs))
+        if np.any(bad):
+            raise ValueError(f"{self.name} has {len(self.outputs)} output(s); DVID {int(dvid[bad][0])} does not exist")
+        return y
+
+    def output_jacobians(self, u, p, dvid):
+        """(y, dy/du (n_obs, n_states), dy/dp (n_obs, n_params)) by complex step (exact to rounding)."""
+        u = np.atleast_2d(np.asarray(u, dtype=float))
+        p = np.asarray(p, dtype=float)
+        y = self.output(u, p, dvid)
+        ju = np.empty((u.shape[0], self.n_states))
+        jp = np.empty((u.shape[0], self.n_params))
+        uz = u.astype(complex)
+        for j in range(self.n_states):
+            uz[:, j] += 1j * _H
+            ju[:, j] = self.output(uz, p, dvid).imag / _H
+            uz[:, j] = u[:, j]
+        pz = p.astype(complex)
+        for k in range(self.n_params):
+            pz[k] += 1j * _H
+            jp[:, k] = self.output(u, pz, dvid).imag / _H
+            pz[k] = p[k]
+        return y, ju, jp
+
+    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_intervals=30):
+        """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
+        at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs)."""
+        from ..ode.integrate import solve
+
+        p = self.param_vector(p)
+        jumps, t0 = subject.schedule(n_states=self.n_states, ss_intervals=ss_intervals)
+        if times is None:
+            ts, dvid = subject.obs_time, subject.dvid
+        else:
+            ts = np.asarray(times, dtype=float)
+            dvid = None
+        if ts.size == 0:
+            return ts, np.zeros(0)
+        t1 = max(float(ts.max()), t0)
+        sol = solve(self.ode, np.zeros(self.n_states), (t0, t1), p, saveat=ts, jumps=jumps, rtol=rtol, atol=atol,
+                    solver=solver)
+        if dvid is not None:
+            return ts, self.output(sol.u, p, dvid)
+        Y = np.stack([self.output(sol.u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)],
+                     axis=1)
+        return ts, (Y[:, 0] if Y.shape[1] == 1 else Y)
+
+    def __repr__(self):
+        return f"CompartmentModel({self.name}: params {self.params}, states {self.states})"
+
+
+# --------------------------------------------------------------------------- right-hand sides
+
+
+@numba.njit
+def _one_cpt_iv(du, u, p, t):
+    du[0] = -p[0] / p[1] * u[0]
+
+
+@numba.njit
+def _one_cpt_oral(du, u, p, t):
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] / p[2] * u[1]
+
+
+@numba.njit
+def _two_cpt_iv(du, u, p, t):
+    c1 = u[0] / p[1]
+    c2 = u[1] / p[3]
+    du[0] = -p[0] * c1 - p[2] * (c1 - c2)
+    du[1] = p[2] * (c1 - c2)
+
+
+@numba.njit
+def _two_cpt_oral(du, u, p, t):
+    c1 = u[1] / p[2]
+    c2 = u[2] / p[4]
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] * c1 - p[3] * (c1 - c2)
+    du[2] = p[3] * (c1 - c2)
+
+
+@numba.njit
+def _one_cpt_oral_mm(du, u, p, t):
+    c = u[1] / p[3]
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] * c / (p[2] + c)
+
+
+@numba.njit
+def _one_cpt_oral_emax(du, u, p, t):
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] / p[2] * u[1]
+    du[2] = p[3] * (u[1] / p[2] - u[2])
+
+
+def one_cpt_iv():
+    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [lambda u, p: u[:, 0] / p[1]])
+
+
+def one_cpt_oral():
+    return CompartmentModel("one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"],
+                            [lambda u, p: u[:, 1] / p[2]])
+
+
+def two_cpt_iv():
+    return CompartmentModel("two_cpt_iv", _two_cpt_iv, ["CL", "V1", "Q", "V2"], ["central", "peripheral"],
+                            [lambda u, p: u[:, 0] / p[1]])
+
+
+def two_cpt_oral():
+    return CompartmentModel("two_cpt_oral", _two_cpt_oral, ["ka", "CL", "V1", "Q", "V2"],
+                            ["depot", "central", "peripheral"], [lambda u, p: u[:, 1] / p[2]])
+
+
+def one_cpt_oral_mm():
+    return CompartmentModel("one_cpt_oral_mm", _one_cpt_oral_mm, ["ka", "Vmax", "Km", "V"], ["depot", "central"],
+                            [lambda u, p: u[:, 1] / p[3]])
+
+
+def one_cpt_oral_emax():
+    return CompartmentModel("one_cpt_oral_emax", _one_cpt_oral_emax, ["ka", "CL", "V", "ke0", "E0", "Emax", "EC50"],
+                            ["depot", "central", "effect"],
+                            [lambda u, p: u[:, 1] / p[2],
+                             lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])])
+
+
+MODELS = {f.__name__: f for f in (one_cpt_iv, one_cpt_oral, two_cpt_iv, two_cpt_oral, one_cpt_oral_mm,
+                                  one_cpt_oral_emax)}
