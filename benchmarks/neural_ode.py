@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,9 @@ import numpy as np
 import scipy.optimize  # noqa: F401 - imported outside the training clock
 
 import smallchains as sc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import median_per_call  # noqa: E402
 
 A_TRUE = np.array([[-0.1, 2.0], [-2.0, -0.1]])
 U0 = np.array([2.0, 0.0])
@@ -70,14 +72,7 @@ def spiral_model(seed=0):
 
 
 def _median_ms(fn, rounds, calls):
-    fn()
-    per = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(per)
+    return median_per_call(fn, calls, rounds, scale=1e3)
 
 
 def weights(ude, p):

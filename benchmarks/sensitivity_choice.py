@@ -9,13 +9,16 @@ per call, median microseconds.  Complex-step derivatives of a plain ``@njit`` ri
 
 from __future__ import annotations
 
-import statistics
-import time
+import os
+import sys
 
 import numba
 import numpy as np
 
 import smallchains as sc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import median_per_call  # noqa: E402
 
 
 @numba.njit
@@ -27,14 +30,7 @@ def chain_rhs(du, u, p, t):
 
 
 def median_us(fn, calls=100, rounds=5):
-    fn()
-    per = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per)
+    return median_per_call(fn, calls, rounds)
 
 
 def main():

@@ -25,20 +25,14 @@ from numba.core.runtime import rtsys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _peers  # noqa: E402
+from _timing import median_per_call  # noqa: E402
 
 import smallchains as sc  # noqa: E402
 from smallchains import kernels as K  # noqa: E402
 
 
 def _median_us(fn, calls=2000, rounds=7):
-    fn()
-    per = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per)
+    return median_per_call(fn, calls, rounds)
 
 
 @numba.njit
