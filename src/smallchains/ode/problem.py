@@ -20,7 +20,6 @@ from . import _user as UK
 from ._adjoint import JVP_SIG, VJP_SIG
 from ._kernels import _OPTS, EVT_SIG, RHS_SIG, addresses
 
-_EMPTY_I = np.zeros(1, dtype=np.int64)
 _EMPTY_F = np.zeros(1, dtype=np.float64)
 
 

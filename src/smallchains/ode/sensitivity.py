@@ -405,25 +405,19 @@ class GradientFunction:
             self._cap, self._mode = cap, mode
         return cap
 
+    @staticmethod
+    def _checked(name, x, n):
+        x = np.asarray(x)
+        if x.shape != (n,):
+            raise ValueError(f"`{name}` must have shape ({n},), got {x.shape}")
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"`{name}` contains NaN or Inf")
+        return x
+
     def _set_inputs(self, p, u0):
-        P = self.P
-        p = np.asarray(p)
-        if p.shape != (self.m,):
-            raise ValueError(f"`p` must have shape ({self.m},), got {p.shape}")
-        p = np.ascontiguousarray(p, dtype=np.float64)
-        if not np.all(np.isfinite(p)):
-            raise ValueError("`p` contains NaN or Inf")
-        P.p = p
-        if u0 is None:
-            P.u0 = self.u0
-        else:
-            u0 = np.asarray(u0)
-            if u0.shape != (self.n,):
-                raise ValueError(f"`u0` must have shape ({self.n},), got {u0.shape}")
-            u0 = np.ascontiguousarray(u0, dtype=np.float64)
-            if not np.all(np.isfinite(u0)):
-                raise ValueError("`u0` contains NaN or Inf")
-            P.u0 = u0
+        self.P.p = self._checked("p", p, self.m)
+        self.P.u0 = self.u0 if u0 is None else self._checked("u0", u0, self.n)
 
     def forward(self):
         """Run the recording forward solve; returns the status."""
