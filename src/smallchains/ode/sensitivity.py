@@ -470,12 +470,27 @@ class GradientFunction:
 
     def __call__(self, p, u0=None):
         self._set_inputs(p, u0)
-        sens = self.sensitivity
-        if isinstance(sens, ForwardSensitivity):
+        if isinstance(self.sensitivity, ForwardSensitivity):
             return self._forward_sensitivity()
         self.forward()
         value, g = self._loss_gradient()
-        if isinstance(sens, DiscreteAdjoint):
+        gp, lam = self.pullback(g)
+        return value, gp, lam
+
+    def pullback(self, g):
+        """(grad_p, grad_u0) of sum(g * u) at the save points of the last forward solve.
+
+        ``g`` (n_saves, n_states) is a cotangent on the saved states: with ``gf.forward()``
+        run once, several pullbacks give several rows of a Jacobian (e.g. of each
+        observation) without solving forward again.  Adjoint methods only.
+        """
+        if isinstance(self.sensitivity, ForwardSensitivity):
+            raise TypeError("pullback needs an adjoint method (DiscreteAdjoint, InterpolatingAdjoint or "
+                            "BacksolveAdjoint), not ForwardSensitivity")
+        g = np.ascontiguousarray(g, dtype=np.float64)
+        if g.shape != self.us.shape:
+            raise ValueError(f"the cotangent has shape {g.shape}; expected {self.us.shape}")
+        if isinstance(self.sensitivity, DiscreteAdjoint):
             gp = np.zeros(self.m)
             lam = np.zeros(self.n)
             self.aopt[ADJ.A_NSTORED] = self.stats_arr[RK.S_NSTORED]
@@ -485,9 +500,8 @@ class GradientFunction:
             ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D,
                                     self.aopt, float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u,
                                     self.st_k, self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk)
-            return value, gp, lam
-        gp, lam = self._continuous_adjoint(g)
-        return value, gp, lam
+            return gp, lam
+        return self._continuous_adjoint(g)
 
     # ------------------------------------------------------------------ continuous methods
 

@@ -1,14 +1,20 @@
 """Pharmacometrics: NONMEM-style data, compartment models with neural terms, population fits.
 
-So far: :func:`read_data` (NONMEM-style CSV or DataFrame -> :class:`Population` of
-:class:`Subject` with dose schedules for the ODE solvers) and the built-in compartment models
-(:mod:`smallchains.pk.models`).
+* :func:`read_data`: NONMEM-style CSV or DataFrame -> :class:`Population` of :class:`Subject`
+  with dose schedules for the ODE solvers;
+* compartment models (:mod:`smallchains.pk.models`), built in or written in Python, with
+  optional neural terms (a :class:`smallchains.UDE`);
+* :class:`PopulationModel`: typical values, covariate effects, random effects, residual error;
+* :func:`fit`: individual, naive pooled, MAP / empirical Bayes and FOCE-I estimation, with
+  standard errors, OFV/AIC/BIC, shrinkage and diagnostics (:class:`FitResult`).
 """
 
 from .data import DataError, Dose, Population, Subject, read_data
+from .fit import FitError, FitResult, IndividualFits, fit, load
 from .models import (
     MODELS,
     CompartmentModel,
+    Ratio,
     one_cpt_iv,
     one_cpt_oral,
     one_cpt_oral_emax,
@@ -16,6 +22,8 @@ from .models import (
     two_cpt_iv,
     two_cpt_oral,
 )
+from .population import ErrorModel, PopulationModel
 
-__all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "one_cpt_iv",
-           "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral"]
+__all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "Ratio",
+           "one_cpt_iv", "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral",
+           "ErrorModel", "PopulationModel", "fit", "load", "FitResult", "FitError", "IndividualFits"]

@@ -28,9 +28,23 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..ode.problem import ODEFunction
+from ..ode.problem import UDE, ODEFunction
 
 _H = 1e-30
+
+
+class Ratio:
+    """An output that is a state over a parameter (a concentration: amount / volume), with
+    analytic derivatives: ``Ratio(state, param)`` is y = u[state] / p[param]."""
+
+    def __init__(self, state, param):
+        self.state, self.param = int(state), int(param)
+
+    def __call__(self, u, p):
+        return u[:, self.state] / p[self.param]
+
+    def __repr__(self):
+        return f"Ratio(state {self.state}, param {self.param})"
 
 
 class CompartmentModel:
@@ -38,10 +52,13 @@ class CompartmentModel:
 
     Args:
         name: a label.
-        f: ``@njit`` ``f(du, u, p, t)``, amounts, ``p`` the individual parameters in order.
+        f: ``@njit`` ``f(du, u, p, t)``, amounts, ``p`` the individual parameters in order; or a
+            :class:`smallchains.UDE` whose mechanistic parameters are ``params`` (a model with
+            a neural term: its weights follow the parameters in ``p``).
         params: parameter names.  states: state names (CMT k is state k - 1).
         outputs: one function ``y(u, p)`` per output (DVID 1, 2, ...), NumPy, vectorised over
-            rows of ``u`` (shape (n_obs, n_states)); ``p`` a 1-D parameter vector.
+            rows of ``u`` (shape (n_obs, n_states)); ``p`` a 1-D parameter vector; or a
+            :class:`Ratio` (state / parameter, differentiated analytically).
         dose_cmt: the default dosing compartment (1-based).
     """
 
@@ -51,7 +68,27 @@ class CompartmentModel:
         self.states = list(states)
         self.outputs = list(outputs)
         self.dose_cmt = int(dose_cmt)
-        self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name)
+        if isinstance(f, UDE):
+            mech = [k for k in f.slices if k != "network"]
+            if mech != self.params or f.n_mech != len(self.params):
+                raise ValueError(f"the UDE's mechanistic parameters {mech} must be `params` {self.params} "
+                                 "(scalars, in the same order)")
+            if f.n_states != len(self.states):
+                raise ValueError(f"the UDE has {f.n_states} states but `states` names {len(self.states)}")
+            self.ode = f
+            self.n_weights = f.chain.num_params
+        elif isinstance(f, ODEFunction):
+            raise TypeError("give the model's @njit function f(du, u, p, t) or a sc.UDE, not an ODEFunction")
+        else:
+            self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name)
+            self.n_weights = 0
+        self._ratios = all(isinstance(o, Ratio) for o in self.outputs)
+
+    def init_weights(self, seed=0):
+        """The network's seeded initial weights (empty without a network)."""
+        if not self.n_weights:
+            return np.zeros(0)
+        return self.ode.init_params(seed=seed)[self.ode.slices["network"]]
 
     @property
     def n_states(self):
@@ -61,17 +98,30 @@ class CompartmentModel:
     def n_params(self):
         return len(self.params)
 
-    def param_vector(self, values):
-        """A parameter vector from a dict {name: value} (every parameter) or a sequence in order."""
+    def param_vector(self, values, weights=None):
+        """The solver's parameter vector from a dict {name: value} (every parameter) or a sequence in
+        order, then the network's ``weights`` (a model with a neural term; else none)."""
         if isinstance(values, dict):
             missing = [k for k in self.params if k not in values]
             extra = [k for k in values if k not in self.params]
             if missing or extra:
                 raise ValueError(f"{self.name} takes parameters {self.params}; missing {missing}, unknown {extra}")
-            return np.array([float(values[k]) for k in self.params])
-        p = np.asarray(values, dtype=float).reshape(-1)
-        if p.shape[0] != self.n_params:
-            raise ValueError(f"{self.name} takes {self.n_params} parameters {self.params}, got {p.shape[0]}")
+            p = np.array([float(values[k]) for k in self.params])
+        else:
+            p = np.asarray(values, dtype=float).reshape(-1)
+            if weights is None and self.n_weights and p.shape[0] == self.n_params + self.n_weights:
+                return p
+            if p.shape[0] != self.n_params:
+                raise ValueError(f"{self.name} takes {self.n_params} parameters {self.params}, got {p.shape[0]}")
+        if self.n_weights:
+            if weights is None:
+                raise ValueError(f"{self.name} has a network: give its {self.n_weights} `weights`")
+            w = np.asarray(weights, dtype=float).reshape(-1)
+            if w.shape[0] != self.n_weights:
+                raise ValueError(f"`weights` must have {self.n_weights} entries, got {w.shape[0]}")
+            p = np.concatenate([p, w])
+        elif weights is not None and np.size(weights):
+            raise ValueError(f"{self.name} has no network; `weights` must be None")
         return p
 
     def output(self, u, p, dvid):
@@ -89,9 +139,13 @@ class CompartmentModel:
         return y
 
     def output_jacobians(self, u, p, dvid):
-        """(y, dy/du (n_obs, n_states), dy/dp (n_obs, n_params)) by complex step (exact to rounding)."""
+        """(y, dy/du (n_obs, n_states), dy/dp (n_obs, n_params)) by complex step (exact to rounding);
+        analytic for :class:`Ratio` outputs.  ``dy/dp`` covers the named parameters (outputs do
+        not depend on network weights)."""
         u = np.atleast_2d(np.asarray(u, dtype=float))
         p = np.asarray(p, dtype=float)
+        if self._ratios:
+            return self._ratio_jacobians(u, p, np.asarray(dvid, dtype=np.int64).reshape(-1))
         y = self.output(u, p, dvid)
         ju = np.empty((u.shape[0], self.n_states))
         jp = np.empty((u.shape[0], self.n_params))
@@ -107,12 +161,28 @@ class CompartmentModel:
             pz[k] = p[k]
         return y, ju, jp
 
-    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_intervals=30):
+    def _ratio_jacobians(self, u, p, dvid):
+        n = u.shape[0]
+        if np.any((dvid < 1) | (dvid > len(self.outputs))):
+            bad = dvid[(dvid < 1) | (dvid > len(self.outputs))][0]
+            raise ValueError(f"{self.name} has {len(self.outputs)} output(s); DVID {int(bad)} does not exist")
+        st = np.array([o.state for o in self.outputs])[dvid - 1]
+        pk = np.array([o.param for o in self.outputs])[dvid - 1]
+        rows = np.arange(n)
+        vol = p[pk]
+        y = u[rows, st] / vol
+        ju = np.zeros((n, self.n_states))
+        ju[rows, st] = 1.0 / vol
+        jp = np.zeros((n, self.n_params))
+        jp[rows, pk] = -y / vol
+        return y, ju, jp
+
+    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_intervals=30, weights=None):
         """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
         at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs)."""
         from ..ode.integrate import solve
 
-        p = self.param_vector(p)
+        p = self.param_vector(p, weights)
         jumps, t0 = subject.schedule(n_states=self.n_states, ss_intervals=ss_intervals)
         if times is None:
             ts, dvid = subject.obs_time, subject.dvid
@@ -180,33 +250,33 @@ def _one_cpt_oral_emax(du, u, p, t):
 
 
 def one_cpt_iv():
-    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [lambda u, p: u[:, 0] / p[1]])
+    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)])
 
 
 def one_cpt_oral():
     return CompartmentModel("one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"],
-                            [lambda u, p: u[:, 1] / p[2]])
+                            [Ratio(1, 2)])
 
 
 def two_cpt_iv():
     return CompartmentModel("two_cpt_iv", _two_cpt_iv, ["CL", "V1", "Q", "V2"], ["central", "peripheral"],
-                            [lambda u, p: u[:, 0] / p[1]])
+                            [Ratio(0, 1)])
 
 
 def two_cpt_oral():
     return CompartmentModel("two_cpt_oral", _two_cpt_oral, ["ka", "CL", "V1", "Q", "V2"],
-                            ["depot", "central", "peripheral"], [lambda u, p: u[:, 1] / p[2]])
+                            ["depot", "central", "peripheral"], [Ratio(1, 2)])
 
 
 def one_cpt_oral_mm():
     return CompartmentModel("one_cpt_oral_mm", _one_cpt_oral_mm, ["ka", "Vmax", "Km", "V"], ["depot", "central"],
-                            [lambda u, p: u[:, 1] / p[3]])
+                            [Ratio(1, 3)])
 
 
 def one_cpt_oral_emax():
     return CompartmentModel("one_cpt_oral_emax", _one_cpt_oral_emax, ["ka", "CL", "V", "ke0", "E0", "Emax", "EC50"],
                             ["depot", "central", "effect"],
-                            [lambda u, p: u[:, 1] / p[2],
+                            [Ratio(1, 2),
                              lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])])
 
 

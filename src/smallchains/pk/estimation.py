@@ -1,0 +1,334 @@
+"""Population objectives and their gradients, subject by subject, from the ODE sensitivities.
+
+Per subject i with observations y_ij (BLQ records left out) and predictions f_ij:
+
+    l_i(eta) = sum_j [ (y_ij - f_ij)^2 / V_ij + log V_ij ]            (-2 log p(y_i | eta), no 2 pi)
+
+* naive pooled: sum_i l_i(0) (one set of parameters for everyone);
+* MAP / empirical Bayes: sum_i [ l_i(eta_i) + eta_i' Omega^-1 eta_i + log|Omega| ] over the
+  fixed effects, Omega, the residual error and every eta_i jointly, plus |w|^2/s^2 for network
+  weights;
+* FOCE-I: sum_i [ l_i(eta_i*) + eta_i*' Omega^-1 eta_i* + log|Omega| + log|M_i| ] with eta_i*
+  the mode of subject i's posterior (found by Fisher scoring in an inner loop) and
+  M_i = G' diag(1/V + V'^2 / (2 V^2)) G + Omega^-1, G = df/deta at eta_i* (the expected
+  information; V at the individual predictions: the "interaction").  This is the Laplace
+  approximation of -2 log of the marginal likelihood, NONMEM's FOCE-I objective.
+
+A subject's gradient costs one forward solve and one discrete-adjoint pass; the Jacobian G
+of its predictions costs one adjoint pass per observation on the same forward solve.  Each
+subject owns its solver buffers, so subjects run in parallel threads (the compiled passes
+release the GIL).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from ..ode.integrate import ODESolveError
+from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+
+
+def _number(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _no_loss(u, t):  # pragma: no cover - the evaluator supplies its own cotangents
+    raise RuntimeError("unused")
+
+
+class SubjectEval:
+    """One subject bound to a population model: solver buffers, observations, covariate design."""
+
+    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_intervals, check):
+        st = model.structural
+        self.model = model
+        self.subject = subject
+        keep = np.asarray(subject.blq) == 0
+        self.t = np.ascontiguousarray(subject.obs_time[keep], dtype=float)
+        self.y = np.ascontiguousarray(subject.dv[keep], dtype=float)
+        self.dvid = np.ascontiguousarray(subject.dvid[keep], dtype=np.int64)
+        self.n_obs = int(self.t.shape[0])
+        if np.any(~np.isfinite(self.y)):
+            raise ValueError(f"subject {subject.id}: an observation's DV is missing (NaN); set MDV = 1 there")
+        bad = (self.dvid < 1) | (self.dvid > len(st.outputs))
+        if np.any(bad):
+            raise ValueError(f"subject {subject.id}: DVID {int(self.dvid[bad][0])}, but {st.name} has "
+                             f"{len(st.outputs)} output(s)")
+        jumps, t0 = subject.schedule(n_states=st.n_states, ss_intervals=ss_intervals)
+        self.t0 = t0
+        t1 = max(float(self.t.max()), t0)
+        # the covariate design: log q = log theta + C beta + E eta
+        n_t = len(model.theta_names)
+        self.C = np.zeros((n_t, len(model.covariates)))
+        for j, (k, _, _) in enumerate(model.covariates):
+            self.C[k, j] = X_row[j]
+        self.z = np.ascontiguousarray(Z_row, dtype=np.float64)
+        self.cov = {c: _number(subject.covariate(c)) for c in subject.covariates}
+        cn = model.covariate_network
+        if cn is not None:
+            self._gwc = np.zeros(cn.chain.num_params)
+        p0, _ = self.params(model.x0, np.zeros(model.n_eta))
+        self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
+                                   dict(saveat=self.t, jumps=jumps, rtol=rtol, atol=atol, solver=solver),
+                                   check_derivatives=check)
+        self.n_mech = st.n_params
+
+    def logq(self, x, eta):
+        m = self.model
+        lq = x[m.blocks["theta"]] + self.C @ x[m.blocks["beta"]] + m.E @ eta
+        cn = m.covariate_network
+        if cn is not None:
+            lq[m.cn_targets] += cn.chain(self.z, np.ascontiguousarray(x[m.blocks["wc"]]))
+        return lq
+
+    def covariate_network_grad(self, x, dlogq):
+        """d/d(covariate network weights) from d/dlogq."""
+        m = self.model
+        cn = m.covariate_network
+        return cn.chain.vjp_into(self._gwc, np.ascontiguousarray(x[m.blocks["wc"]]),
+                                 np.ascontiguousarray(dlogq[m.cn_targets]), self.z).copy()
+
+    def params(self, x, eta):
+        """(p for the solver, dp_mech/dlogq)."""
+        m = self.model
+        pm, J = m.structural_params(self.logq(x, eta), self.cov)
+        return np.concatenate([pm, x[m.blocks["w"]]]), J
+
+    def predict(self, x, eta):
+        """(f, df/du, df/dp_mech) at the observations, or None when the solve fails."""
+        p, J = self.params(x, eta)
+        if not np.all(np.isfinite(p)):
+            return None
+        try:
+            self.gf._set_inputs(p, None)
+            self.gf.forward()
+        except (ODESolveError, ValueError, FloatingPointError):
+            return None
+        f, fu, fp = self.model.structural.output_jacobians(self.gf.us, p, self.dvid)
+        return p, J, f, fu, fp
+
+    def data_term(self, x, eta, need=0):
+        """-2 log p(y | eta) without 2 pi, and with ``need`` = 1 its gradients
+        (d/dlogq, d/dw, d/dpsi), with ``need`` = 2 also what FOCE needs (f, V, V', G)."""
+        m = self.model
+        r = self.predict(x, eta)
+        if r is None:
+            return (np.inf, None) if need else np.inf
+        p, J, f, fu, fp = r
+        psi = x[m.blocks["psi"]]
+        V, Vf, Vpsi = m.error.variance(f, psi)
+        if not (np.all(np.isfinite(V)) and np.all(V > 0) and np.all(np.isfinite(f))):
+            return (np.inf, None) if need else np.inf
+        res = self.y - f
+        l = float(np.sum(res * res / V + np.log(V)))
+        if need == 0:
+            return l
+        a = 1.0 / V - res * res / (V * V)
+        dldf = -2.0 * res / V + a * Vf
+        out = {"f": f, "V": V, "Vf": Vf, "dldf": dldf, "dpsi": Vpsi.T @ a, "J": J}
+        if need == 1:
+            gp, _ = self.gf.pullback(dldf[:, None] * fu)
+            gp[:self.n_mech] += fp.T @ dldf
+            out["dlogq"] = J.T @ gp[:self.n_mech]
+            out["dw"] = gp[self.n_mech:]
+        else:
+            Jf = np.empty((self.n_obs, self.n_mech))
+            g = np.zeros((self.n_obs, fu.shape[1]))
+            for j in range(self.n_obs):
+                g[j] = fu[j]
+                gpj, _ = self.gf.pullback(g)
+                g[j] = 0.0
+                Jf[j] = gpj[:self.n_mech] + fp[j]
+            out["G"] = Jf @ J @ m.E
+        return l, out
+
+    def fit_eta(self, x, Oinv, eta0, *, tol=1e-10, max_iter=60):
+        """The mode of the subject's posterior in eta (Fisher scoring with a backtracking line
+        search).  Returns (eta, l_data + eta' Oinv eta, M, pieces) or None when it fails."""
+        eta = np.array(eta0, dtype=float)
+        q = eta.shape[0]
+        l, out = self.data_term(x, eta, need=2)
+        if out is None and np.any(eta != 0):
+            eta = np.zeros(q)
+            l, out = self.data_term(x, eta, need=2)
+        if out is None:
+            return None
+        for _ in range(max_iter):
+            obj = l + eta @ Oinv @ eta
+            G = out["G"]
+            w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
+            M = G.T @ (w[:, None] * G) + Oinv
+            grad = G.T @ out["dldf"] + 2.0 * Oinv @ eta
+            try:
+                step = -np.linalg.solve(2.0 * M, grad)
+            except np.linalg.LinAlgError:
+                step = -grad * 1e-3
+            dec = -grad @ step
+            if dec < tol:
+                return eta, obj, M, out
+            alpha = 1.0
+            while alpha > 1e-10:
+                e1 = eta + alpha * step
+                l1 = self.data_term(x, e1, need=0)
+                obj1 = l1 + e1 @ Oinv @ e1
+                if obj1 <= obj - 1e-4 * alpha * dec:
+                    break
+                alpha *= 0.5
+            else:
+                return eta, obj, M, out  # no descent possible: at the mode to rounding
+            eta = e1
+            l, out = self.data_term(x, eta, need=2)
+            if out is None:
+                return None
+        w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
+        M = out["G"].T @ (w[:, None] * out["G"]) + Oinv
+        return eta, l + eta @ Oinv @ eta, M, out
+
+
+class Problem:
+    """A population model bound to a data set: one evaluator per subject with observations."""
+
+    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30, threads=None):
+        from .data import Population
+
+        if not isinstance(data, Population):
+            raise TypeError(f"`data` must be a sc.pk.Population from sc.pk.read_data, got {type(data).__name__}")
+        self.model = model
+        self.data = data
+        X, Z, self.covariate_refs = model.covariate_design(data.subjects)
+        self.subjects = []
+        self.skipped = []
+        check = True
+        for i, s in enumerate(data.subjects):
+            if not np.any(np.asarray(s.blq) == 0):
+                self.skipped.append(s.id)
+                continue
+            self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
+                                             ss_intervals=ss_intervals, check=check))
+            check = False
+        if not self.subjects:
+            raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
+        self.n_obs = sum(s.n_obs for s in self.subjects)
+        self.N = len(self.subjects)
+        self.threads = 1 if threads is None else max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def each(self, fn, items=None):
+        items = self.subjects if items is None else items
+        if self._pool is None:
+            return [fn(*it) if isinstance(it, tuple) else fn(it) for it in items]
+        return list(self._pool.map(lambda it: fn(*it) if isinstance(it, tuple) else fn(it), items))
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    # ------------------------------------------------------------------ priors
+
+    def weight_prior(self, x):
+        """|w|^2 / s^2 over the network weights (structural, then covariate network) and its gradient."""
+        m = self.model
+        w = np.concatenate([x[m.blocks["w"]], x[m.blocks["wc"]]])
+        if not w.size or m.weight_prior is None:
+            return 0.0, np.zeros(w.size)
+        s2 = m.weight_prior ** 2
+        return float(w @ w / s2), 2.0 * w / s2
+
+    # ------------------------------------------------------------------ naive pooled
+
+    def pooled(self, x, need=1):
+        m = self.model
+        eta = np.zeros(m.n_eta)
+        res = self.each(lambda s: s.data_term(x, eta, need))
+        pen, gw = self.weight_prior(x)
+        if not need:
+            return float(sum(res)) + pen
+        g = np.zeros(m.n_x)
+        total = pen
+        for s, (l, out) in zip(self.subjects, res):
+            if out is None:
+                return np.inf, g
+            total += l
+            g[m.blocks["theta"]] += out["dlogq"]
+            g[m.blocks["beta"]] += s.C.T @ out["dlogq"]
+            g[m.blocks["w"]] += out["dw"]
+            g[m.blocks["psi"]] += out["dpsi"]
+            if m.covariate_network is not None:
+                g[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
+        g[m.blocks["w"]] += gw[:m.n_weights]
+        g[m.blocks["wc"]] += gw[m.n_weights:]
+        return total, g
+
+    # ------------------------------------------------------------------ joint MAP
+
+    def map_objective(self, x, etas, need=1):
+        """Joint -2 log posterior over x and the etas (N, q); with ``need`` its gradients (gx, getas)."""
+        m = self.model
+        L = m.omega_factor(x)
+        Z = solve_triangular(L, etas.T, lower=True)  # (q, N): L^-1 eta_i
+        logdet = 2.0 * np.sum(np.log(np.diag(L)))
+        prior = float(np.sum(Z * Z)) + self.N * logdet
+        pen, gw = self.weight_prior(x)
+        res = self.each(lambda s, e: s.data_term(x, e, need), list(zip(self.subjects, etas)))
+        if not need:
+            return float(sum(res)) + prior + pen
+        gx = np.zeros(m.n_x)
+        ge = np.zeros_like(etas)
+        total = prior + pen
+        for i, (s, (l, out)) in enumerate(zip(self.subjects, res)):
+            if out is None:
+                return np.inf, gx, ge
+            total += l
+            gx[m.blocks["theta"]] += out["dlogq"]
+            gx[m.blocks["beta"]] += s.C.T @ out["dlogq"]
+            gx[m.blocks["w"]] += out["dw"]
+            gx[m.blocks["psi"]] += out["dpsi"]
+            if m.covariate_network is not None:
+                gx[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
+            ge[i] = m.E.T @ out["dlogq"]
+        gx[m.blocks["w"]] += gw[:m.n_weights]
+        gx[m.blocks["wc"]] += gw[m.n_weights:]
+        # the Gaussian prior: d/deta_i = 2 L^-T z_i; d/dL = -2 L^-T Z Z^T, + N * 2 / L_kk on the diagonal
+        LiT_Z = solve_triangular(L.T, Z, lower=False)  # (q, N)
+        ge += 2.0 * LiT_Z.T
+        dL = -2.0 * LiT_Z @ Z.T
+        q = m.n_eta
+        ob = m.blocks["omega"]
+        if q:
+            diag = np.diag(dL) * np.diag(L) + 2.0 * self.N
+            gx[ob.start:ob.start + q] = diag
+            if m.omega_kind == "full" and q > 1:
+                gx[ob.start + q:ob.stop] = dL[m.tril]
+        return total, gx, ge
+
+    # ------------------------------------------------------------------ FOCE-I
+
+    def foce(self, x, etas0=None):
+        """(OFV, etas, per-subject (l, M, pieces)) at ``x``; OFV = inf if a subject fails."""
+        m = self.model
+        q = m.n_eta
+        L = m.omega_factor(x)
+        Linv = solve_triangular(L, np.eye(q), lower=True)
+        Oinv = Linv.T @ Linv
+        logdetO = 2.0 * np.sum(np.log(np.diag(L)))
+        etas0 = np.zeros((self.N, q)) if etas0 is None else etas0
+        res = self.each(lambda s, e: s.fit_eta(x, Oinv, e), list(zip(self.subjects, etas0)))
+        etas = np.zeros((self.N, q))
+        ofv = 0.0
+        for i, r in enumerate(res):
+            if r is None:
+                return np.inf, etas0.copy(), res
+            eta, obj, M, _ = r
+            sign, logdetM = np.linalg.slogdet(M)
+            if sign <= 0:
+                return np.inf, etas0.copy(), res
+            etas[i] = eta
+            ofv += obj + logdetO + logdetM
+        return float(ofv), etas, res

@@ -1,0 +1,679 @@
+"""Fitting a population model: individual, naive pooled, MAP / empirical Bayes, FOCE-I.
+
+``sc.pk.fit(model, data, method="foce")`` returns a :class:`FitResult`: estimates with
+standard errors, the objective (OFV = -2 log likelihood without the n log 2 pi constant,
+NONMEM's convention), AIC and BIC (from the full -2 log likelihood), the random effects of
+every subject, eta shrinkage, and the diagnostics PRED, IPRED, IWRES and CWRES.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+from scipy.optimize import minimize
+
+from ..optimizers import Adam
+from .estimation import Problem
+from .population import PopulationModel
+
+METHODS = ("individual", "pooled", "map", "foce")
+OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
+_BIG = 1e300
+
+
+class FitError(RuntimeError):
+    """A fit could not start or could not produce a finite objective."""
+
+
+class _Progress:
+    def __init__(self, progress, label):
+        self.cb = progress
+        self.label = label
+        self.t0 = time.perf_counter()
+        self.n = 0
+        self.best = np.inf
+
+    def __call__(self, value):
+        self.n += 1
+        self.best = min(self.best, value)
+        if self.cb is None:
+            return
+        msg = (f"{self.label}: evaluation {self.n}, objective {value:.6g} (best {self.best:.6g}), "
+               f"{time.perf_counter() - self.t0:.1f} s")
+        if self.cb is True:
+            print(msg, flush=True)
+        else:
+            self.cb(msg)
+
+
+def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report):
+    """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations)."""
+    best = {"z": z0.copy(), "f": np.inf}
+    n_eval = [0]
+
+    def fg(z):
+        n_eval[0] += 1
+        f, g = fun_grad(z)
+        if not np.isfinite(f) or not np.all(np.isfinite(g)):
+            return _BIG, np.zeros_like(z)
+        if f < best["f"]:
+            best["z"], best["f"] = z.copy(), f
+        report(f)
+        return f, g
+
+    z = z0.copy()
+    converged, message = False, ""
+    if optimizer in ("adam", "adam+lbfgs"):
+        opt = Adam(adam_lr)
+        for _ in range(int(adam_steps)):
+            f, g = fg(z)
+            if f >= _BIG:
+                z = best["z"].copy()
+                break
+            opt.update(z, g)
+        z = best["z"].copy()
+        message = f"Adam: {adam_steps} steps"
+    if optimizer in ("lbfgs", "adam+lbfgs"):
+        res = minimize(fg, z, jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20})
+        converged = bool(res.success)
+        message = str(res.message)
+    return best["z"], best["f"], converged, message, n_eval[0]
+
+
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    Attributes:
+        model, method: the population model and the estimation method.
+        x: the estimates in the model's unconstrained layout (``model.names``).
+        etas: (n_subjects, n_eta) the subjects' random effects (the modes of their posteriors).
+        ids: the subjects' IDs, in the rows of ``etas``.
+        ofv: -2 log likelihood without the constant (FOCE-I approximation with random effects).
+        loglik, aic, bic: from the full -2 log likelihood (with n log 2 pi).
+        objective: the value the method minimised (e.g. the joint -2 log posterior for MAP).
+        n_obs, n_estimated: observations used; parameters estimated.
+        table: one dict per reported parameter: name, estimate, se, rse (%), and for log-scale
+            parameters the log estimate and its se.
+        shrinkage: {eta name: 1 - sd(eta_i) / omega}.
+        diagnostics: columns ID, TIME, DVID, DV, PRED, IPRED, IWRES, CWRES (arrays).
+        converged, message, n_evaluations, elapsed, starts (objective of every start).
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def theta(self):
+        return self.model.theta(self.x)
+
+    @property
+    def omega(self):
+        return self.model.omega(self.x)
+
+    @property
+    def sigma(self):
+        return self.model.sigma(self.x)
+
+    @property
+    def weights(self):
+        return self.model.weights(self.x).copy()
+
+    def individual_params(self):
+        """{subject id: {parameter: value}} at each subject's random effects."""
+        out = {}
+        m = self.model
+        for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
+            logq = self.x[m.blocks["theta"]] + C @ self.x[m.blocks["beta"]] + m.E @ eta
+            if m.covariate_network is not None:
+                logq[m.cn_targets] += m.covariate_network.chain(np.asarray(z, dtype=float),
+                                                                np.ascontiguousarray(self.x[m.blocks["wc"]]))
+            pm, _ = m.structural_params(logq, cov)
+            out[sid] = dict(zip(m.structural.params, pm.tolist()))
+        return out
+
+    def to_frame(self, what="table"):
+        """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
+        import pandas as pd
+
+        if what == "table":
+            return pd.DataFrame(self.table)
+        if what == "diagnostics":
+            return pd.DataFrame(self.diagnostics)
+        raise ValueError(f"`what` must be 'table' or 'diagnostics', got {what!r}")
+
+    def summary(self):
+        lines = [f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
+                 f"{self.n_obs} observations",
+                 f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
+                 f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
+                 f"{self.message})",
+                 f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}"]
+        for row in self.table:
+            se = row["se"]
+            rse = row["rse"]
+            lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}")
+        if self.shrinkage:
+            lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return self.summary()
+
+    # ------------------------------------------------------------------ save / load
+
+    def save(self, path):
+        """Write the fit as JSON, atomically (a temporary file in the same folder, then renamed)."""
+        m = self.model
+        doc = {
+            "format": "smallchains.pk.fit", "version": 1,
+            "method": self.method, "model": model_spec(m),
+            "names": m.names, "x": self.x.tolist(), "ids": [_jsonable(i) for i in self.ids],
+            "etas": self.etas.tolist(), "ofv": self.ofv, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
+            "objective": self.objective, "n_obs": self.n_obs, "n_subjects": self.n_subjects,
+            "n_estimated": self.n_estimated, "table": self.table, "shrinkage": self.shrinkage,
+            "converged": self.converged, "message": self.message, "elapsed": self.elapsed,
+            "starts": self.starts, "covariate_refs": self.covariate_refs,
+            "covariance": None if self.cov is None else self.cov.tolist(), "cov_names": self.cov_names,
+            "diagnostics": {k: [_jsonable(v) for v in np.asarray(a).tolist()] for k, a in self.diagnostics.items()},
+            "designs": [C.tolist() for C in self._designs], "z": [np.asarray(z).tolist() for z in self._z],
+            "cov": self._cov, "settings": self.settings,
+        }
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, indent=1, allow_nan=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path, model=None):
+        """Read a fit written by :meth:`save`.  Models with a custom ``individual`` function or a
+        user-written structural model must be passed as ``model`` (code is not saved)."""
+        with open(path) as fh:
+            doc = json.load(fh)
+        if doc.get("format") != "smallchains.pk.fit":
+            raise ValueError(f"{path} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
+        if model is None:
+            model = model_from_spec(doc["model"])
+        if list(model.names) != list(doc["names"]):
+            raise ValueError(f"the model's parameters {model.names} differ from the saved fit's {doc['names']}")
+        cov = doc.get("covariance")
+        return cls(model=model, method=doc["method"], x=np.asarray(doc["x"], dtype=float), ids=doc["ids"],
+                   etas=np.asarray(doc["etas"], dtype=float).reshape(len(doc["ids"]), model.n_eta),
+                   ofv=doc["ofv"], loglik=doc["loglik"], aic=doc["aic"], bic=doc["bic"],
+                   objective=doc["objective"], n_obs=doc["n_obs"], n_subjects=doc["n_subjects"],
+                   n_estimated=doc["n_estimated"], table=doc["table"], shrinkage=doc["shrinkage"],
+                   converged=doc["converged"], message=doc["message"], elapsed=doc["elapsed"],
+                   starts=doc["starts"], covariate_refs=doc["covariate_refs"],
+                   cov=None if cov is None else np.asarray(cov, dtype=float), cov_names=doc["cov_names"],
+                   diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
+                   _designs=[np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
+                             for C in doc["designs"]], _z=doc["z"], _cov=doc["cov"], settings=doc["settings"],
+                   n_evaluations=None, skipped=[])
+
+
+def _jsonable(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    return v
+
+
+def model_spec(m):
+    """A JSON description of a population model (enough to rebuild built-in ones)."""
+    from .models import MODELS
+
+    builtin = m.structural.name in MODELS and m.structural.n_weights == 0 and m.individual is None
+    return {"structural": m.structural.name, "builtin": builtin, "theta_names": m.theta_names,
+            "eta": m.eta_names, "omega": m.omega_kind,
+            "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
+            "covariate_ref": m.covariate_ref, "error": m.error.kind, "weight_prior": m.weight_prior,
+            "fixed": [n for n, f in zip(m.names, m.fixed) if f], "x0": m.x0.tolist()}
+
+
+def model_from_spec(spec):
+    if not spec.get("builtin"):
+        raise ValueError(f"this fit's model ({spec['structural']}, with a custom `individual` function or a "
+                         "network or a user-written model) cannot be rebuilt from the file: pass model=...")
+    x0 = np.asarray(spec["x0"])
+    theta = dict(zip(spec["theta_names"], np.exp(x0[:len(spec["theta_names"])])))
+    cov = {}
+    for k, c, form in spec["covariates"]:
+        cov.setdefault(k, {})[c] = form
+    m = PopulationModel(spec["structural"], theta, eta=spec["eta"], omega=spec["omega"], covariates=cov,
+                        covariate_ref=spec["covariate_ref"], error=spec["error"],
+                        weight_prior=spec["weight_prior"])
+    m.x0 = x0.copy()
+    for name in spec["fixed"]:
+        m.fixed[m.names.index(name)] = True
+    return m
+
+
+load = FitResult.load
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=None, maxiter=500, tol=1e-9,
+        adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30,
+        se=True, progress=None):
+    """Estimate a population model's parameters from a data set.
+
+    Args:
+        model: a :class:`PopulationModel`.
+        data: a :class:`Population` from :func:`read_data` (or a ``sc.pkdata`` set).
+        method: ``"foce"`` (FOCE-I, the default), ``"map"`` (fixed effects, Omega, residual
+            error, network weights and every subject's eta jointly: the mode of the joint
+            posterior), ``"pooled"`` (naive pooled: no random effects) or ``"individual"``
+            (each subject alone: its own typical values and residual error).
+        optimizer: ``"lbfgs"``, ``"adam"`` or ``"adam+lbfgs"`` (Adam's ``adam_steps`` steps at
+            ``adam_lr``, then L-BFGS: for networks started far from the optimum).
+        starts: the number of starts; starts after the first jitter the log typical values and
+            residual errors by N(0, 0.3^2) (seeded); the best objective wins.
+        x0: start from these values (``model.names`` layout) instead of ``model.x0``, e.g. a
+            previous fit's ``x``.
+        threads: subjects are spread over this many threads (default 1).
+        rtol, atol, solver: the ODE solver (default ``sc.Vern7()``: tight tolerances are cheap
+            with it and keep the FOCE-I objective smooth).
+        se: compute standard errors from the Hessian of the objective.
+        progress: ``True`` to print progress, or a function called with a message.
+
+    FOCE-I minimises the OFV with gradients by central differences over the outer parameters
+    (as NONMEM does), each OFV solving every subject's inner problem; the network weights of a
+    model with a neural term are not FOCE-I parameters: they are fitted by a MAP stage first
+    (unless ``model.fixed`` holds them) and then kept.
+    """
+    from ..ode.tableau import Vern7
+
+    if not isinstance(model, PopulationModel):
+        raise TypeError(f"`model` must be a sc.pk.PopulationModel, got {type(model).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}")
+    starts = int(starts)
+    if starts < 1:
+        raise ValueError(f"`starts` must be >= 1, got {starts}")
+    if method in ("map", "foce") and model.n_eta == 0:
+        raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
+    solver = Vern7() if solver is None else solver
+    settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_intervals": ss_intervals,
+                "optimizer": optimizer, "starts": starts, "seed": seed}
+    xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
+    if xs.shape != (model.n_x,):
+        raise ValueError(f"`x0` must have {model.n_x} entries ({model.names}), got {xs.shape}")
+    t_start = time.perf_counter()
+    opts = dict(optimizer=optimizer, maxiter=maxiter, tol=tol, adam_steps=adam_steps, adam_lr=adam_lr)
+    if method == "individual":
+        return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals,
+                               se, progress, settings, t_start)
+    P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=threads)
+    try:
+        rng = np.random.default_rng(seed)
+        runs = []
+        for k in range(starts):
+            x_init = xs.copy()
+            if k:
+                jit = np.zeros(model.n_x)
+                jit[model.blocks["theta"]] = rng.normal(0.0, 0.3, len(model.theta_names))
+                jit[model.blocks["psi"]] = rng.normal(0.0, 0.3, len(model.error.names))
+                x_init = np.where(model.fixed, xs, xs + jit)
+            label = f"{method} start {k + 1}/{starts}" if starts > 1 else method
+            runs.append(_run(P, method, x_init, opts, _Progress(progress, label)))
+        best = min(runs, key=lambda r: r["objective"])
+        if not np.isfinite(best["objective"]):
+            raise FitError(f"no start reached a finite objective ({method}); check the initial values, the units "
+                           "of the data and the error model")
+        return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start)
+    finally:
+        P.close()
+
+
+def _free(model, method):
+    free = ~model.fixed.copy()
+    if method in ("pooled", "individual"):
+        free[model.blocks["omega"]] = False
+    if method == "individual":
+        free[model.blocks["beta"]] = False
+        free[model.blocks["w"]] = False
+        free[model.blocks["wc"]] = False
+    if method == "foce":
+        free[model.blocks["w"]] = False
+        free[model.blocks["wc"]] = False
+    return free
+
+
+def _run(P, method, x_init, opts, report):
+    m = P.model
+    x = x_init.copy()
+    nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
+    if method == "foce" and nets.size and not np.all(m.fixed[nets]):
+        stage = _run(P, "map", x, opts, report)
+        x = stage["x"]
+    free = _free(m, method)
+    idx = np.flatnonzero(free)
+    if method == "pooled":
+        def fg(z):
+            xx = x.copy()
+            xx[idx] = z
+            v, g = P.pooled(xx, 1)
+            return v, g[idx]
+
+        z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **opts)
+        x[idx] = z
+        return {"x": x, "etas": np.zeros((P.N, m.n_eta)), "objective": f, "converged": conv, "message": msg,
+                "n_evaluations": ne}
+    if method == "map":
+        q = m.n_eta
+        nf = idx.shape[0]
+
+        def fg(z):
+            xx = x.copy()
+            xx[idx] = z[:nf]
+            v, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1)
+            return v, np.concatenate([gx[idx], ge.ravel()])
+
+        z0 = np.concatenate([x[idx], np.zeros(P.N * q)])
+        z, f, conv, msg, ne = _minimize(fg, z0, report=report, **opts)
+        x[idx] = z[:nf]
+        return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv, "message": msg,
+                "n_evaluations": ne}
+    # FOCE-I: central differences over the outer parameters, the etas warm-started
+    state = {"etas": np.zeros((P.N, m.n_eta))}
+    h = 1e-4
+
+    def fg(z):
+        xx = x.copy()
+        xx[idx] = z
+        v, etas, _ = P.foce(xx, state["etas"])
+        if not np.isfinite(v):
+            return np.inf, np.zeros_like(z)
+        state["etas"] = etas
+        g = np.empty_like(z)
+        for k, i in enumerate(idx):
+            xp = xx.copy()
+            xp[i] += h
+            xm = xx.copy()
+            xm[i] -= h
+            fp = P.foce(xp, etas)[0]
+            fm = P.foce(xm, etas)[0]
+            if not (np.isfinite(fp) and np.isfinite(fm)):
+                return np.inf, np.zeros_like(z)
+            g[k] = (fp - fm) / (2 * h)
+        return v, g
+
+    lb_opts = dict(opts)
+    if lb_opts["optimizer"] != "lbfgs":
+        lb_opts["optimizer"] = "lbfgs"  # Adam on a difference-quotient gradient would waste evaluations
+    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **lb_opts)
+    x[idx] = z
+    v, etas, _ = P.foce(x, state["etas"])
+    return {"x": x, "etas": etas, "objective": v, "converged": conv, "message": msg, "n_evaluations": ne}
+
+
+# --------------------------------------------------------------------------- after the fit
+
+
+def _hessian_fd_value(fun, z, h=5e-3):
+    n = z.shape[0]
+    H = np.empty((n, n))
+    f0 = fun(z)
+    fp = np.empty(n)
+    fm = np.empty(n)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        fp[i], fm[i] = fun(z + e), fun(z - e)
+        H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h**2
+    for i in range(n):
+        for j in range(i):
+            e = np.zeros(n)
+            e[i] = h
+            d = np.zeros(n)
+            d[j] = h
+            H[i, j] = H[j, i] = (fun(z + e + d) - fun(z + e - d) - fun(z - e + d) + fun(z - e - d)) / (4 * h * h)
+    return H
+
+
+def _hessian_fd_grad(grad, z, h=1e-5):
+    n = z.shape[0]
+    H = np.empty((n, n))
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        H[i] = (grad(z + e) - grad(z - e)) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+def _covariance(H):
+    """Cov = 2 H^-1 for an objective that is -2 log L; None unless H is positive definite."""
+    if not np.all(np.isfinite(H)):
+        return None
+    try:
+        np.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        return None
+    return 2.0 * np.linalg.inv(H)
+
+
+def _standard_errors(P, method, x, etas):
+    """(covariance of the free parameters, their indices) or (None, indices)."""
+    m = P.model
+    idx = np.flatnonzero(_free(m, method))
+    if idx.size == 0:
+        return None, idx
+    if method == "pooled":
+        def grad(z):
+            xx = x.copy()
+            xx[idx] = z
+            return P.pooled(xx, 1)[1][idx]
+
+        return _covariance(_hessian_fd_grad(grad, x[idx])), idx
+    if method == "map":
+        nf, q = idx.shape[0], m.n_eta
+
+        def grad(z):
+            xx = x.copy()
+            xx[idx] = z[:nf]
+            _, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1)
+            return np.concatenate([gx[idx], ge.ravel()])
+
+        C = _covariance(_hessian_fd_grad(grad, np.concatenate([x[idx], etas.ravel()])))
+        return (None if C is None else C[:nf, :nf]), idx
+
+    def fun(z):
+        xx = x.copy()
+        xx[idx] = z
+        return P.foce(xx, etas)[0]
+
+    return _covariance(_hessian_fd_value(fun, x[idx])), idx
+
+
+def _table(m, x, cov, idx, method):
+    se_x = np.full(m.n_x, np.nan)
+    if cov is not None:
+        se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    rows = []
+
+    def row(name, est, se, log=None, log_se=None):
+        r = {"name": name, "estimate": float(est), "se": float(se),
+             "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan")}
+        if log is not None:
+            r["log_estimate"], r["log_se"] = float(log), float(log_se)
+        r["fixed"] = False
+        return r
+
+    for k, name in enumerate(m.theta_names):
+        i = m.blocks["theta"].start + k
+        r = row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i])
+        r["fixed"] = bool(m.fixed[i])
+        rows.append(r)
+    for j, (k, c, form) in enumerate(m.covariates):
+        i = m.blocks["beta"].start + j
+        rows.append(row(f"{m.theta_names[k]}~{c} ({form})", x[i], se_x[i]))
+    for j, name in enumerate(m.error.names):
+        i = m.blocks["psi"].start + j
+        rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
+    q = m.n_eta if method in ("map", "foce") else 0
+    if q:
+        Om = m.omega(x)
+        # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
+        ob = m.blocks["omega"]
+        J = np.empty((q * q, ob.stop - ob.start))
+        for k in range(ob.stop - ob.start):
+            xz = x.astype(complex)
+            xz[ob.start + k] += 1e-30j
+            L = np.diag(np.exp(xz[ob.start:ob.start + q]))
+            if m.omega_kind == "full" and q > 1:
+                L[m.tril] = xz[ob.start + q:ob.stop]
+            J[:, k] = (L @ L.T).imag.ravel() / 1e-30
+        Cw = None
+        if cov is not None:
+            pos = np.searchsorted(idx, np.arange(ob.start, ob.stop))
+            ok = (pos < idx.size) & (idx[np.minimum(pos, idx.size - 1)] == np.arange(ob.start, ob.stop))
+            if np.all(ok):
+                Cw = J @ cov[np.ix_(pos, pos)] @ J.T
+        for a in range(q):
+            for b in range(a + 1):
+                if b != a and m.omega_kind == "diagonal":
+                    continue
+                se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
+                name = (f"omega2({m.eta_names[a]})" if a == b
+                        else f"omega({m.eta_names[a]},{m.eta_names[b]})")
+                rows.append(row(name, Om[a, b], se))
+    return rows
+
+
+def _diagnostics(P, x, etas):
+    """PRED, IPRED, IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each subject's etas)."""
+    m = P.model
+    Om = m.omega(x)
+    cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
+    psi = x[m.blocks["psi"]]
+    for s, eta in zip(P.subjects, etas):
+        r0 = s.predict(x, np.zeros(m.n_eta))
+        pred = r0[2] if r0 is not None else np.full(s.n_obs, np.nan)
+        if m.n_eta:
+            l, out = s.data_term(x, eta, need=2)
+        else:
+            l, out = s.data_term(x, eta, need=1)
+        if out is None:
+            ipred = iwres = cwres = np.full(s.n_obs, np.nan)
+        else:
+            ipred, V = out["f"], out["V"]
+            iwres = (s.y - ipred) / np.sqrt(V)
+            if m.n_eta:
+                G = out["G"]
+                E = ipred - G @ eta
+                C = G @ Om @ G.T + np.diag(V)
+                w, U = np.linalg.eigh(C)
+                cwres = U @ ((U.T @ (s.y - E)) / np.sqrt(np.maximum(w, 1e-300)))
+            else:
+                cwres = iwres
+        cols["ID"].extend([s.subject.id] * s.n_obs)
+        cols["TIME"].append(s.t)
+        cols["DVID"].append(s.dvid)
+        cols["DV"].append(s.y)
+        cols["PRED"].append(pred)
+        cols["IPRED"].append(ipred)
+        cols["IWRES"].append(iwres)
+        cols["CWRES"].append(cwres)
+    out = {"ID": np.asarray(cols["ID"], dtype=object)}
+    for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
+        out[k] = np.concatenate(cols[k])
+    out["DVID"] = out["DVID"].astype(np.int64)
+    del psi
+    return out
+
+
+def _finish(P, method, run, starts, se, settings, t_start):
+    m = P.model
+    x, etas = run["x"], run["etas"]
+    if method in ("map", "foce"):
+        ofv, etas, _ = P.foce(x, etas)
+    else:
+        ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
+    cov, idx = _standard_errors(P, method, x, etas) if se else (None, np.flatnonzero(_free(m, method)))
+    nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
+    n_est = int(np.sum(_free(m, method))) + (int(np.sum(~m.fixed[nets])) if method == "foce" else 0)
+    m2ll = ofv + P.n_obs * math.log(2 * math.pi)
+    shrink = {}
+    if m.n_eta and method in ("map", "foce"):
+        om = np.sqrt(np.diag(m.omega(x)))
+        sd = etas.std(axis=0, ddof=1) if P.N > 1 else np.full(m.n_eta, np.nan)
+        shrink = {k: float(1 - sd[j] / om[j]) for j, k in enumerate(m.eta_names)}
+    return FitResult(
+        model=m, method=method, x=x, ids=[s.subject.id for s in P.subjects], etas=etas, ofv=float(ofv),
+        loglik=-0.5 * m2ll, aic=m2ll + 2 * n_est, bic=m2ll + n_est * math.log(P.n_obs),
+        objective=float(run["objective"]), n_obs=P.n_obs, n_subjects=P.N, n_estimated=n_est,
+        table=_table(m, x, cov, idx, method), shrinkage=shrink, diagnostics=_diagnostics(P, x, etas),
+        converged=run["converged"], message=run["message"], n_evaluations=run["n_evaluations"],
+        elapsed=time.perf_counter() - t_start, starts=starts, covariate_refs=P.covariate_refs, cov=cov,
+        cov_names=[m.names[i] for i in idx], _designs=[s.C for s in P.subjects], _z=[s.z for s in P.subjects],
+        _cov=[s.cov for s in P.subjects], settings=settings,
+        skipped=P.skipped)
+
+
+def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals, se, progress,
+                    settings, t_start):
+    from .data import Population
+
+    fits = []
+    for s in data.subjects:
+        pop = Population([s], data.covariate_names, data.columns)
+        r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
+                solver=solver, ss_intervals=ss_intervals, se=se, progress=progress, **opts) \
+            if np.any(np.asarray(s.blq) == 0) else None
+        fits.append((s.id, r))
+    ok = [(i, r) for i, r in fits if r is not None]
+    ofv = float(sum(r.ofv for _, r in ok))
+    n_obs = sum(r.n_obs for _, r in ok)
+    n_est = sum(r.n_estimated for _, r in ok)
+    m2ll = ofv + n_obs * math.log(2 * math.pi)
+    diag = {k: np.concatenate([r.diagnostics[k] for _, r in ok]) for k in ok[0][1].diagnostics}
+    return IndividualFits(model=model, method="individual", fits=dict(ok), ofv=ofv, loglik=-0.5 * m2ll,
+                          aic=m2ll + 2 * n_est, bic=m2ll + n_est * math.log(n_obs), n_obs=n_obs,
+                          n_subjects=len(ok), n_estimated=n_est, diagnostics=diag,
+                          elapsed=time.perf_counter() - t_start, settings=settings,
+                          skipped=[i for i, r in fits if r is None])
+
+
+class IndividualFits:
+    """Each subject fitted alone (``fits``: {id: FitResult of a pooled fit to that subject})."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def estimates(self):
+        """{id: {theta name: estimate}}."""
+        return {i: r.theta for i, r in self.fits.items()}
+
+    def summary(self):
+        names = self.model.theta_names + self.model.error.names
+        lines = [f"individual fits of {self.model.structural.name}: {self.n_subjects} subjects, OFV {self.ofv:.4f}",
+                 f"{'ID':<10}" + "".join(f"{n:>12}" for n in names)]
+        for i, r in self.fits.items():
+            vals = list(r.theta.values()) + list(r.sigma.values())
+            lines.append(f"{str(i):<10}" + "".join(f"{v:>12.5g}" for v in vals))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return self.summary()

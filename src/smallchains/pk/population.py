@@ -1,0 +1,374 @@
+"""The statistical model of a population: typical values, covariates, random effects, residual error.
+
+For subject i with baseline covariates c_i and random effects eta_i ~ N(0, Omega):
+
+    log q_ik = log theta_k + sum_c beta_kc X_c(c_i) + eta_ik        (log-normal individual values)
+    p_i      = individual(q_i)                                       (the structural model's parameters)
+    y_ij     = h(u_i(t_ij), p_i) + eps_ij,   eps_ij ~ N(0, V(h))      (residual error)
+
+with X_c = log(c / ref) ("power": q proportional to (c/ref)^beta) or c - ref ("exp": to
+exp(beta (c - ref))).  V is a^2 (additive), (b h)^2 (proportional) or a^2 + (b h)^2
+(combined).  A structural model with a network (a :class:`smallchains.UDE`) adds its weights
+to the fixed effects, with a Gaussian prior N(0, s^2) on each (an L2 penalty).
+
+Every estimated quantity lives in one unconstrained vector ``x``: log theta, beta, the
+network's weights, log a / log b, and Omega's Cholesky factor L (log of its diagonal, then
+the lower off-diagonal entries for a full Omega), Omega = L L^T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .models import MODELS, CompartmentModel
+
+ERRORS = ("additive", "proportional", "combined")
+_H = 1e-30
+
+
+class ErrorModel:
+    """The residual error: ``"additive"`` (sd a), ``"proportional"`` (sd b·y) or ``"combined"``
+    (variance a^2 + b^2 y^2)."""
+
+    def __init__(self, kind="additive", sigma=None):
+        if kind not in ERRORS:
+            raise ValueError(f"`error` must be one of {ERRORS}, got {kind!r}")
+        self.kind = kind
+        self.names = {"additive": ["sigma_add"], "proportional": ["sigma_prop"],
+                      "combined": ["sigma_add", "sigma_prop"]}[kind]
+        default = {"additive": [1.0], "proportional": [0.2], "combined": [0.5, 0.2]}[kind]
+        s = default if sigma is None else np.atleast_1d(np.asarray(sigma, dtype=float)).tolist()
+        if len(s) != len(self.names):
+            raise ValueError(f"a {kind} error model takes {len(self.names)} sigma value(s) {self.names}, "
+                             f"got {sigma!r}")
+        if not all(np.isfinite(v) and v > 0 for v in s):
+            raise ValueError(f"`sigma` values must be positive and finite, got {sigma!r}")
+        self.init = np.log(np.asarray(s, dtype=float))
+
+    def variance(self, f, psi):
+        """(V, dV/df, dV/dpsi (n, n_psi)) at predictions ``f``, ``psi`` the log sigmas."""
+        s2 = np.exp(2.0 * psi)
+        if self.kind == "additive":
+            V = np.full_like(f, s2[0])
+            return V, np.zeros_like(f), 2.0 * V[:, None]
+        if self.kind == "proportional":
+            V = s2[0] * f * f
+            return V, 2.0 * s2[0] * f, 2.0 * V[:, None]
+        V = s2[0] + s2[1] * f * f
+        return V, 2.0 * s2[1] * f, np.stack([np.full_like(f, 2.0 * s2[0]), 2.0 * s2[1] * f * f], axis=1)
+
+
+class CovariateNetwork:
+    """A network from baseline covariates to individual parameters: log q_k += NN(c)_k.
+
+    Args:
+        chain: a :class:`smallchains.SimpleChain` with ``len(inputs)`` inputs and ``len(targets)``
+            outputs.
+        inputs: covariate names (each standardised over the subjects: (c - mean) / sd).
+        targets: names in ``theta`` whose log individual values the outputs add to.
+
+    Its weights are fixed effects with the model's Gaussian ``weight_prior``; they start with
+    a zero last layer, so the network starts as "no covariate effect".
+    """
+
+    def __init__(self, chain, inputs, targets):
+        from ..chain import SimpleChain
+
+        if not isinstance(chain, SimpleChain):
+            raise TypeError(f"`chain` must be a sc.SimpleChain, got {type(chain).__name__}")
+        self.chain = chain
+        self.inputs = [str(c) for c in inputs]
+        self.targets = [str(k) for k in targets]
+        if chain.input_dim != len(self.inputs):
+            raise ValueError(f"the chain takes {chain.input_dim} inputs but {len(self.inputs)} covariates are named")
+        if chain.output_dim != len(self.targets):
+            raise ValueError(f"the chain has {chain.output_dim} outputs but {len(self.targets)} targets are named")
+
+    def init_weights(self, seed=0):
+        w = self.chain.init_params(seed=seed, dtype=np.float64)
+        views = list(self.chain.param_views(w).values())
+        for a in views[-1]:
+            a[...] = 0.0
+        return w
+
+    def __repr__(self):
+        return f"CovariateNetwork({self.inputs} -> {self.targets}, {self.chain.num_params} weights)"
+
+
+class PopulationModel:
+    """A structural model with typical values, covariate effects, random effects and residual error.
+
+    Args:
+        structural: a :class:`CompartmentModel` (or the name of a built-in one); with a
+            network (built on a :class:`smallchains.UDE`) its weights are fitted too.
+        theta: ``{name: initial typical value}`` (positive; estimated on the log scale).
+        eta: names in ``theta`` that get a random effect (log-normal).
+        omega: ``"diagonal"`` or ``"full"`` covariance of the random effects.
+        omega_init: initial variance(s): a scalar, one per random effect, or a matrix.
+        covariates: ``{theta name: {covariate: "power" | "exp"}}``, e.g.
+            ``{"CL": {"WT": "power"}}`` for CL = theta (WT/ref)^beta.
+        covariate_ref: ``{covariate: reference value}``; default the median over the subjects.
+        individual: a function ``q -> {structural parameter: value}`` from the individual values
+            by name (plain arithmetic, it is differentiated by complex step), or
+            ``(q, cov) -> {...}`` to also read the subject's baseline covariates (e.g. to pass
+            weight into a network's input through a structural parameter); default: the
+            names of ``theta`` are the structural parameters.  E.g. nlme's Theophylline
+            model in ka, ke, CL: ``lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]}``.
+        covariate_network: a :class:`CovariateNetwork` mapping covariates to individual values.
+        error: ``"additive"``, ``"proportional"`` or ``"combined"``; ``sigma`` its initial sd(s).
+        weights: initial network weights (default: the network's seeded initialisation).
+        weight_prior: the prior sd of each network weight (L2 penalty |w|^2 / s^2 in the
+            objective); ``None`` for none.
+        fixed: names of parameters held at their initial values (e.g. ``["ka"]``).
+    """
+
+    def __init__(self, structural, theta, *, eta=(), omega="diagonal", omega_init=0.1, covariates=None,
+                 covariate_ref=None, individual=None, error="additive", sigma=None, weights=None,
+                 weight_prior=1.0, fixed=(), seed=0, covariate_network=None):
+        if isinstance(structural, str):
+            if structural not in MODELS:
+                raise ValueError(f"unknown model {structural!r}; the built-in models are {sorted(MODELS)}")
+            structural = MODELS[structural]()
+        if not isinstance(structural, CompartmentModel):
+            raise TypeError(f"`structural` must be a sc.pk.CompartmentModel or a model name, got {structural!r}")
+        self.structural = structural
+        if not isinstance(theta, dict) or not theta:
+            raise ValueError("`theta` must be a dict {name: initial typical value}")
+        self.theta_names = [str(k) for k in theta]
+        t0 = np.array([float(v) for v in theta.values()])
+        if not np.all(np.isfinite(t0)) or np.any(t0 <= 0):
+            raise ValueError(f"`theta` initial values must be positive and finite (they are estimated on the "
+                             f"log scale), got {theta}")
+        self.individual = individual
+        if individual is None:
+            missing = [k for k in structural.params if k not in theta]
+            extra = [k for k in theta if k not in structural.params]
+            if missing or extra:
+                raise ValueError(f"{structural.name} takes parameters {structural.params}; `theta` misses "
+                                 f"{missing} and has unknown {extra} (give `individual=` to map other "
+                                 "quantities to the model's parameters)")
+            self._perm = np.array([self.theta_names.index(k) for k in structural.params])
+        elif not callable(individual):
+            raise TypeError("`individual` must be a function q -> {parameter: value}")
+        else:
+            import inspect
+
+            try:
+                n_args = len(inspect.signature(individual).parameters)
+            except (TypeError, ValueError):
+                n_args = 1
+            if n_args not in (1, 2):
+                raise TypeError("`individual` must take (q) or (q, cov)")
+            self._individual_cov = n_args == 2
+        self.eta_names = [str(k) for k in eta]
+        for k in self.eta_names:
+            if k not in self.theta_names:
+                raise ValueError(f"random effect on {k!r}, which is not in `theta` {self.theta_names}")
+        if len(set(self.eta_names)) != len(self.eta_names):
+            raise ValueError(f"`eta` lists a name twice: {self.eta_names}")
+        q = len(self.eta_names)
+        self.n_eta = q
+        self.E = np.zeros((len(self.theta_names), q))
+        for j, k in enumerate(self.eta_names):
+            self.E[self.theta_names.index(k), j] = 1.0
+        if omega not in ("diagonal", "full"):
+            raise ValueError(f"`omega` must be 'diagonal' or 'full', got {omega!r}")
+        self.omega_kind = omega
+        om = np.asarray(omega_init, dtype=float)
+        if om.ndim == 0:
+            om = np.eye(q) * float(om)
+        elif om.ndim == 1:
+            if om.shape[0] != q:
+                raise ValueError(f"`omega_init` has {om.shape[0]} variances for {q} random effects")
+            om = np.diag(om)
+        if om.shape != (q, q):
+            raise ValueError(f"`omega_init` must be a scalar, {q} variances or a {q}x{q} matrix, got shape {om.shape}")
+        if q:
+            if omega == "diagonal":
+                om = np.diag(np.diag(om))
+            try:
+                L0 = np.linalg.cholesky(om)
+            except np.linalg.LinAlgError:
+                raise ValueError("`omega_init` must be symmetric positive definite") from None
+        else:
+            L0 = np.zeros((0, 0))
+        self.covariates = []  # (theta index, covariate name, form)
+        for k, effects in (covariates or {}).items():
+            if k not in self.theta_names:
+                raise ValueError(f"covariate effect on {k!r}, which is not in `theta` {self.theta_names}")
+            if not isinstance(effects, dict):
+                raise TypeError(f"`covariates[{k!r}]` must be a dict {{covariate: 'power' | 'exp'}}")
+            for c, form in effects.items():
+                if form not in ("power", "exp"):
+                    raise ValueError(f"covariate form for {k}~{c} must be 'power' or 'exp', got {form!r}")
+                self.covariates.append((self.theta_names.index(k), str(c), form))
+        self.covariate_ref = dict(covariate_ref or {})
+        self.error = ErrorModel(error, sigma)
+        # the network, if any
+        self.n_weights = structural.n_weights
+        if self.n_weights:
+            if weights is None:
+                weights = structural.init_weights(seed)
+            w0 = np.asarray(weights, dtype=float).reshape(-1)
+            if w0.shape[0] != self.n_weights:
+                raise ValueError(f"`weights` must have {self.n_weights} entries, got {w0.shape[0]}")
+        else:
+            w0 = np.zeros(0)
+        if weight_prior is not None and not (np.isfinite(weight_prior) and weight_prior > 0):
+            raise ValueError(f"`weight_prior` must be a positive sd or None, got {weight_prior!r}")
+        self.weight_prior = weight_prior
+        if covariate_network is not None and not isinstance(covariate_network, CovariateNetwork):
+            raise TypeError(f"`covariate_network` must be a sc.pk.CovariateNetwork, got {covariate_network!r}")
+        self.covariate_network = covariate_network
+        n_wc = 0
+        if covariate_network is not None:
+            for k in covariate_network.targets:
+                if k not in self.theta_names:
+                    raise ValueError(f"covariate network target {k!r} is not in `theta` {self.theta_names}")
+            self.cn_targets = np.array([self.theta_names.index(k) for k in covariate_network.targets])
+            n_wc = covariate_network.chain.num_params
+        # the layout of x
+        n_t, n_c, n_w, n_s = len(self.theta_names), len(self.covariates), self.n_weights, len(self.error.names)
+        n_off = q * (q - 1) // 2 if omega == "full" else 0
+        sizes = [("theta", n_t), ("beta", n_c), ("w", n_w), ("wc", n_wc), ("psi", n_s), ("omega", q + n_off)]
+        self.blocks = {}
+        o = 0
+        for name, sz in sizes:
+            self.blocks[name] = slice(o, o + sz)
+            o += sz
+        self.n_x = o
+        self.tril = np.tril_indices(q, -1)
+        x0 = np.zeros(o)
+        x0[self.blocks["theta"]] = np.log(t0)
+        x0[self.blocks["w"]] = w0
+        if n_wc:
+            x0[self.blocks["wc"]] = covariate_network.init_weights(seed)
+        x0[self.blocks["psi"]] = self.error.init
+        if q:
+            x0[self.blocks["omega"]] = np.concatenate([np.log(np.diag(L0)), L0[self.tril] if n_off else []])
+        self.x0 = x0
+        self.names = (["log " + k for k in self.theta_names]
+                      + [f"beta {self.theta_names[k]}~{c}" for k, c, _ in self.covariates]
+                      + [f"w[{i}]" for i in range(n_w)] + [f"wc[{i}]" for i in range(n_wc)]
+                      + ["log " + s for s in self.error.names]
+                      + [f"log omega({k})" for k in self.eta_names]
+                      + [f"L({self.eta_names[a]},{self.eta_names[b]})" for a, b in zip(*self.tril)][:n_off])
+        self.fixed = np.zeros(o, dtype=bool)
+        for k in fixed:
+            idx = self._name_index(k)
+            self.fixed[idx] = True
+
+    # ------------------------------------------------------------------ layout helpers
+
+    def _name_index(self, k):
+        k = str(k)
+        if k in self.theta_names:
+            return self.blocks["theta"].start + self.theta_names.index(k)
+        if k in self.error.names:
+            return self.blocks["psi"].start + self.error.names.index(k)
+        if k == "weights":
+            return np.arange(self.blocks["w"].start, self.blocks["w"].stop)
+        if k == "covariate_network":
+            return np.arange(self.blocks["wc"].start, self.blocks["wc"].stop)
+        for i, nm in enumerate(self.names):
+            if nm == k:
+                return i
+        raise ValueError(f"cannot fix {k!r}: not a parameter name ({self.theta_names + self.error.names})")
+
+    def omega_factor(self, x):
+        """Omega's Cholesky factor L (q x q) from ``x``."""
+        q = self.n_eta
+        v = x[self.blocks["omega"]]
+        L = np.diag(np.exp(v[:q]))
+        if self.omega_kind == "full" and q > 1:
+            L[self.tril] = v[q:]
+        return L
+
+    def omega(self, x):
+        L = self.omega_factor(x)
+        return L @ L.T
+
+    def theta(self, x):
+        return dict(zip(self.theta_names, np.exp(x[self.blocks["theta"]])))
+
+    def sigma(self, x):
+        return dict(zip(self.error.names, np.exp(x[self.blocks["psi"]])))
+
+    def weights(self, x):
+        return x[self.blocks["w"]]
+
+    # ------------------------------------------------------------------ individual parameters
+
+    @staticmethod
+    def _baseline(subjects, c, why):
+        vals = []
+        for s in subjects:
+            if c not in s.covariates:
+                raise ValueError(f"subject {s.id} has no covariate {c!r} (it has {list(s.covariates)}); {why}")
+            vals.append(float(s.covariate(c)))
+        vals = np.asarray(vals)
+        if not np.all(np.isfinite(vals)):
+            raise ValueError(f"covariate {c!r} is missing (NaN) for some subjects; {why}")
+        return vals
+
+    def covariate_design(self, subjects):
+        """Per subject: the covariate columns X (n_subjects, n_beta), the covariate network's
+        standardised inputs Z (n_subjects, n_inputs), and the references used {name: value}
+        (for the network: {name: (mean, sd)})."""
+        refs = {}
+        X = np.zeros((len(subjects), len(self.covariates)))
+        for j, (k, c, form) in enumerate(self.covariates):
+            vals = self._baseline(subjects, c, f"the model uses {self.theta_names[k]}~{c}")
+            ref = float(self.covariate_ref.get(c, np.median(vals)))
+            refs[c] = ref
+            if form == "power":
+                if np.any(vals <= 0) or ref <= 0:
+                    raise ValueError(f"a power covariate effect needs positive values: {c!r} has "
+                                     f"{vals.min():g} (use form 'exp')")
+                X[:, j] = np.log(vals / ref)
+            else:
+                X[:, j] = vals - ref
+        cn = self.covariate_network
+        Z = np.zeros((len(subjects), 0 if cn is None else len(cn.inputs)))
+        if cn is not None:
+            for j, c in enumerate(cn.inputs):
+                vals = self._baseline(subjects, c, "the covariate network reads it")
+                mean, sd = self.covariate_ref.get("network " + c, (float(vals.mean()), float(vals.std())))
+                sd = sd if sd > 0 else 1.0
+                refs["network " + c] = (mean, sd)
+                Z[:, j] = (vals - mean) / sd
+        return X, Z, refs
+
+    def structural_params(self, logq, cov=None):
+        """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
+        subject's baseline covariates, for an ``individual(q, cov)``)."""
+        q = np.exp(logq)
+        n_t = q.shape[0]
+        if self.individual is None:
+            p = q[self._perm]
+            J = np.zeros((p.shape[0], n_t))
+            J[np.arange(p.shape[0]), self._perm] = p
+            return p, J
+        p = self._call_individual(q, cov)
+        J = np.empty((p.shape[0], n_t))
+        qz = q.astype(complex)
+        for k in range(n_t):
+            qz[k] += 1j * _H * q[k]  # d/dlogq = q d/dq
+            J[:, k] = self._call_individual(qz, cov).imag / _H
+            qz[k] = q[k]
+        return p.real.astype(float), J
+
+    def _call_individual(self, q, cov):
+        qd = dict(zip(self.theta_names, q))
+        out = self.individual(qd, cov or {}) if self._individual_cov else self.individual(qd)
+        if not isinstance(out, dict):
+            raise TypeError(f"`individual` must return a dict {{parameter: value}}, got {type(out).__name__}")
+        try:
+            return np.array([out[k] for k in self.structural.params], dtype=q.dtype)
+        except KeyError as e:
+            raise ValueError(f"`individual` must return every parameter of {self.structural.name} "
+                             f"{self.structural.params}; {e} is missing") from None
+
+    def __repr__(self):
+        return (f"PopulationModel({self.structural.name}: theta {self.theta_names}, eta {self.eta_names} "
+                f"({self.omega_kind}), {self.error.kind} error, {self.n_weights} network weights)")
