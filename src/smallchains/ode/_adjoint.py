@@ -60,8 +60,8 @@ as_jvp = _function_caster(JVP_T)
 # the augmented right-hand sides solved by rk_solve for the continuous methods
 M_INTERP, M_BACKSOLVE, M_FORWARD = 0, 1, 2
 # header of their int context (then the model's own iw)
-X_F, X_D, X_N, X_M, X_MODE, X_NST, X_S, X_DEG, X_LI, X_LF = 0, 2, 4, 5, 6, 7, 8, 9, 10, 11
-NX = 12
+X_F, X_D, X_N, X_M, X_MODE, X_NST, X_S, X_DEG, X_LI, X_LF, X_K = 0, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12
+NX = 13
 
 # int options of the adjoint (aopt)
 A_S, A_FSAL, A_NSTORED, A_NJUMP0, A_NJUMPS, A_STAGES = range(6)
@@ -270,8 +270,9 @@ def augmented_rhs(dz, z, p, t, iw, fw):
     Interpolating adjoint, z = [λ (n), μ (m), lo, hi]: u(t) from the forward dense output on
     the steps lo..hi;  λ' = -(df/du)^T λ,  μ' = -(df/dp)^T λ.
     Backsolve adjoint, z = [u (n), λ (n), μ (m)]: u' = f(u) as well (solved backwards).
-    Forward sensitivities, z = [u (n), s_0 .. s_{n+m-1} (n each)], s_d = du/d(u0, p)_d:
-    s_d' = df/du s_d + df/dp e_d.
+    Forward sensitivities along k directions, z = [u (n), s_0 .. s_{k-1} (n each)]:
+    s_d' = df/du s_d + df/dp Dp[d], Dp (k, m) in the context (after the scratch); s_d(t0)
+    is the direction's initial state perturbation.
     """
     vjp = as_vjp(iw[X_D], iw[X_D + 1])
     f = as_rhs(iw[X_F], iw[X_F + 1])
@@ -303,14 +304,13 @@ def augmented_rhs(dz, z, p, t, iw, fw):
     dpt = fw[o:o + m]
     if mode == M_FORWARD:
         jvp = as_jvp(iw[X_D], iw[X_D + 1])
+        k = iw[X_K]
+        o += m
+        Dp = fw[o:o + k * m].reshape((k, m))
         u = z[0:n]
         f(dz[0:n], u, p, t, miw, mfw)
-        for d in range(n + m):
-            if d >= n:
-                dpt[d - n] = 1.0
-            jvp(dz[n + d * n:n + (d + 1) * n], u, p, t, z[n + d * n:n + (d + 1) * n], dpt, miw, mfw)
-            if d >= n:
-                dpt[d - n] = 0.0
+        for d in range(k):
+            jvp(dz[n + d * n:n + (d + 1) * n], u, p, t, z[n + d * n:n + (d + 1) * n], Dp[d], miw, mfw)
         return
     if mode == M_BACKSOLVE:
         u = z[0:n]

@@ -15,7 +15,8 @@ Per subject i with observations y_ij (BLQ records left out) and predictions f_ij
   approximation of -2 log of the marginal likelihood, NONMEM's FOCE-I objective.
 
 A subject's gradient costs one forward solve and one discrete-adjoint pass; the Jacobian G
-of its predictions costs one adjoint pass per observation on the same forward solve.  Each
+of its predictions with respect to its random effects costs one forward-sensitivity solve
+along the q directions the random effects move the parameters in.  Each
 subject owns its solver buffers, so subjects run in parallel threads (the compiled passes
 release the GIL).
 """
@@ -100,27 +101,40 @@ class SubjectEval:
         pm, J = m.structural_params(self.logq(x, eta), self.cov)
         return np.concatenate([pm, x[m.blocks["w"]]]), J
 
-    def predict(self, x, eta):
-        """(f, df/du, df/dp_mech) at the observations, or None when the solve fails."""
+    def predict(self, x, eta, directions=False):
+        """(p, dp/dlogq, f, df/du, df/dp_mech[, G]) at the observations, or None when the solve
+        fails; with ``directions`` also G = df/deta from forward sensitivities along the
+        random effects' directions in parameter space (one solve, same steps as the plain one)."""
+        m = self.model
         p, J = self.params(x, eta)
         if not np.all(np.isfinite(p)):
             return None
         try:
-            self.gf._set_inputs(p, None)
-            self.gf.forward()
+            if directions:
+                JE = J @ m.E  # dp_mech / deta
+                Dp = np.zeros((m.n_eta, p.shape[0]))
+                Dp[:, :self.n_mech] = JE.T
+                us, S = self.gf.directional_sensitivities(p, Dp)
+            else:
+                self.gf._set_inputs(p, None)
+                self.gf.forward()
+                us = self.gf.us
         except (ODESolveError, ValueError, FloatingPointError):
             return None
-        f, fu, fp = self.model.structural.output_jacobians(self.gf.us, p, self.dvid)
-        return p, J, f, fu, fp
+        f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
+        if not directions:
+            return p, J, f, fu, fp
+        G = np.einsum("js,jks->jk", fu, S) + fp @ JE
+        return p, J, f, fu, fp, G
 
     def data_term(self, x, eta, need=0):
         """-2 log p(y | eta) without 2 pi, and with ``need`` = 1 its gradients
-        (d/dlogq, d/dw, d/dpsi), with ``need`` = 2 also what FOCE needs (f, V, V', G)."""
+        (d/dlogq, d/dw, d/dpsi), with ``need`` = 2 what FOCE needs instead (f, V, V', G)."""
         m = self.model
-        r = self.predict(x, eta)
+        r = self.predict(x, eta, directions=need == 2)
         if r is None:
             return (np.inf, None) if need else np.inf
-        p, J, f, fu, fp = r
+        p, J, f, fu, fp = r[:5]
         psi = x[m.blocks["psi"]]
         V, Vf, Vpsi = m.error.variance(f, psi)
         if not (np.all(np.isfinite(V)) and np.all(V > 0) and np.all(np.isfinite(f))):
@@ -138,14 +152,7 @@ class SubjectEval:
             out["dlogq"] = J.T @ gp[:self.n_mech]
             out["dw"] = gp[self.n_mech:]
         else:
-            Jf = np.empty((self.n_obs, self.n_mech))
-            g = np.zeros((self.n_obs, fu.shape[1]))
-            for j in range(self.n_obs):
-                g[j] = fu[j]
-                gpj, _ = self.gf.pullback(g)
-                g[j] = 0.0
-                Jf[j] = gpj[:self.n_mech] + fp[j]
-            out["G"] = Jf @ J @ m.E
+            out["G"] = r[5]
         return l, out
 
     def fit_eta(self, x, Oinv, eta0, *, tol=1e-10, max_iter=60):
@@ -218,6 +225,29 @@ class Problem:
         self.N = len(self.subjects)
         self.threads = 1 if threads is None else max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def diagnose(self, x):
+        """None when every subject's objective is finite at ``x`` (eta = 0), else a message why not."""
+        m = self.model
+        psi = x[m.blocks["psi"]]
+        for s in self.subjects:
+            r = s.predict(x, np.zeros(m.n_eta))
+            if r is None:
+                p, _ = s.params(x, np.zeros(m.n_eta))
+                return (f"subject {s.subject.id}: the ODE solve fails at the initial values "
+                        f"({dict(zip(m.structural.params, np.round(p[:s.n_mech], 6)))})")
+            f = r[2]
+            if not np.all(np.isfinite(f)):
+                j = int(np.flatnonzero(~np.isfinite(f))[0])
+                return f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]}"
+            V, _, _ = m.error.variance(f, psi)
+            if np.any(V <= 0):
+                j = int(np.flatnonzero(V <= 0)[0])
+                return (f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]:g}, so the "
+                        f"{m.error.kind} error model gives it zero variance (an observation there has zero "
+                        "likelihood); use error='combined', or leave out observations where the model "
+                        "predicts exactly 0 (e.g. before the first dose)")
+        return None
 
     def each(self, fn, items=None):
         items = self.subjects if items is None else items

