@@ -93,7 +93,7 @@ def test_foce_objective_is_the_linearised_marginal_likelihood(theoph):
     total = 0.0
     for s, eta_hat, r in zip(P.subjects, etas, res):
         # the mode, independently (Nelder-Mead on values only)
-        nm = minimize(lambda e: s.data_term(x, e, 0) + e @ Oinv @ e, np.zeros(2), method="Nelder-Mead",
+        nm = minimize(lambda e, s=s: s.data_term(x, e, 0) + e @ Oinv @ e, np.zeros(2), method="Nelder-Mead",
                       options=dict(xatol=1e-9, fatol=1e-12, maxiter=2000))
         np.testing.assert_allclose(eta_hat, nm.x, atol=2e-5)
         f = s.predict(x, eta_hat)[2]

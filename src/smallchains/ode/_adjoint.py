@@ -301,7 +301,7 @@ def augmented_rhs(dz, z, p, t, iw, fw):
     o += n
     lu = fw[o:o + n]
     o += n
-    dpt = fw[o:o + m]
+    # (then m scratch entries, then the directions Dp of the forward sensitivities)
     if mode == M_FORWARD:
         jvp = as_jvp(iw[X_D], iw[X_D + 1])
         k = iw[X_K]

@@ -27,4 +27,5 @@ from .simulate import simulate_data
 
 __all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "Ratio",
            "one_cpt_iv", "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral",
-           "CovariateNetwork", "ErrorModel", "PopulationModel", "simulate_data", "fit", "load", "FitResult", "FitError", "IndividualFits"]
+           "CovariateNetwork", "ErrorModel", "PopulationModel", "simulate_data", "fit", "load", "FitResult",
+           "FitError", "IndividualFits"]
