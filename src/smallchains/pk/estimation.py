@@ -119,7 +119,7 @@ class SubjectEval:
                 self.gf._set_inputs(p, None)
                 self.gf.forward()
                 us = self.gf.us
-        except (ODESolveError, ValueError, FloatingPointError):
+        except (ODESolveError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
         f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
         if not directions:
@@ -223,7 +223,13 @@ class Problem:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
-        self.threads = 1 if threads is None else max(1, int(threads))
+        self._pool = None
+        self.set_threads(1 if threads is None else threads)
+
+    def set_threads(self, threads):
+        """Spread the subjects over ``threads`` threads (each subject owns its buffers)."""
+        self.close()
+        self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def diagnose(self, x):
@@ -298,10 +304,23 @@ class Problem:
 
     # ------------------------------------------------------------------ joint MAP
 
-    def map_objective(self, x, etas, need=1):
-        """Joint -2 log posterior over x and the etas (N, q); with ``need`` its gradients (gx, getas)."""
+    def profiled_omega(self, etas, C):
+        """Omega = mean(eta eta') + C (diagonal models: its diagonal)."""
+        Om = etas.T @ etas / self.N + C
+        return np.diag(np.diag(Om)) if self.model.omega_kind == "diagonal" else Om
+
+    def map_objective(self, x, etas, need=1, C=None):
+        """Joint -2 log posterior over x and the etas (N, q); with ``need`` its gradients (gx, getas).
+
+        With ``C`` (q, q), Omega is profiled: Omega = mean(eta eta') + C, the EM update with C the
+        mean posterior covariance of the etas, so the prior term cannot collapse (Omega >= C);
+        Omega's entries of x are then ignored."""
         m = self.model
-        L = m.omega_factor(x)
+        if C is not None:
+            Om = self.profiled_omega(etas, C)
+            L = np.linalg.cholesky(Om)
+        else:
+            L = m.omega_factor(x)
         Z = solve_triangular(L, etas.T, lower=True)  # (q, N): L^-1 eta_i
         logdet = 2.0 * np.sum(np.log(np.diag(L)))
         prior = float(np.sum(Z * Z)) + self.N * logdet
@@ -326,8 +345,12 @@ class Problem:
         gx[m.blocks["w"]] += gw[:m.n_weights]
         gx[m.blocks["wc"]] += gw[m.n_weights:]
         # the Gaussian prior: d/deta_i = 2 L^-T z_i; d/dL = -2 L^-T Z Z^T, + N * 2 / L_kk on the diagonal
-        LiT_Z = solve_triangular(L.T, Z, lower=False)  # (q, N)
+        LiT_Z = solve_triangular(L.T, Z, lower=False)  # (q, N): Omega^-1 eta_i
         ge += 2.0 * LiT_Z.T
+        if C is not None:  # Omega(eta): + 2 Omega^-1 C Omega^-1 eta_i (diagonal models: C's diagonal)
+            Cd = np.diag(np.diag(C)) if m.omega_kind == "diagonal" else C
+            ge += 2.0 * (solve_triangular(L.T, solve_triangular(L, Cd @ LiT_Z, lower=True), lower=False)).T
+            return total, gx, ge
         dL = -2.0 * LiT_Z @ Z.T
         q = m.n_eta
         ob = m.blocks["omega"]

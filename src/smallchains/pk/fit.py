@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from scipy.optimize import minimize
 
 from ..optimizers import Adam
@@ -51,8 +52,17 @@ class _Progress:
             self.cb(msg)
 
 
-def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report):
-    """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations)."""
+class _Stalled(Exception):
+    pass
+
+
+def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2,
+              stall_iters=50):
+    """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
+
+    L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
+    ``stall_iters`` iterations (a -2 log likelihood difference of 0.01 is statistically
+    nothing; networks otherwise creep on for thousands of evaluations)."""
     best = {"z": z0.copy(), "f": np.inf}
     n_eval = [0]
 
@@ -79,10 +89,21 @@ def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, rep
         z = best["z"].copy()
         message = f"Adam: {adam_steps} steps"
     if optimizer in ("lbfgs", "adam+lbfgs"):
-        res = minimize(fg, z, jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20})
-        converged = bool(res.success)
-        message = str(res.message)
+        trace = []
+
+        def callback(intermediate_result=None):
+            trace.append(best["f"])
+            if stall_tol and len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
+                raise _Stalled
+
+        try:
+            res = minimize(fg, z, jac=True, method="L-BFGS-B", callback=callback,
+                           options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20})
+            converged = bool(res.success)
+            message = str(res.message)
+        except _Stalled:
+            converged = True
+            message = f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations"
     return best["z"], best["f"], converged, message, n_eval[0]
 
 
@@ -274,7 +295,7 @@ load = FitResult.load
 
 def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=None, maxiter=500, tol=1e-9,
         adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30,
-        se=True, progress=None):
+        se=True, progress=None, map_omega="em"):
     """Estimate a population model's parameters from a data set.
 
     Args:
@@ -290,10 +311,17 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
             residual errors by N(0, 0.3^2) (seeded); the best objective wins.
         x0: start from these values (``model.names`` layout) instead of ``model.x0``, e.g. a
             previous fit's ``x``.
-        threads: subjects are spread over this many threads (default 1).
+        threads: subjects are spread over this many threads (default: every core when the
+            optional ``threadpoolctl`` is installed to hold NumPy's BLAS to one thread meanwhile,
+            else 1).
         rtol, atol, solver: the ODE solver (default ``sc.Vern7()``: tight tolerances are cheap
             with it and keep the FOCE-I objective smooth).
         se: compute standard errors from the Hessian of the objective.
+        map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
+            Omega with Omega's EM update mean(eta eta' + M^-1) (the conditional modes plus their
+            Laplace covariance) until Omega settles; ``"fixed"`` keeps the initial Omega;
+            ``"joint"`` puts Omega in the joint objective, whose infimum is at Omega -> 0 when
+            the data say little about a random effect (use with care).
         progress: ``True`` to print progress, or a function called with a message.
 
     FOCE-I minimises the OFV with gradients by central differences over the outer parameters
@@ -307,6 +335,8 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
         raise TypeError(f"`model` must be a sc.pk.PopulationModel, got {type(model).__name__}")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if map_omega not in ("em", "fixed", "joint"):
+        raise ValueError(f"`map_omega` must be 'em', 'fixed' or 'joint', got {map_omega!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}")
     starts = int(starts)
@@ -316,6 +346,7 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
     solver = Vern7() if solver is None else solver
     settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_intervals": ss_intervals,
+                "map_omega": map_omega,
                 "optimizer": optimizer, "starts": starts, "seed": seed}
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
     if xs.shape != (model.n_x,):
@@ -325,34 +356,77 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
     if method == "individual":
         return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals,
                                se, progress, settings, t_start)
-    P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=threads)
+    P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=1)
     try:
+        t = time.perf_counter()
         why = P.diagnose(xs)
         if why is not None:
             raise FitError(f"the objective is not finite at the initial values: {why}")
-        rng = np.random.default_rng(seed)
-        runs = []
-        for k in range(starts):
-            x_init = xs.copy()
-            if k:
-                jit = np.zeros(model.n_x)
-                jit[model.blocks["theta"]] = rng.normal(0.0, 0.3, len(model.theta_names))
-                jit[model.blocks["psi"]] = rng.normal(0.0, 0.3, len(model.error.names))
-                x_init = np.where(model.fixed, xs, xs + jit)
-            label = f"{method} start {k + 1}/{starts}" if starts > 1 else method
-            runs.append(_run(P, method, x_init, opts, _Progress(progress, label)))
-        best = min(runs, key=lambda r: r["objective"])
-        if not np.isfinite(best["objective"]):
-            raise FitError(f"no start reached a finite objective ({method}); check the initial values, the units "
-                           "of the data and the error model")
-        return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start)
+        per_subject = (time.perf_counter() - t) / P.N
+        threads = _threads(threads, per_subject)
+        P.set_threads(threads)
+        settings["threads"] = threads
+        with _blas_single_threaded(threads > 1):
+            return _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega)
     finally:
         P.close()
 
 
-def _free(model, method):
+def _threads(threads, per_subject):
+    """The number of threads.  ``None``: every core when a subject's forward solve takes more
+    than 0.15 ms (cheaper subjects: the threads' overhead outweighs them; measured) and
+    threadpoolctl can hold NumPy's BLAS to one thread (its own worker threads otherwise
+    compete with ours: measured slower than one thread), else 1."""
+    if threads is not None:
+        t = int(threads)
+        if t < 1:
+            raise ValueError(f"`threads` must be >= 1, got {threads!r}")
+        return t
+    if per_subject < 1.5e-4:
+        return 1
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _blas_single_threaded(on):
+    """Hold NumPy's BLAS to one thread while our threads run subjects (threadpoolctl, if installed)."""
+    import contextlib
+
+    if not on:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega):
+    model = P.model
+    rng = np.random.default_rng(seed)
+    runs = []
+    for k in range(starts):
+        x_init = xs.copy()
+        if k:
+            jit = np.zeros(model.n_x)
+            jit[model.blocks["theta"]] = rng.normal(0.0, 0.3, len(model.theta_names))
+            jit[model.blocks["psi"]] = rng.normal(0.0, 0.3, len(model.error.names))
+            x_init = np.where(model.fixed, xs, xs + jit)
+        label = f"{method} start {k + 1}/{starts}" if starts > 1 else method
+        runs.append(_run(P, method, x_init, opts, _Progress(progress, label), map_omega))
+    best = min(runs, key=lambda r: r["objective"])
+    if not np.isfinite(best["objective"]):
+        raise FitError(f"no start reached a finite objective ({method}); check the initial values, the units "
+                       "of the data and the error model")
+    return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start, map_omega)
+
+
+def _free(model, method, map_omega="em"):
     free = ~model.fixed.copy()
-    if method in ("pooled", "individual"):
+    if method in ("pooled", "individual") or (method == "map" and map_omega != "joint"):
         free[model.blocks["omega"]] = False
     if method == "individual":
         free[model.blocks["beta"]] = False
@@ -364,14 +438,44 @@ def _free(model, method):
     return free
 
 
-def _run(P, method, x_init, opts, report):
+def _posterior_cov(P, x, etas):
+    """mean_i M_i^-1, the subjects' Laplace posterior covariances of eta, or None if a solve fails."""
+    m = P.model
+    L = m.omega_factor(x)
+    Linv = solve_triangular(L, np.eye(m.n_eta), lower=True)
+    Oinv = Linv.T @ Linv
+    res = P.each(lambda s, e: s.data_term(x, e, need=2), list(zip(P.subjects, etas)))
+    acc = np.zeros((m.n_eta, m.n_eta))
+    for _, out in res:
+        if out is None:
+            return None
+        w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
+        acc += np.linalg.inv(out["G"].T @ (w[:, None] * out["G"]) + Oinv)
+    return acc / P.N
+
+
+def _set_omega(m, x, Om):
+    """Write Omega into x (diagonal models keep the diagonal); returns the largest change of a log sd."""
+    ob = m.blocks["omega"]
+    q = m.n_eta
+    old = x[ob.start:ob.start + q].copy()
+    if m.omega_kind == "diagonal":
+        Om = np.diag(np.diag(Om))
+    L = np.linalg.cholesky(Om)
+    x[ob.start:ob.start + q] = np.log(np.diag(L))
+    if m.omega_kind == "full" and q > 1:
+        x[ob.start + q:ob.stop] = L[m.tril]
+    return float(np.max(np.abs(x[ob.start:ob.start + q] - old)))
+
+
+def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=1e-3):
     m = P.model
     x = x_init.copy()
     nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
     if method == "foce" and nets.size and not np.all(m.fixed[nets]):
-        stage = _run(P, "map", x, opts, report)
+        stage = _run(P, "map", x, opts, report, map_omega)
         x = stage["x"]
-    free = _free(m, method)
+    free = _free(m, method, map_omega)
     idx = np.flatnonzero(free)
     if method == "pooled":
         def fg(z):
@@ -388,17 +492,43 @@ def _run(P, method, x_init, opts, report):
         q = m.n_eta
         nf = idx.shape[0]
 
+        state = {"C": None}
+
         def fg(z):
             xx = x.copy()
             xx[idx] = z[:nf]
-            v, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1)
+            v, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1, state["C"])
             return v, np.concatenate([gx[idx], ge.ravel()])
 
-        z0 = np.concatenate([x[idx], np.zeros(P.N * q)])
-        z, f, conv, msg, ne = _minimize(fg, z0, report=report, **opts)
-        x[idx] = z[:nf]
-        return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv, "message": msg,
-                "n_evaluations": ne}
+        z = np.concatenate([x[idx], np.zeros(P.N * q)])
+        ne_total = 0
+        if map_omega == "em":
+            # Omega profiled: mean(eta eta') + C, C the mean Laplace covariance of the etas, updated
+            # between rounds (the EM fixed point); C starts from the initial Omega
+            state["C"] = m.omega(x)
+        # EM rounds stop early (Omega still moves); the last round, Omega settled, runs to the
+        # requested tolerance
+        final = map_omega != "em"
+        for rnd in range(max_rounds + 1):
+            o = opts if final else dict(opts, maxiter=min(opts["maxiter"], 250), tol=max(opts["tol"], 1e-7))
+            z, f, conv, msg, ne = _minimize(fg, z, report=report, **o)
+            ne_total += ne
+            x[idx] = z[:nf]
+            if final:
+                break
+            etas = z[nf:].reshape(P.N, q)
+            change = _set_omega(m, x, P.profiled_omega(etas, state["C"]))
+            C = _posterior_cov(P, x, etas)
+            if C is None:
+                break
+            state["C"] = C
+            opts = dict(opts, optimizer="lbfgs")  # later rounds start next to the optimum
+            final = (rnd and change < em_tol) or rnd == max_rounds - 1
+        if map_omega == "em":
+            _set_omega(m, x, P.profiled_omega(z[nf:].reshape(P.N, q), state["C"]))
+        return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv,
+                "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else ""),
+                "n_evaluations": ne_total}
     # FOCE-I: central differences over the outer parameters, the etas warm-started
     state = {"etas": np.zeros((P.N, m.n_eta))}
     h = 1e-4
@@ -477,10 +607,10 @@ def _covariance(H):
     return 2.0 * np.linalg.inv(H)
 
 
-def _standard_errors(P, method, x, etas):
+def _standard_errors(P, method, x, etas, map_omega="em"):
     """(covariance of the free parameters, their indices) or (None, indices)."""
     m = P.model
-    idx = np.flatnonzero(_free(m, method))
+    idx = np.flatnonzero(_free(m, method, map_omega))
     if idx.size == 0:
         return None, idx
     if method == "pooled":
@@ -607,16 +737,19 @@ def _diagnostics(P, x, etas):
     return out
 
 
-def _finish(P, method, run, starts, se, settings, t_start):
+def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     m = P.model
     x, etas = run["x"], run["etas"]
     if method in ("map", "foce"):
         ofv, etas, _ = P.foce(x, etas)
     else:
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
-    cov, idx = _standard_errors(P, method, x, etas) if se else (None, np.flatnonzero(_free(m, method)))
+    cov, idx = (_standard_errors(P, method, x, etas, map_omega) if se
+                else (None, np.flatnonzero(_free(m, method, map_omega))))
     nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
-    n_est = int(np.sum(_free(m, method))) + (int(np.sum(~m.fixed[nets])) if method == "foce" else 0)
+    n_est = int(np.sum(_free(m, method, "fixed"))) + (int(np.sum(~m.fixed[nets])) if method == "foce" else 0)
+    if method == "map" and map_omega != "fixed":
+        n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
     m2ll = ofv + P.n_obs * math.log(2 * math.pi)
     shrink = {}
     if m.n_eta and method in ("map", "foce"):
