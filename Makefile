@@ -22,9 +22,11 @@ install: $(VENV)/.dev-installed
 
 install-bench: $(VENV)/.bench-installed
 
-## The main job: train the seed article's 4->32->16->4 network, side by side with PyTorch and JAX.
+## The main jobs: train the seed article's 4->32->16->4 network, side by side with PyTorch and JAX;
+## then the pharmacometric demo on the real Theophylline data (fits and plots in demo-output/).
 demo: $(VENV)/.bench-installed
 	$(PY) examples/matexp.py
+	$(VENV)/bin/smallchains demo theophylline --out demo-output
 
 ## The whole suite, notebooks included.
 test: $(VENV)/.dev-installed

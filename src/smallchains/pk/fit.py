@@ -147,12 +147,13 @@ class FitResult:
     def weights(self):
         return self.model.weights(self.x).copy()
 
-    def individual_params(self):
-        """{subject id: {parameter: value}} at each subject's random effects."""
+    def individual_params(self, random_effects=True):
+        """{subject id: {parameter: value}} at each subject's random effects (or, with
+        ``random_effects=False``, the typical values given its covariates: what PRED uses)."""
         out = {}
         m = self.model
         for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
-            logq = self.x[m.blocks["theta"]] + C @ self.x[m.blocks["beta"]] + m.E @ eta
+            logq = self.x[m.blocks["theta"]] + C @ self.x[m.blocks["beta"]] + (m.E @ eta if random_effects else 0.0)
             if m.covariate_network is not None:
                 logq[m.cn_targets] += m.covariate_network.chain(np.asarray(z, dtype=float),
                                                                 np.ascontiguousarray(self.x[m.blocks["wc"]]))
@@ -316,7 +317,8 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
             else 1).
         rtol, atol, solver: the ODE solver (default ``sc.Vern7()``: tight tolerances are cheap
             with it and keep the FOCE-I objective smooth).
-        se: compute standard errors from the Hessian of the objective.
+        se: compute standard errors from the Hessian of the objective (conditional on network
+            weights, whose own Hessian block is singular).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
             Omega with Omega's EM update mean(eta eta' + M^-1) (the conditional modes plus their
             Laplace covariance) until Omega settles; ``"fixed"`` keeps the initial Omega;
@@ -610,7 +612,12 @@ def _covariance(H):
 def _standard_errors(P, method, x, etas, map_omega="em"):
     """(covariance of the free parameters, their indices) or (None, indices)."""
     m = P.model
-    idx = np.flatnonzero(_free(m, method, map_omega))
+    free = _free(m, method, map_omega)
+    # (network weights: SEs conditional on them; their own Hessian block is singular along the
+    # network's many equivalent directions)
+    free[m.blocks["w"]] = False
+    free[m.blocks["wc"]] = False
+    idx = np.flatnonzero(free)
     if idx.size == 0:
         return None, idx
     if method == "pooled":
@@ -745,7 +752,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     else:
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
     cov, idx = (_standard_errors(P, method, x, etas, map_omega) if se
-                else (None, np.flatnonzero(_free(m, method, map_omega))))
+                else (None, np.zeros(0, dtype=np.int64)))
     nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
     n_est = int(np.sum(_free(m, method, "fixed"))) + (int(np.sum(~m.fixed[nets])) if method == "foce" else 0)
     if method == "map" and map_omega != "fixed":

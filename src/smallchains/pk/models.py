@@ -85,10 +85,18 @@ class CompartmentModel:
         self._ratios = all(isinstance(o, Ratio) for o in self.outputs)
 
     def init_weights(self, seed=0):
-        """The network's seeded initial weights (empty without a network)."""
+        """The network's seeded initial weights, last layer zero (empty without a network).
+
+        A zero last layer makes the network's output 0 at the start: write the neural term so
+        that an output of 0 is the mechanistic model (e.g. a factor exp(y) or a term + y), and
+        the fit starts from it."""
         if not self.n_weights:
             return np.zeros(0)
-        return self.ode.init_params(seed=seed)[self.ode.slices["network"]]
+        chain = self.ode.chain
+        w = chain.init_params(seed=seed, dtype=np.float64)
+        for a in list(chain.param_views(w).values())[-1]:
+            a[...] = 0.0
+        return w
 
     @property
     def n_states(self):

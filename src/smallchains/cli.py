@@ -1,0 +1,144 @@
+"""The ``smallchains`` command line.
+
+    smallchains fit DATA.csv --model one_cpt_oral --theta ka=1.5,CL=0.04,V=0.5 --eta ka,CL --out DIR
+    smallchains demo theophylline [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+class _Throttled:
+    """Progress lines at most every ``every`` seconds (long fits), to stderr."""
+
+    def __init__(self, every=2.0):
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, msg):
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            print(msg, file=sys.stderr, flush=True)
+
+
+def _pairs(text, what):
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise SystemExit(f"error: {what} takes name=value pairs separated by commas, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise SystemExit(f"error: {what}: {k.strip()} = {v!r} is not a number") from None
+    return out
+
+
+def _covariates(items):
+    out = {}
+    for item in items or ():
+        try:
+            target, rest = item.split("~", 1)
+            cov, form = (rest.split(":", 1) + ["power"])[:2]
+        except ValueError:
+            raise SystemExit(f"error: --covariate takes PARAM~COV[:power|exp], got {item!r}") from None
+        out.setdefault(target.strip(), {})[cov.strip()] = form.strip()
+    return out
+
+
+def _write_text(path, text):
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_fit(a):
+    from . import pk
+
+    if a.model not in pk.MODELS:
+        raise SystemExit(f"error: unknown model {a.model!r}; the built-in models are {', '.join(sorted(pk.MODELS))}")
+    st = pk.MODELS[a.model]()
+    if not a.theta:
+        raise SystemExit(f"error: --theta is required: initial values for {', '.join(st.params)}, e.g. "
+                         f"--theta {','.join(p + '=1.0' for p in st.params)}")
+    try:
+        data = pk.read_data(a.data)
+        model = pk.PopulationModel(st, _pairs(a.theta, "--theta"),
+                                   eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
+                                   omega=a.omega, omega_init=a.omega_init, covariates=_covariates(a.covariate),
+                                   error=a.error,
+                                   sigma=None if a.sigma is None else [float(s) for s in a.sigma.split(",")])
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"data: {data}")
+    method = a.method if (a.method != "foce" or model.n_eta) else "pooled"
+    if method != a.method:
+        print("(no random effects given with --eta: a naive pooled fit)")
+    try:
+        r = pk.fit(model, data, method, starts=a.starts, threads=a.threads, progress=_Throttled())
+    except pk.FitError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(r.summary())
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        _write_text(os.path.join(a.out, "summary.txt"), r.summary() + "\n")
+        if method == "individual":
+            print(f"written to {a.out}: summary.txt")
+            return 0
+        r.save(os.path.join(a.out, "fit.json"))
+        r.to_frame("table").to_csv(os.path.join(a.out, "parameters.csv"), index=False)
+        r.to_frame("diagnostics").to_csv(os.path.join(a.out, "diagnostics.csv"), index=False)
+        if not a.no_plots:
+            pk.plots.save_report(r, data, a.out, n_sim=a.vpc_sims)
+        print(f"written to {a.out}: fit.json, summary.txt, parameters.csv, diagnostics.csv"
+              + ("" if a.no_plots else ", individual_fits.png, goodness_of_fit.png, vpc.png"))
+    return 0
+
+
+def cmd_demo(a):
+    from .pk import demo
+
+    if a.dataset != "theophylline":
+        raise SystemExit(f"error: the demo data sets are: theophylline (got {a.dataset!r})")
+    demo.run(out=a.out, progress=_Throttled())
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="smallchains", description="Pharmacometric fits with smallchains.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a population model to a NONMEM-style CSV")
+    f.add_argument("data", help="NONMEM-style CSV (ID, TIME, DV, MDV, EVID, AMT, CMT, ...)")
+    f.add_argument("--model", required=True, help="a built-in model, e.g. one_cpt_oral")
+    f.add_argument("--theta", help="initial typical values: name=value,...")
+    f.add_argument("--eta", help="parameters with random effects: name,...")
+    f.add_argument("--omega", default="diagonal", choices=["diagonal", "full"])
+    f.add_argument("--omega-init", type=float, default=0.1, help="initial variance of each random effect")
+    f.add_argument("--covariate", action="append", help="PARAM~COV[:power|exp], repeatable")
+    f.add_argument("--error", default="additive", choices=["additive", "proportional", "combined"])
+    f.add_argument("--sigma", help="initial residual sd(s), comma-separated")
+    f.add_argument("--method", default="foce", choices=["foce", "map", "pooled", "individual"])
+    f.add_argument("--starts", type=int, default=1)
+    f.add_argument("--threads", type=int, default=None)
+    f.add_argument("--out", help="folder for the fit, tables and plots")
+    f.add_argument("--no-plots", action="store_true")
+    f.add_argument("--vpc-sims", type=int, default=200)
+    f.set_defaults(run=cmd_fit)
+    d = sub.add_parser("demo", help="fit the classic and a neural model to a public data set")
+    d.add_argument("dataset", help="theophylline")
+    d.add_argument("--out", default=None, help="folder for fits and plots")
+    d.set_defaults(run=cmd_demo)
+    a = ap.parse_args(argv)
+    return a.run(a)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
