@@ -1,7 +1,5 @@
 """Plots, the command line, the Theophylline demo; neural-term recovery; Phenobarbital."""
 
-import dataclasses
-
 import numba
 import numpy as np
 import pytest

@@ -24,7 +24,7 @@ from .models import (
 )
 from .population import CovariateNetwork, ErrorModel, PopulationModel
 from .simulate import simulate_data
-from . import demo, plots  # noqa: E402
+from . import demo, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo
 
 __all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "Ratio",
            "one_cpt_iv", "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral",
