@@ -9,6 +9,7 @@
   standard errors, OFV/AIC/BIC, shrinkage and diagnostics (:class:`FitResult`).
 """
 
+from . import demo, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo
 from .data import DataError, Dose, Population, Subject, read_data
 from .fit import FitError, FitResult, IndividualFits, fit, load
 from .models import (
@@ -24,7 +25,6 @@ from .models import (
 )
 from .population import CovariateNetwork, ErrorModel, PopulationModel
 from .simulate import simulate_data
-from . import demo, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo
 
 __all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "Ratio",
            "one_cpt_iv", "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral",
