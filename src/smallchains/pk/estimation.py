@@ -46,7 +46,7 @@ def _no_loss(u, t):  # pragma: no cover - the evaluator supplies its own cotange
 class SubjectEval:
     """One subject bound to a population model: solver buffers, observations, covariate design."""
 
-    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_intervals, check):
+    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_intervals, check, controller=None):
         st = model.structural
         self.model = model
         self.subject = subject
@@ -76,7 +76,8 @@ class SubjectEval:
             self._gwc = np.zeros(cn.chain.num_params)
         p0, _ = self.params(model.x0, np.zeros(model.n_eta))
         self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
-                                   dict(saveat=self.t, jumps=jumps, rtol=rtol, atol=atol, solver=solver),
+                                   dict(saveat=self.t, jumps=jumps, rtol=rtol, atol=atol, solver=solver,
+                                        controller=controller),
                                    check_derivatives=check)
         self.n_mech = st.n_params
 
@@ -201,7 +202,8 @@ class SubjectEval:
 class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
-    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30, threads=None):
+    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30, threads=None,
+                 controller=None):
         from .data import Population
 
         if not isinstance(data, Population):
@@ -217,7 +219,7 @@ class Problem:
                 self.skipped.append(s.id)
                 continue
             self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
-                                             ss_intervals=ss_intervals, check=check))
+                                             ss_intervals=ss_intervals, check=check, controller=controller))
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
