@@ -473,6 +473,8 @@ def _set_omega(m, x, Om):
 def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=1e-3):
     m = P.model
     x = x_init.copy()
+    if map_omega == "em" and np.any(m.fixed[m.blocks["omega"]]):
+        map_omega = "fixed"  # the user holds (part of) Omega: no EM update
     nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
     if method == "foce" and nets.size and not np.all(m.fixed[nets]):
         stage = _run(P, "map", x, opts, report, map_omega)
