@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numba
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
@@ -95,3 +96,61 @@ def test_parameter_vector_errors():
         m.param_vector({"ka": 1.0})
     with pytest.raises(ValueError, match="takes 3 parameters"):
         m.param_vector([1.0, 2.0])
+
+
+# --------------------------------------------------------------------------- symbolic derivatives
+
+
+def test_builtin_models_get_symbolic_derivatives_equal_to_complex_step():
+    from smallchains.pk.models import _H
+
+    rng = np.random.default_rng(7)
+    for make in sc.pk.MODELS.values():
+        model = make()
+        assert model.derivatives == "symbolic", model.name
+        cs = sc.pk.CompartmentModel(model.name, model.ode.py, model.params, model.states, model.outputs,
+                                    derivatives="complex step")
+        assert cs.derivatives == "complex step"
+        n, m = model.n_states, model.n_params
+        u, p, v = rng.uniform(0.1, 3, n), rng.uniform(0.1, 3, m), rng.normal(size=n)
+        lu, lp = np.zeros(n), np.full(m, 0.5)
+        model.ode.user_vjp(lu, lp, v, u, p, 0.0)
+        J = np.empty((n, n + m))
+        for k in range(n + m):
+            uz, pz = u.astype(complex), p.astype(complex)
+            (uz if k < n else pz)[k if k < n else k - n] += 1j * _H
+            dz = np.zeros(n, dtype=complex)
+            model.ode.py.py_func(dz, uz, pz, 0.0)
+            J[:, k] = dz.imag / _H
+        np.testing.assert_allclose(lu, v @ J[:, :n], rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(lp, 0.5 + v @ J[:, n:], rtol=1e-13, atol=1e-14)  # accumulates
+        du, dp = rng.normal(size=n), rng.normal(size=m)
+        out = np.full(n, np.nan)
+        model.ode.user_jvp(out, u, p, 0.0, du, dp)
+        np.testing.assert_allclose(out, J @ np.r_[du, dp], rtol=1e-13, atol=1e-14)
+
+
+@numba.njit
+def _branchy(du, u, p, t):
+    if u[0] > 1.0:
+        du[0] = -p[0] * u[0]
+    else:
+        du[0] = -p[0]
+
+
+@numba.njit
+def _with_functions(du, u, p, t):
+    du[0] = -p[0] * np.exp(-u[0]) + np.sqrt(p[1]) * u[0] ** 2
+
+
+def test_symbolic_falls_back_to_complex_step_and_handles_numpy_functions():
+    m = sc.pk.CompartmentModel("branchy", _branchy, ["k"], ["a"], [sc.pk.Ratio(0, 0)])
+    assert m.derivatives == "complex step" and "truth value" in m.symbolic_error
+    with pytest.raises(ValueError, match="could not be traced"):
+        sc.pk.CompartmentModel("branchy", _branchy, ["k"], ["a"], [sc.pk.Ratio(0, 0)], derivatives="symbolic")
+    m = sc.pk.CompartmentModel("fns", _with_functions, ["a", "b"], ["x"], [sc.pk.Ratio(0, 0)])
+    assert m.derivatives == "symbolic"
+    lu, lp = np.zeros(1), np.zeros(2)
+    m.ode.user_vjp(lu, lp, np.array([1.0]), np.array([0.3]), np.array([2.0, 4.0]), 0.0)
+    np.testing.assert_allclose(lu, [2 * np.exp(-0.3) + 2 * 0.3 * 2], rtol=1e-14)
+    np.testing.assert_allclose(lp, [-np.exp(-0.3), 0.09 / 4], rtol=1e-14)

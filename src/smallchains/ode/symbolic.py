@@ -1,0 +1,104 @@
+"""Exact derivatives of a right-hand side by symbolic differentiation and generated code.
+
+``symbolic_derivatives(f, n_states, n_params)`` runs the Python source of an ``@njit
+f(du, u, p, t)`` on sympy symbols (``np.exp`` and friends mapped to sympy's), differentiates
+v'f with respect to u and p (and f along du, dp), eliminates common subexpressions, and
+compiles the generated code with Numba: ``vjp(lu, lp, v, u, p, t)`` and
+``jvp(out, u, p, t, du, dp)`` for :class:`smallchains.ODEFunction`.
+
+Measured (``benchmarks/model_derivatives.py``): a generated vector-Jacobian product costs
+0.015 µs against 0.28-0.49 µs by complex step for the built-in PK models, and a subject's
+gradient is 2-2.5x faster; making them takes about as long (0.1-0.5 s).  Code sympy cannot
+trace (branches on the state, loops over data, calls to other compiled functions) raises
+:class:`SymbolicError`; callers fall back to complex step.  Needs sympy (optional).
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+
+class SymbolicError(ValueError):
+    """The function could not be traced or differentiated symbolically."""
+
+
+_FUNCS = ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arctan", "arcsin", "arccos",
+          "log1p", "expm1", "power", "pi", "e")
+
+
+def _shim(sympy):
+    m = types.SimpleNamespace()
+    names = {"arctan": "atan", "arcsin": "asin", "arccos": "acos", "power": "Pow", "pi": "pi", "e": "E"}
+    for k in _FUNCS:
+        setattr(m, k, getattr(sympy, names.get(k, k), None))
+    m.log1p = lambda x: sympy.log(1 + x)
+    m.expm1 = lambda x: sympy.exp(x) - 1
+    m.float64 = lambda x: x
+    return m
+
+
+def _trace(f, n, m):
+    import sympy
+
+    py = getattr(f, "py_func", f)
+    shim = _shim(sympy)
+    glb = dict(py.__globals__)
+    for name, val in list(glb.items()):
+        if val is np or getattr(val, "__name__", None) == "math":
+            glb[name] = shim
+    fn = types.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
+    u = list(sympy.symbols(f"u0:{n}", real=True))
+    p = list(sympy.symbols(f"p0:{m}", real=True))
+    t = sympy.Symbol("t", real=True)
+    du = [sympy.Integer(0)] * n
+    try:
+        fn(du, u, p, t)
+    except Exception as e:  # noqa: BLE001 - any failure means "not traceable"
+        raise SymbolicError(f"{py.__name__} could not be traced with symbols ({type(e).__name__}: {e})") from None
+    return sympy, u, p, t, [sympy.sympify(d) for d in du]
+
+
+def _emit(sympy, header, assignments, outputs):
+    repl, red = sympy.cse([e for _, e in outputs], optimizations="basic")
+    lines = list(header)
+    lines += [f"    {s} = {sympy.pycode(e, fully_qualified_modules=False)}" for s, e in repl]
+    lines += [f"    {target} {sympy.pycode(e, fully_qualified_modules=False)}" for (target, _), e in zip(outputs, red)]
+    return "\n".join(lines)
+
+
+def symbolic_derivatives(f, n_states, n_params):
+    """(vjp, jvp, source) generated for ``f``; raises :class:`SymbolicError` when it cannot."""
+    try:
+        import sympy  # noqa: F401
+    except ImportError:
+        raise SymbolicError("sympy is not installed") from None
+    import numba
+
+    n, m = int(n_states), int(n_params)
+    sympy, u, p, t, du = _trace(f, n, m)
+    v = list(sympy.symbols(f"v0:{n}", real=True))
+    du_dir = list(sympy.symbols(f"du0:{n}", real=True))
+    dp_dir = list(sympy.symbols(f"dp0:{m}", real=True))
+    s = sum(v[j] * du[j] for j in range(n))
+    head = [f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = p[{k}]" for k in range(m)]
+    vjp_out = [(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
+    vjp_out += [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(m)]
+    vjp_src = _emit(sympy, ["def vjp(lu, lp, v, u, p, t):"] + head + [f"    v{j} = v[{j}]" for j in range(n)],
+                    None, vjp_out)
+    jvp_out = [(f"out[{i}] =", sum(sympy.diff(du[i], u[j]) * du_dir[j] for j in range(n))
+                + sum(sympy.diff(du[i], p[k]) * dp_dir[k] for k in range(m))) for i in range(n)]
+    jvp_src = _emit(sympy, ["def jvp(out, u, p, t, du, dp):"] + head + [f"    du{j} = du[{j}]" for j in range(n)]
+                    + [f"    dp{k} = dp[{k}]" for k in range(m)], None, jvp_out)
+    src = vjp_src + "\n\n\n" + jvp_src + "\n"
+    ns = {"np": np}
+    # the generated code calls exp, log, ... unqualified: NumPy's, which Numba compiles
+    for k in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "log1p", "expm1"):
+        ns[k] = getattr(np, k)
+    ns.update(atan=np.arctan, asin=np.arcsin, acos=np.arccos, pi=np.pi, E=np.e)
+    try:
+        exec(compile(src, f"<symbolic derivatives of {getattr(f, '__name__', 'f')}>", "exec"), ns)
+    except SyntaxError as e:  # pragma: no cover - sympy printed something Python cannot read
+        raise SymbolicError(f"the generated code does not parse: {e}") from None
+    return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
