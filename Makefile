@@ -40,6 +40,8 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/lenet.py --epochs-timed 3
 	$(PY) benchmarks/neural_ode.py
 	$(PY) benchmarks/sensitivity_choice.py
+	$(PY) benchmarks/pk.py
+	$(PY) benchmarks/model_derivatives.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples

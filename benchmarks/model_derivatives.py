@@ -67,51 +67,48 @@ def sympy_vjp(f_py, n, m):
     return fn, t_gen, src
 
 
-def subject_problem(make, p, dose_state, obs_state, vjp=None):
-    model = make()
-    f = model.ode.py if hasattr(model.ode, "py") else None
-    n = model.n_states
-    ode = sc.ODEFunction(model.ode.py, n_states=n, n_params=len(p), vjp=vjp, name=model.name + ("-sympy" if vjp
-                                                                                                   else ""))
+def subject_problem(f, n, p, dose_state, vjp=None):
+    ode = sc.ODEFunction(f, n_states=n, n_params=len(p), vjp=vjp, name=f.__name__ + ("-sympy" if vjp else ""))
     ts = np.array([0.5, 1, 2, 4, 6, 8, 12, 16, 24, 36, 48.0])
     data = np.zeros((ts.shape[0], n))
     jumps = sc.Jumps().bolus(0.0, dose_state, 100.0)
-    del f
     return ode, ts, data, jumps
+
+
+def _timed_vjp(call, va, lu, lp, vv, u, p, ode, fw):
+    return median_per_call(lambda: call(va[0], va[1], lu, lp, vv, u, p, 0.0, ode.iw, fw, 10000), 3, 5,
+                           scale=1e6) / 10000
 
 
 def main():
     print("model                 derivatives   make (s)   VJP via kernel (µs)   gradient (µs)   |grad diff|/|grad|")
     for name, (make, p, dose, obs) in MODELS.items():
         p = np.array(p)
-        model = make()
+        model = make(derivatives="complex step")  # (the model's f only: both ways are made below)
         n, m = model.n_states, len(p)
+        f = model.ode.py
         rows = {}
         grads = {}
         for kind in ("complex step", "sympy"):
             t0 = time.perf_counter()
             if kind == "sympy":
-                vjp, t_gen, _ = sympy_vjp(model.ode.py.py_func, n, m)
+                vjp, t_gen, _ = sympy_vjp(f.py_func, n, m)
             else:
                 vjp = None
-            ode, ts, data, jumps = subject_problem(make, p, dose, obs, vjp)
+            ode, ts, data, jumps = subject_problem(f, n, p, dose, vjp)
             gf = sc.gradient_function(sc.SquaredError(data[:, [obs]] + 1.0, states=[obs]), ode, np.zeros(n),
                                       (0.0, 48.0), p, saveat=ts, jumps=jumps, rtol=1e-8, atol=1e-8,
                                       check_derivatives=False)
             v, g, _ = gf(p)  # compiles what it needs
             t_make = time.perf_counter() - t0
             # the VJP alone, through the same compiled calling path the adjoint uses
-            from smallchains.ode import _adjoint as ADJ
-
             va = ode.vjp_addr
             lu, lp, vv, u = np.zeros(n), np.zeros(m), np.ones(n), np.full(n, 3.0)
             fw = ode.workspace(n, m)
             call = _vjp_caller()
             call(va[0], va[1], lu, lp, vv, u, p, 0.0, ode.iw, fw, 1)
-            us = median_per_call(lambda: call(va[0], va[1], lu, lp, vv, u, p, 0.0, ode.iw, fw, 10000), 3, 5,
-                                 scale=1e6) / 10000
-            del ADJ
-            ms = median_per_call(lambda: gf(p), 50, 7, scale=1e6)
+            us = _timed_vjp(call, va, lu, lp, vv, u, p, ode, fw)
+            ms = median_per_call(lambda gf=gf, p=p: gf(p), 50, 7, scale=1e6)
             rows[kind] = (t_make, us, ms)
             grads[kind] = g
         diff = np.max(np.abs(grads["sympy"] - grads["complex step"])) / np.max(np.abs(grads["complex step"]))

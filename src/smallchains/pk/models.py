@@ -309,35 +309,36 @@ def _one_cpt_oral_emax(du, u, p, t):
     du[2] = p[3] * (u[1] / p[2] - u[2])
 
 
-def one_cpt_iv():
-    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)])
+def one_cpt_iv(derivatives="auto"):
+    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)],
+                            derivatives=derivatives)
 
 
-def one_cpt_oral():
+def one_cpt_oral(derivatives="auto"):
     return CompartmentModel("one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"],
-                            [Ratio(1, 2)])
+                            [Ratio(1, 2)], derivatives=derivatives)
 
 
-def two_cpt_iv():
+def two_cpt_iv(derivatives="auto"):
     return CompartmentModel("two_cpt_iv", _two_cpt_iv, ["CL", "V1", "Q", "V2"], ["central", "peripheral"],
-                            [Ratio(0, 1)])
+                            [Ratio(0, 1)], derivatives=derivatives)
 
 
-def two_cpt_oral():
+def two_cpt_oral(derivatives="auto"):
     return CompartmentModel("two_cpt_oral", _two_cpt_oral, ["ka", "CL", "V1", "Q", "V2"],
-                            ["depot", "central", "peripheral"], [Ratio(1, 2)])
+                            ["depot", "central", "peripheral"], [Ratio(1, 2)], derivatives=derivatives)
 
 
-def one_cpt_oral_mm():
+def one_cpt_oral_mm(derivatives="auto"):
     return CompartmentModel("one_cpt_oral_mm", _one_cpt_oral_mm, ["ka", "Vmax", "Km", "V"], ["depot", "central"],
-                            [Ratio(1, 3)])
+                            [Ratio(1, 3)], derivatives=derivatives)
 
 
-def one_cpt_oral_emax():
+def one_cpt_oral_emax(derivatives="auto"):
     return CompartmentModel("one_cpt_oral_emax", _one_cpt_oral_emax, ["ka", "CL", "V", "ke0", "E0", "Emax", "EC50"],
                             ["depot", "central", "effect"],
                             [Ratio(1, 2),
-                             lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])])
+                             lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])], derivatives=derivatives)
 
 
 MODELS = {f.__name__: f for f in (one_cpt_iv, one_cpt_oral, two_cpt_iv, two_cpt_oral, one_cpt_oral_mm,
