@@ -154,3 +154,44 @@ def test_symbolic_falls_back_to_complex_step_and_handles_numpy_functions():
     m.ode.user_vjp(lu, lp, np.array([1.0]), np.array([0.3]), np.array([2.0, 4.0]), 0.0)
     np.testing.assert_allclose(lu, [2 * np.exp(-0.3) + 2 * 0.3 * 2], rtol=1e-14)
     np.testing.assert_allclose(lp, [-np.exp(-0.3), 0.09 / 4], rtol=1e-14)
+
+
+@numba.njit
+def _ude_f(du, u, pm, t, y):
+    c = u[1] / pm[2]
+    du[0] = -pm[0] * u[0]
+    du[1] = pm[0] * u[0] - pm[1] * c * np.exp(y[0]) + 0.1 * y[1] * np.sqrt(pm[2])
+
+
+@numba.njit
+def _ude_g(x, u, pm, t):
+    x[0] = u[1] / pm[2] / 10.0
+    x[1] = u[0] * u[1] / (1.0 + pm[0])
+
+
+@numba.njit
+def _ude_branchy(du, u, pm, t, y):
+    if u[0] > 0.5:
+        du[0] = -pm[0] * u[0]
+    else:
+        du[0] = -pm[0] * u[0] * 2.0
+    du[1] = pm[0] * u[0] - pm[1] * u[1] / pm[2] * np.exp(y[0])
+
+
+def test_ude_generated_derivatives_give_the_complex_step_gradient():
+    chain = sc.SimpleChain(2, sc.Dense(5, sc.tanh), sc.Dense(2))
+    ts = np.linspace(0.5, 12.0, 8)
+    jumps = sc.Jumps().bolus(0.0, 0, 4.0)
+    grads = {}
+    for kind in ("symbolic", "complex step"):
+        ude = sc.UDE(_ude_f, chain, n_states=2, params=["ka", "CL", "V"], features=_ude_g, derivatives=kind)
+        assert ude.derivatives == kind
+        p = ude.init_params(seed=3, ka=1.3, CL=0.4, V=2.0)
+        data = np.random.default_rng(0).uniform(0, 1, (8, 2))
+        grads[kind] = sc.value_and_grad(data, ude, np.zeros(2), (0.0, 12.0), p, saveat=ts, jumps=jumps, rtol=1e-9,
+                                        atol=1e-9)
+    assert grads["symbolic"][0] == grads["complex step"][0]
+    np.testing.assert_allclose(grads["symbolic"][1], grads["complex step"][1], rtol=1e-10, atol=1e-12)
+    ude = sc.UDE(_ude_branchy, sc.SimpleChain(2, sc.Dense(3, sc.tanh), sc.Dense(1)), n_states=2,
+                 params=["ka", "CL", "V"])
+    assert ude.derivatives == "complex step" and "truth value" in ude.symbolic_error

@@ -12,7 +12,8 @@ evaluation; a vector-Jacobian product one per input.
 Int context (``iw``) of an ODEFunction, then of a UDE (addresses as (c, jit) pairs)::
 
     ODEFunction: [flags, f, f_complex, vjp, jvp]            flags: 1 user vjp, 2 user jvp
-    UDE:         [n_mech, identity, d, m_out, rows, cols, f, f_complex, g, g_complex, program...]
+    UDE:         [n_mech, identity, d, m_out, rows, cols, f, f_complex, g, g_complex, symbolic, fvjp, gvjp,
+                  program...]
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ F5Z_SIG = types.void(C1, C1, C1, F8, C1)
 #: a user's own vjp(lu, lp, v, u, p, t) and jvp(out, u, p, t, du, dp)
 UVJP_SIG = types.void(F1, F1, F1, F1, F1, F8)
 UJVP_SIG = types.void(F1, F1, F1, F8, F1, F1)
+#: a UDE's generated derivatives: fvjp(lu, lp, ly, v, u, pm, t, y) (lu, ly overwritten, lp accumulated)
+#: and gvjp(lu, lp, xbar, u, pm, t) (lu, lp accumulated)
+FVJP_SIG = types.void(F1, F1, F1, F1, F1, F1, F8, F1)
+GVJP_SIG = types.void(F1, F1, F1, F1, F1, F8)
 
 as_f4 = _function_caster(types.FunctionType(F4_SIG))
 as_f4z = _function_caster(types.FunctionType(F4Z_SIG))
@@ -45,6 +50,8 @@ as_f5 = _function_caster(types.FunctionType(F5_SIG))
 as_f5z = _function_caster(types.FunctionType(F5Z_SIG))
 as_uvjp = _function_caster(types.FunctionType(UVJP_SIG))
 as_ujvp = _function_caster(types.FunctionType(UJVP_SIG))
+as_fvjp = _function_caster(types.FunctionType(FVJP_SIG))
+as_gvjp = _function_caster(types.FunctionType(GVJP_SIG))
 
 H = 1e-30
 
@@ -52,9 +59,10 @@ H = 1e-30
 U_FLAGS, U_F, U_FZ, U_VJP, U_JVP = 0, 1, 3, 5, 7
 NU = 9
 FLAG_VJP, FLAG_JVP = 1, 2
-# UDE context
-D_NM, D_IDENT, D_D, D_MO, D_ROWS, D_COLS, D_F, D_FZ, D_G, D_GZ = 0, 1, 2, 3, 4, 5, 6, 8, 10, 12
-ND = 14
+# UDE context (D_SYM: 1 when fvjp (and gvjp, with features) are generated code, not complex steps)
+D_NM, D_IDENT, D_D, D_MO, D_ROWS, D_COLS, D_F, D_FZ, D_G, D_GZ, D_SYM, D_FV, D_GV = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12,
+                                                                                   14, 15, 17)
+ND = 19
 
 
 # --------------------------------------------------------------------------- plain right-hand sides
@@ -151,6 +159,41 @@ def ude_rhs(du, u, p, t, iw, fw):
     f(du, u, pm, t, y)
 
 
+@kernel(inline="always")
+def _mech_vjp_complex(fz, lu, lp, ybar, v, u, p, t, y, uz, pz, yz, dz, n, nm, mo):
+    """lu <- v^T df/du, lp[:nm] += v^T df/dpm, ybar <- v^T df/dy by complex step (n + nm + mo evaluations)."""
+    for j in range(n):
+        uz[j] = u[j]
+    for k in range(nm):
+        pz[k] = p[k]
+    for k in range(mo):
+        yz[k] = y[k]
+    for k in range(n):
+        uz[k] = complex(u[k], H)
+        fz(dz, uz, pz, t, yz)
+        acc = 0.0
+        for j in range(n):
+            acc += v[j] * dz[j].imag
+        lu[k] = acc / H
+        uz[k] = u[k]
+    for k in range(nm):
+        pz[k] = complex(p[k], H)
+        fz(dz, uz, pz, t, yz)
+        acc = 0.0
+        for j in range(n):
+            acc += v[j] * dz[j].imag
+        lp[k] += acc / H
+        pz[k] = p[k]
+    for k in range(mo):
+        yz[k] = complex(y[k], H)
+        fz(dz, uz, pz, t, yz)
+        acc = 0.0
+        for j in range(n):
+            acc += v[j] * dz[j].imag
+        ybar[k] = acc / H
+        yz[k] = y[k]
+
+
 @kernel
 def ude_vjp(lu, lp, v, u, p, t, iw, fw):
     """The mechanistic part and the features by complex step, the network by its pullback."""
@@ -188,37 +231,12 @@ def ude_vjp(lu, lp, v, u, p, t, iw, fw):
     yo = E.block_forward(prog, pn, work, 1, True)
     for k in range(mo):
         y[k] = work[yo + k]
-    for j in range(n):
-        uz[j] = u[j]
-    for k in range(nm):
-        pz[k] = p[k]
-    for k in range(mo):
-        yz[k] = y[k]
-    # the mechanistic part, by complex step in u, p_mech and the network's output y
-    for k in range(n):
-        uz[k] = complex(u[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lu[k] = acc / H
-        uz[k] = u[k]
-    for k in range(nm):
-        pz[k] = complex(p[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lp[k] += acc / H
-        pz[k] = p[k]
-    for k in range(mo):
-        yz[k] = complex(y[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        ybar[k] = acc / H
-        yz[k] = y[k]
+    sym = iw[D_SYM] != 0
+    if sym:  # the mechanistic part by generated code
+        fv = as_fvjp(iw[D_FV], iw[D_FV + 1])
+        fv(lu, lp[0:nm], ybar, v, u, pm, t, y)
+    else:
+        _mech_vjp_complex(fz, lu, lp, ybar, v, u, p, t, y, uz, pz, yz, dz, n, nm, mo)
     # the network, by its compiled pullback (from the forward pass above)
     g1 = prog[0, H_G1]
     for k in range(mo):
@@ -231,6 +249,14 @@ def ude_vjp(lu, lp, v, u, p, t, iw, fw):
         for k in range(n):
             lu[k] += xbar[k]
         return
+    if sym:
+        gv = as_gvjp(iw[D_GV], iw[D_GV + 1])
+        gv(lu, lp[0:nm], xbar, u, pm, t)
+        return
+    for j in range(n):
+        uz[j] = u[j]
+    for k in range(nm):
+        pz[k] = p[k]
     for k in range(n):
         uz[k] = complex(u[k], H)
         gz(xz, uz, pz, t)

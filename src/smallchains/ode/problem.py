@@ -265,6 +265,48 @@ def _cached_wrap(f):
 # --------------------------------------------------------------------------- universal differential equations
 
 
+def _ude_symbolic(f, features, n, nm, d, mo):
+    """Generated (fvjp, gvjp) for a UDE, compiled and checked against complex step at a random point."""
+    from .symbolic import SymbolicError, ude_symbolic_derivatives
+
+    fv, gv, _ = ude_symbolic_derivatives(f, features, n, nm, d, mo)
+    rng = np.random.default_rng(12345)
+    u, pm, y, v = (rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, nm), rng.uniform(-1.0, 1.0, mo),
+                   rng.normal(size=n))
+    H = 1e-30
+    try:
+        lu, lp, ly = np.zeros(n), np.zeros(nm), np.zeros(mo)
+        fv(lu, lp, ly, v, u, pm, 0.5, y)
+        got = np.r_[lu, lp, ly]
+        ref = np.empty(n + nm + mo)
+        for k in range(n + nm + mo):
+            uz, pz, yz = u.astype(complex), pm.astype(complex), y.astype(complex)
+            (uz if k < n else pz if k < n + nm else yz)[k if k < n else k - n if k < n + nm else k - n - nm] += 1j * H
+            dz = np.zeros(n, dtype=complex)
+            f.py_func(dz, uz, pz, 0.5, yz)
+            ref[k] = v @ dz.imag / H
+        if gv is not None:
+            xb = rng.normal(size=d)
+            lu2, lp2 = np.zeros(n), np.zeros(nm)
+            gv(lu2, lp2, xb, u, pm, 0.5)
+            got = np.r_[got, lu2, lp2]
+            gref = np.empty(n + nm)
+            for k in range(n + nm):
+                uz, pz = u.astype(complex), pm.astype(complex)
+                (uz if k < n else pz)[k if k < n else k - n] += 1j * H
+                xz = np.zeros(d, dtype=complex)
+                features.py_func(xz, uz, pz, 0.5)
+                gref[k] = xb @ xz.imag / H
+            ref = np.r_[ref, gref]
+    except SymbolicError:
+        raise
+    except Exception as e:  # noqa: BLE001 - generated code that does not compile or run: fall back
+        raise SymbolicError(f"the generated derivatives could not be checked ({type(e).__name__}: {e})") from None
+    if not np.allclose(got, ref, rtol=1e-10, atol=1e-12):
+        raise SymbolicError("the generated derivatives disagree with complex step")
+    return fv, gv
+
+
 class UDE(ODEFunction):
     """A universal differential equation: known mechanistic terms plus a network.
 
@@ -302,7 +344,7 @@ class UDE(ODEFunction):
         p = ude.init_params(seed=0)
     """
 
-    def __init__(self, f, chain, *, n_states, params=(), features=None, name=None):
+    def __init__(self, f, chain, *, n_states, params=(), features=None, name=None, derivatives="auto"):
         _require_dispatcher(f, "f", "f(du, u, pm, t, y)")
         if features is not None:
             _require_dispatcher(features, "features", "features(x, u, pm, t)")
@@ -344,6 +386,23 @@ class UDE(ODEFunction):
         self.n_states = n
         self.n_params = off + chain.num_params
         self.name = name or getattr(getattr(f, "py_func", f), "__name__", "UDE")
+        # the mechanistic part's and the features' vector-Jacobian products: generated code when
+        # sympy can trace them (measured 16-30x faster than complex steps on PK models), else
+        # complex steps; the Jacobian-vector products stay complex steps
+        if derivatives not in ("auto", "symbolic", "complex step"):
+            raise ValueError(f"`derivatives` must be 'auto', 'symbolic' or 'complex step', got {derivatives!r}")
+        self.derivatives = "complex step"
+        self._sym = None
+        if derivatives != "complex step":
+            from .symbolic import SymbolicError
+
+            try:
+                self._sym = _ude_symbolic(f, features, n, off, d, mo)
+                self.derivatives = "symbolic"
+            except SymbolicError as e:
+                if derivatives == "symbolic":
+                    raise
+                self.symbolic_error = str(e)
 
     def workspace(self, n, m):
         return np.zeros_like(self.fw)
@@ -366,7 +425,14 @@ class UDE(ODEFunction):
     def vjp_addr(self):
         if getattr(self, "_vjp_addr", None) is None:
             self.addr  # noqa: B018 - the real-valued pieces too
-            self._complex()
+            if self._sym is not None:
+                fv, gv = self._sym
+                self._set(UK.D_FV, fv, UK.FVJP_SIG, "generated vjp of f")
+                if gv is not None:
+                    self._set(UK.D_GV, gv, UK.GVJP_SIG, "generated vjp of features")
+                self.iw[UK.D_SYM] = 1
+            else:
+                self._complex()
         return self._kernel_addr("_vjp_addr", self.vjp, VJP_SIG)
 
     @property

@@ -102,3 +102,82 @@ def symbolic_derivatives(f, n_states, n_params):
     except SyntaxError as e:  # pragma: no cover - sympy printed something Python cannot read
         raise SymbolicError(f"the generated code does not parse: {e}") from None
     return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
+
+
+def _compile_namespace(src, what):
+    ns = {"np": np}
+    for k in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "log1p", "expm1"):
+        ns[k] = getattr(np, k)
+    ns.update(atan=np.arctan, asin=np.arcsin, acos=np.arccos, pi=np.pi, E=np.e)
+    try:
+        exec(compile(src, f"<symbolic derivatives of {what}>", "exec"), ns)
+    except SyntaxError as e:  # pragma: no cover - sympy printed something Python cannot read
+        raise SymbolicError(f"the generated code does not parse: {e}") from None
+    return ns
+
+
+def _trace_with(fn_obj, args_builder):
+    import sympy
+
+    py = getattr(fn_obj, "py_func", fn_obj)
+    shim = _shim(sympy)
+    glb = dict(py.__globals__)
+    for name, val in list(glb.items()):
+        if val is np or getattr(val, "__name__", None) == "math":
+            glb[name] = shim
+    fn = types.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
+    args, out = args_builder(sympy)
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - any failure means "not traceable"
+        raise SymbolicError(f"{py.__name__} could not be traced with symbols ({type(e).__name__}: {e})") from None
+    return sympy, [sympy.sympify(o) for o in out]
+
+
+def ude_symbolic_derivatives(f, features, n, nm, d, mo):
+    """Generated ``fvjp(lu, lp, ly, v, u, pm, t, y)`` for a UDE's ``f(du, u, pm, t, y)`` and, with
+    ``features(x, u, pm, t)``, ``gvjp(lu, lp, xbar, u, pm, t)`` (else None); and the source.
+    fvjp overwrites lu and ly and accumulates into lp; gvjp accumulates into lu and lp."""
+    try:
+        import sympy  # noqa: F401
+    except ImportError:
+        raise SymbolicError("sympy is not installed") from None
+    import numba
+
+    syms = {}
+
+    def f_args(sympy):
+        syms["u"] = list(sympy.symbols(f"u0:{n}", real=True))
+        syms["p"] = list(sympy.symbols(f"p0:{max(nm, 1)}", real=True))[:nm]
+        syms["y"] = list(sympy.symbols(f"y0:{mo}", real=True))
+        syms["t"] = sympy.Symbol("t", real=True)
+        du = [sympy.Integer(0)] * n
+        return (du, syms["u"], syms["p"], syms["t"], syms["y"]), du
+
+    sympy, du = _trace_with(f, f_args)
+    u, p, y = syms["u"], syms["p"], syms["y"]
+    v = list(sympy.symbols(f"v0:{n}", real=True))
+    s = sum(v[j] * du[j] for j in range(n))
+    head = ([f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = pm[{k}]" for k in range(nm)]
+            + [f"    y{k} = y[{k}]" for k in range(mo)] + [f"    v{j} = v[{j}]" for j in range(n)])
+    outs = ([(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
+            + [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(nm)]
+            + [(f"ly[{k}] =", sympy.diff(s, y[k])) for k in range(mo)])
+    src = _emit(sympy, ["def fvjp(lu, lp, ly, v, u, pm, t, y):"] + head, None, outs) + "\n"
+    gsrc = ""
+    if features is not None:
+        def g_args(sympy):
+            x = [sympy.Integer(0)] * d
+            return (x, syms["u"], syms["p"], syms["t"]), x
+
+        _, xs = _trace_with(features, g_args)
+        xb = list(sympy.symbols(f"xb0:{d}", real=True))
+        sg = sum(xb[j] * xs[j] for j in range(d))
+        ghead = ([f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = pm[{k}]" for k in range(nm)]
+                 + [f"    xb{j} = xbar[{j}]" for j in range(d)])
+        gouts = ([(f"lu[{j}] +=", sympy.diff(sg, u[j])) for j in range(n)]
+                 + [(f"lp[{k}] +=", sympy.diff(sg, p[k])) for k in range(nm)])
+        gsrc = _emit(sympy, ["def gvjp(lu, lp, xbar, u, pm, t):"] + ghead, None, gouts) + "\n"
+    full = src + ("\n\n" + gsrc if gsrc else "")
+    ns = _compile_namespace(full, getattr(f, "__name__", "f"))
+    return numba.njit(ns["fvjp"]), (numba.njit(ns["gvjp"]) if gsrc else None), full

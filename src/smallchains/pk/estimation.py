@@ -117,9 +117,11 @@ class SubjectEval:
                 Dp[:, :self.n_mech] = JE.T
                 us, S = self.gf.directional_sensitivities(p, Dp)
             else:
-                self.gf._set_inputs(p, None)
-                self.gf.forward()
-                us = self.gf.us
+                gf = self.gf
+                gf.P.p = p  # (fresh, contiguous, float64 and finite: checked above)
+                gf.P.u0 = gf.u0
+                gf.forward()
+                us = gf.us
         except (ODESolveError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
         f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
