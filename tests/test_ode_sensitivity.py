@@ -582,3 +582,38 @@ def test_jumps_at_the_end_time_take_no_extra_step():
     assert b.stats["naccept"] == a.stats["naccept"]
     assert b.t[-1] == 2.0 and b.t[-2] < 2.0
     assert b.u_final[0] == pytest.approx(a.u_final[0] + 5.0)
+
+
+@numba.njit
+def _sat(du, u, p, t):
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] / p[2] * u[1] * u[1] / (1 + u[1])
+
+
+@pytest.mark.parametrize("solver", [sc.Tsit5(), sc.Vern7()])
+def test_pullbacks_and_directional_sensitivities_agree(solver):
+    """Jacobian rows by several pullbacks on one forward solve = columns by directional forward
+    sensitivities (same steps as the plain solve, so the same states)."""
+    ts = np.linspace(0.5, 20, 12)
+    jumps = sc.Jumps().bolus(0.0, 0, 4.0, scale_param=3).bolus(6.0, 0, 2.0).set(9.0, 1, 0.5)
+    p = np.array([1.3, 0.5, 2.0, 0.8])
+    gf = sc.gradient_function(lambda u, t: (0.0, np.zeros_like(u)), _sat, np.zeros(2), (0, 20), p, saveat=ts,
+                              jumps=jumps, rtol=1e-8, atol=1e-10, solver=solver)
+    gf.value(p)
+    us, steps = gf.us.copy(), gf.stats["naccept"]
+    Dp = np.array([[1, 0, 0, 0], [0, 1, 0.5, 0], [0, 0, 0, 1.0]])
+    u2, S = gf.directional_sensitivities(p, Dp)
+    np.testing.assert_allclose(u2, us, rtol=0, atol=1e-13)
+    assert gf.adjoint_stats["naccept"] == steps
+    gf.value(p)
+    for j in (2, 7, 11):
+        g = np.zeros_like(us)
+        g[j, 1] = 1.0
+        a = gf.pullback(g)[0] @ Dp.T
+        b = gf.pullback(g)[0] @ Dp.T  # repeated pullbacks on the same forward solve agree
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, S[j, :, 1], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        gf.pullback(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="Dp"):
+        gf.directional_sensitivities(p, np.zeros((2, 3)))

@@ -52,12 +52,9 @@ def _covariates(items):
 
 
 def _write_text(path, text):
-    import tempfile
+    from .pk._atomic import atomic_write
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def cmd_fit(a):

@@ -701,8 +701,7 @@ class GradientFunction:
         if Dp.ndim != 2 or Dp.shape[1] != m:
             raise ValueError(f"`Dp` must have shape (k, {m}), got {np.shape(Dp)}")
         k = Dp.shape[0]
-        self.fn.jvp_addr  # noqa: B018 - compiled before the kernels call it
-        if self._jvp_va is None:
+        if self._jvp_va is None:  # (compiled before the kernels call it)
             self._jvp_va = self.fn.jvp_addr
         va, self.va = self.va, self._jvp_va
         try:

@@ -40,24 +40,17 @@ def _shim(sympy):
 
 
 def _trace(f, n, m):
-    import sympy
+    syms = {}
 
-    py = getattr(f, "py_func", f)
-    shim = _shim(sympy)
-    glb = dict(py.__globals__)
-    for name, val in list(glb.items()):
-        if val is np or getattr(val, "__name__", None) == "math":
-            glb[name] = shim
-    fn = types.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
-    u = list(sympy.symbols(f"u0:{n}", real=True))
-    p = list(sympy.symbols(f"p0:{m}", real=True))
-    t = sympy.Symbol("t", real=True)
-    du = [sympy.Integer(0)] * n
-    try:
-        fn(du, u, p, t)
-    except Exception as e:  # noqa: BLE001 - any failure means "not traceable"
-        raise SymbolicError(f"{py.__name__} could not be traced with symbols ({type(e).__name__}: {e})") from None
-    return sympy, u, p, t, [sympy.sympify(d) for d in du]
+    def args(sympy):
+        syms["u"] = list(sympy.symbols(f"u0:{n}", real=True))
+        syms["p"] = list(sympy.symbols(f"p0:{m}", real=True))
+        syms["t"] = sympy.Symbol("t", real=True)
+        du = [sympy.Integer(0)] * n
+        return (du, syms["u"], syms["p"], syms["t"]), du
+
+    sympy, du = _trace_with(f, args)
+    return sympy, syms["u"], syms["p"], syms["t"], du
 
 
 def _emit(sympy, header, assignments, outputs):
@@ -92,15 +85,7 @@ def symbolic_derivatives(f, n_states, n_params):
     jvp_src = _emit(sympy, ["def jvp(out, u, p, t, du, dp):"] + head + [f"    du{j} = du[{j}]" for j in range(n)]
                     + [f"    dp{k} = dp[{k}]" for k in range(m)], None, jvp_out)
     src = vjp_src + "\n\n\n" + jvp_src + "\n"
-    ns = {"np": np}
-    # the generated code calls exp, log, ... unqualified: NumPy's, which Numba compiles
-    for k in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "log1p", "expm1"):
-        ns[k] = getattr(np, k)
-    ns.update(atan=np.arctan, asin=np.arcsin, acos=np.arccos, pi=np.pi, E=np.e)
-    try:
-        exec(compile(src, f"<symbolic derivatives of {getattr(f, '__name__', 'f')}>", "exec"), ns)
-    except SyntaxError as e:  # pragma: no cover - sympy printed something Python cannot read
-        raise SymbolicError(f"the generated code does not parse: {e}") from None
+    ns = _compile_namespace(src, getattr(f, "__name__", "f"))
     return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
 
 

@@ -281,6 +281,16 @@ class Problem:
         s2 = m.weight_prior ** 2
         return float(w @ w / s2), 2.0 * w / s2
 
+    def _add_fixed_effect_grads(self, g, s, x, out):
+        """Add subject ``s``'s data-term gradient (``out`` from data_term) to g over x."""
+        m = self.model
+        g[m.blocks["theta"]] += out["dlogq"]
+        g[m.blocks["beta"]] += s.C.T @ out["dlogq"]
+        g[m.blocks["w"]] += out["dw"]
+        g[m.blocks["psi"]] += out["dpsi"]
+        if m.covariate_network is not None:
+            g[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
+
     # ------------------------------------------------------------------ naive pooled
 
     def pooled(self, x, need=1):
@@ -296,12 +306,7 @@ class Problem:
             if out is None:
                 return np.inf, g
             total += l
-            g[m.blocks["theta"]] += out["dlogq"]
-            g[m.blocks["beta"]] += s.C.T @ out["dlogq"]
-            g[m.blocks["w"]] += out["dw"]
-            g[m.blocks["psi"]] += out["dpsi"]
-            if m.covariate_network is not None:
-                g[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
+            self._add_fixed_effect_grads(g, s, x, out)
         g[m.blocks["w"]] += gw[:m.n_weights]
         g[m.blocks["wc"]] += gw[m.n_weights:]
         return total, g
@@ -339,12 +344,7 @@ class Problem:
             if out is None:
                 return np.inf, gx, ge
             total += l
-            gx[m.blocks["theta"]] += out["dlogq"]
-            gx[m.blocks["beta"]] += s.C.T @ out["dlogq"]
-            gx[m.blocks["w"]] += out["dw"]
-            gx[m.blocks["psi"]] += out["dpsi"]
-            if m.covariate_network is not None:
-                gx[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
+            self._add_fixed_effect_grads(gx, s, x, out)
             ge[i] = m.E.T @ out["dlogq"]
         gx[m.blocks["w"]] += gw[:m.n_weights]
         gx[m.blocks["wc"]] += gw[m.n_weights:]

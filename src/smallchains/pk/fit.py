@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from scipy.linalg import solve_triangular
 from scipy.optimize import minimize
 
 from ..optimizers import Adam
+from ._atomic import atomic_write
 from .estimation import Problem
 from .population import PopulationModel
 
@@ -208,20 +208,7 @@ class FitResult:
             "designs": [C.tolist() for C in self._designs], "z": [np.asarray(z).tolist() for z in self._z],
             "cov": self._cov, "settings": self.settings,
         }
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(doc, fh, indent=1, allow_nan=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
 
     @classmethod
     def load(cls, path, model=None):

@@ -116,6 +116,7 @@ class CompartmentModel:
                 raise ValueError(f"the UDE has {f.n_states} states but `states` names {len(self.states)}")
             self.ode = f
             self.n_weights = f.chain.num_params
+            self.derivatives = f.derivatives  # (the UDE's own choice: sc.UDE(..., derivatives=...))
         elif isinstance(f, ODEFunction):
             raise TypeError("give the model's @njit function f(du, u, p, t) or a sc.UDE, not an ODEFunction")
         else:

@@ -7,9 +7,10 @@ asked); :func:`save_report` writes them all as PNG files, each atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 
 def _plt():
@@ -155,17 +156,7 @@ def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1):
 
 def save_figure(fig, path, dpi=110):
     """Write a figure as PNG atomically (a temporary file in the same folder, then renamed)."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"), suffix=".png", text=False)
 
 
 def save_report(result, data, folder, n_sim=200, seed=0):
