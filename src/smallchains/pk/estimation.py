@@ -80,6 +80,13 @@ class SubjectEval:
                                         controller=controller),
                                    check_derivatives=check)
         self.n_mech = st.n_params
+        self._ratio = None
+        if st._ratios:
+            rows = np.arange(self.n_obs)
+            self._ratio = (rows, np.array([o.state for o in st.outputs])[self.dvid - 1],
+                           np.array([o.param for o in st.outputs])[self.dvid - 1])
+            self._fu = np.zeros((self.n_obs, st.n_states))
+            self._fp = np.zeros((self.n_obs, st.n_params))
 
     def logq(self, x, eta):
         m = self.model
@@ -124,7 +131,15 @@ class SubjectEval:
                 us = gf.us
         except (ODESolveError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
-        f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
+        if self._ratio is not None:  # concentrations: analytic, index arrays fixed per subject
+            rows, st, pk = self._ratio
+            vol = p[pk]
+            f = us[rows, st] / vol
+            fu, fp = self._fu, self._fp
+            fu[rows, st] = 1.0 / vol
+            fp[rows, pk] = -f / vol
+        else:
+            f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
         if not directions:
             return p, J, f, fu, fp
         G = np.einsum("js,jks->jk", fu, S) + fp @ JE
@@ -140,7 +155,7 @@ class SubjectEval:
         p, J, f, fu, fp = r[:5]
         psi = x[m.blocks["psi"]]
         V, Vf, Vpsi = m.error.variance(f, psi)
-        if not (np.all(np.isfinite(V)) and np.all(V > 0) and np.all(np.isfinite(f))):
+        if not (np.isfinite(V.sum() + f.sum()) and V.min() > 0):
             return (np.inf, None) if need else np.inf
         res = self.y - f
         l = float(np.sum(res * res / V + np.log(V)))

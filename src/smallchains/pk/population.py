@@ -148,6 +148,7 @@ class PopulationModel:
                                  f"{missing} and has unknown {extra} (give `individual=` to map other "
                                  "quantities to the model's parameters)")
             self._perm = np.array([self.theta_names.index(k) for k in structural.params])
+            self._perm_rows = np.arange(self._perm.shape[0])
         elif not callable(individual):
             raise TypeError("`individual` must be a function q -> {parameter: value}")
         else:
@@ -348,7 +349,7 @@ class PopulationModel:
         if self.individual is None:
             p = q[self._perm]
             J = np.zeros((p.shape[0], n_t))
-            J[np.arange(p.shape[0]), self._perm] = p
+            J[self._perm_rows, self._perm] = p
             return p, J
         p = self._call_individual(q, cov)
         J = np.empty((p.shape[0], n_t))
