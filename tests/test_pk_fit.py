@@ -352,3 +352,30 @@ def test_bad_input_is_named(theoph):
     m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.04, V=0.5), error="proportional")
     with pytest.raises(sc.pk.FitError, match="use error='combined'"):
         sc.pk.fit(m, theoph, "pooled")
+
+
+@pytest.mark.parametrize("error, sigma", [("additive", 0.5), ("proportional", 0.2), ("combined", [0.3, 0.1])])
+def test_compiled_data_term_equals_the_numpy_path(theoph, error, sigma):
+    from smallchains.pk.estimation import SubjectEval
+
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL"],
+                              covariates={"CL": {"WT": "power"}}, error=error, sigma=sigma)
+    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:4]], theoph.covariate_names,
+                            theoph.columns)
+    P = Problem(m, data)
+    assert all(s._fast is not None for s in P.subjects)
+    etas = np.random.default_rng(2).normal(0, 0.2, (P.N, 2))
+    try:
+        SubjectEval.compiled = False
+        ref = P.map_objective(m.x0, etas, 1)
+        pref = P.pooled(m.x0, 1)
+    finally:
+        SubjectEval.compiled = True
+    got = P.map_objective(m.x0, etas, 1)
+    assert got[0] == pytest.approx(ref[0], rel=1e-13)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-11, atol=1e-11 * np.abs(ref[1]).max())
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-11, atol=1e-11 * np.abs(ref[2]).max())
+    pg = P.pooled(m.x0, 1)
+    assert pg[0] == pytest.approx(pref[0], rel=1e-13)
+    np.testing.assert_allclose(pg[1], pref[1], rtol=1e-11, atol=1e-11 * np.abs(pref[1]).max())
+    P.close()

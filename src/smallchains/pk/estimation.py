@@ -46,6 +46,8 @@ def _no_loss(u, t):  # pragma: no cover - the evaluator supplies its own cotange
 class SubjectEval:
     """One subject bound to a population model: solver buffers, observations, covariate design."""
 
+    compiled = True  # the one-call compiled data term when the outputs allow (False: the NumPy path)
+
     def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_intervals, check, controller=None):
         st = model.structural
         self.model = model
@@ -81,12 +83,21 @@ class SubjectEval:
                                    check_derivatives=check)
         self.n_mech = st.n_params
         self._ratio = None
+        self._fast = None
         if st._ratios:
             rows = np.arange(self.n_obs)
             self._ratio = (rows, np.array([o.state for o in st.outputs])[self.dvid - 1],
                            np.array([o.param for o in st.outputs])[self.dvid - 1])
             self._fu = np.zeros((self.n_obs, st.n_states))
             self._fp = np.zeros((self.n_obs, st.n_params))
+            # the one-call compiled data term and gradient (pk/_kernels.py)
+            m_all = self.gf.m
+            self._fast = dict(
+                ostate=np.ascontiguousarray(self._ratio[1], dtype=np.int64),
+                oparam=np.ascontiguousarray(self._ratio[2], dtype=np.int64),
+                ekind=("additive", "proportional", "combined").index(model.error.kind),
+                g=np.zeros((self.n_obs, st.n_states)), gp=np.zeros(m_all), lam=np.zeros(st.n_states),
+                f=np.zeros(self.n_obs), V=np.zeros(self.n_obs), res=np.zeros(1 + len(model.error.names)))
 
     def logq(self, x, eta):
         m = self.model
@@ -145,9 +156,46 @@ class SubjectEval:
         G = np.einsum("js,jks->jk", fu, S) + fp @ JE
         return p, J, f, fu, fp, G
 
+    def _data_term_compiled(self, x, eta):
+        """``data_term(x, eta, need=1)`` in one compiled call (concentration outputs)."""
+        from ..ode import _kernels as RK
+        from . import _kernels as PK
+
+        m = self.model
+        p, J = self.params(x, eta)
+        if not np.isfinite(p).all():
+            return np.inf, None
+        gf = self.gf
+        P = gf.P
+        fz = self._fast
+        psi = np.ascontiguousarray(x[m.blocks["psi"]])
+        want = max(64, int(gf._last_steps * 1.25) + 8) if gf._last_steps else 64
+        while True:
+            gf._storage(min(want, P.max_steps + 1))
+            P.iopt[RK.I_STORE] = gf._mode
+            status = PK.subject_data_term(
+                gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D, P.opt,
+                P.iopt, P.rtol, P.atol, gf.u0, p, gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h,
+                gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk,
+                self.y, fz["ostate"], fz["oparam"], fz["ekind"], psi, fz["g"], fz["gp"], fz["lam"], fz["f"],
+                fz["V"], fz["res"])
+            if status != RK.STORAGE_FULL:
+                break
+            want = max(2 * gf._cap, 64)
+        gf._last_steps = int(gf.stats_arr[RK.S_NSTORED])
+        if status != RK.OK:
+            return np.inf, None
+        gp = fz["gp"]
+        res = fz["res"]
+        out = {"f": fz["f"].copy(), "V": fz["V"].copy(), "dpsi": res[1:].copy(), "J": J,
+               "dlogq": J.T @ gp[:self.n_mech], "dw": gp[self.n_mech:].copy()}
+        return float(res[0]), out
+
     def data_term(self, x, eta, need=0):
         """-2 log p(y | eta) without 2 pi, and with ``need`` = 1 its gradients
         (d/dlogq, d/dw, d/dpsi), with ``need`` = 2 what FOCE needs instead (f, V, V', G)."""
+        if need == 1 and self._fast is not None and self.compiled:
+            return self._data_term_compiled(x, eta)
         m = self.model
         r = self.predict(x, eta, directions=need == 2)
         if r is None:
