@@ -169,3 +169,31 @@ def test_phenobarbital_weight_on_cl_and_v_and_a_covariate_network():
                    data, "map", se=False)
     assert np.isfinite(nn.ofv) and nn.ofv < plain.ofv - 50
     assert nn.n_estimated == wt.n_estimated - 2 + net.chain.num_params
+
+
+@numba.njit
+def _pheno_nn(du, u, pm, t, y):  # pm = [CL, V]; elimination CL * C * exp(NN(C))
+    du[0] = -pm[0] * (u[0] / pm[1]) * np.exp(y[0])
+
+
+@numba.njit
+def _pheno_feature(x, u, pm, t):
+    x[0] = u[0] / pm[1] / 30.0
+
+
+def test_phenobarbital_ude_variant_compared_by_ofv():
+    """The weight model against the same model whose elimination a 1->4->1 network may reshape with
+    concentration (13 more parameters), both by MAP, compared by FOCE-I OFV and AIC."""
+    data = sc.pkdata.phenobarbital()
+    base = dict(eta=["CL", "V"], omega_init=0.1, error="proportional", sigma=0.1,
+                covariates={"CL": {"WT": "power"}, "V": {"WT": "power"}})
+    mech = sc.pk.fit(sc.pk.PopulationModel("one_cpt_iv", dict(CL=0.005, V=1.0), **base), data, "map", se=False)
+    chain = sc.SimpleChain(1, sc.Dense(4, sc.tanh), sc.Dense(1))
+    ude = sc.UDE(_pheno_nn, chain, n_states=1, params=["CL", "V"], features=_pheno_feature)
+    st = sc.pk.CompartmentModel("one_cpt_iv_nn_elimination", ude, ["CL", "V"], ["central"], [sc.pk.Ratio(0, 1)])
+    nn = sc.pk.fit(sc.pk.PopulationModel(st, dict(CL=0.005, V=1.0), **base), data, "map", optimizer="adam+lbfgs",
+                   adam_steps=200, se=False)
+    assert nn.n_estimated == mech.n_estimated + chain.num_params
+    assert np.isfinite(nn.ofv) and abs(nn.ofv - mech.ofv) < 10  # the network finds nothing to add ...
+    assert nn.aic > mech.aic  # ... so AIC keeps the mechanistic model
+    assert nn.theta["CL"] == pytest.approx(mech.theta["CL"], rel=0.15)
