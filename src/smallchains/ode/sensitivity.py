@@ -286,6 +286,13 @@ def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
                          "or pass vjp=..., or check_derivatives=False to skip this check")
 
 
+def _plain_forward(gf):
+    P = gf.P
+    return RK.rk_solve(gf.fa, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D, P.opt,
+                       P.iopt, P.rtol, P.atol, P.u0, P.p, gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h,
+                       gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend)
+
+
 class GradientFunction:
     """``(value, grad_p, grad_u0) = gf(p, u0=None)``: a loss on an ODE solution and its gradient.
 
@@ -421,22 +428,28 @@ class GradientFunction:
         self.P.p = self._checked("p", p, self.m)
         self.P.u0 = self.u0 if u0 is None else self._checked("u0", u0, self.n)
 
-    def forward(self):
-        """Run the recording forward solve; returns the status."""
+    def record(self, run):
+        """Call ``run(self)`` (a compiled pass that records the forward steps into this object's
+        buffers) with storage grown until it fits; returns its status.  ``forward`` is
+        ``record`` of the plain solve; other compiled passes (e.g. a subject's whole objective in
+        ``smallchains.pk``) reuse the same buffers and growth rule."""
         P = self.P
         want = max(64, int(self._last_steps * 1.25) + 8) if self._last_steps else 64
         while True:
             self._storage(min(want, P.max_steps + 1))
             P.iopt[RK.I_STORE] = self._mode
-            status = RK.rk_solve(self.fa, P.fn.iw, self.fw, P.ga, P.tab.A, P.tab.b, P.tab.c,
-                                 P.tab.b_err_or_zero, P.tab.D, P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p,
-                                 self.ts_fwd, self.us_fwd, P.tstops, *P.jumps, self.st_t, self.st_h, self.st_u,
-                                 self.st_k, self.st_j, self.K, self.wk, self.stats_arr, self.fres, self.uend)
+            status = run(self)
             if status != RK.STORAGE_FULL:
                 break
             want = max(2 * self._cap, 64)
-        self.stats = _stats(self.stats_arr)
         self._last_steps = int(self.stats_arr[RK.S_NSTORED])
+        return status
+
+    def forward(self):
+        """Run the recording forward solve; returns the status."""
+        P = self.P
+        status = self.record(_plain_forward)
+        self.stats = _stats(self.stats_arr)
         if self.rows is not None:
             self.us[:] = self.us_fwd[self.rows]
         if status != RK.OK:

@@ -53,7 +53,7 @@ def _trace(f, n, m):
     return sympy, syms["u"], syms["p"], syms["t"], du
 
 
-def _emit(sympy, header, assignments, outputs):
+def _emit(sympy, header, outputs):
     repl, red = sympy.cse([e for _, e in outputs], optimizations="basic")
     lines = list(header)
     lines += [f"    {s} = {sympy.pycode(e, fully_qualified_modules=False)}" for s, e in repl]
@@ -79,14 +79,29 @@ def symbolic_derivatives(f, n_states, n_params):
     vjp_out = [(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
     vjp_out += [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(m)]
     vjp_src = _emit(sympy, ["def vjp(lu, lp, v, u, p, t):"] + head + [f"    v{j} = v[{j}]" for j in range(n)],
-                    None, vjp_out)
+                    vjp_out)
     jvp_out = [(f"out[{i}] =", sum(sympy.diff(du[i], u[j]) * du_dir[j] for j in range(n))
                 + sum(sympy.diff(du[i], p[k]) * dp_dir[k] for k in range(m))) for i in range(n)]
     jvp_src = _emit(sympy, ["def jvp(out, u, p, t, du, dp):"] + head + [f"    du{j} = du[{j}]" for j in range(n)]
-                    + [f"    dp{k} = dp[{k}]" for k in range(m)], None, jvp_out)
+                    + [f"    dp{k} = dp[{k}]" for k in range(m)], jvp_out)
     src = vjp_src + "\n\n\n" + jvp_src + "\n"
     ns = _compile_namespace(src, getattr(f, "__name__", "f"))
     return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
+
+
+def complex_step_jacobian(call, n_out, arrays, H=1e-30):
+    """The Jacobian (n_out, sum of sizes) of ``call(out, *arrays)`` by complex step, in NumPy:
+    the reference generated derivatives are checked against."""
+    zs = [np.asarray(a, dtype=complex) for a in arrays]
+    cols = []
+    for a, z in zip(arrays, zs):
+        for k in range(z.shape[0]):
+            z[k] += 1j * H
+            out = np.zeros(n_out, dtype=complex)
+            call(out, *zs)
+            cols.append(out.imag / H)
+            z[k] = a[k]
+    return np.stack(cols, axis=1)
 
 
 def _compile_namespace(src, what):
@@ -148,7 +163,7 @@ def ude_symbolic_derivatives(f, features, n, nm, d, mo):
     outs = ([(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
             + [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(nm)]
             + [(f"ly[{k}] =", sympy.diff(s, y[k])) for k in range(mo)])
-    src = _emit(sympy, ["def fvjp(lu, lp, ly, v, u, pm, t, y):"] + head, None, outs) + "\n"
+    src = _emit(sympy, ["def fvjp(lu, lp, ly, v, u, pm, t, y):"] + head, outs) + "\n"
     gsrc = ""
     if features is not None:
         def g_args(sympy):
@@ -162,7 +177,7 @@ def ude_symbolic_derivatives(f, features, n, nm, d, mo):
                  + [f"    xb{j} = xbar[{j}]" for j in range(d)])
         gouts = ([(f"lu[{j}] +=", sympy.diff(sg, u[j])) for j in range(n)]
                  + [(f"lp[{k}] +=", sympy.diff(sg, p[k])) for k in range(nm)])
-        gsrc = _emit(sympy, ["def gvjp(lu, lp, xbar, u, pm, t):"] + ghead, None, gouts) + "\n"
+        gsrc = _emit(sympy, ["def gvjp(lu, lp, xbar, u, pm, t):"] + ghead, gouts) + "\n"
     full = src + ("\n\n" + gsrc if gsrc else "")
     ns = _compile_namespace(full, getattr(f, "__name__", "f"))
     return numba.njit(ns["fvjp"]), (numba.njit(ns["gvjp"]) if gsrc else None), full

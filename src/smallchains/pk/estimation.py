@@ -28,8 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+from . import _kernels as PK
+
+
+def information(out, Oinv):
+    """M = G' diag(1/V + V'^2 / (2 V^2)) G + Omega^-1: the expected information of a subject's
+    posterior in eta (``out`` from ``data_term(..., need=2)``)."""
+    w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
+    return out["G"].T @ (w[:, None] * out["G"]) + Oinv
 
 
 def _number(v):
@@ -85,18 +94,13 @@ class SubjectEval:
         self._ratio = None
         self._fast = None
         if st._ratios:
-            rows = np.arange(self.n_obs)
-            self._ratio = (rows, np.array([o.state for o in st.outputs])[self.dvid - 1],
-                           np.array([o.param for o in st.outputs])[self.dvid - 1])
+            self._ratio = (np.arange(self.n_obs), *st.ratio_indices(self.dvid))
             self._fu = np.zeros((self.n_obs, st.n_states))
             self._fp = np.zeros((self.n_obs, st.n_params))
             # the one-call compiled data term and gradient (pk/_kernels.py)
-            m_all = self.gf.m
             self._fast = dict(
-                ostate=np.ascontiguousarray(self._ratio[1], dtype=np.int64),
-                oparam=np.ascontiguousarray(self._ratio[2], dtype=np.int64),
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
-                g=np.zeros((self.n_obs, st.n_states)), gp=np.zeros(m_all), lam=np.zeros(st.n_states),
+                g=np.zeros((self.n_obs, st.n_states)), gp=np.zeros(self.gf.m), lam=np.zeros(st.n_states),
                 f=np.zeros(self.n_obs), V=np.zeros(self.n_obs), res=np.zeros(1 + len(model.error.names)))
 
     def logq(self, x, eta):
@@ -158,32 +162,23 @@ class SubjectEval:
 
     def _data_term_compiled(self, x, eta):
         """``data_term(x, eta, need=1)`` in one compiled call (concentration outputs)."""
-        from ..ode import _kernels as RK
-        from . import _kernels as PK
-
         m = self.model
         p, J = self.params(x, eta)
         if not np.isfinite(p).all():
             return np.inf, None
-        gf = self.gf
-        P = gf.P
         fz = self._fast
+        st, pk = self._ratio[1], self._ratio[2]
         psi = np.ascontiguousarray(x[m.blocks["psi"]])
-        want = max(64, int(gf._last_steps * 1.25) + 8) if gf._last_steps else 64
-        while True:
-            gf._storage(min(want, P.max_steps + 1))
-            P.iopt[RK.I_STORE] = gf._mode
-            status = PK.subject_data_term(
+
+        def run(gf):
+            P = gf.P
+            return PK.subject_data_term(
                 gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D, P.opt,
                 P.iopt, P.rtol, P.atol, gf.u0, p, gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h,
                 gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk,
-                self.y, fz["ostate"], fz["oparam"], fz["ekind"], psi, fz["g"], fz["gp"], fz["lam"], fz["f"],
-                fz["V"], fz["res"])
-            if status != RK.STORAGE_FULL:
-                break
-            want = max(2 * gf._cap, 64)
-        gf._last_steps = int(gf.stats_arr[RK.S_NSTORED])
-        if status != RK.OK:
+                self.y, st, pk, fz["ekind"], psi, fz["g"], fz["gp"], fz["lam"], fz["f"], fz["V"], fz["res"])
+
+        if self.gf.record(run) != RK.OK:
             return np.inf, None
         gp = fz["gp"]
         res = fz["res"]
@@ -234,10 +229,8 @@ class SubjectEval:
             return None
         for _ in range(max_iter):
             obj = l + eta @ Oinv @ eta
-            G = out["G"]
-            w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
-            M = G.T @ (w[:, None] * G) + Oinv
-            grad = G.T @ out["dldf"] + 2.0 * Oinv @ eta
+            M = information(out, Oinv)
+            grad = out["G"].T @ out["dldf"] + 2.0 * Oinv @ eta
             try:
                 step = -np.linalg.solve(2.0 * M, grad)
             except np.linalg.LinAlgError:
@@ -259,9 +252,7 @@ class SubjectEval:
             l, out = self.data_term(x, eta, need=2)
             if out is None:
                 return None
-        w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
-        M = out["G"].T @ (w[:, None] * out["G"]) + Oinv
-        return eta, l + eta @ Oinv @ eta, M, out
+        return eta, l + eta @ Oinv @ eta, information(out, Oinv), out
 
 
 class Problem:

@@ -19,7 +19,7 @@ from scipy.optimize import minimize
 
 from ..optimizers import Adam
 from ._atomic import atomic_write
-from .estimation import Problem
+from .estimation import Problem, information
 from .population import PopulationModel
 
 METHODS = ("individual", "pooled", "map", "foce")
@@ -438,8 +438,7 @@ def _posterior_cov(P, x, etas):
     for _, out in res:
         if out is None:
             return None
-        w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
-        acc += np.linalg.inv(out["G"].T @ (w[:, None] * out["G"]) + Oinv)
+        acc += np.linalg.inv(information(out, Oinv))
     return acc / P.N
 
 
@@ -696,7 +695,6 @@ def _diagnostics(P, x, etas):
     m = P.model
     Om = m.omega(x)
     cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
-    psi = x[m.blocks["psi"]]
     for s, eta in zip(P.subjects, etas):
         r0 = s.predict(x, np.zeros(m.n_eta))
         pred = r0[2] if r0 is not None else np.full(s.n_obs, np.nan)
@@ -729,7 +727,6 @@ def _diagnostics(P, x, etas):
     for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
         out[k] = np.concatenate(cols[k])
     out["DVID"] = out["DVID"].astype(np.int64)
-    del psi
     return out
 
 

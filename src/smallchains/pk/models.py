@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from ..ode.problem import UDE, ODEFunction
-from ..ode.symbolic import SymbolicError, symbolic_derivatives
+from ..ode.symbolic import SymbolicError, complex_step_jacobian, symbolic_derivatives
 
 _H = 1e-30
 
@@ -47,17 +47,7 @@ def _symbolic(f, n, m):
         jvp(out, u, p, 0.5, du, dp)
     except Exception as e:  # noqa: BLE001 - generated code that does not compile: fall back
         raise SymbolicError(f"the generated derivatives do not compile ({type(e).__name__}: {e})") from None
-    py = f.py_func
-    J = np.empty((n, n + m))
-    for k in range(n + m):
-        uz, pz = u.astype(complex), p.astype(complex)
-        if k < n:
-            uz[k] += 1j * _H
-        else:
-            pz[k - n] += 1j * _H
-        dz = np.zeros(n, dtype=complex)
-        py(dz, uz, pz, 0.5)
-        J[:, k] = dz.imag / _H
+    J = complex_step_jacobian(lambda out, uz, pz: f.py_func(out, uz, pz, 0.5), n, [u, p])
     ok = np.allclose(np.r_[lu, lp], v @ J, rtol=1e-10, atol=1e-12) and np.allclose(out, J @ np.r_[du, dp],
                                                                                      rtol=1e-10, atol=1e-12)
     if not ok:
@@ -222,13 +212,18 @@ class CompartmentModel:
             pz[k] = p[k]
         return y, ju, jp
 
+    def ratio_indices(self, dvid):
+        """For :class:`Ratio` outputs: (state, parameter) index arrays of observations ``dvid``."""
+        dvid = np.asarray(dvid, dtype=np.int64)
+        bad = (dvid < 1) | (dvid > len(self.outputs))
+        if np.any(bad):
+            raise ValueError(f"{self.name} has {len(self.outputs)} output(s); DVID {int(dvid[bad][0])} does not exist")
+        return (np.array([o.state for o in self.outputs], dtype=np.int64)[dvid - 1],
+                np.array([o.param for o in self.outputs], dtype=np.int64)[dvid - 1])
+
     def _ratio_jacobians(self, u, p, dvid):
         n = u.shape[0]
-        if np.any((dvid < 1) | (dvid > len(self.outputs))):
-            bad = dvid[(dvid < 1) | (dvid > len(self.outputs))][0]
-            raise ValueError(f"{self.name} has {len(self.outputs)} output(s); DVID {int(bad)} does not exist")
-        st = np.array([o.state for o in self.outputs])[dvid - 1]
-        pk = np.array([o.param for o in self.outputs])[dvid - 1]
+        st, pk = self.ratio_indices(dvid)
         rows = np.arange(n)
         vol = p[pk]
         y = u[rows, st] / vol
