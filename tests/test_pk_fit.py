@@ -379,3 +379,38 @@ def test_compiled_data_term_equals_the_numpy_path(theoph, error, sigma):
     assert pg[0] == pytest.approx(pref[0], rel=1e-13)
     np.testing.assert_allclose(pg[1], pref[1], rtol=1e-11, atol=1e-11 * np.abs(pref[1]).max())
     P.close()
+
+
+def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theoph):
+    """The batched path (parameters and gradient accumulation for all subjects at once, compiled
+    data terms taken by two threads) against the per-subject NumPy path: covariates of both forms,
+    a covariate network, individual(q, cov), full Omega, combined error; values alone too."""
+    from smallchains.pk.estimation import SubjectEval
+
+    m, x = rich_model()
+    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:6]], theoph.covariate_names,
+                            theoph.columns)
+    P = Problem(m, data, threads=2)
+    etas = np.random.default_rng(5).normal(0, 0.2, (P.N, m.n_eta))
+    try:
+        SubjectEval.compiled = False
+        ref = P.map_objective(x, etas, 1)
+        ref0 = P.map_objective(x, etas, 0)
+        pref = P.pooled(x, 1)
+    finally:
+        SubjectEval.compiled = True
+    assert P._compiled_terms(x, etas, 0) is not None  # the batched path is the one taken below
+    got = P.map_objective(x, etas, 1)
+    assert got[0] == pytest.approx(ref[0], rel=1e-13)
+    assert P.map_objective(x, etas, 0) == pytest.approx(ref0, rel=1e-13)
+    for a, b in zip(got[1:], ref[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11 * np.abs(b).max())
+    pg = P.pooled(x, 1)
+    assert pg[0] == pytest.approx(pref[0], rel=1e-13)
+    np.testing.assert_allclose(pg[1], pref[1], rtol=1e-11, atol=1e-11 * np.abs(pref[1]).max())
+    # a subject whose parameters make the solve fail: the whole objective is inf, not an exception
+    bad = x.copy()
+    bad[m.blocks["theta"]][0] = 800.0  # ka = exp(800) = inf
+    assert P.map_objective(bad, etas, 0) == np.inf
+    assert P.map_objective(bad, etas, 1)[0] == np.inf
+    P.close()

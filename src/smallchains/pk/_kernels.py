@@ -22,10 +22,10 @@ NONFINITE_OBJECTIVE = 100
 @kernel
 def subject_data_term(fa, va, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p, ts, us, tstops,
                       jt, jk, ji, jv, jp, st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend,
-                      aopt, W, awk, y, ostate, oparam, ekind, psi, g, gp, lam, f, V, res):
-    """Forward, objective, adjoint.  ``res[0]`` <- l, ``res[1:]`` <- dl/dpsi; ``gp`` <- dl/dp.
-    Returns the solver's status (``STORAGE_FULL``: grow the buffers and call again) or
-    ``NONFINITE_OBJECTIVE``."""
+                      aopt, W, awk, y, ostate, oparam, ekind, psi, g, gp, lam, f, V, res, grad):
+    """Forward, objective and (with ``grad``) adjoint.  ``res[0]`` <- l, ``res[1:]`` <- dl/dpsi;
+    ``gp`` <- dl/dp; ``f``, ``V`` <- predictions and their variances.  Returns the solver's
+    status (``STORAGE_FULL``: grow the buffers and call again) or ``NONFINITE_OBJECTIVE``."""
     status = RK.rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p, ts, us, tstops,
                          jt, jk, ji, jv, jp, st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend)
     if status != RK.OK:
@@ -71,6 +71,8 @@ def subject_data_term(fa, va, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, 
     res[0] = total
     if not math.isfinite(total):
         return NONFINITE_OBJECTIVE
+    if not grad:
+        return RK.OK
     for k in range(lam.shape[0]):
         lam[k] = 0.0
     aopt[ADJ.A_NSTORED] = stats[RK.S_NSTORED]

@@ -23,6 +23,7 @@ release the GIL).
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -93,6 +94,7 @@ class SubjectEval:
         self.n_mech = st.n_params
         self._ratio = None
         self._fast = None
+        self._bound = None
         if st._ratios:
             self._ratio = (np.arange(self.n_obs), *st.ratio_indices(self.dvid))
             self._fu = np.zeros((self.n_obs, st.n_states))
@@ -160,28 +162,38 @@ class SubjectEval:
         G = np.einsum("js,jks->jk", fu, S) + fp @ JE
         return p, J, f, fu, fp, G
 
-    def _data_term_compiled(self, x, eta):
-        """``data_term(x, eta, need=1)`` in one compiled call (concentration outputs)."""
+    def kernel(self, p, psi, gp, res, grad=True):
+        """The compiled data term at solver parameters ``p`` (concentration outputs): ``res`` <-
+        (l, dl/dpsi) and, with ``grad``, ``gp`` <- dl/dp (one forward solve and one discrete
+        adjoint, pk/_kernels.py).  Returns True when the objective is finite."""
+        fz = self._fast
+
+        def run(gf):
+            if self._bound is not gf.st_t:  # (storage grown: bind the new buffers)
+                P = gf.P
+                self._args_a = (gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero,
+                                P.tab.D, P.opt, P.iopt, P.rtol, P.atol, gf.u0)
+                self._args_b = (gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h, gf.st_u, gf.st_k,
+                                gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk, self.y,
+                                self._ratio[1], self._ratio[2], fz["ekind"])
+                self._bound = gf.st_t
+            return PK.subject_data_term(*self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"],
+                                        fz["V"], res, grad)
+
+        return self.gf.record(run) == RK.OK
+
+    def _data_term_compiled(self, x, eta, need):
+        """``data_term(x, eta, need)`` (need 0 or 1) by :meth:`kernel`."""
         m = self.model
         p, J = self.params(x, eta)
         if not np.isfinite(p).all():
-            return np.inf, None
+            return (np.inf, None) if need else np.inf
         fz = self._fast
-        st, pk = self._ratio[1], self._ratio[2]
-        psi = np.ascontiguousarray(x[m.blocks["psi"]])
-
-        def run(gf):
-            P = gf.P
-            return PK.subject_data_term(
-                gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D, P.opt,
-                P.iopt, P.rtol, P.atol, gf.u0, p, gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h,
-                gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk,
-                self.y, st, pk, fz["ekind"], psi, fz["g"], fz["gp"], fz["lam"], fz["f"], fz["V"], fz["res"])
-
-        if self.gf.record(run) != RK.OK:
-            return np.inf, None
-        gp = fz["gp"]
-        res = fz["res"]
+        res, gp = fz["res"], fz["gp"]
+        if not self.kernel(p, np.ascontiguousarray(x[m.blocks["psi"]]), gp, res, need == 1):
+            return (np.inf, None) if need else np.inf
+        if not need:
+            return float(res[0])
         out = {"f": fz["f"].copy(), "V": fz["V"].copy(), "dpsi": res[1:].copy(), "J": J,
                "dlogq": J.T @ gp[:self.n_mech], "dw": gp[self.n_mech:].copy()}
         return float(res[0]), out
@@ -189,8 +201,8 @@ class SubjectEval:
     def data_term(self, x, eta, need=0):
         """-2 log p(y | eta) without 2 pi, and with ``need`` = 1 its gradients
         (d/dlogq, d/dw, d/dpsi), with ``need`` = 2 what FOCE needs instead (f, V, V', G)."""
-        if need == 1 and self._fast is not None and self.compiled:
-            return self._data_term_compiled(x, eta)
+        if need < 2 and self._fast is not None and self.compiled:
+            return self._data_term_compiled(x, eta, need)
         m = self.model
         r = self.predict(x, eta, directions=need == 2)
         if r is None:
@@ -270,10 +282,12 @@ class Problem:
         self.subjects = []
         self.skipped = []
         check = True
+        kept = []
         for i, s in enumerate(data.subjects):
             if not np.any(np.asarray(s.blq) == 0):
                 self.skipped.append(s.id)
                 continue
+            kept.append(i)
             self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
                                              ss_intervals=ss_intervals, check=check, controller=controller))
             check = False
@@ -281,6 +295,17 @@ class Problem:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
+        # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled
+        # data terms' outputs, a row per subject (see _compiled_terms)
+        self._X = X[kept]
+        self._B = np.zeros((len(model.covariates), len(model.theta_names)))
+        for j, (k, _, _) in enumerate(model.covariates):
+            self._B[j, k] = 1.0
+        self._covs = [s.cov for s in self.subjects]
+        n_p = self.subjects[0].gf.m
+        self._P = np.zeros((self.N, n_p))
+        self._GP = np.zeros((self.N, n_p))
+        self._RES = np.zeros((self.N, 1 + len(model.error.names)))
         self._pool = None
         self.set_threads(1 if threads is None else threads)
 
@@ -314,10 +339,29 @@ class Problem:
         return None
 
     def each(self, fn, items=None):
+        """[fn(item) for item in items] (a tuple item is spread over fn's arguments), over the
+        threads: each thread takes the next item until none is left (one hand-off per thread,
+        not per item; the compiled passes release the GIL)."""
         items = self.subjects if items is None else items
+        call = (lambda it: fn(*it) if isinstance(it, tuple) else fn(it))
         if self._pool is None:
-            return [fn(*it) if isinstance(it, tuple) else fn(it) for it in items]
-        return list(self._pool.map(lambda it: fn(*it) if isinstance(it, tuple) else fn(it), items))
+            return [call(it) for it in items]
+        n = len(items)
+        out = [None] * n
+        ticket = itertools.count()  # (next() on it is atomic under the GIL)
+
+        def work():
+            while True:
+                i = next(ticket)
+                if i >= n:
+                    return
+                out[i] = call(items[i])
+
+        futures = [self._pool.submit(work) for _ in range(self.threads - 1)]
+        work()
+        for f in futures:
+            f.result()
+        return out
 
     def close(self):
         if self._pool is not None:
@@ -345,13 +389,61 @@ class Problem:
         if m.covariate_network is not None:
             g[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
 
+    def _compiled_terms(self, x, etas, need):
+        """Every subject's data term by its compiled call (concentration outputs), with the
+        per-subject algebra done once for all subjects: (sum of data terms, and with ``need`` its
+        gradient over x and the (N, q) gradient over the etas); None when the compiled path does
+        not apply, (inf, ...) when a subject's objective is not finite."""
+        if not SubjectEval.compiled or any(s._fast is None for s in self.subjects):
+            return None
+        m = self.model
+        cn = m.covariate_network
+        LOGQ = x[m.blocks["theta"]] + (self._X * x[m.blocks["beta"]]) @ self._B + etas @ m.E.T
+        if cn is not None:
+            wc = np.ascontiguousarray(x[m.blocks["wc"]])
+            for i, s in enumerate(self.subjects):
+                LOGQ[i, m.cn_targets] += cn.chain(s.z, wc)
+        PM, J = m.structural_params_all(LOGQ, self._covs)
+        nm = PM.shape[1]
+        P, GP, RES = self._P, self._GP, self._RES
+        P[:, :nm] = PM
+        P[:, nm:] = x[m.blocks["w"]]
+        gx = np.zeros(m.n_x)
+        if not np.isfinite(P).all():
+            return (np.inf, gx, np.zeros_like(etas)) if need else np.inf
+        psi = np.ascontiguousarray(x[m.blocks["psi"]])
+        subjects = self.subjects
+        ok = self.each(lambda i: subjects[i].kernel(P[i], psi, GP[i], RES[i], bool(need)), range(self.N))
+        if not all(ok):
+            return (np.inf, gx, np.zeros_like(etas)) if need else np.inf
+        total = float(RES[:, 0].sum())
+        if not need:
+            return total
+        DLOGQ = np.einsum("nmt,nm->nt", J, GP[:, :nm])
+        gx[m.blocks["theta"]] = DLOGQ.sum(axis=0)
+        gx[m.blocks["beta"]] = (self._X * (DLOGQ @ self._B.T)).sum(axis=0)
+        gx[m.blocks["w"]] = GP[:, nm:].sum(axis=0)
+        gx[m.blocks["psi"]] = RES[:, 1:].sum(axis=0)
+        if cn is not None:
+            for i, s in enumerate(subjects):
+                gx[m.blocks["wc"]] += s.covariate_network_grad(x, DLOGQ[i])
+        return total, gx, DLOGQ @ m.E
+
     # ------------------------------------------------------------------ naive pooled
 
     def pooled(self, x, need=1):
         m = self.model
         eta = np.zeros(m.n_eta)
-        res = self.each(lambda s: s.data_term(x, eta, need))
         pen, gw = self.weight_prior(x)
+        r = self._compiled_terms(x, np.zeros((self.N, m.n_eta)), need)
+        if r is not None:
+            if not need:
+                return r + pen
+            g = r[1]
+            g[m.blocks["w"]] += gw[:m.n_weights]
+            g[m.blocks["wc"]] += gw[m.n_weights:]
+            return r[0] + pen, g
+        res = self.each(lambda s: s.data_term(x, eta, need))
         if not need:
             return float(sum(res)) + pen
         g = np.zeros(m.n_x)
@@ -388,18 +480,27 @@ class Problem:
         logdet = 2.0 * np.sum(np.log(np.diag(L)))
         prior = float(np.sum(Z * Z)) + self.N * logdet
         pen, gw = self.weight_prior(x)
-        res = self.each(lambda s, e: s.data_term(x, e, need), list(zip(self.subjects, etas)))
-        if not need:
-            return float(sum(res)) + prior + pen
-        gx = np.zeros(m.n_x)
-        ge = np.zeros_like(etas)
-        total = prior + pen
-        for i, (s, (l, out)) in enumerate(zip(self.subjects, res)):
-            if out is None:
-                return np.inf, gx, ge
-            total += l
-            self._add_fixed_effect_grads(gx, s, x, out)
-            ge[i] = m.E.T @ out["dlogq"]
+        r = self._compiled_terms(x, etas, need)
+        if r is not None and not need:
+            return r + prior + pen
+        if r is not None:
+            total, gx, ge = r
+            total += prior + pen
+        else:
+            res = self.each(lambda s, e: s.data_term(x, e, need), list(zip(self.subjects, etas)))
+            if not need:
+                return float(sum(res)) + prior + pen
+            gx = np.zeros(m.n_x)
+            ge = np.zeros_like(etas)
+            total = prior + pen
+            for i, (s, (l, out)) in enumerate(zip(self.subjects, res)):
+                if out is None:
+                    return np.inf, gx, ge
+                total += l
+                self._add_fixed_effect_grads(gx, s, x, out)
+                ge[i] = m.E.T @ out["dlogq"]
+        if not np.isfinite(total):
+            return np.inf, gx, ge
         gx[m.blocks["w"]] += gw[:m.n_weights]
         gx[m.blocks["wc"]] += gw[m.n_weights:]
         # the Gaussian prior: d/deta_i = 2 L^-T z_i; d/dL = -2 L^-T Z Z^T, + N * 2 / L_kk on the diagonal

@@ -360,6 +360,18 @@ class PopulationModel:
             qz[k] = q[k]
         return p.real.astype(float), J
 
+    def structural_params_all(self, LOGQ, covs):
+        """:meth:`structural_params` for every row of ``LOGQ`` (N, n_theta), ``covs`` the
+        subjects' covariate dicts: (P (N, n_mech), J (N, n_mech, n_theta))."""
+        if self.individual is None:
+            with np.errstate(over="ignore"):
+                P = np.exp(LOGQ[:, self._perm])
+            J = np.zeros((LOGQ.shape[0], P.shape[1], LOGQ.shape[1]))
+            J[:, self._perm_rows, self._perm] = P
+            return P, J
+        r = [self.structural_params(lq, c) for lq, c in zip(LOGQ, covs)]
+        return np.array([a for a, _ in r]), np.array([b for _, b in r])
+
     def _call_individual(self, q, cov):
         qd = dict(zip(self.theta_names, q))
         out = self.individual(qd, cov or {}) if self._individual_cov else self.individual(qd)
