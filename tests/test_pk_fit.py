@@ -414,3 +414,47 @@ def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theo
     assert P.map_objective(bad, etas, 0) == np.inf
     assert P.map_objective(bad, etas, 1)[0] == np.inf
     P.close()
+
+
+@numba.njit
+def _wt_ude_rhs(du, u, pm, t, y):
+    c = u[1] / pm[2]
+    du[0] = -pm[0] * u[0]
+    du[1] = pm[0] * u[0] - pm[1] * c * np.exp(y[0])
+
+
+@numba.njit
+def _wt_ude_features(x, u, pm, t):
+    x[0] = u[1] / pm[2] / 10.0
+    x[1] = pm[3] / 70.0 - 1.0  # the subject's weight, a structural parameter set from its covariate
+
+
+def test_network_of_concentration_and_a_covariate_in_the_dynamics(theoph):
+    """Elimination CL*C*exp(NN(C, WT)): the covariate reaches the network through a structural
+    parameter that individual(q, cov) sets; the MAP gradient (weights included) matches central
+    differences and the network's output changes with the weight."""
+    chain = sc.SimpleChain(2, sc.Dense(4, sc.tanh), sc.Dense(1))
+    ude = sc.UDE(_wt_ude_rhs, chain, n_states=2, params=["ka", "CL", "V", "WT"], features=_wt_ude_features)
+    st = sc.pk.CompartmentModel("nn_elimination_of_c_and_wt", ude, ["ka", "CL", "V", "WT"], ["depot", "central"],
+                                [sc.pk.Ratio(1, 2)])
+    m = sc.pk.PopulationModel(st, dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="additive", sigma=0.7,
+                              individual=lambda q, cov: dict(ka=q["ka"], CL=q["CL"], V=q["V"], WT=cov["WT"]),
+                              weight_prior=1.0)
+    data = sc.pk.Population(theoph.subjects[:4], theoph.covariate_names, theoph.columns)
+    P = Problem(m, data, rtol=1e-11, atol=1e-13, solver=sc.Vern7())
+    x = m.x0.copy()
+    x[m.blocks["w"]] += np.random.default_rng(0).normal(0, 0.3, m.n_weights)
+    etas = np.random.default_rng(1).normal(0, 0.2, (P.N, 2))
+    v, gx, ge = P.map_objective(x, etas, 1)
+    gxf = fd_grad(lambda z: P.map_objective(z, etas, 0), x)
+    np.testing.assert_allclose(gx, gxf, rtol=2e-5, atol=2e-5 * np.abs(gxf).max())
+    w = m.blocks["w"]
+    assert np.abs(gx[w]).max() > 0
+    # each subject's own weight reaches the network: it is the solver's 4th parameter, and the
+    # predictions move when it changes
+    s = P.subjects[0]
+    assert s.params(x, etas[0])[0][3] == data.subjects[0].covariate("WT")
+    f0 = s.predict(x, etas[0])[2].copy()
+    s.cov = dict(s.cov, WT=s.cov["WT"] * 1.5)
+    assert np.abs(s.predict(x, etas[0])[2] - f0).max() > 1e-3 * np.abs(f0).max()
+    P.close()

@@ -301,7 +301,6 @@ class Problem:
         self._B = np.zeros((len(model.covariates), len(model.theta_names)))
         for j, (k, _, _) in enumerate(model.covariates):
             self._B[j, k] = 1.0
-        self._covs = [s.cov for s in self.subjects]
         n_p = self.subjects[0].gf.m
         self._P = np.zeros((self.N, n_p))
         self._GP = np.zeros((self.N, n_p))
@@ -403,7 +402,7 @@ class Problem:
             wc = np.ascontiguousarray(x[m.blocks["wc"]])
             for i, s in enumerate(self.subjects):
                 LOGQ[i, m.cn_targets] += cn.chain(s.z, wc)
-        PM, J = m.structural_params_all(LOGQ, self._covs)
+        PM, J = m.structural_params_all(LOGQ, [s.cov for s in self.subjects])
         nm = PM.shape[1]
         P, GP, RES = self._P, self._GP, self._RES
         P[:, :nm] = PM
