@@ -458,3 +458,45 @@ def test_network_of_concentration_and_a_covariate_in_the_dynamics(theoph):
     s.cov = dict(s.cov, WT=s.cov["WT"] * 1.5)
     assert np.abs(s.predict(x, etas[0])[2] - f0).max() > 1e-3 * np.abs(f0).max()
     P.close()
+
+
+def test_foce_gradient_matches_central_differences_of_the_ofv(theoph):
+    """Problem.foce_gradient (envelope terms exact, log|M| and the modes' movement by differences
+    of exact sensitivities along each eta) against central differences of the OFV itself, on the
+    rich model (covariates, covariate network, full Omega, combined error, individual(q, cov))."""
+    m, x = rich_model()
+    data = sc.pk.Population(theoph.subjects[:4], theoph.covariate_names, theoph.columns)
+    P = Problem(m, data, rtol=1e-11, atol=1e-13, solver=sc.Vern7(), inner_tol=1e-24)
+    v, etas, res = P.foce(x)
+    g = P.foce_gradient(x, res)
+    h = 1e-4
+    gf = np.array([(P.foce(x + h * e, etas)[0] - P.foce(x - h * e, etas)[0]) / (2 * h) for e in np.eye(m.n_x)])
+    np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
+    # log|M|'s terms matter: the gradient of the rest (the MAP objective's at the modes, less the
+    # weights' prior) is off by far more than ours
+    gm = P.map_objective(x, etas, 1)[1]
+    gm[m.blocks["wc"]] -= P.weight_prior(x)[1]
+    assert np.abs(gm - gf).max() > 100 * np.abs(g - gf).max()
+    P.close()
+
+
+def test_foce_fits_network_weights_with_the_other_parameters(theoph):
+    """A covariate network under FOCE-I: its weights leave the MAP stage's values and the FOCE-I
+    objective (OFV + the weights' prior) ends below the MAP stage's, at a stationary point."""
+    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["WT"],
+                                 targets=["CL"])
+    m = theo_model(covariate_network=net, weight_prior=2.0)
+    stage = sc.pk.fit(m, theoph, "map", se=False)
+    r = sc.pk.fit(m, theoph, "foce", se=False)
+    assert r.converged and "then FOCE-I" in r.message
+    wc = m.blocks["wc"]
+    assert np.abs(r.x[wc] - stage.x[wc]).max() > 1e-3
+    P = Problem(m, theoph)
+    prior = P.weight_prior(r.x)[0]
+    assert r.ofv + prior < stage.ofv + P.weight_prior(stage.x)[0] - 0.01
+    v, etas, res = P.foce(r.x, r.etas)
+    g = P.foce_gradient(r.x, res)
+    g[wc] += P.weight_prior(r.x)[1]
+    assert np.abs(g[~m.fixed]).max() < 0.05
+    assert r.n_estimated == stage.n_estimated  # the weights count in both
+    P.close()

@@ -120,6 +120,96 @@ class SubjectEval:
         return cn.chain.vjp_into(self._gwc, np.ascontiguousarray(x[m.blocks["wc"]]),
                                  np.ascontiguousarray(dlogq[m.cn_targets]), self.z).copy()
 
+    def add_x_grad(self, g, x, dlogq, dw, dpsi=None):
+        """g += the gradient over x (theta, beta, covariate network, weights, log sigmas) from the
+        subject's d/dlogq, d/dw and d/dpsi."""
+        m = self.model
+        g[m.blocks["theta"]] += dlogq
+        g[m.blocks["beta"]] += self.C.T @ dlogq
+        g[m.blocks["w"]] += dw
+        if dpsi is not None:
+            g[m.blocks["psi"]] += dpsi
+        if m.covariate_network is not None:
+            g[m.blocks["wc"]] += self.covariate_network_grad(x, dlogq)
+
+    def x_grads(self, x, eta, cotangents):
+        """For each cotangent c (n_obs,), the gradient of c' f(x, eta) over x (one forward solve,
+        one adjoint pass per cotangent); None when the solve fails."""
+        r = self.predict(x, eta)
+        if r is None:
+            return None
+        p, J, f, fu, fp = r
+        nm = self.n_mech
+        out = []
+        for c in cotangents:
+            gp, _ = self.gf.pullback(c[:, None] * fu)
+            gp[:nm] += fp.T @ c
+            g = np.zeros(self.model.n_x)
+            self.add_x_grad(g, x, J.T @ gp[:nm], gp[nm:])
+            out.append(g)
+        return out
+
+    def foce_gradient(self, x, fitted, Oinv, dOinv, h=1e-4):
+        """d/dx of the subject's FOCE-I term l(eta*) + eta*' Omega^-1 eta* + log|M| (log|Omega|
+        left to the caller) at its mode eta* (``fitted``: what :meth:`fit_eta` returned), with
+        ``dOinv`` (n_omega, q, q) the derivatives of Omega^-1 over x's Omega block.
+
+        d/dx = partial_x Phi + partial_x log|M| + (partial_eta log|M|)' d eta*/dx, Phi = l + eta' Omega^-1 eta
+        (its eta-gradient is 0 at the mode), d eta*/dx = -H^-1 partial_eta partial_x Phi, H the exact
+        Hessian of Phi in eta.  First-order pieces are exact (adjoint gradients, forward
+        sensitivities G); the second-order ones (dG/dx, dG/deta, H, the mixed Hessian) are
+        central differences along each eta direction of exact first-order quantities, using
+        d/deta_k grad_x(a' f) = grad_x(a' G_k) for the x-derivatives of G.  Costs 2q forward-
+        sensitivity solves, 2q forward solves with two adjoint passes each, and one more forward
+        solve and adjoint pass.  Returns None when a solve fails."""
+        m = self.model
+        eta, _, M, out = fitted
+        q = eta.shape[0]
+        psi = x[m.blocks["psi"]]
+        f, G, dldf = out["f"], out["G"], out["dldf"]
+        Minv = np.linalg.inv(M)
+        Wd, dWdf, dWdpsi = m.error.information_weight(f, psi)
+        A = 2.0 * Wd[:, None] * (G @ Minv)  # d log|M| = sum_k A_k' dG_k + sum_j d_j dW_j (+ Omega^-1's part)
+        d = np.einsum("jk,kl,jl->j", G, Minv, G)
+        c = d * dWdf
+        dlogM_eta = G.T @ c
+        H = 2.0 * Oinv.copy()
+        B = np.zeros((q, m.n_x))  # d/deta d/dx Phi
+        T1 = np.zeros(m.n_x)  # sum_k d/deta_k grad_x(A_k' f) = sum_k grad_x(A_k' G_k): log|M| through G
+        for k in range(q):
+            dG = np.zeros_like(G)
+            for sgn in (1.0, -1.0):
+                e = eta.copy()
+                e[k] += sgn * h
+                _, o1 = self.data_term(x, e, need=2)
+                gr = None if o1 is None else self.x_grads(x, e, [A[:, k], o1["dldf"]])
+                if gr is None:
+                    return None
+                w = sgn / (2.0 * h)
+                dG += w * o1["G"]
+                H[:, k] += w * (o1["G"].T @ o1["dldf"])
+                T1 += w * gr[0]
+                B[k] += w * gr[1]
+                B[k, m.blocks["psi"]] += w * o1["dpsi"]
+            dlogM_eta[k] += np.sum(A * dG)
+        ob = m.blocks["omega"]
+        for r in range(ob.stop - ob.start):
+            B[:, ob.start + r] += 2.0 * dOinv[r] @ eta
+        H = 0.5 * (H + H.T)
+        try:
+            u = np.linalg.solve(H, dlogM_eta)
+        except np.linalg.LinAlgError:
+            return None
+        # at the mode: grad_x Phi and log|M| through W, by one adjoint pass with both cotangents
+        gr = self.x_grads(x, eta, [dldf + c])
+        if gr is None:
+            return None
+        g = gr[0] + T1 - u @ B
+        g[m.blocks["psi"]] += out["dpsi"] + d @ dWdpsi
+        for r in range(ob.stop - ob.start):
+            g[ob.start + r] += eta @ dOinv[r] @ eta + np.sum(Minv * dOinv[r])
+        return g
+
     def params(self, x, eta):
         """(p for the solver, dp_mech/dlogq)."""
         m = self.model
@@ -271,13 +361,14 @@ class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
     def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30, threads=None,
-                 controller=None):
+                 controller=None, inner_tol=1e-10):
         from .data import Population
 
         if not isinstance(data, Population):
             raise TypeError(f"`data` must be a sc.pk.Population from sc.pk.read_data, got {type(data).__name__}")
         self.model = model
         self.data = data
+        self.inner_tol = inner_tol  # FOCE-I's inner loop stops when the Fisher-scoring decrement is below it
         X, Z, self.covariate_refs = model.covariate_design(data.subjects)
         self.subjects = []
         self.skipped = []
@@ -378,16 +469,6 @@ class Problem:
         s2 = m.weight_prior ** 2
         return float(w @ w / s2), 2.0 * w / s2
 
-    def _add_fixed_effect_grads(self, g, s, x, out):
-        """Add subject ``s``'s data-term gradient (``out`` from data_term) to g over x."""
-        m = self.model
-        g[m.blocks["theta"]] += out["dlogq"]
-        g[m.blocks["beta"]] += s.C.T @ out["dlogq"]
-        g[m.blocks["w"]] += out["dw"]
-        g[m.blocks["psi"]] += out["dpsi"]
-        if m.covariate_network is not None:
-            g[m.blocks["wc"]] += s.covariate_network_grad(x, out["dlogq"])
-
     def _compiled_terms(self, x, etas, need):
         """Every subject's data term by its compiled call (concentration outputs), with the
         per-subject algebra done once for all subjects: (sum of data terms, and with ``need`` its
@@ -451,7 +532,7 @@ class Problem:
             if out is None:
                 return np.inf, g
             total += l
-            self._add_fixed_effect_grads(g, s, x, out)
+            s.add_x_grad(g, x, out["dlogq"], out["dw"], out["dpsi"])
         g[m.blocks["w"]] += gw[:m.n_weights]
         g[m.blocks["wc"]] += gw[m.n_weights:]
         return total, g
@@ -474,7 +555,10 @@ class Problem:
             Om = self.profiled_omega(etas, C)
             L = np.linalg.cholesky(Om)
         else:
-            L = m.omega_factor(x)
+            with np.errstate(over="ignore"):
+                L = m.omega_factor(x)
+        if not (np.isfinite(L).all() and np.all(np.diag(L) > 0) and np.isfinite(etas).all()):
+            return (np.inf, np.zeros(m.n_x), np.zeros_like(etas)) if need else np.inf
         Z = solve_triangular(L, etas.T, lower=True)  # (q, N): L^-1 eta_i
         logdet = 2.0 * np.sum(np.log(np.diag(L)))
         prior = float(np.sum(Z * Z)) + self.N * logdet
@@ -496,7 +580,7 @@ class Problem:
                 if out is None:
                     return np.inf, gx, ge
                 total += l
-                self._add_fixed_effect_grads(gx, s, x, out)
+                s.add_x_grad(gx, x, out["dlogq"], out["dw"], out["dpsi"])
                 ge[i] = m.E.T @ out["dlogq"]
         if not np.isfinite(total):
             return np.inf, gx, ge
@@ -521,16 +605,50 @@ class Problem:
 
     # ------------------------------------------------------------------ FOCE-I
 
+    def omega_inverse_derivatives(self, x):
+        """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q)) by complex step over Omega's block."""
+        m = self.model
+        q = m.n_eta
+        ob = m.blocks["omega"]
+        v = x[ob]
+        L = m.omega_factor(x)
+        Linv = solve_triangular(L, np.eye(q), lower=True)
+        dOinv = np.empty((ob.stop - ob.start, q, q))
+        for r in range(dOinv.shape[0]):
+            vz = v.astype(complex)
+            vz[r] += 1e-30j
+            Lz = np.diag(np.exp(vz[:q]))
+            if m.omega_kind == "full" and q > 1:
+                Lz[m.tril] = vz[q:]
+            dOinv[r] = np.linalg.inv(Lz @ Lz.T).imag / 1e-30
+        return Linv.T @ Linv, dOinv
+
+    def foce_gradient(self, x, res, h=1e-4):
+        """d OFV / dx at ``x`` from ``foce(x)``'s per-subject results ``res`` (see
+        :meth:`SubjectEval.foce_gradient`); None when a subject's solve fails."""
+        m = self.model
+        Oinv, dOinv = self.omega_inverse_derivatives(x)
+        gs = self.each(lambda s, r: s.foce_gradient(x, r, Oinv, dOinv, h), list(zip(self.subjects, res)))
+        if any(g is None for g in gs):
+            return None
+        g = np.sum(gs, axis=0)
+        ob = m.blocks["omega"]
+        g[ob.start:ob.start + m.n_eta] += 2.0 * self.N  # log|Omega| = 2 sum log L_kk
+        return g
+
     def foce(self, x, etas0=None):
         """(OFV, etas, per-subject (l, M, pieces)) at ``x``; OFV = inf if a subject fails."""
         m = self.model
         q = m.n_eta
-        L = m.omega_factor(x)
+        etas0 = np.zeros((self.N, q)) if etas0 is None else etas0
+        with np.errstate(over="ignore"):
+            L = m.omega_factor(x)
+        if not (np.isfinite(L).all() and np.all(np.diag(L) > 0)):  # (an optimiser's trial step)
+            return np.inf, etas0.copy(), [None] * self.N
         Linv = solve_triangular(L, np.eye(q), lower=True)
         Oinv = Linv.T @ Linv
         logdetO = 2.0 * np.sum(np.log(np.diag(L)))
-        etas0 = np.zeros((self.N, q)) if etas0 is None else etas0
-        res = self.each(lambda s, e: s.fit_eta(x, Oinv, e), list(zip(self.subjects, etas0)))
+        res = self.each(lambda s, e: s.fit_eta(x, Oinv, e, tol=self.inner_tol), list(zip(self.subjects, etas0)))
         etas = np.zeros((self.N, q))
         ofv = 0.0
         for i, r in enumerate(res):

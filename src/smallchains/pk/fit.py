@@ -313,10 +313,12 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
             the data say little about a random effect (use with care).
         progress: ``True`` to print progress, or a function called with a message.
 
-    FOCE-I minimises the OFV with gradients by central differences over the outer parameters
-    (as NONMEM does), each OFV solving every subject's inner problem; the network weights of a
-    model with a neural term are not FOCE-I parameters: they are fitted by a MAP stage first
-    (unless ``model.fixed`` holds them) and then kept.
+    FOCE-I minimises the OFV (plus the network weights' L2 prior) with its gradient from the
+    subjects' sensitivities (``Problem.foce_gradient``: exact first-order terms, the second-order
+    ones by central differences of exact sensitivities along each random effect), each
+    evaluation solving every subject's inner problem from the last modes.  A model with a
+    neural term starts FOCE-I from a MAP fit (with ``optimizer``), then fits the weights with the
+    other parameters by L-BFGS.
     """
     from ..ode.tableau import Vern7
 
@@ -422,9 +424,6 @@ def _free(model, method, map_omega="em"):
         free[model.blocks["beta"]] = False
         free[model.blocks["w"]] = False
         free[model.blocks["wc"]] = False
-    if method == "foce":
-        free[model.blocks["w"]] = False
-        free[model.blocks["wc"]] = False
     return free
 
 
@@ -520,37 +519,34 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv,
                 "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else ""),
                 "n_evaluations": ne_total}
-    # FOCE-I: central differences over the outer parameters, the etas warm-started
+    # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
+    # warm-started; network weights with their L2 prior
     state = {"etas": np.zeros((P.N, m.n_eta))}
-    h = 1e-4
 
     def fg(z):
         xx = x.copy()
         xx[idx] = z
-        v, etas, _ = P.foce(xx, state["etas"])
+        v, etas, res = P.foce(xx, state["etas"])
         if not np.isfinite(v):
             return np.inf, np.zeros_like(z)
+        g = P.foce_gradient(xx, res)
+        if g is None:
+            return np.inf, np.zeros_like(z)
         state["etas"] = etas
-        g = np.empty_like(z)
-        for k, i in enumerate(idx):
-            xp = xx.copy()
-            xp[i] += h
-            xm = xx.copy()
-            xm[i] -= h
-            fp = P.foce(xp, etas)[0]
-            fm = P.foce(xm, etas)[0]
-            if not (np.isfinite(fp) and np.isfinite(fm)):
-                return np.inf, np.zeros_like(z)
-            g[k] = (fp - fm) / (2 * h)
-        return v, g
+        pen, gw = P.weight_prior(xx)
+        g[m.blocks["w"]] += gw[:m.n_weights]
+        g[m.blocks["wc"]] += gw[m.n_weights:]
+        return v + pen, g[idx]
 
-    lb_opts = dict(opts)
-    if lb_opts["optimizer"] != "lbfgs":
-        lb_opts["optimizer"] = "lbfgs"  # Adam on a difference-quotient gradient would waste evaluations
-    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **lb_opts)
+    o = dict(opts, optimizer="lbfgs") if nets.size and not np.all(m.fixed[nets]) else opts  # (after the MAP stage)
+    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **o)
     x[idx] = z
     v, etas, _ = P.foce(x, state["etas"])
-    return {"x": x, "etas": etas, "objective": v, "converged": conv, "message": msg, "n_evaluations": ne}
+    if nets.size and not np.all(m.fixed[nets]):
+        msg = f"MAP stage ({stage['message']}), then FOCE-I: {msg}"
+        ne += stage["n_evaluations"]
+    return {"x": x, "etas": etas, "objective": v + P.weight_prior(x)[0], "converged": conv, "message": msg,
+            "n_evaluations": ne}
 
 
 # --------------------------------------------------------------------------- after the fit
@@ -740,8 +736,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
     cov, idx = (_standard_errors(P, method, x, etas, map_omega) if se
                 else (None, np.zeros(0, dtype=np.int64)))
-    nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
-    n_est = int(np.sum(_free(m, method, "fixed"))) + (int(np.sum(~m.fixed[nets])) if method == "foce" else 0)
+    n_est = int(np.sum(_free(m, method, "fixed")))
     if method == "map" and map_omega != "fixed":
         n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
     m2ll = ofv + P.n_obs * math.log(2 * math.pi)

@@ -57,6 +57,25 @@ class ErrorModel:
         V = s2[0] + s2[1] * f * f
         return V, 2.0 * s2[1] * f, np.stack([np.full_like(f, 2.0 * s2[0]), 2.0 * s2[1] * f * f], axis=1)
 
+    def information_weight(self, f, psi):
+        """(w, dw/df, dw/dpsi (n, n_psi)) with w = 1/V + V'^2 / (2 V^2), the expected information
+        of an observation about its prediction (FOCE-I's weights); derivatives by complex step
+        (w_j depends on f_j alone)."""
+        f = np.asarray(f, dtype=float)
+        psi = np.asarray(psi, dtype=float)
+
+        def w(fz, pz):
+            V, Vf, _ = self.variance(fz, pz)
+            return 1.0 / V + Vf * Vf / (2.0 * V * V)
+
+        dwdf = w(f + 1j * _H, psi.astype(complex)).imag / _H
+        dwdpsi = np.empty((f.shape[0], psi.shape[0]))
+        for r in range(psi.shape[0]):
+            pz = psi.astype(complex)
+            pz[r] += 1j * _H
+            dwdpsi[:, r] = w(f.astype(complex), pz).imag / _H
+        return w(f, psi), dwdf, dwdpsi
+
 
 class CovariateNetwork:
     """A network from baseline covariates to individual parameters: log q_k += NN(c)_k.
