@@ -362,14 +362,12 @@ class PopulationModel:
     def structural_params(self, logq, cov=None):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
         subject's baseline covariates, for an ``individual(q, cov)``)."""
+        if self.individual is None:
+            P, J = self.structural_params_all(logq[None, :], None)
+            return P[0], J[0]
         with np.errstate(over="ignore"):  # (an optimiser's trial step: inf parameters fail the solve cleanly)
             q = np.exp(logq)
         n_t = q.shape[0]
-        if self.individual is None:
-            p = q[self._perm]
-            J = np.zeros((p.shape[0], n_t))
-            J[self._perm_rows, self._perm] = p
-            return p, J
         p = self._call_individual(q, cov)
         J = np.empty((p.shape[0], n_t))
         qz = q.astype(complex)
@@ -383,7 +381,7 @@ class PopulationModel:
         """:meth:`structural_params` for every row of ``LOGQ`` (N, n_theta), ``covs`` the
         subjects' covariate dicts: (P (N, n_mech), J (N, n_mech, n_theta))."""
         if self.individual is None:
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore"):  # (an optimiser's trial step: inf parameters fail the solve cleanly)
                 P = np.exp(LOGQ[:, self._perm])
             J = np.zeros((LOGQ.shape[0], P.shape[1], LOGQ.shape[1]))
             J[:, self._perm_rows, self._perm] = P
