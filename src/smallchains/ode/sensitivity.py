@@ -405,13 +405,14 @@ class GradientFunction:
                                   "tolerances or lower max_steps")
             if cap < 1:
                 raise MemoryError(f"max_memory={sens.max_memory:.3g} bytes cannot hold even one step")
-        if cap != self._cap or mode != self._mode:
-            self.st_t = np.empty(cap)
-            self.st_h = np.empty(cap)
-            self.st_u = np.empty((cap, n))
-            self.st_k = np.empty((cap if mode == RK.STORE_ALL else 1, S, n))
-            self.st_j = np.empty(cap, dtype=np.int64)
-            self._cap, self._mode = cap, mode
+        if mode == self._mode and cap <= self._cap:
+            return self._cap  # (big enough: keep the buffers, so compiled callers' bound arguments stay valid)
+        self.st_t = np.empty(cap)
+        self.st_h = np.empty(cap)
+        self.st_u = np.empty((cap, n))
+        self.st_k = np.empty((cap if mode == RK.STORE_ALL else 1, S, n))
+        self.st_j = np.empty(cap, dtype=np.int64)
+        self._cap, self._mode = cap, mode
         return cap
 
     @staticmethod

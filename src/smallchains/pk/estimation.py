@@ -448,7 +448,11 @@ class Problem:
                 out[i] = call(items[i])
 
         futures = [self._pool.submit(work) for _ in range(self.threads - 1)]
-        work()
+        try:
+            work()
+        finally:  # (no worker may still run on a subject's buffers once this returns or raises)
+            for f in futures:
+                f.exception()
         for f in futures:
             f.result()
         return out
@@ -606,35 +610,45 @@ class Problem:
     # ------------------------------------------------------------------ FOCE-I
 
     def omega_inverse_derivatives(self, x):
-        """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q)) by complex step over Omega's block."""
+        """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q)) from Omega's Cholesky factor L
+        (d L^-1 = -L^-1 dL L^-1), or None when they are not finite."""
         m = self.model
         q = m.n_eta
         ob = m.blocks["omega"]
-        v = x[ob]
-        L = m.omega_factor(x)
+        with np.errstate(over="ignore"):
+            L = m.omega_factor(x)
+        if not (np.isfinite(L).all() and np.all(np.diag(L) > 0)):
+            return None
         Linv = solve_triangular(L, np.eye(q), lower=True)
         dOinv = np.empty((ob.stop - ob.start, q, q))
+        rows, cols = (np.arange(q), np.arange(q)) if m.omega_kind != "full" or q == 1 else (
+            np.r_[np.arange(q), m.tril[0]], np.r_[np.arange(q), m.tril[1]])
         for r in range(dOinv.shape[0]):
-            vz = v.astype(complex)
-            vz[r] += 1e-30j
-            Lz = np.diag(np.exp(vz[:q]))
-            if m.omega_kind == "full" and q > 1:
-                Lz[m.tril] = vz[q:]
-            dOinv[r] = np.linalg.inv(Lz @ Lz.T).imag / 1e-30
-        return Linv.T @ Linv, dOinv
+            a, b = rows[r], cols[r]
+            dL = np.zeros((q, q))
+            dL[a, b] = L[a, b] if a == b else 1.0  # (log diagonal; plain off-diagonal entries)
+            dLinv = -Linv @ dL @ Linv
+            dOinv[r] = dLinv.T @ Linv + Linv.T @ dLinv
+        Oinv = Linv.T @ Linv
+        if not (np.isfinite(Oinv).all() and np.isfinite(dOinv).all()):
+            return None
+        return Oinv, dOinv
 
     def foce_gradient(self, x, res, h=1e-4):
         """d OFV / dx at ``x`` from ``foce(x)``'s per-subject results ``res`` (see
         :meth:`SubjectEval.foce_gradient`); None when a subject's solve fails."""
         m = self.model
-        Oinv, dOinv = self.omega_inverse_derivatives(x)
+        od = self.omega_inverse_derivatives(x)
+        if od is None or any(r is None for r in res):
+            return None
+        Oinv, dOinv = od
         gs = self.each(lambda s, r: s.foce_gradient(x, r, Oinv, dOinv, h), list(zip(self.subjects, res)))
         if any(g is None for g in gs):
             return None
         g = np.sum(gs, axis=0)
         ob = m.blocks["omega"]
         g[ob.start:ob.start + m.n_eta] += 2.0 * self.N  # log|Omega| = 2 sum log L_kk
-        return g
+        return g if np.isfinite(g).all() else None
 
     def foce(self, x, etas0=None):
         """(OFV, etas, per-subject (l, M, pieces)) at ``x``; OFV = inf if a subject fails."""
@@ -647,6 +661,8 @@ class Problem:
             return np.inf, etas0.copy(), [None] * self.N
         Linv = solve_triangular(L, np.eye(q), lower=True)
         Oinv = Linv.T @ Linv
+        if not np.isfinite(Oinv).all():
+            return np.inf, etas0.copy(), [None] * self.N
         logdetO = 2.0 * np.sum(np.log(np.diag(L)))
         res = self.each(lambda s, e: s.fit_eta(x, Oinv, e, tol=self.inner_tol), list(zip(self.subjects, etas0)))
         etas = np.zeros((self.N, q))
@@ -660,4 +676,6 @@ class Problem:
                 return np.inf, etas0.copy(), res
             etas[i] = eta
             ofv += obj + logdetO + logdetM
+        if not np.isfinite(ofv):
+            return np.inf, etas0.copy(), res
         return float(ofv), etas, res

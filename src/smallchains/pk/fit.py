@@ -462,6 +462,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     if map_omega == "em" and np.any(m.fixed[m.blocks["omega"]]):
         map_omega = "fixed"  # the user holds (part of) Omega: no EM update
     nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
+    stage = None
     if method == "foce" and nets.size and not np.all(m.fixed[nets]):
         stage = _run(P, "map", x, opts, report, map_omega)
         x = stage["x"]
@@ -521,7 +522,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
                 "n_evaluations": ne_total}
     # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
     # warm-started; network weights with their L2 prior
-    state = {"etas": np.zeros((P.N, m.n_eta))}
+    state = {"etas": stage["etas"].copy() if method == "foce" and stage is not None else np.zeros((P.N, m.n_eta))}
 
     def fg(z):
         xx = x.copy()
@@ -538,11 +539,11 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         g[m.blocks["wc"]] += gw[m.n_weights:]
         return v + pen, g[idx]
 
-    o = dict(opts, optimizer="lbfgs") if nets.size and not np.all(m.fixed[nets]) else opts  # (after the MAP stage)
+    o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after the MAP stage: L-BFGS)
     z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **o)
     x[idx] = z
     v, etas, _ = P.foce(x, state["etas"])
-    if nets.size and not np.all(m.fixed[nets]):
+    if stage is not None:
         msg = f"MAP stage ({stage['message']}), then FOCE-I: {msg}"
         ne += stage["n_evaluations"]
     return {"x": x, "etas": etas, "objective": v + P.weight_prior(x)[0], "converged": conv, "message": msg,
