@@ -257,6 +257,14 @@ def test_save_is_atomic_and_builtin_models_reload(tmp_path, theoph, monkeypatch)
     assert path.read_text() == before and os.listdir(tmp_path) == ["fit.json"]
     back = sc.pk.load(path)
     assert back.model.theta_names == ["ka", "CL", "V"] and back.theta == pytest.approx(r.theta)
+    # a covariate network is code too: a clear request for the model, not a layout mismatch
+    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(2, sc.tanh), sc.Dense(1)), inputs=["WT"], targets=["CL"])
+    mn = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["CL"], sigma=0.7,
+                               covariate_network=net)
+    sc.pk.fit(mn, theoph, "pooled", se=False, maxiter=3).save(path)
+    with pytest.raises(ValueError, match="pass model="):
+        sc.pk.load(path)
+    assert sc.pk.load(path, model=mn).model is mn
 
 
 def test_simulate_data(theoph):

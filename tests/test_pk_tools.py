@@ -80,6 +80,8 @@ def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="use error='combined'"):
         cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5",
                   "--error", "proportional"])
+    with pytest.raises(SystemExit, match="needs random effects"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--method", "map"])
 
 
 def test_demo_theophylline(tmp_path, capsys):

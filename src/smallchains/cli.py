@@ -81,7 +81,7 @@ def cmd_fit(a):
         print("(no random effects given with --eta: a naive pooled fit)")
     try:
         r = pk.fit(model, data, method, starts=a.starts, threads=a.threads, progress=_Throttled())
-    except pk.FitError as e:
+    except (pk.FitError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(r.summary())
     if a.out:

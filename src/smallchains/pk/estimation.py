@@ -96,9 +96,7 @@ class SubjectEval:
         self._fast = None
         self._bound = None
         if st._ratios:
-            self._ratio = (np.arange(self.n_obs), *st.ratio_indices(self.dvid))
-            self._fu = np.zeros((self.n_obs, st.n_states))
-            self._fp = np.zeros((self.n_obs, st.n_params))
+            self._ratio = st.ratio_indices(self.dvid)
             # the one-call compiled data term and gradient (pk/_kernels.py)
             self._fast = dict(
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
@@ -106,12 +104,7 @@ class SubjectEval:
                 f=np.zeros(self.n_obs), V=np.zeros(self.n_obs), res=np.zeros(1 + len(model.error.names)))
 
     def logq(self, x, eta):
-        m = self.model
-        lq = x[m.blocks["theta"]] + self.C @ x[m.blocks["beta"]] + m.E @ eta
-        cn = m.covariate_network
-        if cn is not None:
-            lq[m.cn_targets] += cn.chain(self.z, np.ascontiguousarray(x[m.blocks["wc"]]))
-        return lq
+        return self.model.log_individual(x, self.C, self.z, eta)
 
     def covariate_network_grad(self, x, dlogq):
         """d/d(covariate network weights) from d/dlogq."""
@@ -239,12 +232,7 @@ class SubjectEval:
         except (ODESolveError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
         if self._ratio is not None:  # concentrations: analytic, index arrays fixed per subject
-            rows, st, pk = self._ratio
-            vol = p[pk]
-            f = us[rows, st] / vol
-            fu, fp = self._fu, self._fp
-            fu[rows, st] = 1.0 / vol
-            fp[rows, pk] = -f / vol
+            f, fu, fp = m.structural.ratio_jacobians(us, p, *self._ratio)
         else:
             f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
         if not directions:
@@ -265,7 +253,7 @@ class SubjectEval:
                                 P.tab.D, P.opt, P.iopt, P.rtol, P.atol, gf.u0)
                 self._args_b = (gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h, gf.st_u, gf.st_k,
                                 gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk, self.y,
-                                self._ratio[1], self._ratio[2], fz["ekind"])
+                                *self._ratio, fz["ekind"])
                 self._bound = gf.st_t
             return PK.subject_data_term(*self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"],
                                         fz["V"], res, grad)

@@ -153,10 +153,7 @@ class FitResult:
         out = {}
         m = self.model
         for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
-            logq = self.x[m.blocks["theta"]] + C @ self.x[m.blocks["beta"]] + (m.E @ eta if random_effects else 0.0)
-            if m.covariate_network is not None:
-                logq[m.cn_targets] += m.covariate_network.chain(np.asarray(z, dtype=float),
-                                                                np.ascontiguousarray(self.x[m.blocks["wc"]]))
+            logq = m.log_individual(self.x, C, z, eta if random_effects else np.zeros_like(eta))
             pm, _ = m.structural_params(logq, cov)
             out[sid] = dict(zip(m.structural.params, pm.tolist()))
         return out
@@ -249,7 +246,8 @@ def model_spec(m):
     """A JSON description of a population model (enough to rebuild built-in ones)."""
     from .models import MODELS
 
-    builtin = m.structural.name in MODELS and m.structural.n_weights == 0 and m.individual is None
+    builtin = (m.structural.name in MODELS and m.structural.n_weights == 0 and m.individual is None
+               and m.covariate_network is None)
     return {"structural": m.structural.name, "builtin": builtin, "theta_names": m.theta_names,
             "eta": m.eta_names, "omega": m.omega_kind,
             "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],

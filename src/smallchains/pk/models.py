@@ -56,6 +56,14 @@ def _symbolic(f, n, m):
     return vjp, jvp
 
 
+def zero_output_init(chain, seed=0):
+    """A chain's seeded float64 initial weights with the last layer zero (its output starts at 0)."""
+    w = chain.init_params(seed=seed, dtype=np.float64)
+    for a in list(chain.param_views(w).values())[-1]:
+        a[...] = 0.0
+    return w
+
+
 class Ratio:
     """An output that is a state over a parameter (a concentration: amount / volume), with
     analytic derivatives: ``Ratio(state, param)`` is y = u[state] / p[param]."""
@@ -135,11 +143,7 @@ class CompartmentModel:
         the fit starts from it."""
         if not self.n_weights:
             return np.zeros(0)
-        chain = self.ode.chain
-        w = chain.init_params(seed=seed, dtype=np.float64)
-        for a in list(chain.param_views(w).values())[-1]:
-            a[...] = 0.0
-        return w
+        return zero_output_init(self.ode.chain, seed)
 
     @property
     def n_states(self):
@@ -196,7 +200,7 @@ class CompartmentModel:
         u = np.atleast_2d(np.asarray(u, dtype=float))
         p = np.asarray(p, dtype=float)
         if self._ratios:
-            return self._ratio_jacobians(u, p, np.asarray(dvid, dtype=np.int64).reshape(-1))
+            return self.ratio_jacobians(u, p, *self.ratio_indices(np.asarray(dvid, dtype=np.int64).reshape(-1)))
         y = self.output(u, p, dvid)
         ju = np.empty((u.shape[0], self.n_states))
         jp = np.empty((u.shape[0], self.n_params))
@@ -221,9 +225,10 @@ class CompartmentModel:
         return (np.array([o.state for o in self.outputs], dtype=np.int64)[dvid - 1],
                 np.array([o.param for o in self.outputs], dtype=np.int64)[dvid - 1])
 
-    def _ratio_jacobians(self, u, p, dvid):
+    def ratio_jacobians(self, u, p, st, pk):
+        """(y, dy/du, dy/dp) of :class:`Ratio` outputs u[state] / p[param] at the rows of ``u``,
+        ``st`` and ``pk`` from :meth:`ratio_indices`."""
         n = u.shape[0]
-        st, pk = self.ratio_indices(dvid)
         rows = np.arange(n)
         vol = p[pk]
         y = u[rows, st] / vol

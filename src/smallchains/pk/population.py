@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .models import MODELS, CompartmentModel
+from .models import MODELS, CompartmentModel, zero_output_init
 
 ERRORS = ("additive", "proportional", "combined")
 _H = 1e-30
@@ -104,11 +104,7 @@ class CovariateNetwork:
             raise ValueError(f"the chain has {chain.output_dim} outputs but {len(self.targets)} targets are named")
 
     def init_weights(self, seed=0):
-        w = self.chain.init_params(seed=seed, dtype=np.float64)
-        views = list(self.chain.param_views(w).values())
-        for a in views[-1]:
-            a[...] = 0.0
-        return w
+        return zero_output_init(self.chain, seed)
 
     def __repr__(self):
         return f"CovariateNetwork({self.inputs} -> {self.targets}, {self.chain.num_params} weights)"
@@ -358,6 +354,15 @@ class PopulationModel:
                 refs["network " + c] = (mean, sd)
                 Z[:, j] = (vals - mean) / sd
         return X, Z, refs
+
+    def log_individual(self, x, C, z, eta):
+        """A subject's log individual values log q = log theta + C beta + E eta (+ the covariate
+        network's output), ``C`` its covariate design (n_theta, n_beta), ``z`` its network inputs."""
+        lq = x[self.blocks["theta"]] + C @ x[self.blocks["beta"]] + self.E @ eta
+        cn = self.covariate_network
+        if cn is not None:
+            lq[self.cn_targets] += cn.chain(np.asarray(z, dtype=float), np.ascontiguousarray(x[self.blocks["wc"]]))
+        return lq
 
     def structural_params(self, logq, cov=None):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
