@@ -9,7 +9,7 @@ joint MAP one (every subject's eta with its Gaussian prior, the weights' L2 prio
     sum_i [ sum_j (y_ij - f_ij)^2 / s^2 + log s^2 + eta_i' Omega^-1 eta_i ] + N log|Omega| + |w|^2
 
 and its gradient with respect to the fixed effects, the weights, the residual sd, Omega and
-every eta_i (130 numbers).  Both sides start from the same values (the weights: the demo's
+every eta_i (127 numbers).  Both sides start from the same values (the weights: the demo's
 initialisation plus a seeded perturbation, so the network is not zero) and use Tsit5 with the
 same tolerances; the objective values are printed side by side to show they compute the same
 thing.  Times are medians of several rounds.

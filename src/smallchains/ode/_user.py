@@ -65,6 +65,47 @@ D_NM, D_IDENT, D_D, D_MO, D_ROWS, D_COLS, D_F, D_FZ, D_G, D_GZ, D_SYM, D_FV, D_G
 ND = 19
 
 
+# --------------------------------------------------------------------------- complex-step pullbacks
+# out[k] (= or +=) v . Im f(..., w + i H e_k, ...) / H over the entries of one complex input wz, whose
+# real values are w (the other inputs hold their real values); dz is f's complex output.
+
+
+@kernel(inline="always")
+def _cs_pullback4(fz, out, accumulate, wz, w, v, dz, uz, pz, t):
+    for k in range(w.shape[0]):
+        wz[k] = complex(w[k], H)
+        fz(dz, uz, pz, t)
+        acc = 0.0
+        for j in range(v.shape[0]):
+            acc += v[j] * dz[j].imag
+        if accumulate:
+            out[k] += acc / H
+        else:
+            out[k] = acc / H
+        wz[k] = w[k]
+
+
+@kernel(inline="always")
+def _cs_pullback5(fz, out, accumulate, wz, w, v, dz, uz, pz, t, yz):
+    for k in range(w.shape[0]):
+        wz[k] = complex(w[k], H)
+        fz(dz, uz, pz, t, yz)
+        acc = 0.0
+        for j in range(v.shape[0]):
+            acc += v[j] * dz[j].imag
+        if accumulate:
+            out[k] += acc / H
+        else:
+            out[k] = acc / H
+        wz[k] = w[k]
+
+
+@kernel(inline="always")
+def _real_into(z, x):
+    for k in range(x.shape[0]):
+        z[k] = x[k]
+
+
 # --------------------------------------------------------------------------- plain right-hand sides
 
 
@@ -88,26 +129,10 @@ def user_vjp(lu, lp, v, u, p, t, iw, fw):
     dz = z[0:n]
     uz = z[n:2 * n]
     pz = z[2 * n:2 * n + m]
-    for j in range(n):
-        uz[j] = u[j]
-    for k in range(m):
-        pz[k] = p[k]
-    for k in range(n):
-        uz[k] = complex(u[k], H)
-        fz(dz, uz, pz, t)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lu[k] = acc / H
-        uz[k] = u[k]
-    for k in range(m):
-        pz[k] = complex(p[k], H)
-        fz(dz, uz, pz, t)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lp[k] += acc / H
-        pz[k] = p[k]
+    _real_into(uz, u)
+    _real_into(pz, p)
+    _cs_pullback4(fz, lu, False, uz, u, v, dz, uz, pz, t)
+    _cs_pullback4(fz, lp, True, pz, p, v, dz, uz, pz, t)
 
 
 @kernel
@@ -159,41 +184,6 @@ def ude_rhs(du, u, p, t, iw, fw):
     f(du, u, pm, t, y)
 
 
-@kernel(inline="always")
-def _mech_vjp_complex(fz, lu, lp, ybar, v, u, p, t, y, uz, pz, yz, dz, n, nm, mo):
-    """lu <- v^T df/du, lp[:nm] += v^T df/dpm, ybar <- v^T df/dy by complex step (n + nm + mo evaluations)."""
-    for j in range(n):
-        uz[j] = u[j]
-    for k in range(nm):
-        pz[k] = p[k]
-    for k in range(mo):
-        yz[k] = y[k]
-    for k in range(n):
-        uz[k] = complex(u[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lu[k] = acc / H
-        uz[k] = u[k]
-    for k in range(nm):
-        pz[k] = complex(p[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        lp[k] += acc / H
-        pz[k] = p[k]
-    for k in range(mo):
-        yz[k] = complex(y[k], H)
-        fz(dz, uz, pz, t, yz)
-        acc = 0.0
-        for j in range(n):
-            acc += v[j] * dz[j].imag
-        ybar[k] = acc / H
-        yz[k] = y[k]
-
-
 @kernel
 def ude_vjp(lu, lp, v, u, p, t, iw, fw):
     """The mechanistic part and the features by complex step, the network by its pullback."""
@@ -236,7 +226,12 @@ def ude_vjp(lu, lp, v, u, p, t, iw, fw):
         fv = as_fvjp(iw[D_FV], iw[D_FV + 1])
         fv(lu, lp[0:nm], ybar, v, u, pm, t, y)
     else:
-        _mech_vjp_complex(fz, lu, lp, ybar, v, u, p, t, y, uz, pz, yz, dz, n, nm, mo)
+        _real_into(uz, u)
+        _real_into(pz, pm)
+        _real_into(yz, y)
+        _cs_pullback5(fz, lu, False, uz, u, v, dz, uz, pz, t, yz)
+        _cs_pullback5(fz, lp, True, pz, pm, v, dz, uz, pz, t, yz)
+        _cs_pullback5(fz, ybar, False, yz, y, v, dz, uz, pz, t, yz)
     # the network, by its compiled pullback (from the forward pass above)
     g1 = prog[0, H_G1]
     for k in range(mo):
@@ -253,26 +248,10 @@ def ude_vjp(lu, lp, v, u, p, t, iw, fw):
         gv = as_gvjp(iw[D_GV], iw[D_GV + 1])
         gv(lu, lp[0:nm], xbar, u, pm, t)
         return
-    for j in range(n):
-        uz[j] = u[j]
-    for k in range(nm):
-        pz[k] = p[k]
-    for k in range(n):
-        uz[k] = complex(u[k], H)
-        gz(xz, uz, pz, t)
-        acc = 0.0
-        for j in range(d):
-            acc += xbar[j] * xz[j].imag
-        lu[k] += acc / H
-        uz[k] = u[k]
-    for k in range(nm):
-        pz[k] = complex(p[k], H)
-        gz(xz, uz, pz, t)
-        acc = 0.0
-        for j in range(d):
-            acc += xbar[j] * xz[j].imag
-        lp[k] += acc / H
-        pz[k] = p[k]
+    _real_into(uz, u)
+    _real_into(pz, pm)
+    _cs_pullback4(gz, lu, True, uz, u, xbar, xz, uz, pz, t)
+    _cs_pullback4(gz, lp, True, pz, pm, xbar, xz, uz, pz, t)
 
 
 @kernel

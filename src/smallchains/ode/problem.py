@@ -265,33 +265,6 @@ def _cached_wrap(f):
 # --------------------------------------------------------------------------- universal differential equations
 
 
-def _ude_symbolic(f, features, n, nm, d, mo):
-    """Generated (fvjp, gvjp) for a UDE, compiled and checked against complex step at a random point."""
-    from .symbolic import SymbolicError, complex_step_jacobian, ude_symbolic_derivatives
-
-    fv, gv, _ = ude_symbolic_derivatives(f, features, n, nm, d, mo)
-    rng = np.random.default_rng(12345)
-    u, pm, y, v = (rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, nm), rng.uniform(-1.0, 1.0, mo),
-                   rng.normal(size=n))
-    try:
-        lu, lp, ly = np.zeros(n), np.zeros(nm), np.zeros(mo)
-        fv(lu, lp, ly, v, u, pm, 0.5, y)
-        got = np.r_[lu, lp, ly]
-        ref = v @ complex_step_jacobian(lambda out, uz, pz, yz: f.py_func(out, uz, pz, 0.5, yz), n, [u, pm, y])
-        if gv is not None:
-            xb = rng.normal(size=d)
-            lu2, lp2 = np.zeros(n), np.zeros(nm)
-            gv(lu2, lp2, xb, u, pm, 0.5)
-            got = np.r_[got, lu2, lp2]
-            ref = np.r_[ref, xb @ complex_step_jacobian(lambda out, uz, pz: features.py_func(out, uz, pz, 0.5), d,
-                                                        [u, pm])]
-    except Exception as e:  # noqa: BLE001 - generated code that does not compile or run: fall back
-        raise SymbolicError(f"the generated derivatives could not be checked ({type(e).__name__}: {e})") from None
-    if not np.allclose(got, ref, rtol=1e-10, atol=1e-12):
-        raise SymbolicError("the generated derivatives disagree with complex step")
-    return fv, gv
-
-
 class UDE(ODEFunction):
     """A universal differential equation: known mechanistic terms plus a network.
 
@@ -308,10 +281,16 @@ class UDE(ODEFunction):
         features: ``@numba.njit`` ``features(x, u, pm, t)`` writing the network's input ``x``
             (length ``chain.input_dim``); default ``x = u``.
 
-    Derivatives: the network by its compiled pullback; ``f`` and ``features`` by complex-step
-    differentiation (exact to rounding; they must also compile for complex arrays, so no
-    ``abs``, ``min``/``max`` or comparisons on u or p), costing one complex evaluation per
-    state, mechanistic parameter and network output.
+        derivatives: how ``f`` and ``features`` are differentiated in vector-Jacobian products:
+            ``"auto"`` (sympy-generated code when their source can be traced, checked against
+            complex step; else complex step), ``"symbolic"`` or ``"complex step"``;
+            ``ude.derivatives`` says which was used.
+
+    Derivatives: the network by its compiled pullback; ``f`` and ``features`` by generated code
+    or by complex-step differentiation (exact to rounding; they must then also compile for
+    complex arrays, so no ``abs``, ``min``/``max`` or comparisons on u or p), costing one
+    complex evaluation per state, mechanistic parameter and network output.  Jacobian-vector
+    products use one complex evaluation of each.
 
     Example (the spiral of DiffEqFlux's tutorial: du/dt = NN(u^3))::
 
@@ -359,7 +338,7 @@ class UDE(ODEFunction):
         self.features = features
         self.user_vjp = self.user_jvp = None
         self.rhs, self.vjp, self.jvp = UK.ude_rhs, UK.ude_vjp, UK.ude_jvp
-        self.complex_step = self.complex_step_jvp = True
+        self.complex_step_jvp = True
         d, mo = chain.input_dim, chain.output_dim
         prog = chain.program
         head = np.zeros(UK.ND, dtype=np.int64)
@@ -372,22 +351,15 @@ class UDE(ODEFunction):
         self.n_params = off + chain.num_params
         self.name = name or getattr(getattr(f, "py_func", f), "__name__", "UDE")
         # the mechanistic part's and the features' vector-Jacobian products: generated code when
-        # sympy can trace them (measured 16-30x faster than complex steps on PK models), else
+        # sympy can trace them (measured 16-32x faster than complex steps on PK models), else
         # complex steps; the Jacobian-vector products stay complex steps
-        if derivatives not in ("auto", "symbolic", "complex step"):
-            raise ValueError(f"`derivatives` must be 'auto', 'symbolic' or 'complex step', got {derivatives!r}")
-        self.derivatives = "complex step"
-        self._sym = None
-        if derivatives != "complex step":
-            from .symbolic import SymbolicError
+        from .symbolic import checked_ude_derivatives, choose
 
-            try:
-                self._sym = _ude_symbolic(f, features, n, off, d, mo)
-                self.derivatives = "symbolic"
-            except SymbolicError as e:
-                if derivatives == "symbolic":
-                    raise
-                self.symbolic_error = str(e)
+        self._sym, self.derivatives, why = choose(derivatives,
+                                                  lambda: checked_ude_derivatives(f, features, n, off, d, mo))
+        if why is not None:
+            self.symbolic_error = why
+        self.complex_step = self.derivatives == "complex step"  # (the VJP's method, for error messages)
 
     def workspace(self, n, m):
         return np.zeros_like(self.fw)

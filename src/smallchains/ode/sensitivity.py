@@ -358,7 +358,6 @@ class GradientFunction:
             key = self.ts_fwd if self.dirn > 0 else self.ts_fwd[::-1]
             pos = np.searchsorted(key, P.ts)
             self.rows = pos if self.dirn > 0 else self.ts_fwd.shape[0] - 1 - pos
-        self._jvp_va = None
         if isinstance(sens, ForwardSensitivity):
             self._fs_dirs = np.vstack([np.zeros((P.n, P.p.shape[0])), np.eye(P.p.shape[0])])
             self._fs_jumps = self._forward_sensitivity_jumps(self._fs_dirs)
@@ -521,13 +520,14 @@ class GradientFunction:
 
     # ------------------------------------------------------------------ continuous methods
 
-    def _context(self, mode, N, Dp=None):
+    def _context(self, mode, N, Dp=None, da=None):
         """The augmented right-hand side's int and float context (see ``_adjoint.augmented_rhs``);
-        ``Dp`` (k, m): the parameter directions of forward sensitivities."""
+        ``Dp`` (k, m): the parameter directions of forward sensitivities; ``da`` the derivative
+        kernel's address (default this solve's: a jvp for forward sensitivities, else a vjp)."""
         P, n, m = self.P, self.n, self.m
         S, deg = P.tab.D.shape
         miw = P.fn.iw
-        da = self.va
+        da = self.va if da is None else da
         k = 0 if Dp is None else Dp.shape[0]
         head = np.array([self.fa[0], self.fa[1], da[0], da[1], n, m, mode, N, S, deg, miw.shape[0],
                          self.fw.shape[0], k], dtype=np.int64)
@@ -715,13 +715,7 @@ class GradientFunction:
         if Dp.ndim != 2 or Dp.shape[1] != m:
             raise ValueError(f"`Dp` must have shape (k, {m}), got {np.shape(Dp)}")
         k = Dp.shape[0]
-        if self._jvp_va is None:  # (compiled before the kernels call it)
-            self._jvp_va = self.fn.jvp_addr
-        va, self.va = self.va, self._jvp_va
-        try:
-            iw, fw = self._context(ADJ.M_FORWARD, 0, Dp)
-        finally:
-            self.va = va
+        iw, fw = self._context(ADJ.M_FORWARD, 0, Dp, da=self.fn.jvp_addr)
         nz = n * (1 + k)
         z0 = np.zeros(nz)
         z0[:n] = P.u0

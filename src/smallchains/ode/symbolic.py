@@ -7,8 +7,8 @@ compiles the generated code with Numba: ``vjp(lu, lp, v, u, p, t)`` and
 ``jvp(out, u, p, t, du, dp)`` for :class:`smallchains.ODEFunction`.
 
 Measured (``benchmarks/model_derivatives.py``): a generated vector-Jacobian product costs
-0.015 µs against 0.28-0.49 µs by complex step for the built-in PK models, and a subject's
-gradient is 2-2.5x faster; making them takes about as long (0.1-0.5 s).  Code sympy cannot
+0.015-0.018 µs against 0.29-0.49 µs by complex step for the built-in PK models, and a subject's
+gradient is 2.0-2.6x faster; making them takes about as long (0.2-0.6 s).  Code sympy cannot
 trace (branches on the state, loops over data, calls to other compiled functions) raises
 :class:`SymbolicError`; callers fall back to complex step.  Needs sympy (optional).
 """
@@ -181,3 +181,77 @@ def ude_symbolic_derivatives(f, features, n, nm, d, mo):
     full = src + ("\n\n" + gsrc if gsrc else "")
     ns = _compile_namespace(full, getattr(f, "__name__", "f"))
     return numba.njit(ns["fvjp"]), (numba.njit(ns["gvjp"]) if gsrc else None), full
+
+
+# --------------------------------------------------------------------------- checked, with a fallback
+
+MODES = ("auto", "symbolic", "complex step")
+
+
+def choose(derivatives, make):
+    """Apply a ``derivatives=`` choice: returns (what ``make()`` built or None, the method used,
+    why symbolic failed or None).  ``"auto"`` falls back to complex step on :class:`SymbolicError`;
+    ``"symbolic"`` raises it."""
+    if derivatives not in MODES:
+        raise ValueError(f"`derivatives` must be 'auto', 'symbolic' or 'complex step', got {derivatives!r}")
+    if derivatives == "complex step":
+        return None, "complex step", None
+    try:
+        return make(), "symbolic", None
+    except SymbolicError as e:
+        if derivatives == "symbolic":
+            raise
+        return None, "complex step", str(e)
+
+
+def _verified(compare):
+    """Run ``compare(rng)`` -> (generated, complex step) at a random point; SymbolicError unless they agree
+    (generated code that does not compile or run counts as a failure: the caller falls back)."""
+    try:
+        got, ref = compare(np.random.default_rng(12345))
+    except Exception as e:  # noqa: BLE001
+        raise SymbolicError(f"the generated derivatives could not be checked ({type(e).__name__}: {e})") from None
+    if not np.allclose(got, ref, rtol=1e-10, atol=1e-12):
+        raise SymbolicError("the generated derivatives disagree with complex step (the traced code differs from "
+                            "the compiled one?)")
+
+
+def checked_derivatives(f, n, m):
+    """:func:`symbolic_derivatives` (vjp, jvp), compiled and checked against complex step."""
+    vjp, jvp, _ = symbolic_derivatives(f, n, m)
+
+    def compare(rng):
+        u, p, v = rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, m), rng.normal(size=n)
+        du, dp = rng.normal(size=n), rng.normal(size=m)
+        lu, lp, out = np.zeros(n), np.zeros(m), np.zeros(n)
+        vjp(lu, lp, v, u, p, 0.5)
+        jvp(out, u, p, 0.5, du, dp)
+        J = complex_step_jacobian(lambda o, uz, pz: f.py_func(o, uz, pz, 0.5), n, [u, p])
+        return np.r_[lu, lp, out], np.r_[v @ J, J @ np.r_[du, dp]]
+
+    _verified(compare)
+    return vjp, jvp
+
+
+def checked_ude_derivatives(f, features, n, nm, d, mo):
+    """:func:`ude_symbolic_derivatives` (fvjp, gvjp), compiled and checked against complex step."""
+    fv, gv, _ = ude_symbolic_derivatives(f, features, n, nm, d, mo)
+
+    def compare(rng):
+        u, pm, y, v = (rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, nm), rng.uniform(-1.0, 1.0, mo),
+                       rng.normal(size=n))
+        lu, lp, ly = np.zeros(n), np.zeros(nm), np.zeros(mo)
+        fv(lu, lp, ly, v, u, pm, 0.5, y)
+        got = np.r_[lu, lp, ly]
+        ref = v @ complex_step_jacobian(lambda o, uz, pz, yz: f.py_func(o, uz, pz, 0.5, yz), n, [u, pm, y])
+        if gv is not None:
+            xb = rng.normal(size=d)
+            lu2, lp2 = np.zeros(n), np.zeros(nm)
+            gv(lu2, lp2, xb, u, pm, 0.5)
+            got = np.r_[got, lu2, lp2]
+            ref = np.r_[ref, xb @ complex_step_jacobian(lambda o, uz, pz: features.py_func(o, uz, pz, 0.5), d,
+                                                        [u, pm])]
+        return got, ref
+
+    _verified(compare)
+    return fv, gv

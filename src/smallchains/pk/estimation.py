@@ -421,7 +421,10 @@ class Problem:
         threads: each thread takes the next item until none is left (one hand-off per thread,
         not per item; the compiled passes release the GIL)."""
         items = self.subjects if items is None else items
-        call = (lambda it: fn(*it) if isinstance(it, tuple) else fn(it))
+
+        def call(it):
+            return fn(*it) if isinstance(it, tuple) else fn(it)
+
         if self._pool is None:
             return [call(it) for it in items]
         n = len(items)

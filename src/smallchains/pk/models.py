@@ -29,31 +29,9 @@ import numba
 import numpy as np
 
 from ..ode.problem import UDE, ODEFunction
-from ..ode.symbolic import SymbolicError, complex_step_jacobian, symbolic_derivatives
+from ..ode.symbolic import checked_derivatives, choose
 
 _H = 1e-30
-
-
-def _symbolic(f, n, m):
-    """Generated (vjp, jvp) for ``f``, compiled and checked against complex step at a random point."""
-    vjp, jvp, _ = symbolic_derivatives(f, n, m)
-    rng = np.random.default_rng(12345)
-    u, p, v = rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, m), rng.normal(size=n)
-    du, dp = rng.normal(size=n), rng.normal(size=m)
-    try:
-        lu, lp = np.zeros(n), np.zeros(m)
-        vjp(lu, lp, v, u, p, 0.5)
-        out = np.zeros(n)
-        jvp(out, u, p, 0.5, du, dp)
-    except Exception as e:  # noqa: BLE001 - generated code that does not compile: fall back
-        raise SymbolicError(f"the generated derivatives do not compile ({type(e).__name__}: {e})") from None
-    J = complex_step_jacobian(lambda out, uz, pz: f.py_func(out, uz, pz, 0.5), n, [u, p])
-    ok = np.allclose(np.r_[lu, lp], v @ J, rtol=1e-10, atol=1e-12) and np.allclose(out, J @ np.r_[du, dp],
-                                                                                     rtol=1e-10, atol=1e-12)
-    if not ok:
-        raise SymbolicError("the generated derivatives disagree with complex step (the traced code differs from "
-                            "the compiled one?)")
-    return vjp, jvp
 
 
 def zero_output_init(chain, seed=0):
@@ -94,8 +72,8 @@ class CompartmentModel:
         derivatives: how the solver differentiates ``f``: ``"auto"`` (symbolic when sympy can
             trace it, else complex step), ``"symbolic"`` (sympy-generated code, checked against
             complex step at a random point) or ``"complex step"``.  Measured
-            (``benchmarks/model_derivatives.py``): generated vector-Jacobian products are 16-30x
-            faster than complex steps on the built-in models, a subject's gradient 2-2.5x; both
+            (``benchmarks/model_derivatives.py``): generated vector-Jacobian products are 16-32x
+            faster than complex steps on the built-in models, a subject's gradient 2.0-2.6x; both
             are exact to rounding.  ``model.derivatives`` says which was used.
     """
 
@@ -118,18 +96,11 @@ class CompartmentModel:
         elif isinstance(f, ODEFunction):
             raise TypeError("give the model's @njit function f(du, u, p, t) or a sc.UDE, not an ODEFunction")
         else:
-            vjp = jvp = None
-            self.derivatives = "complex step"
-            if derivatives not in ("auto", "symbolic", "complex step"):
-                raise ValueError(f"`derivatives` must be 'auto', 'symbolic' or 'complex step', got {derivatives!r}")
-            if derivatives != "complex step":
-                try:
-                    vjp, jvp = _symbolic(f, len(self.states), len(self.params))
-                    self.derivatives = "symbolic"
-                except SymbolicError as e:
-                    if derivatives == "symbolic":
-                        raise
-                    self.symbolic_error = str(e)
+            sym, self.derivatives, why = choose(derivatives,
+                                                lambda: checked_derivatives(f, len(self.states), len(self.params)))
+            if why is not None:
+                self.symbolic_error = why
+            vjp, jvp = sym if sym is not None else (None, None)
             self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name, vjp=vjp,
                                    jvp=jvp)
             self.n_weights = 0
