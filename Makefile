@@ -42,6 +42,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/sensitivity_choice.py
 	$(PY) benchmarks/pk.py
 	$(PY) benchmarks/model_derivatives.py
+	$(PY) benchmarks/pk_validation.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples

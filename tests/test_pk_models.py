@@ -115,7 +115,7 @@ def test_builtin_models_get_symbolic_derivatives_equal_to_complex_step():
         u, p, v = rng.uniform(0.1, 3, n), rng.uniform(0.1, 3, m), rng.normal(size=n)
         lu, lp = np.zeros(n), np.full(m, 0.5)
         model.ode.user_vjp(lu, lp, v, u, p, 0.0)
-        J = complex_step_jacobian(lambda out, uz, pz: model.ode.py.py_func(out, uz, pz, 0.0), n, [u, p])
+        J = complex_step_jacobian(lambda out, uz, pz, f=model.ode.py.py_func: f(out, uz, pz, 0.0), n, [u, p])
         np.testing.assert_allclose(lu, v @ J[:, :n], rtol=1e-13, atol=1e-14)
         np.testing.assert_allclose(lp, 0.5 + v @ J[:, n:], rtol=1e-13, atol=1e-14)  # accumulates
         du, dp = rng.normal(size=n), rng.normal(size=m)

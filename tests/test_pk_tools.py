@@ -1,6 +1,5 @@
 """Plots, the command line, the Theophylline demo; neural-term recovery; Phenobarbital."""
 
-import numba
 import numpy as np
 import pytest
 
@@ -105,63 +104,36 @@ def test_demo_theophylline(tmp_path, capsys):
 # --------------------------------------------------------------------------- neural terms: recovery
 
 
-@numba.njit
-def _nn_elim(du, u, pm, t, y):
-    c = u[1] / pm[1]
-    du[0] = -pm[0] * u[0]
-    du[1] = pm[0] * u[0] - c * np.exp(y[0])
-
-
-@numba.njit
-def _conc_feature(x, u, pm, t):
-    x[0] = u[1] / pm[1] / 10.0
-
-
 def test_ude_recovers_michaelis_menten_elimination():
     """Data from a one-compartment model with Michaelis-Menten elimination (60 subjects, three
     dose levels, random effects on ka and V); a UDE whose network is the whole elimination
     recovers the elimination rate over the observed concentrations within 10%, and the
     random-effect variances within 25%."""
-    import pandas as pd
+    from smallchains.pk import validation as V
 
-    rows = []
-    sid = 0
-    for dose in (100.0, 300.0, 1000.0):
-        for _ in range(20):
-            sid += 1
-            rows.append(dict(ID=sid, TIME=0.0, DV=np.nan, MDV=1, EVID=1, AMT=dose, CMT=1))
-            rows += [dict(ID=sid, TIME=t, DV=0.0, MDV=0, EVID=0, AMT=0.0, CMT=2)
-                     for t in (0.5, 1, 2, 4, 6, 8, 12, 16, 24, 36, 48)]
-    design = sc.pk.read_data(pd.DataFrame(rows))
-    vmax, km = 30.0, 5.0
-    truth = sc.pk.PopulationModel("one_cpt_oral_mm", dict(ka=1.0, Vmax=vmax, Km=km, V=20.0), eta=["ka", "V"],
-                                  omega_init=[0.1, 0.05], error="combined", sigma=[0.05, 0.1])
-    (data,), _ = sc.pk.simulate_data(truth, design, seed=11)
-    chain = sc.SimpleChain(1, sc.Dense(8, sc.tanh), sc.Dense(8, sc.tanh), sc.Dense(1))
-    ude = sc.UDE(_nn_elim, chain, n_states=2, params=["ka", "V"], features=_conc_feature)
-    st = sc.pk.CompartmentModel("nn_elimination", ude, ["ka", "V"], ["depot", "central"], [sc.pk.Ratio(1, 1)])
-    m = sc.pk.PopulationModel(st, dict(ka=0.7, V=15.0), eta=["ka", "V"], omega_init=0.2, error="combined",
-                              sigma=[0.1, 0.2], weights=chain.init_params(seed=0, dtype=np.float64))
+    data, _ = V.mm_recovery_data()
+    m, chain = V.mm_recovery_model()
     r = sc.pk.fit(m, data, "map", optimizer="adam+lbfgs", adam_steps=300, adam_lr=0.02, se=False)
     conc = np.concatenate([s.dv for s in data])
     cs = np.linspace(max(conc.min(), 0.05), conc.max(), 100)
-    rate = np.array([c * np.exp(chain(np.array([c / 10.0]), r.weights)[0]) for c in cs])
-    np.testing.assert_allclose(rate, vmax * cs / (km + cs), rtol=0.10)
-    np.testing.assert_allclose(np.diag(r.omega), [0.1, 0.05], rtol=0.25)
-    assert r.theta["V"] == pytest.approx(20.0, rel=0.1) and r.theta["ka"] == pytest.approx(1.0, rel=0.1)
+    t = V.MM_TRUTH
+    np.testing.assert_allclose(V.mm_elimination_rates(chain, r.weights, cs), t["Vmax"] * cs / (t["Km"] + cs),
+                               rtol=0.10)
+    np.testing.assert_allclose(np.diag(r.omega), t["omega2"], rtol=0.25)
+    assert r.theta["V"] == pytest.approx(t["V"], rel=0.1) and r.theta["ka"] == pytest.approx(t["ka"], rel=0.1)
 
 
 # --------------------------------------------------------------------------- Phenobarbital
 
 
 def test_phenobarbital_weight_on_cl_and_v_and_a_covariate_network():
+    from smallchains.pk.validation import phenobarbital_models
+
     data = sc.pkdata.phenobarbital()
-    base = dict(eta=["CL", "V"], omega_init=0.1, error="proportional", sigma=0.1)
+    models = phenobarbital_models()
     # (MAP fits report the FOCE-I OFV at their estimates: a cheaper comparison)
-    plain = sc.pk.fit(sc.pk.PopulationModel("one_cpt_iv", dict(CL=0.005, V=1.0), **base), data, "map", se=False)
-    wt = sc.pk.fit(sc.pk.PopulationModel("one_cpt_iv", dict(CL=0.005, V=1.0),
-                                         covariates={"CL": {"WT": "power"}, "V": {"WT": "power"}}, **base),
-                   data, "foce")
+    plain = sc.pk.fit(models["plain"], data, "map", se=False)
+    wt = sc.pk.fit(models["weight"], data, "foce")
     assert wt.converged and all(np.isfinite(r["se"]) for r in wt.table)
     betas = {r["name"]: r["estimate"] for r in wt.table}
     # weight explains clearance and volume (exponents near 1 on these per-kg doses' scale), and the OFV
@@ -169,37 +141,22 @@ def test_phenobarbital_weight_on_cl_and_v_and_a_covariate_network():
     assert 0.5 < betas["CL~WT (power)"] < 1.6 and 0.5 < betas["V~WT (power)"] < 1.5
     assert plain.ofv - wt.ofv > 50
     # the neural variant: a 2->4->2 network from (WT, APGAR) to log CL and log V, compared by OFV
-    net = sc.pk.CovariateNetwork(sc.SimpleChain(2, sc.Dense(4, sc.tanh), sc.Dense(2)), inputs=["WT", "APGAR"],
-                                 targets=["CL", "V"])
-    nn = sc.pk.fit(sc.pk.PopulationModel("one_cpt_iv", dict(CL=0.005, V=1.0), covariate_network=net, **base),
-                   data, "map", se=False)
+    net = models["covariate_network"].covariate_network
+    nn = sc.pk.fit(models["covariate_network"], data, "map", se=False)
     assert np.isfinite(nn.ofv) and nn.ofv < plain.ofv - 50
     assert nn.n_estimated == wt.n_estimated - 2 + net.chain.num_params
-
-
-@numba.njit
-def _pheno_nn(du, u, pm, t, y):  # pm = [CL, V]; elimination CL * C * exp(NN(C))
-    du[0] = -pm[0] * (u[0] / pm[1]) * np.exp(y[0])
-
-
-@numba.njit
-def _pheno_feature(x, u, pm, t):
-    x[0] = u[0] / pm[1] / 30.0
 
 
 def test_phenobarbital_ude_variant_compared_by_ofv():
     """The weight model against the same model whose elimination a 1->4->1 network may reshape with
     concentration (13 more parameters), both by MAP, compared by FOCE-I OFV and AIC."""
+    from smallchains.pk.validation import phenobarbital_models
+
     data = sc.pkdata.phenobarbital()
-    base = dict(eta=["CL", "V"], omega_init=0.1, error="proportional", sigma=0.1,
-                covariates={"CL": {"WT": "power"}, "V": {"WT": "power"}})
-    mech = sc.pk.fit(sc.pk.PopulationModel("one_cpt_iv", dict(CL=0.005, V=1.0), **base), data, "map", se=False)
-    chain = sc.SimpleChain(1, sc.Dense(4, sc.tanh), sc.Dense(1))
-    ude = sc.UDE(_pheno_nn, chain, n_states=1, params=["CL", "V"], features=_pheno_feature)
-    st = sc.pk.CompartmentModel("one_cpt_iv_nn_elimination", ude, ["CL", "V"], ["central"], [sc.pk.Ratio(0, 1)])
-    nn = sc.pk.fit(sc.pk.PopulationModel(st, dict(CL=0.005, V=1.0), **base), data, "map", optimizer="adam+lbfgs",
-                   adam_steps=200, se=False)
-    assert nn.n_estimated == mech.n_estimated + chain.num_params
+    models = phenobarbital_models()
+    mech = sc.pk.fit(models["weight"], data, "map", se=False)
+    nn = sc.pk.fit(models["ude"], data, "map", optimizer="adam+lbfgs", adam_steps=200, se=False)
+    assert nn.n_estimated == mech.n_estimated + models["ude"].n_weights
     assert np.isfinite(nn.ofv) and abs(nn.ofv - mech.ofv) < 10  # the network finds nothing to add ...
     assert nn.aic > mech.aic  # ... so AIC keeps the mechanistic model
     assert nn.theta["CL"] == pytest.approx(mech.theta["CL"], rel=0.15)
