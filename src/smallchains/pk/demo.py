@@ -19,12 +19,14 @@ from .models import CompartmentModel, Ratio
 from .population import PopulationModel
 
 
-def theophylline_classic():
+def theophylline_classic(**overrides):
     """Pinheiro & Bates' model (fm2Theo.nlme): one compartment, first-order absorption, in
-    ka, ke and CL (V = CL / ke), random effects on ka and CL, additive error."""
-    return PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.04), eta=["ka", "CL"],
-                           individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
-                           error="additive", sigma=0.5, omega_init=0.2)
+    ka, ke and CL (V = CL / ke), random effects on ka and CL, additive error.  ``overrides``
+    replace any of its :class:`PopulationModel` arguments (e.g. ``eta=["ka"]``)."""
+    args = dict(eta=["ka", "CL"], individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
+                error="additive", sigma=0.5, omega_init=0.2)
+    args.update(overrides)
+    return PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.04), **args)
 
 
 @numba.njit
