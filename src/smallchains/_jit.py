@@ -26,11 +26,22 @@ kernels once, at import, so stale machine code (which can crash) never runs.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
+import pickle
+import threading
+import time
+import warnings
 
 import numba
+from numba.core import caching
+from numba.core import serialize as numba_serialize
+from numba.core.registry import CPUDispatcher
+
+from . import _log
+from ._warnings import CompileCacheWarning
 
 STRICT = os.environ.get("SMALLCHAINS_STRICT", "0") not in ("", "0", "false", "False")
 
@@ -57,8 +68,8 @@ def kernel(fn=None, **overrides):
     opts = dict(_COMMON, fastmath=set(FASTMATH_FLAGS) or False)
     opts.update(overrides)
     if fn is None:
-        return lambda f: numba.njit(**opts)(f)
-    return numba.njit(**opts)(fn)
+        return lambda f: _njit(f, opts)
+    return _njit(fn, opts)
 
 
 def parallel_kernel(fn=None, **overrides):
@@ -86,6 +97,18 @@ def _cache_dirs(pkg_dirs):
             full = os.path.abspath(d)
             sub = f"{os.path.split(full)[-1]}_{hashlib.sha1(full.encode()).hexdigest()}"
             dirs.append(os.path.join(root, sub))
+    return dirs
+
+
+def cache_folders() -> list[str]:
+    """The folders where Numba keeps the package's compiled kernels (they may not exist yet).
+
+    Beside the sources (``__pycache__`` of each package folder) unless ``NUMBA_CACHE_DIR`` is
+    set, in which case Numba uses ``$NUMBA_CACHE_DIR/<folder>_<sha1 of its path>``.
+    """
+    dirs = _cache_dirs(_package_dirs())
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return dirs[len(dirs) // 2:]
     return dirs
 
 
@@ -124,6 +147,171 @@ def purge_stale_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# The on-disk cache, made safe.
+#
+# Two failure modes of Numba's own cache took whole processes down (issue: the first run):
+#
+# 1. Parallel kernels and the threading layer.  A kernel compiled with ``parallel=True``
+#    calls symbols of Numba's threading layer (``allocate_sched``, ``do_scheduling``...),
+#    which exist only once the layer is launched.  Numba launches it when it compiles a
+#    parallel kernel, or when it loads one from the cache *whose entry records that it needs
+#    it* (``reload_init``).  A serial kernel compiled in a process where its parallel callee
+#    came from the cache does not record it, so the next process that loads the serial
+#    kernel from the cache never launches the layer: "LLVM ERROR: Symbol not found:
+#    allocate_sched", or a segfault.  Fix at the root: the threading layer is launched
+#    before any kernel of the package is loaded or compiled (``_CheckedCache.load_overload``
+#    runs before both).  Launching it costs a few milliseconds, once.
+# 2. A truncated or altered cache file raised raw pickle errors, or could hand corrupt
+#    machine code to LLVM.  Every entry now carries a SHA-256 of its payload, checked before
+#    anything is unpickled or linked; an entry that fails the check (or fails to load for
+#    any other reason) is deleted and the kernel recompiled, with a CompileCacheWarning.
+# --------------------------------------------------------------------------------------------
+
+_threads_launched = False
+
+
+def ensure_threading_layer() -> None:
+    """Launch Numba's threading layer once (public ``numba.get_num_threads`` does it)."""
+    global _threads_launched
+    if not _threads_launched:
+        numba.get_num_threads()
+        _threads_launched = True
+
+
+_PAYLOAD_FORMAT = "smallchains-checked-1"
+
+
+class _CheckedImpl(caching.CompileResultCacheImpl):
+    """Numba's compile-result cache with a checksum around each entry's payload."""
+
+    def reduce(self, cres):
+        blob = numba_serialize.dumps(super().reduce(cres))
+        return (_PAYLOAD_FORMAT, hashlib.sha256(blob).hexdigest(), blob)
+
+    def rebuild(self, target_context, payload):
+        if not (isinstance(payload, tuple) and len(payload) == 3 and payload[0] == _PAYLOAD_FORMAT):
+            raise _CorruptEntry("not written by this version of smallchains")
+        _, digest, blob = payload
+        if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != digest:
+            raise _CorruptEntry("checksum mismatch")
+        return super().rebuild(target_context, pickle.loads(blob))
+
+
+class _CorruptEntry(Exception):
+    pass
+
+
+class _CheckedCache(caching.FunctionCache):
+    _impl_class = _CheckedImpl
+
+    def load_overload(self, sig, target_context):
+        ensure_threading_layer()
+        try:
+            cres = super().load_overload(sig, target_context)
+        except Exception as exc:  # any unreadable entry: drop it and compile afresh
+            self._drop_entries()
+            warnings.warn(
+                f"smallchains: the cached compiled code of {self._py_func.__module__}.{self._py_func.__qualname__} "
+                f"could not be used ({type(exc).__name__}: {exc}); it was deleted and is being recompiled. "
+                f"Cache folder: {self.cache_path}",
+                CompileCacheWarning,
+                stacklevel=2,
+            )
+            cres = None
+        if cres is None:
+            compile_notice(self._py_func)
+        return cres
+
+    def _drop_entries(self):
+        base = self._impl.filename_base
+        for path in glob.glob(os.path.join(glob.escape(self.cache_path), glob.escape(base) + "*")):
+            if path.endswith((".nbi", ".nbc")):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+
+class _Dispatcher(CPUDispatcher):
+    """Numba's CPU dispatcher whose on-disk cache is the checked one above."""
+
+    def enable_caching(self):
+        self._cache = _CheckedCache(self.py_func)
+
+
+def _njit(fn, opts):
+    opts = dict(opts)
+    cache = opts.pop("cache", False)
+    opts["nopython"] = True
+    disp = _Dispatcher(py_func=fn, locals={}, targetoptions=opts)
+    if cache:
+        disp.enable_caching()
+    return disp
+
+
+# --------------------------------------------------------------------------------------------
+# Compile notices.  A first call that compiles says so *before* compiling, through logging
+# ("smallchains.compile"), once per feature: entry points wrap their compiled calls in
+# ``feature("float32 training", seconds)``; the checked cache calls ``compile_notice`` on
+# every cache miss, i.e. just before Numba compiles a kernel.
+# --------------------------------------------------------------------------------------------
+
+_compile_log = _log.get("compile")
+
+#: Cold compile time of each feature's first call on a 2-core machine (AMD EPYC, AVX2), said
+#: in the compile notices; measured by benchmarks/latency.py.
+COMPILE_SECONDS = {"training": 60, "cnn": 60, "ode": 60, "pk": 60}
+_local = threading.local()
+_announced_plain = False
+
+
+def compile_notice(py_func) -> None:
+    """Called by the cache just before a kernel is compiled: announce the feature once."""
+    global _announced_plain
+    stack = getattr(_local, "stack", None)
+    name = f"{py_func.__module__}.{py_func.__qualname__}"
+    if not stack and not _announced_plain:  # outside any named feature: one notice per process
+        _announced_plain = True
+        _compile_log.info("compiling smallchains kernels on first use (once per install; up to a minute or two "
+                          "on 2 cores; `smallchains warmup` does it ahead of time)")
+    if stack:
+        ctx = stack[-1]
+        if not ctx["announced"]:
+            ctx["announced"] = True
+            ctx["t0"] = time.perf_counter()
+            about = f": about {ctx['seconds']:.0f} s" if ctx["seconds"] else ""
+            _compile_log.info("compiling smallchains kernels for %s, once per install%s", ctx["name"], about)
+        ctx["kernels"] += 1
+    _compile_log.debug("compiling %s", name)
+
+
+@contextlib.contextmanager
+def feature(name: str, seconds: float | None = None):
+    """Name the feature whose kernels a block may compile (for the compile notice).
+
+    ``seconds``: the typical cold compile time of that feature on a 2-core machine, said in
+    the notice.  Nested features are announced under the innermost name.
+    """
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    ctx = {"name": name, "seconds": seconds, "announced": False, "kernels": 0, "t0": 0.0}
+    stack.append(ctx)
+    try:
+        yield ctx
+    finally:
+        stack.pop()
+        if ctx["announced"]:
+            _compile_log.info("compiled %d smallchains kernels for %s in %.1f s (cached on disk for later runs)",
+                              ctx["kernels"], name, time.perf_counter() - ctx["t0"])
+
+
+def compiles(ctx) -> bool:
+    """Whether the ``feature`` block ``ctx`` compiled anything (for progress bars' rates)."""
+    return ctx["announced"]
 
 
 purge_stale_caches()
