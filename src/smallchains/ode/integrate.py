@@ -6,8 +6,10 @@ import functools
 
 import numpy as np
 
+from .._jit import COMPILE_SECONDS, feature
 from . import _kernels as RK
-from .problem import _EMPTY_F, _adapt_event, _no_event, as_ode_function, event_addresses
+from ._guard import check_rhs
+from .problem import _adapt_event, _no_event, as_ode_function, event_addresses
 from .tableau import ButcherTableau, Tsit5
 
 # --------------------------------------------------------------------------- errors
@@ -250,7 +252,7 @@ class _Prepared:
 
 def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, dt=None, dt0=None, dtmin=0.0,
             dtmax=None, max_steps=100_000, controller=None, jumps=None, tstops=None, event=None, event_direction=0,
-            store=False):
+            store=False, check=True):
     fn = as_ode_function(f)
     tab = Tsit5() if solver is None else solver
     if not isinstance(tab, ButcherTableau):
@@ -261,7 +263,7 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         raise ValueError("`u0` is empty; an ODE needs at least one state")
     if fn.n_states is not None and n != fn.n_states:
         raise ValueError(f"`u0` has {n} entries but the right-hand side has {fn.n_states} states")
-    p = _EMPTY_F if p is None else _vector("p", p)
+    p = np.zeros(0) if p is None else _vector("p", p)
     if fn.n_params is not None and p.shape[0] != fn.n_params:
         raise ValueError(f"`p` has {p.shape[0]} entries but the right-hand side needs {fn.n_params} "
                          "(for a neural ODE: chain.init_params(dtype=np.float64))")
@@ -339,9 +341,17 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
     if not isinstance(jumps, Jumps):
         raise TypeError(f"`jumps` must be a sc.Jumps schedule, got {type(jumps).__name__}")
     jarr = jumps.arrays(n, p.shape[0], dirn)
-    # jumps scheduled before t0 are applied at t0 (in their order): say so in the schedule itself,
-    # so that every consumer (the solver, the adjoints' jump conditions) agrees
+    # Inputs switched on or off before t0 are in force from t0 on (exact: the rate at t0 is their
+    # sum), so they are moved to t0 in the schedule itself, for every consumer (the solver, the
+    # adjoints' jump conditions).  A bolus, set or reset before t0 has no such meaning (there is
+    # no solution before t0 for it to decay along): refused.
     before = (jarr[0] - t0) * dirn < 0.0
+    instant = before & (jarr[1] != RK.J_INPUT)
+    if np.any(instant):
+        k = int(np.flatnonzero(instant)[0])
+        kinds = {RK.J_RESET: "reset", RK.J_SET: "set"}
+        raise ValueError(f"a {kinds.get(int(jarr[1][k]), 'bolus')} at t = {jarr[0][k]:g} lies before the start of the "
+                         f"solve, t0 = {t0:g}: start the solve at or before it (tspan), or leave it out")
     if np.any(before):
         jarr = (np.where(before, t0, jarr[0]),) + tuple(jarr[1:])
     if event is None:
@@ -354,6 +364,8 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         if event_direction not in (-1, 0, 1):
             raise ValueError(f"`event_direction` must be -1, 0 or 1, got {event_direction!r}")
         iopt[RK.I_GDIR] = int(event_direction)
+    if check:
+        check_rhs(fn, u0, p, t0)
     P = _Prepared()
     P.fn, P.tab, P.u0, P.p, P.t0, P.t1, P.ts = fn, tab, u0, p, t0, t1, ts
     # P.g keeps the event function's dispatcher alive while the kernel holds its addresses
@@ -416,7 +428,7 @@ def _stats(stats):
 
 def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, dense=None, dt=None,
           dt0=None, dtmin=0.0, dtmax=None, max_steps=100_000, controller=None, jumps=None, tstops=None, event=None,
-          event_direction=0) -> ODESolution:
+          event_direction=0, check=True) -> ODESolution:
     """Solve du/dt = f(u, p, t) from ``u0`` over ``tspan = (t0, t1)`` (t1 < t0 integrates backwards).
 
     Args:
@@ -438,6 +450,10 @@ def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=Non
         tstops: times the solver must step to exactly (known discontinuities).
         event: a ``@numba.njit`` ``g(u, p, t) -> float``: the solve stops where g crosses zero
             (located on the dense output); ``event_direction`` 1/-1 only upward/downward crossings.
+        check: evaluate ``f`` once on guarded buffers before solving (once per model and size):
+            Numba has no bounds checks, so a right-hand side that reads ``p`` beyond its length or
+            writes ``du`` beyond the number of states is refused here, with the index, instead of
+            returning a wrong answer or overwriting memory.  ``check=False`` skips it.
 
     Returns:
         :class:`ODESolution`.
@@ -446,13 +462,14 @@ def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=Non
         MaxStepsError, StepSizeUnderflowError (probably stiff), NonFiniteStateError: each names
         the time reached and a remedy, and carries the partial solution.
     """
-    P = prepare(f, u0, tspan, p, solver=solver, rtol=rtol, atol=atol, saveat=saveat, dt=dt, dt0=dt0,
-                dtmin=dtmin, dtmax=dtmax, max_steps=max_steps, controller=controller, jumps=jumps, tstops=tstops,
-                event=event, event_direction=event_direction)
-    if dense is None:
-        dense = saveat is None
-    store = bool(dense) or saveat is None
-    status, stats, fres, us, uend, storage = run(P, store)
+    with feature("ODE solving", COMPILE_SECONDS["ode"]):
+        P = prepare(f, u0, tspan, p, solver=solver, rtol=rtol, atol=atol, saveat=saveat, dt=dt, dt0=dt0,
+                    dtmin=dtmin, dtmax=dtmax, max_steps=max_steps, controller=controller, jumps=jumps, tstops=tstops,
+                    event=event, event_direction=event_direction, check=check)
+        if dense is None:
+            dense = saveat is None
+        store = bool(dense) or saveat is None
+        status, stats, fres, us, uend, storage = run(P, store)
     t_final = float(fres[RK.R_T])
     if saveat is None:
         st_t, st_h, st_u, st_k, st_j, nst = storage

@@ -33,10 +33,28 @@ def _require_dispatcher(f, what, signature):
                         f"(got {type(f).__name__})")
 
 
+#: The argument lists smallchains calls users' functions with, by their number of arguments.
+_EXPECTED = {("f", 4): "f(du, u, p, t) writing du in place", ("f", 5): "f(du, u, pm, t, y) writing du in place",
+             ("vjp", 6): "vjp(lu, lp, v, u, p, t)", ("jvp", 6): "jvp(out, u, p, t, du, dp)",
+             ("features", 4): "features(x, u, pm, t) writing x in place"}
+
+
 def _compile_user(f, sig, what, name, hint):
     """(c, jit) addresses of a user's function compiled for ``sig``; a clear error if it cannot be."""
     try:
         return addresses(f, sig)
+    except TypeError as e:
+        if "Signature mismatch" not in str(e) and "missing a required argument" not in str(e):
+            raise
+        py = getattr(f, "py_func", f)
+        try:
+            import inspect
+
+            got = f"{py.__name__}{inspect.signature(py)}"
+        except (TypeError, ValueError):
+            got = name
+        raise TypeError(f"{what} of {name} has the wrong arguments: it is {got}, but smallchains calls it with "
+                        f"{len(sig.args)} arguments, as {_EXPECTED.get((what, len(sig.args)), what)}") from None
     except numba.core.errors.TypingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         useful = [ln for ln in lines if not ln.startswith(("Failed in", "During", "File", "^"))]

@@ -13,6 +13,8 @@ import functools
 
 import numpy as np
 
+from .._jit import COMPILE_SECONDS, feature
+from .._warnings import warn_unconverged
 from . import _adjoint as ADJ
 from . import _kernels as RK
 from .integrate import _RETCODES, ODESolution, _no_event_addresses, _raise, _stats, prepare
@@ -761,6 +763,7 @@ class GradientFunction:
             res = OptimizeResult(x=best["x"], fun=best["f"], success=True, message="stopped by the callback")
         if res.x is not None and np.all(np.isfinite(res.x)):
             p[:] = res.x
+        warn_unconverged(res, "GradientFunction.minimize")
         return res
 
     def solution(self):
@@ -778,7 +781,9 @@ def gradient_function(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_
     ``check_derivatives`` compares the right-hand side's vector-Jacobian product with
     central differences once, here (a ValueError names the disagreeing entries).
     """
-    return GradientFunction(loss, f, u0, tspan, p, sensitivity, dict(solve_kw, saveat=saveat), check_derivatives)
+    with feature("ODE gradients", COMPILE_SECONDS["ode"]):
+        gf = GradientFunction(loss, f, u0, tspan, p, sensitivity, dict(solve_kw, saveat=saveat), check_derivatives)
+    return gf
 
 
 def value_and_grad(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_derivatives=True, **solve_kw):
