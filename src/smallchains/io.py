@@ -46,12 +46,11 @@ import hashlib
 import json
 import os
 import pathlib
-import stat
-import tempfile
 
 import numpy as np
 
 from . import layers as _layers
+from ._atomic import atomic_write
 from .chain import SimpleChain
 
 FORMAT = "smallchains-chain"
@@ -196,18 +195,6 @@ def _check_p(p, chain) -> np.ndarray:
     return np.ascontiguousarray(p, dtype=_DTYPES[f"float{8 * p.dtype.itemsize}"])
 
 
-def _file_mode(target: str) -> int | None:
-    """Permission bits the saved file should get (a new temporary file is created 0600)."""
-    if os.name != "posix":
-        return None
-    try:
-        return stat.S_IMODE(os.stat(target).st_mode)  # replacing a file: keep its mode
-    except OSError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def save(path, chain, p, /, **metadata) -> pathlib.Path:
     """Save ``chain`` and its parameters ``p`` to ``path`` (an ``.npz`` file), atomically.
 
@@ -263,39 +250,8 @@ def save(path, chain, p, /, **metadata) -> pathlib.Path:
         raise ValueError(f"`chain` {chain!r} does not rebuild from its layers' describe() (got {rebuilt!r}); "
                          "a layer's describe() must list exactly its constructor's arguments")
 
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save to `path`={target!r}: directory {directory!r} does not exist; "
-                                "create it first (os.makedirs)")
-    if os.path.isdir(target):
-        raise IsADirectoryError(f"cannot save to `path`={target!r}: it is a directory; pass a file name")
     meta = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    mode = _file_mode(target)
-    tmp = tempfile.NamedTemporaryFile(delete=False, dir=directory, prefix=f".{os.path.basename(target)}.",
-                                      suffix=".tmp")
-    try:
-        with tmp:
-            np.savez(tmp, params=params, meta=meta)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        if mode is not None:
-            os.chmod(tmp.name, mode)
-        os.replace(tmp.name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp.name)
-        except OSError:
-            pass
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        try:
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+    atomic_write(target, lambda fh: np.savez(fh, params=params, meta=meta), text=False)
     return pathlib.Path(target)
 
 

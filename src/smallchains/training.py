@@ -13,7 +13,9 @@ import numpy as np
 from . import _engine as E
 from . import _train as T
 from ._errors import TrainingDivergedError, raise_for_status, status_message
+from ._jit import COMPILE_SECONDS, feature
 from ._validate import positive_int
+from ._warnings import warn_unconverged
 from .losses import ChainLoss, _rebind, accuracy_and_loss, valgrad
 from .optimizers import Optimizer
 
@@ -135,7 +137,15 @@ def _validation_loss(loss, validation, p):
     return vloss, Xv
 
 
-def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=(None, None)):
+def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=(None, None),
+         what="training"):
+    with feature(f"{np.dtype(p.dtype).name} {what}", COMPILE_SECONDS["training"]):
+        if progress:  # compile (a zero-epoch call) before the bar starts: its rate must not include it
+            kernel_call(0, 0)
+        return _epochs(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out, validation)
+
+
+def _epochs(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out, validation):
     vloss, Xv = validation
     step, bar = _chunks(epochs, callback, callback_every, progress, vloss is not None)
     hist = hist.view(History)
@@ -252,7 +262,8 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
         return T.train_minibatch(chain.program, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0,
                                  *buffers)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val)
+    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
+                what="minibatch training")
 
 
 def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):
@@ -266,6 +277,8 @@ def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=N
     if not isinstance(loss, ChainLoss):
         raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
     X2, _, _ = loss._data(X, p)
+    if not E.all_finite(p):
+        raise ValueError("`p` contains NaN or Inf; start from finite parameters (chain.init_params())")
     work_p = p.copy()
     g = np.empty_like(p)
 
@@ -280,4 +293,5 @@ def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=N
     res = _minimize(fun, p.astype(np.float64), jac=True, method=method, tol=tol, options=opts)
     if np.all(np.isfinite(res.x)):
         p[:] = res.x
+    warn_unconverged(res, "sc.minimize")
     return res

@@ -24,11 +24,13 @@ release the GIL).
 from __future__ import annotations
 
 import itertools
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from .._warnings import DataWarning
 from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
@@ -345,6 +347,38 @@ class SubjectEval:
         return eta, l + eta @ Oinv @ eta, information(out, Oinv), out
 
 
+def _ids(ids, k=8):
+    ids = list(ids)
+    return ", ".join(str(i) for i in ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
+
+
+def warn_data_use(model, data, skipped):
+    """Warn (DataWarning) about every datum a fit leaves out or reads differently from the file:
+    subjects with nothing to fit, BLQ observations (no M3 likelihood: left out), and covariates
+    that change within a subject (each subject's first value is used)."""
+    if skipped:
+        warnings.warn(f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1 or BLQ = 1) "
+                      f"and are left out of the fit: ID {_ids(skipped)}", DataWarning, stacklevel=3)
+    n_blq = sum(int(np.sum(np.asarray(s.blq) != 0)) for s in data.subjects if s.id not in skipped)
+    if n_blq:
+        who = [s.id for s in data.subjects if s.id not in skipped and np.any(np.asarray(s.blq) != 0)]
+        warnings.warn(f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (smallchains has "
+                      f"no M3 method for censored data yet): ID {_ids(who)}", DataWarning, stacklevel=3)
+    names = set().union(*(s.covariates for s in data.subjects)) if data.subjects else set()
+    for c in model.covariates_read(sorted(names)):
+        varying = []
+        for s in data.subjects:
+            if c in s.covariates:
+                v = np.asarray(s.covariates[c][1], dtype=float)
+                v = v[np.isfinite(v)]
+                if v.size > 1 and np.any(v != v[0]):
+                    varying.append(s.id)
+        if varying:
+            warnings.warn(f"covariate {c!r} changes within subject(s) {_ids(varying)}; the fit uses each "
+                          f"subject's first value (time-varying covariates do not change parameters within a "
+                          f"solve yet)", DataWarning, stacklevel=3)
+
+
 class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
@@ -372,6 +406,7 @@ class Problem:
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
+        warn_data_use(model, data, self.skipped)
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
         # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled

@@ -8,17 +8,21 @@ every subject, eta shrinkage, and the diagnostics PRED, IPRED, IWRES and CWRES.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.optimize import minimize
 
+from .._atomic import atomic_write
+from .._jit import COMPILE_SECONDS, feature
+from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
 from ..optimizers import Adam
-from ._atomic import atomic_write
 from .estimation import Problem, information
 from .population import PopulationModel
 
@@ -192,7 +196,7 @@ class FitResult:
         """Write the fit as JSON, atomically (a temporary file in the same folder, then renamed)."""
         m = self.model
         doc = {
-            "format": "smallchains.pk.fit", "version": 1,
+            "format": "smallchains.pk.fit", "version": 2,
             "method": self.method, "model": model_spec(m),
             "names": m.names, "x": self.x.tolist(), "ids": [_jsonable(i) for i in self.ids],
             "etas": self.etas.tolist(), "ofv": self.ofv, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
@@ -205,16 +209,38 @@ class FitResult:
             "designs": [C.tolist() for C in self._designs], "z": [np.asarray(z).tolist() for z in self._z],
             "cov": self._cov, "settings": self.settings,
         }
+        doc["sha256"] = _doc_digest(doc)
         return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
 
     @classmethod
     def load(cls, path, model=None):
         """Read a fit written by :meth:`save`.  Models with a custom ``individual`` function or a
         user-written structural model must be passed as ``model`` (code is not saved)."""
-        with open(path) as fh:
-            doc = json.load(fh)
-        if doc.get("format") != "smallchains.pk.fit":
-            raise ValueError(f"{path} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{os.fspath(path)!r} is not a readable smallchains fit: it is truncated or damaged "
+                             f"({type(exc).__name__}: {exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != "smallchains.pk.fit":
+            raise ValueError(f"{os.fspath(path)!r} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
+        if doc.get("version", 1) >= 2:
+            if doc.get("sha256") != _doc_digest(doc):
+                raise ValueError(f"{os.fspath(path)!r} was edited or damaged after it was saved (its checksum does "
+                                 "not match its content); refit, or restore the file")
+        else:
+            warnings.warn(f"{os.fspath(path)!r} was saved by an older smallchains without a checksum: its content "
+                          "cannot be verified", DataWarning, stacklevel=2)
+        try:
+            return cls._from_doc(doc, model)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ValueError) and "differ from the saved fit" in str(exc):
+                raise
+            raise ValueError(f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})") \
+                from None
+
+    @classmethod
+    def _from_doc(cls, doc, model):
         if model is None:
             model = model_from_spec(doc["model"])
         if list(model.names) != list(doc["names"]):
@@ -232,6 +258,12 @@ class FitResult:
                    _designs=[np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
                              for C in doc["designs"]], _z=doc["z"], _cov=doc["cov"], settings=doc["settings"],
                    n_evaluations=None, skipped=[])
+
+
+def _doc_digest(doc):
+    """SHA-256 of a fit document's content (every field but the digest itself, keys sorted)."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode("utf-8")).hexdigest()
 
 
 def _jsonable(v):
@@ -345,9 +377,10 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
     if method == "individual":
         return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals,
                                se, progress, settings, t_start)
-    P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=1)
-    try:
+    with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
+        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=1)
         why = P.diagnose(xs)
+    try:
         if why is not None:
             raise FitError(f"the objective is not finite at the initial values: {why}")
         t = time.perf_counter()
@@ -498,6 +531,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         # EM rounds stop early (Omega still moves); the last round, Omega settled, runs to the
         # requested tolerance
         final = map_omega != "em"
+        em_note = ""
         for rnd in range(max_rounds + 1):
             o = opts if final else dict(opts, maxiter=min(opts["maxiter"], 250), tol=max(opts["tol"], 1e-7))
             z, f, conv, msg, ne = _minimize(fg, z, report=report, **o)
@@ -508,15 +542,23 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             etas = z[nf:].reshape(P.N, q)
             change = _set_omega(m, x, P.profiled_omega(etas, state["C"]))
             C = _posterior_cov(P, x, etas)
-            if C is None:
+            if C is None:  # the modes' Laplace covariance failed: this round's estimate is not EM's fixed point
+                conv = False
+                em_note = f"; Omega's EM stopped after round {rnd + 1}: the random effects' posterior " \
+                          "covariance is not positive definite"
                 break
             state["C"] = C
             opts = dict(opts, optimizer="lbfgs")  # later rounds start next to the optimum
-            final = (rnd and change < em_tol) or rnd == max_rounds - 1
+            final = bool(rnd and change < em_tol)
+            if not final and rnd == max_rounds - 1:
+                final = True
+                em_note = f"; Omega's EM did not settle in {max_rounds} rounds (last change {change:.2g} > {em_tol:g})"
         if map_omega == "em":
             _set_omega(m, x, P.profiled_omega(z[nf:].reshape(P.N, q), state["C"]))
+            if em_note:
+                conv = False
         return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv,
-                "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else ""),
+                "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else "") + em_note,
                 "n_evaluations": ne_total}
     # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
     # warm-started; network weights with their L2 prior
@@ -744,7 +786,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         om = np.sqrt(np.diag(m.omega(x)))
         sd = etas.std(axis=0, ddof=1) if P.N > 1 else np.full(m.n_eta, np.nan)
         shrink = {k: float(1 - sd[j] / om[j]) for j, k in enumerate(m.eta_names)}
-    return FitResult(
+    result = FitResult(
         model=m, method=method, x=x, ids=[s.subject.id for s in P.subjects], etas=etas, ofv=float(ofv),
         loglik=-0.5 * m2ll, aic=m2ll + 2 * n_est, bic=m2ll + n_est * math.log(P.n_obs),
         objective=float(run["objective"]), n_obs=P.n_obs, n_subjects=P.N, n_estimated=n_est,
@@ -754,6 +796,42 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         cov_names=[m.names[i] for i in idx], _designs=[s.C for s in P.subjects], _z=[s.z for s in P.subjects],
         _cov=[s.cov for s in P.subjects], settings=settings,
         skipped=P.skipped)
+    warn_doubtful(result, se)
+    return result
+
+
+#: A random effect's or a residual error's standard deviation below this is at its lower bound
+#: (zero): the data do not support that variance, and its log-scale estimate is meaningless.
+VARIANCE_FLOOR = 1e-4
+
+
+def warn_doubtful(r, se_requested):
+    """Warn about every reason not to trust a fit as it is (the package's warning classes)."""
+    what = f"{r.method} fit"
+    if not r.converged:
+        warnings.warn(f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
+                      "stopped: raise maxiter, try other starts or simplify the model", ConvergenceWarning,
+                      stacklevel=3)
+    if r.n_obs < r.n_estimated:
+        warnings.warn(f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
+                      "estimates are not identified by the data", DoubtfulResultWarning, stacklevel=3)
+    if se_requested and len(r.cov_names) and r.cov is None:
+        warnings.warn(f"the {what}'s standard errors are NaN: the objective's Hessian at the estimate is not "
+                      "positive definite (a parameter is not identified, or the fit is not at a minimum)",
+                      DoubtfulResultWarning, stacklevel=3)
+    m = r.model
+    if m.n_eta and r.method in ("map", "foce"):
+        sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
+        low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
+        if low:
+            warnings.warn(f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
+                          f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
+                          "random effect) or check the model", DoubtfulResultWarning, stacklevel=3)
+    low = [f"{k} = {v:.2g}" for k, v in r.sigma.items() if v < VARIANCE_FLOOR]
+    if low:
+        warnings.warn(f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
+                      "do not support that error component (drop it, e.g. error='proportional')",
+                      DoubtfulResultWarning, stacklevel=3)
 
 
 def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals, se, progress,
@@ -763,11 +841,22 @@ def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, so
     fits = []
     for s in data.subjects:
         pop = Population([s], data.covariate_names, data.columns)
-        r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
-                solver=solver, ss_intervals=ss_intervals, se=se, progress=progress, **opts) \
-            if np.any(np.asarray(s.blq) == 0) else None
+        r = None
+        if np.any(np.asarray(s.blq) == 0):
+            with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
+                warnings.simplefilter("always")
+                r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
+                        solver=solver, ss_intervals=ss_intervals, se=se, progress=progress, **opts)
+            for w in caught:
+                warnings.warn(f"ID {s.id}: {w.message}", w.category, stacklevel=3)
         fits.append((s.id, r))
     ok = [(i, r) for i, r in fits if r is not None]
+    if len(ok) < len(fits):
+        from .estimation import _ids
+
+        warnings.warn(f"{len(fits) - len(ok)} subject(s) have no observation to fit (every record MDV = 1 or "
+                      f"BLQ = 1) and are left out: ID {_ids([i for i, r in fits if r is None])}",
+                      DataWarning, stacklevel=3)
     ofv = float(sum(r.ofv for _, r in ok))
     n_obs = sum(r.n_obs for _, r in ok)
     n_est = sum(r.n_estimated for _, r in ok)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ._atomic import atomic_write
+from .._atomic import atomic_write
 
 
 def _plt():

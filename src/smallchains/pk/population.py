@@ -155,6 +155,7 @@ class PopulationModel:
             raise ValueError(f"`theta` initial values must be positive and finite (they are estimated on the "
                              f"log scale), got {theta}")
         self.individual = individual
+        self._individual_cov = False
         if individual is None:
             missing = [k for k in structural.params if k not in theta]
             extra = [k for k in theta if k not in structural.params]
@@ -312,6 +313,16 @@ class PopulationModel:
 
     def weights(self, x):
         return x[self.blocks["w"]]
+
+    def covariates_read(self, available):
+        """The covariate names the model reads (from ``available``): its covariate effects, its
+        covariate network's inputs, and every covariate when ``individual`` takes ``(q, cov)``."""
+        if self._individual_cov:
+            return list(available)
+        names = [c for _, c, _ in self.covariates]
+        if self.covariate_network is not None:
+            names += list(self.covariate_network.inputs)
+        return list(dict.fromkeys(names))
 
     # ------------------------------------------------------------------ individual parameters
 
