@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench lint install install-bench clean
+.PHONY: demo test test-fast warmup bench lint install install-bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,21 @@ install-bench: $(VENV)/.bench-installed
 ## The main jobs: train the seed article's 4->32->16->4 network, side by side with PyTorch and JAX;
 ## then the pharmacometric demo on the real Theophylline data (fits and plots in demo-output/).
 demo: $(VENV)/.bench-installed
+	$(VENV)/bin/smallchains warmup training pk
 	$(PY) examples/matexp.py
 	$(VENV)/bin/smallchains demo theophylline --out demo-output
 
 ## The whole suite, notebooks included.
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+
+## The fast tier (a few minutes): everything but notebooks, population fits and fresh-process cache tests.
+test-fast: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -m "not slow"
+
+## Compile every kernel now (once per install), with a progress display.
+warmup: $(VENV)/.dev-installed
+	$(VENV)/bin/smallchains warmup
 
 ## All benchmarks, peers in the same run.
 bench: $(VENV)/.bench-installed

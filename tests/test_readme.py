@@ -3,6 +3,10 @@
 import pathlib
 import re
 
+import pytest
+
+pytestmark = pytest.mark.slow  # (make test-fast skips these; make test and CI run them)
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -9,8 +9,17 @@ Quick start::
     history = sc.train_unbatched(loss, X, p, sc.Adam(1e-3), epochs=10_000)
 """
 
-from . import datasets, kernels, ode, pk, pkdata
+import importlib
+
+from . import datasets, kernels, ode
 from ._errors import TrainingDivergedError
+from ._warnings import (
+    CompileCacheWarning,
+    ConvergenceWarning,
+    DataWarning,
+    DoubtfulResultWarning,
+    SmallchainsWarning,
+)
 from .chain import ChainKernels, SimpleChain
 from .io import load, load_params, save
 from .layers import (
@@ -84,6 +93,22 @@ rbf = ACTIVATIONS["rbf"]
 
 __version__ = "0.1.0"
 
+# Imported on first use (``sc.pk``, ``sc.pkdata``): they bring in SciPy's optimizers and the
+# population-fitting machinery, which a user of networks or ODEs alone does not pay for at import.
+_LAZY = ("pk", "pkdata")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'smallchains' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
 __all__ = [
     "BS3", "DP5", "RK4", "ButcherTableau", "Euler", "Heun", "Jumps", "MaxStepsError", "NeuralODE",
     "NonFiniteStateError", "ODEFunction", "ODESolution", "ODESolveError", "PIController",
@@ -97,4 +122,5 @@ __all__ = [
     "gelu", "identity", "kernels", "minimize", "relu", "rbf", "sigmoid", "silu", "softplus", "tanh", "train_batched",
     "train_unbatched", "valgrad",
     "load", "load_params", "save", "predict", "predict_proba", "pk", "pkdata",
+    "SmallchainsWarning", "CompileCacheWarning", "ConvergenceWarning", "DataWarning", "DoubtfulResultWarning",
 ]

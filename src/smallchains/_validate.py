@@ -86,7 +86,23 @@ def check_out(name: str, a, shape, dtype) -> np.ndarray:
     return a
 
 
-def positive_int(name: str, v, minimum: int = 1) -> int:
+#: The largest size (features, units, channels, epochs...) accepted anywhere: a count past it
+#: cannot be allocated on any machine and would overflow the kernels' int64 arithmetic.
+MAX_COUNT = 2**31 - 1
+
+
+def positive_int(name: str, v, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {v!r}")
+    if v > maximum:
+        raise ValueError(f"`{name}` = {v} is larger than the largest supported value, {maximum}")
     return int(v)
+
+
+def seed_value(name: str, seed):
+    """A seed for ``np.random.default_rng``: a non-negative integer or a ``np.random.Generator``."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`{name}` must be a non-negative integer or a np.random.Generator, got {seed!r}")
+    return int(seed)

@@ -12,7 +12,7 @@ from . import kernels as K
 from ._errors import raise_for_status
 from ._jit import default_num_threads
 from ._program import BLOCK, H_UNITS, build_program
-from ._validate import FLOATS, as_data, check_out, check_params, positive_int
+from ._validate import FLOATS, MAX_COUNT, as_data, check_out, check_params, positive_int, seed_value
 from .layers import Layer
 
 #: Below this many multiply-adds per call the work stays on one thread
@@ -69,6 +69,12 @@ class SimpleChain:
                 shapes.append(tuple(layer.output_shape(ins)))
             except ValueError as exc:
                 raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+        n_params = sum(int(layer.num_params_shape(ins)) for layer, ins in zip(self.layers, shapes))
+        widest = max(int(np.prod(sh, dtype=object)) for sh in shapes)
+        if n_params > MAX_COUNT or widest > MAX_COUNT:
+            raise ValueError(f"this chain would have {n_params:,} parameters and {widest:,} values per sample in its "
+                             f"widest layer; at most {MAX_COUNT:,} of each are supported (a float32 vector that "
+                             "long is 8 GiB): use smaller layers")
         self._shapes = tuple(shapes)
         #: the shape of one output sample
         self.output_shape = shapes[-1]
@@ -93,7 +99,7 @@ class SimpleChain:
         dtype = np.dtype(dtype)
         if dtype not in FLOATS:
             raise TypeError(f"`dtype` must be np.float32 or np.float64, got {dtype}")
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed_value("seed", seed))
         p = np.zeros(self.num_params, dtype=dtype)
         off = 0
         for layer, ins in zip(self.layers, self._shapes):

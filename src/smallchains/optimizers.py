@@ -58,7 +58,7 @@ class Optimizer:
 
 def _check_lr(lr):
     if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"learning rate must be a positive finite number, got {lr!r}")
+        raise ValueError(f"`lr` (the learning rate) must be a positive finite number, got {lr!r}")
     return float(lr)
 
 
