@@ -189,7 +189,7 @@ def _numeric(df, col, rows):
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"row {rows[i]}: {col} must be a number, got {df[col].iloc[i]!r}")
-    return v.to_numpy(dtype=float)
+    return np.array(v.to_numpy(dtype=float))  # a writable copy (pandas may hand out a read-only view)
 
 
 def read_data(data, *, covariates=None, rename=None) -> Population:
