@@ -510,8 +510,10 @@ def test_nonfinite_start_and_nonfinite_steps_raise_instead_of_hanging():
     def nan_at_start(du, u, p, t):
         du[0] = np.sqrt(u[0] - 2.0)
 
-    with pytest.raises(sc.NonFiniteStateError):
+    with pytest.raises(ValueError, match=r"returns du\[0\] = nan at t = 0"):  # the checked first call
         sc.solve(nan_at_start, [1.0], (0.0, 1.0))
+    with pytest.raises(sc.NonFiniteStateError):  # and the solver itself, unchecked
+        sc.solve(nan_at_start, [1.0], (0.0, 1.0), check=False)
 
     @numba.njit
     def nan_after(du, u, p, t):
@@ -547,17 +549,25 @@ def test_derivative_check_enforces_overwrite_and_accumulate():
 
 
 @pytest.mark.parametrize("sens", ALL[1:], ids=lambda s: type(s).__name__)
-def test_jumps_before_t0_count_in_every_method(sens):
+def test_jumps_before_t0_in_every_method(sens):
+    """An input switched on before t0 is in force at t0 (every method agrees); a bolus or a set
+    before t0 has no solution to act on and is refused, naming its time."""
     ts = np.linspace(1.5, 4.0, 6)
     p = np.array([1.2, 0.8, 0.5])
-    jumps = sc.Jumps().bolus(0.5, 0, 10.0, scale_param=2).set(0.7, 1, 0.3)
+    jumps = sc.Jumps().infusion(0.5, 0, 3.0, 2.0)  # on from 0.5 to 2.5
     kw = dict(saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
     ref = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sc.DiscreteAdjoint(),
                                **kw)(p)
     got = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens, **kw)(p)
-    assert ref[1][2] != 0.0
+    plain = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens,
+                                 **dict(kw, jumps=None))(p)
+    assert abs(got[0] - plain[0]) > 1e-3  # the infusion counts
     assert rel(got[1], ref[1]) < 1e-6
     assert rel(got[2], ref[2]) < 1e-6
+    for early in (sc.Jumps().bolus(0.5, 0, 10.0, scale_param=2), sc.Jumps().set(0.7, 1, 0.3)):
+        with pytest.raises(ValueError, match="at t = 0.[57] lies before the start of the solve, t0 = 1"):
+            sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens,
+                                 **dict(kw, jumps=early))
 
 
 def test_default_u0_is_not_a_view_of_the_callers_array():
