@@ -261,9 +261,10 @@ def _njit(fn, opts):
 
 _compile_log = _log.get("compile")
 
-#: Cold compile time of each feature's first call on a 2-core machine (AMD EPYC, AVX2), said
-#: in the compile notices; measured by benchmarks/latency.py.
-COMPILE_SECONDS = {"training": 60, "cnn": 60, "ode": 60, "pk": 60}
+#: Cold compile time of a feature's first call (one dtype, one entry point) on a 2-core AMD EPYC,
+#: said in the compile notices (measured 2026-12-02: float32 train_unbatched 63 s; the rest from
+#: benchmarks/latency.py's cold runs).
+COMPILE_SECONDS = {"training": 60, "cnn": 90, "ode": 35, "pk": 20}
 _local = threading.local()
 _announced_plain = False
 

@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from . import _log
-from ._jit import COMPILE_SECONDS as SECONDS
 from ._jit import feature
 
 _log_compile = _log.get("compile")
@@ -102,6 +101,10 @@ def _pk():
     fit = sc.pk.fit(m, data, "pooled", se=False)
     return [fit.ofv]
 
+
+#: Cold seconds of each whole warm-up job on a 2-core AMD EPYC (benchmarks/latency.py, 2026-12-02):
+#: "training" compiles every dense entry point for float32 and float64.
+SECONDS = {"training": 320, "cnn": 90, "ode": 35, "pk": 20}
 
 JOBS = {"training": _training, "cnn": _cnn, "ode": _ode, "pk": _pk}
 FEATURES = tuple(JOBS)
