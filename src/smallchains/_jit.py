@@ -310,10 +310,5 @@ def feature(name: str, seconds: float | None = None):
                               ctx["kernels"], name, time.perf_counter() - ctx["t0"])
 
 
-def compiles(ctx) -> bool:
-    """Whether the ``feature`` block ``ctx`` compiled anything (for progress bars' rates)."""
-    return ctx["announced"]
-
-
 purge_stale_caches()
 

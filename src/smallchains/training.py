@@ -32,9 +32,13 @@ def _check(loss, X, p, opt, epochs):
         raise TypeError(f"`opt` must be an optimizer such as sc.Adam(1e-3), got {opt!r}")
     epochs = positive_int("epochs", epochs, minimum=0)
     X2, T_, labels = loss._data(X, p)
+    _require_finite(p)
+    return X2, T_, labels, epochs
+
+
+def _require_finite(p):
     if not E.all_finite(p):
         raise ValueError("`p` contains NaN or Inf; start from finite parameters (chain.init_params())")
-    return X2, T_, labels, epochs
 
 
 def _stream_state(seed):
@@ -277,8 +281,7 @@ def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=N
     if not isinstance(loss, ChainLoss):
         raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
     X2, _, _ = loss._data(X, p)
-    if not E.all_finite(p):
-        raise ValueError("`p` contains NaN or Inf; start from finite parameters (chain.init_params())")
+    _require_finite(p)
     work_p = p.copy()
     g = np.empty_like(p)
 

@@ -28,12 +28,18 @@ def _padded(values, fill):
     return buf, view, (view.ctypes.data - buf.ctypes.data) // buf.itemsize
 
 
-def _evaluate(fn, u0, p, t, u_fill, p_fill):
+def _evaluate(fn, u0, p, t, fill, nan_at=None):
+    """Evaluate ``fn`` with ``du`` guarded by the sentinel and ``u``, ``p`` padded with ``fill``;
+    ``nan_at=(label, index)`` puts one NaN at that index past the end of ``u`` or ``p``.
+    Returns (du's buffer, u, p as the function left them)."""
     n, m = u0.shape[0], p.shape[0]
     du_buf = np.full(n + 2 * GUARD, _SENTINEL)
     du = du_buf[GUARD:GUARD + n]
-    u_buf, u, _ = _padded(u0, u_fill)
-    p_buf, pv, _ = _padded(p, p_fill)
+    bufs = {"u": _padded(u0, fill), "p": _padded(p, fill)}
+    if nan_at is not None:
+        buf, _, off = bufs[nan_at[0]]
+        buf[off + nan_at[1]] = np.nan
+    u, pv = bufs["u"][1], bufs["p"][1]
     fn.rhs(du, u, pv, t, fn.iw, fn.workspace(n, m))
     return du_buf, u, pv
 
@@ -47,7 +53,7 @@ def check_rhs(fn, u0, p, t):
         return
     name = f"the right-hand side {fn.name}"
     fn.addr  # noqa: B018 - compiles the user's pieces and sets their addresses in fn.iw
-    du_buf, u_after, p_after = _evaluate(fn, u0, p, t, np.nan, np.nan)
+    du_buf, u_after, p_after = _evaluate(fn, u0, p, t, np.nan)
     du = du_buf[GUARD:GUARD + n]
     lo = [GUARD - j for j in range(1, GUARD + 1) if du_buf[GUARD - j] != _SENTINEL]
     hi = [j for j in range(GUARD) if du_buf[GUARD + n + j] != _SENTINEL]
@@ -66,10 +72,10 @@ def check_rhs(fn, u0, p, t):
         done.add(key)
         return
     # a NaN from finite inputs: out-of-bounds reads of u or p (their padding is NaN), or f itself
-    baseline = _probe(fn, u0, p, t, "p", None)  # every padding finite
+    baseline = _evaluate(fn, u0, p, t, 0.5)[0]  # every padding finite
     for label, size in (("p", m), ("u", n)) if np.all(np.isfinite(baseline)) else ():
         for k in range(GUARD):
-            if not np.all(np.isfinite(_probe(fn, u0, p, t, label, size + k))):
+            if not np.all(np.isfinite(_evaluate(fn, u0, p, t, 0.5, (label, size + k))[0])):
                 hint = ("pass the parameters: sc.solve(f, u0, tspan, p)" if label == "p" and size == 0
                         else f"pass `{label}` with every entry the function reads")
                 have = f"has {size} entries ({label}[0]..{label}[{size - 1}])" if size else "is empty"
@@ -78,16 +84,3 @@ def check_rhs(fn, u0, p, t):
     raise ValueError(f"{name} returns du[{bad[0]}] = {du[bad[0]]} at t = {t:g} from finite u0 and p; the solve "
                      "cannot start (check the formula, e.g. a division by zero or the log of a negative number)")
 
-
-def _probe(fn, u0, p, t, label, index):
-    """du when only entry ``index`` beyond the end of ``label`` is NaN and the other padding finite
-    (``index`` None: every padding finite)."""
-    n, m = u0.shape[0], p.shape[0]
-    du_buf = np.full(n + 2 * GUARD, _SENTINEL)
-    du = du_buf[GUARD:GUARD + n]
-    u_buf, u, u_off = _padded(u0, 0.5)
-    p_buf, pv, p_off = _padded(p, 0.5)
-    if index is not None:
-        (p_buf if label == "p" else u_buf)[(p_off if label == "p" else u_off) + index] = np.nan
-    fn.rhs(du, u, pv, t, fn.iw, fn.workspace(n, m))
-    return du

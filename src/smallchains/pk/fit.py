@@ -233,9 +233,7 @@ class FitResult:
                           "cannot be verified", DataWarning, stacklevel=2)
         try:
             return cls._from_doc(doc, model)
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ValueError) and "differ from the saved fit" in str(exc):
-                raise
+        except (KeyError, TypeError) as exc:  # a field missing or of the wrong kind (ValueErrors say their own)
             raise ValueError(f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})") \
                 from None
 
