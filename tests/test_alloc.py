@@ -107,7 +107,7 @@ def test_engine_valgrad_does_not_allocate(dtype, nt, n, kind):
     Tt, labels = loss.loss._targets(p.dtype)
     g = np.empty_like(p)
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
-    prog = chain.program
+    prog = chain.bound_program(dtype)
     args = (prog, p, X, prog[0], E.ROWS, 0, n, Tt, labels, loss.loss.code, loss._lpar, g, slabs, work, losses,
             stats, True, -1)
     assert _extra(E.valgrad, *args) == 0
@@ -126,7 +126,7 @@ def test_engine_valgrad_does_not_allocate(dtype, nt, n, kind):
 def test_engine_forward_vjp_jvp_do_not_allocate(dtype, nt):
     n = 2 * BLOCK + 44
     chain, p, X, V = _chain_and_data(dtype, n)
-    prog = chain.program
+    prog = chain.bound_program(dtype, tangent=True)
     work, slabs, _, stats = chain._workspace(p.dtype, nt, n)
     Y = np.empty((n, chain.output_dim), dtype)
     out = np.empty_like(p)
@@ -154,7 +154,8 @@ def test_train_full_does_not_allocate(dtype, nt, opt):
     hist = np.zeros(epochs)
 
     XT, TT = np.ascontiguousarray(X.T), np.ascontiguousarray(Tt.T)  # train_full takes transposed data
-    args = (chain.program, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
+    prog = chain.bound_program(p.dtype)
+    args = (prog, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
             epochs, hist, 0, g, slabs, work, losses, stats, p.copy(), np.array([7], dtype=np.uint64))
     assert _extra(T.train_full, *args) == 0
     assert step[0] == 2 * epochs
@@ -176,7 +177,8 @@ def test_train_minibatch_does_not_allocate():
     perm = np.arange(n, dtype=np.int64)
     rng = np.array([12345], dtype=np.uint64)
 
-    args = (chain.program, p, X, Tt, labels, loss.loss.code, loss._lpar, 0, 0.0, code, hyper, state, step, 3,
+    prog = chain.bound_program(p.dtype)
+    args = (prog, p, X, Tt, labels, loss.loss.code, loss._lpar, 0, 0.0, code, hyper, state, step, 3,
             batch, perm, rng, hist, 0, g, slabs, work, losses, stats, np.zeros_like(p))
     assert _extra(T.train_minibatch, *args) == 0
     assert step[0] == 2 * 3 * 7  # ceil(100 / 16) = 7 steps per epoch

@@ -5,18 +5,21 @@ float64) and cached on disk; chains of any shape share the machine code.
 
 Status codes returned by the kernels (mapped to exceptions in ``_errors``):
     OK, NONFINITE_INPUT, NONFINITE_LOSS, NONFINITE_GRAD, LABEL_OUT_OF_RANGE,
-    NONFINITE_PARAMS, WORK_TOO_SMALL, BAD_SHAPE
+    NONFINITE_PARAMS, WORK_TOO_SMALL, BAD_SHAPE, NOT_BOUND
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
+from numba import types
+from numba.core.extending import overload
 
 from ._activations import act_inplace
-from ._jit import kernel, parallel_kernel
+from ._jit import addresses, function_caster, kernel, parallel_kernel
 from ._program import (
     F_ACT,
     F_AUX,
@@ -46,12 +49,14 @@ from ._program import (
     F_WP,
     F_X,
     F_Y,
+    H_ADDR,
     H_G1,
     H_G2,
     H_NIN,
     H_NLAYERS,
     H_NOUT,
     H_NPARAMS,
+    H_PID,
     H_T,
     H_UNITS,
     KIND_ACTIVATION,
@@ -88,6 +93,7 @@ LABEL_OUT_OF_RANGE = 4
 NONFINITE_PARAMS = 5
 WORK_TOO_SMALL = 6
 BAD_SHAPE = 7
+NOT_BOUND = 8  # internal: a driver met a program without the addresses of its dtype (see ``bind``)
 
 #: Largest finite float64; ``abs(x) <= FMAX`` is False exactly for NaN and +-Inf.  A
 #: comparison survives the fast-math flags, whereas ``math.isfinite`` (``x - x == 0``)
@@ -104,7 +110,7 @@ LOSS_LOGITCE = 3
 
 
 @kernel
-def gather_block(X, idx, use_idx, i0, nb, w, B, wo=0):
+def gather_block(X, idx, use_idx, i0, nb, w, B, wo):
     """w[wo + k*B + s] <- X[row(i0+s), k] for s < nb (rows through ``idx`` when use_idx).
 
     Transposes a block of rows into the feature-major layout; columns ``nb..B-1``
@@ -401,6 +407,171 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
     return cur
 
 
+# --------------------------------------------------------------------------- calls through addresses
+# The three block functions above hold the whole interpreter: every layer kind's kernels.
+# Numba links a callee's code into each caller and generates its machine code again there,
+# and again in each caller of that caller, so a driver five calls deep (training loop, step,
+# gradient, thread pool, sample range) used to compile the interpreter five times over, per
+# dtype and per argument layout.  The drivers below call the block functions through
+# addresses instead, which ``bind`` writes into the program's header row; each block
+# function is then compiled once per dtype and the drivers stay small.  (Measured on
+# float32 full-batch training from an empty cache: see the commit that introduced this.)
+# The public one-sample kernels (``smallchains.kernels``) keep calling the block functions
+# directly, so that users' own @njit code works with any ``chain.program``.
+
+FN_FORWARD = 0
+FN_BACKWARD = 1
+FN_TANGENT = 2
+_FLOATS = (types.float32, types.float64)
+_PROG_T = types.Array(types.int64, 2, "C")
+
+
+def _block_signatures(dt):
+    a = types.Array(dt, 1, "C")
+    i8, b1 = types.int64, types.boolean
+    return (i8(_PROG_T, a, a, i8, b1, i8, i8),  # block_forward_train(prog, p, w, B, want_d, key, s0)
+            i8(_PROG_T, a, a, a, i8, b1),  # block_backward(prog, p, gp, w, B, need_input)
+            i8(_PROG_T, a, a, a, i8, b1, b1))  # block_tangent(prog, p, dp, w, B, use_dx, use_dp)
+
+
+_SIGS = tuple(_block_signatures(dt) for dt in _FLOATS)
+_CASTS = tuple(tuple(function_caster(types.FunctionType(sig)) for sig in sigs) for sigs in _SIGS)
+_BLOCK_FUNCTIONS = (block_forward_train, block_backward, block_tangent)
+
+
+def _slot(d, fn):
+    return H_ADDR + 6 * d + 2 * fn
+
+
+def _dtype_index(prog, p):
+    """0 (float32) or 1 (float64) when ``prog`` and ``p`` have the bound signatures' types, else None."""
+    if prog != _PROG_T or not isinstance(p, types.Array) or p.ndim != 1 or p.layout != "C":
+        return None
+    return _FLOATS.index(p.dtype) if p.dtype in _FLOATS else None
+
+
+def _literal_fn(fn):
+    return fn.literal_value if isinstance(fn, types.IntegerLiteral) else None
+
+
+def bound_fn(prog, p, fn):
+    """The block function ``fn`` (FN_FORWARD, FN_BACKWARD, FN_TANGENT) for p's dtype, as bound in ``prog``.
+
+    Compiled code only.  Check :func:`is_bound` first: calling an unbound slot is undefined.
+    """
+    raise NotImplementedError("only callable from compiled code")
+
+
+def is_bound(prog, p, fn):
+    """True when ``prog`` holds the address of block function ``fn`` for p's dtype (compiled code only)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(bound_fn, inline="always")
+def _ol_bound_fn(prog, p, fn):
+    d, k = _dtype_index(prog, p), _literal_fn(fn)
+    if d is None or k is None:
+        return None
+    cast, slot = _CASTS[d][k], _slot(d, k)
+
+    def impl(prog, p, fn):
+        return cast(prog[0, slot], prog[0, slot + 1])
+
+    return impl
+
+
+@overload(is_bound, inline="always")
+def _ol_is_bound(prog, p, fn):
+    d, k = _dtype_index(prog, p), _literal_fn(fn)
+    if d is None or k is None:
+        return None
+    slot = _slot(d, k)
+
+    def impl(prog, p, fn):
+        return prog[0, slot] != 0 and prog[0, slot + 1] != 0
+
+    return impl
+
+
+# The range functions below serve both the package's drivers (``via=BOUND``: block functions
+# through the program's addresses) and the public batch kernels of ``smallchains.kernels``
+# (``via=DIRECT``: direct calls, so that any ``chain.program`` works in users' @njit code).
+# ``via`` selects the implementation at compile time by its type (None or bool).
+BOUND = None
+DIRECT = True
+
+
+def _by_address(via):
+    return isinstance(via, (types.NoneType, types.Omitted))
+
+
+def ready(prog, p, via):
+    """False when ``via`` is BOUND and ``prog`` lacks the forward or backward address (compiled code only)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def fwd_block(prog, p, w, B, want_d, key, s0, via):
+    """``block_forward_train`` called as ``via`` says (compiled code only)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def bwd_block(prog, p, gp, w, B, need_input, via):
+    """``block_backward`` called as ``via`` says (compiled code only)."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(ready, inline="always")
+def _ol_ready(prog, p, via):
+    if not _by_address(via):
+        return lambda prog, p, via: True
+    return lambda prog, p, via: is_bound(prog, p, FN_FORWARD) and is_bound(prog, p, FN_BACKWARD)
+
+
+@overload(fwd_block, inline="always")
+def _ol_fwd_block(prog, p, w, B, want_d, key, s0, via):
+    if not _by_address(via):
+        return lambda prog, p, w, B, want_d, key, s0, via: block_forward_train(prog, p, w, B, want_d, key, s0)
+    return lambda prog, p, w, B, want_d, key, s0, via: bound_fn(prog, p, FN_FORWARD)(prog, p, w, B, want_d, key,
+                                                                                      s0)
+
+
+@overload(bwd_block, inline="always")
+def _ol_bwd_block(prog, p, gp, w, B, need_input, via):
+    if not _by_address(via):
+        return lambda prog, p, gp, w, B, need_input, via: block_backward(prog, p, gp, w, B, need_input)
+    return lambda prog, p, gp, w, B, need_input, via: bound_fn(prog, p, FN_BACKWARD)(prog, p, gp, w, B, need_input)
+
+
+_bound_addresses = {}
+
+
+def bind(prog, dtype, tangent=False):
+    """Write into ``prog``'s header the addresses of the block functions for ``dtype``; returns ``prog``.
+
+    Compiles (or loads from the cache) ``block_forward_train`` and ``block_backward`` for
+    ``dtype`` (and ``block_tangent`` when ``tangent``) on first use in a process.  Every
+    Python entry point that hands a program to a driver of this module binds it first.
+    Addresses belong to a process: a program copied into another process (pickled) is
+    rebound there, since the header also records the process that wrote them.
+    """
+    d = 0 if np.dtype(dtype) == np.float32 else 1
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"the kernels run in float32 or float64, got {np.dtype(dtype)}")
+    head = prog[0]
+    pid = os.getpid()
+    if head[H_PID] != pid:
+        head[H_ADDR:H_ADDR + 12] = 0
+        head[H_PID] = pid
+    for k in (FN_FORWARD, FN_BACKWARD, FN_TANGENT) if tangent else (FN_FORWARD, FN_BACKWARD):
+        s = _slot(d, k)
+        if head[s] == 0:
+            key = (d, k)
+            if key not in _bound_addresses:
+                _bound_addresses[key] = addresses(_BLOCK_FUNCTIONS[k], _SIGS[d][k])
+            head[s], head[s + 1] = _bound_addresses[key]
+    return prog
+
+
 @kernel
 def block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i0, scale, want_grad):
     """Sum over the block's ``nb`` samples of the per-sample loss of the output at ``yo``.
@@ -533,6 +704,10 @@ def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g
     """Loss sum over samples [i0, i1) read as ``mode`` says; accumulates scale*dL/dp into ``gp``.
 
     ``key >= 0``: training mode (dropout masks from ``key`` and the sample positions)."""
+    if not (is_bound(prog, p, FN_FORWARD) and is_bound(prog, p, FN_BACKWARD)):
+        return 0.0, NOT_BOUND
+    fwd = bound_fn(prog, p, FN_FORWARD)
+    bwd = bound_fn(prog, p, FN_BACKWARD)
     use_idx = mode == ROWS_IDX
     total = 0.0
     m = prog[0, H_NOUT]
@@ -546,18 +721,18 @@ def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g
             if code != LOSS_LOGITCE:
                 copy_cols(T, i, nb, w, to, B)
         else:
-            chk = gather_block(X, idx, use_idx, i, nb, w, B)
+            chk = gather_block(X, idx, use_idx, i, nb, w, B, 0)
             if code != LOSS_LOGITCE:
                 gather_block(T, idx, use_idx, i, nb, w, B, to)
         if chk != 0:
             return total, NONFINITE_INPUT
-        yo = block_forward_train(prog, p, w, B, want_grad, key, i)
+        yo = fwd(prog, p, w, B, want_grad, key, i)
         val, st = block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i, scale, want_grad)
         if st != OK:
             return total, st
         total += val
         if want_grad:
-            block_backward(prog, p, gp, w, B, False)
+            bwd(prog, p, gp, w, B, False)
         i += nb
     return total, OK
 
@@ -616,16 +791,18 @@ def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work
 
 
 @kernel
-def forward_range(prog, p, X, Y, i0, i1, w, B):
-    """Y[i0:i1] <- chain(X[i0:i1]) (row-major (n, m)); returns status."""
+def forward_range(prog, p, X, Y, i0, i1, w, B, via):
+    """Y[i0:i1] <- chain(X[i0:i1]) (row-major (n, m)); returns status.  ``via``: BOUND or DIRECT."""
+    if not ready(prog, p, via):
+        return NOT_BOUND
     m = prog[0, H_NOUT]
     dummy = prog[0]  # any int64 vector: not read when use_idx is False
     i = i0
     while i < i1:
         nb = min(B, i1 - i)
-        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+        if gather_block(X, dummy, False, i, nb, w, B, 0) != 0:
             return NONFINITE_INPUT
-        yo = block_forward(prog, p, w, B, False)
+        yo = fwd_block(prog, p, w, B, False, -1, 0, via)
         for s in range(nb):
             for j in range(m):
                 Y[i + s, j] = w[yo + j * B + s]
@@ -643,7 +820,7 @@ def _forward_threads(prog, p, X, Y, work, B, stats):
         b = min(n, a + chunk)
         stats[t] = OK
         if a < b:
-            stats[t] = forward_range(prog, p, X, Y, a, b, work[t], B)
+            stats[t] = forward_range(prog, p, X, Y, a, b, work[t], B, BOUND)
 
 
 @kernel
@@ -652,26 +829,30 @@ def forward(prog, p, X, Y, work, stats):
     B = work.shape[1] // prog[0, H_UNITS]
     n = X.shape[0]
     if work.shape[0] == 1 or n <= B:
-        return forward_range(prog, p, X, Y, 0, n, work[0], B)
+        return forward_range(prog, p, X, Y, 0, n, work[0], B, BOUND)
     _forward_threads(prog, p, X, Y, work, B, stats)
     return first_error(stats)
 
 
 @kernel
-def vjp_range(prog, p, V, X, i0, i1, gp, GX, want_x, w, B):
-    """gp += sum over samples of V[s]^T dchain/dp; GX[s] <- V[s]^T dchain/dx when want_x."""
+def vjp_range(prog, p, V, X, i0, i1, gp, GX, want_x, w, B, via):
+    """gp += sum over samples of V[s]^T dchain/dp; GX[s] <- V[s]^T dchain/dx when want_x.
+
+    ``via``: BOUND or DIRECT (see ``fwd_block``)."""
+    if not ready(prog, p, via):
+        return NOT_BOUND
     d = prog[0, H_NIN]
     go = prog[0, H_G1] * B
     dummy = prog[0]  # any int64 vector: not read when use_idx is False
     i = i0
     while i < i1:
         nb = min(B, i1 - i)
-        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+        if gather_block(X, dummy, False, i, nb, w, B, 0) != 0:
             return NONFINITE_INPUT
-        block_forward(prog, p, w, B, True)
+        fwd_block(prog, p, w, B, True, -1, 0, via)
         if gather_block(V, dummy, False, i, nb, w, B, go) != 0:  # the cotangent, zero-padded
             return NONFINITE_INPUT
-        xo = block_backward(prog, p, gp, w, B, want_x)
+        xo = bwd_block(prog, p, gp, w, B, want_x, via)
         if want_x:
             for s in range(nb):
                 for k in range(d):
@@ -692,7 +873,7 @@ def _vjp_threads(prog, p, V, X, slabs, GX, want_x, work, B, stats):
         slab[:] = 0
         stats[t] = OK
         if a < b:
-            stats[t] = vjp_range(prog, p, V, X, a, b, slab, GX, want_x, work[t], B)
+            stats[t] = vjp_range(prog, p, V, X, a, b, slab, GX, want_x, work[t], B, BOUND)
 
 
 @kernel
@@ -703,7 +884,7 @@ def vjp(prog, p, V, X, out, GX, want_x, slabs, work, stats):
     nt = work.shape[0]
     if nt == 1 or n <= B:
         out[:] = 0
-        return vjp_range(prog, p, V, X, 0, n, out, GX, want_x, work[0], B)
+        return vjp_range(prog, p, V, X, 0, n, out, GX, want_x, work[0], B, BOUND)
     _vjp_threads(prog, p, V, X, slabs, GX, want_x, work, B, stats)
     st = first_error(stats)
     if st == OK:
@@ -714,6 +895,10 @@ def vjp(prog, p, V, X, out, GX, want_x, slabs, work, stats):
 @kernel
 def jvp(prog, p, X, DX, dp, use_dx, use_dp, Y, DY, w):
     """Y <- chain(X) and DY <- dchain/dx . DX + dchain/dp . dp, row-major batches; one thread."""
+    if not (is_bound(prog, p, FN_FORWARD) and is_bound(prog, p, FN_TANGENT)):
+        return NOT_BOUND
+    fwd = bound_fn(prog, p, FN_FORWARD)
+    tan = bound_fn(prog, p, FN_TANGENT)
     B = w.shape[0] // prog[0, H_UNITS]
     m = prog[0, H_NOUT]
     d = prog[0, H_NIN]
@@ -723,21 +908,76 @@ def jvp(prog, p, X, DX, dp, use_dx, use_dp, Y, DY, w):
     i = 0
     while i < n:
         nb = min(B, n - i)
-        if gather_block(X, dummy, False, i, nb, w, B) != 0:
+        if gather_block(X, dummy, False, i, nb, w, B, 0) != 0:
             return NONFINITE_INPUT
-        yo = block_forward(prog, p, w, B, True)
+        yo = fwd(prog, p, w, B, True, -1, 0)
         if use_dx:
             for k in range(d):
                 for s in range(nb):
                     w[g1 + k * B + s] = DX[i + s, k]
                 for s in range(nb, B):
                     w[g1 + k * B + s] = 0
-        to = block_tangent(prog, p, dp, w, B, use_dx, use_dp)
+        to = tan(prog, p, dp, w, B, use_dx, use_dp)
         for s in range(nb):
             for j in range(m):
                 Y[i + s, j] = w[yo + j * B + s]
                 DY[i + s, j] = w[to + j * B + s]
         i += nb
+    return OK
+
+
+# --------------------------------------------------------------------------- one sample, bound
+# The right-hand sides of neural ODEs and UDEs: one sample through the bound block functions.
+# Callers (``ode``) size ``work`` and the vectors when they build their contexts, so these
+# check only the binding; the public, checked versions are ``smallchains.kernels``'.
+
+
+@kernel
+def sample_forward(prog, y, x, p, work):
+    """y <- chain(x) for one sample; returns a status."""
+    if not is_bound(prog, p, FN_FORWARD):
+        return NOT_BOUND
+    for k in range(prog[0, H_NIN]):
+        work[k] = x[k]
+    yo = bound_fn(prog, p, FN_FORWARD)(prog, p, work, 1, False, -1, 0)
+    for j in range(prog[0, H_NOUT]):
+        y[j] = work[yo + j]
+    return OK
+
+
+@kernel
+def sample_vjp(prog, lp, p, v, x, lx, work):
+    """lp += v^T dchain/dp and lx <- v^T dchain/dx at one sample ``x``; returns a status."""
+    if not (is_bound(prog, p, FN_FORWARD) and is_bound(prog, p, FN_BACKWARD)):
+        return NOT_BOUND
+    for k in range(prog[0, H_NIN]):
+        work[k] = x[k]
+    bound_fn(prog, p, FN_FORWARD)(prog, p, work, 1, True, -1, 0)
+    g1 = prog[0, H_G1]
+    for j in range(prog[0, H_NOUT]):
+        work[g1 + j] = v[j]
+    xo = bound_fn(prog, p, FN_BACKWARD)(prog, p, lp, work, 1, True)
+    for k in range(prog[0, H_NIN]):
+        lx[k] = work[xo + k]
+    return OK
+
+
+@kernel
+def sample_jvp(prog, y, out, p, x, dx, dp, work):
+    """y <- chain(x) and out <- dchain/dx . dx + dchain/dp . dp at one sample; returns a status."""
+    if not (is_bound(prog, p, FN_FORWARD) and is_bound(prog, p, FN_TANGENT)):
+        return NOT_BOUND
+    d = prog[0, H_NIN]
+    for k in range(d):
+        work[k] = x[k]
+    yo = bound_fn(prog, p, FN_FORWARD)(prog, p, work, 1, True, -1, 0)
+    g1 = prog[0, H_G1]
+    for k in range(d):
+        work[g1 + k] = dx[k]
+    to = bound_fn(prog, p, FN_TANGENT)(prog, p, dp, work, 1, True, True)
+    for j in range(prog[0, H_NOUT]):
+        y[j] = work[yo + j]
+        out[j] = work[to + j]
     return OK
 
 

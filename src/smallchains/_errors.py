@@ -34,6 +34,8 @@ _MESSAGES = {
     E.BAD_SHAPE: "an array passed to a compiled kernel has the wrong length or shape for the chain "
                  "(see the shapes in smallchains.kernels)",
     E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
+    E.NOT_BOUND: "internal error: a chain's program reached a compiled driver without being bound to its "
+                 "dtype (smallchains._engine.bind); please report this",
 }
 
 

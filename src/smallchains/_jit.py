@@ -36,9 +36,13 @@ import time
 import warnings
 
 import numba
-from numba.core import caching
+import numpy as np
+from numba import types
+from numba.core import caching, cgutils
 from numba.core import serialize as numba_serialize
+from numba.core.extending import intrinsic
 from numba.core.registry import CPUDispatcher
+from numba.experimental.function_type import _get_jit_address, _get_wrapper_address
 
 from . import _log
 from ._warnings import CompileCacheWarning
@@ -76,6 +80,47 @@ def parallel_kernel(fn=None, **overrides):
     """Decorate a kernel that uses ``numba.prange`` (threads over batch blocks)."""
     overrides.setdefault("parallel", True)
     return kernel(fn, **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Calls through addresses.  Numba links the code of every compiled function a kernel calls
+# into that kernel and optimises and generates machine code for the whole tree again, for
+# every caller and every caller of a caller.  A kernel called through its address instead is
+# compiled once; its callers stay small.  The address must reach the caller as data (an
+# int64), since a cached kernel cannot hold a process's addresses.
+# --------------------------------------------------------------------------------------------
+
+
+def function_caster(ftype):
+    """An intrinsic ``(c_addr, jit_addr) -> first-class function`` of Numba type ``ftype``.
+
+    The addresses come from :func:`addresses` for the same signature; calling the result
+    with other addresses is undefined behaviour, so callers check them first.
+    """
+
+    @intrinsic
+    def cast(typingctx, c_addr, jit_addr):
+        def codegen(context, builder, signature, args):
+            sfunc = cgutils.create_struct_proxy(ftype)(context, builder)
+            vp = context.get_value_type(types.voidptr)
+            sfunc.c_addr = builder.inttoptr(args[0], vp)
+            sfunc.py_addr = cgutils.get_null_value(vp)
+            sfunc.jit_addr = builder.inttoptr(args[1], vp)
+            return sfunc._getvalue()
+
+        return ftype(types.int64, types.int64), codegen
+
+    return cast
+
+
+def addresses(dispatcher, sig):
+    """(c_addr, jit_addr) of ``dispatcher`` compiled for ``sig`` (compiled or loaded now if needed).
+
+    The caller must keep ``dispatcher`` alive while the addresses are in use.
+    """
+    if sig not in dispatcher.overloads:
+        dispatcher.compile(sig)
+    return np.int64(_get_wrapper_address(dispatcher, sig)), np.int64(_get_jit_address(dispatcher, sig))
 
 
 def default_num_threads() -> int:
@@ -236,10 +281,21 @@ class _CheckedCache(caching.FunctionCache):
 
 
 class _Dispatcher(CPUDispatcher):
-    """Numba's CPU dispatcher whose on-disk cache is the checked one above."""
+    """Numba's CPU dispatcher with the checked on-disk cache above, specialised on types only.
+
+    Numba compiles a kernel called from compiled code once per *literal* argument: a call
+    ``f(x, 0)`` and a call ``f(x, i)`` gave two complete compilations of ``f`` (and of all it
+    calls), which doubled the cold start of training.  The package's kernels never ask for
+    literal arguments, so calls between them are typed on the arguments' plain types.
+    """
 
     def enable_caching(self):
         self._cache = _CheckedCache(self.py_func)
+
+    def get_call_template(self, args, kws):
+        args = tuple(types.unliteral(a) for a in args)
+        kws = {k: types.unliteral(v) for k, v in kws.items()}
+        return super().get_call_template(args, kws)
 
 
 def _njit(fn, opts):

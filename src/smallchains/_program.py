@@ -7,7 +7,9 @@ offsets and activation codes from it, so a network shape never seen before
 costs no compilation at all.
 
 Header row (row 0):
-    H_NLAYERS, H_NIN, H_NOUT, H_NPARAMS, H_UNITS, H_G1, H_G2, H_MAXW, H_T
+    H_NLAYERS, H_NIN, H_NOUT, H_NPARAMS, H_UNITS, H_G1, H_G2, H_MAXW, H_T,
+    then the addresses of the compiled block functions (``H_ADDR``..) and the process
+    that wrote them (``H_PID``): see ``_engine.bind``.
 
 Layer rows (1..NLAYERS):
     F_KIND, F_NIN, F_NOUT, F_ACT, F_BIAS, F_WOFF, F_BOFF, F_Y, F_D, F_X
@@ -35,6 +37,10 @@ H_G1 = 5
 H_G2 = 6
 H_MAXW = 7
 H_T = 8  # unit offset of the gathered regression targets (NOUT units)
+#: (c, jit) address pairs of the block functions, per dtype (float32, float64) and function
+#: (forward, backward, tangent): slot H_ADDR + 6 * dtype + 2 * function (+ 1 for jit)
+H_ADDR = 9
+H_PID = 21  # the process whose addresses the H_ADDR slots hold
 
 # layer fields
 F_KIND = 0

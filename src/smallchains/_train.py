@@ -203,6 +203,8 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
 @kernel
 def evaluate(prog, p, X, T, labels, code, lpar, work):
     """(mean loss, accuracy, status) over all of X; one thread.  Accuracy only for cross-entropy."""
+    if not E.ready(prog, p, E.BOUND):
+        return 0.0, 0.0, E.NOT_BOUND
     n = X.shape[0]
     B = work.shape[0] // prog[0, H_UNITS]
     m = prog[0, H_NOUT]
@@ -212,12 +214,12 @@ def evaluate(prog, p, X, T, labels, code, lpar, work):
     i = 0
     while i < n:
         nb = min(B, n - i)
-        if E.gather_block(X, idx, False, i, nb, work, B) != 0:
+        if E.gather_block(X, idx, False, i, nb, work, B, 0) != 0:
             return 0.0, 0.0, E.NONFINITE_INPUT
         to = prog[0, H_T] * B
         if code != E.LOSS_LOGITCE:
             E.gather_block(T, idx, False, i, nb, work, B, to)
-        yo = E.block_forward(prog, p, work, B, False)
+        yo = E.fwd_block(prog, p, work, B, False, -1, 0, E.BOUND)
         val, st = E.block_loss(code, lpar, work, yo, prog[0, H_G1] * B, to, m, B, nb, labels, idx, False, i, 1.0,
                                False)
         if st != E.OK:

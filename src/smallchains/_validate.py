@@ -35,6 +35,11 @@ def check_params(p, num_params: int, name: str = "p") -> np.ndarray:
     return p
 
 
+def writable(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy of it when it is read-only (the compiled drivers take writable arrays only)."""
+    return a if a.flags.writeable else a.copy()
+
+
 def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, what="features", shape=None):
     """Return ``(array2d, was_1d)`` as C-contiguous ``dtype`` with ``ncols`` columns."""
     if not isinstance(a, np.ndarray):

@@ -12,7 +12,7 @@ from . import kernels as K
 from ._errors import raise_for_status
 from ._jit import default_num_threads
 from ._program import BLOCK, H_UNITS, build_program
-from ._validate import FLOATS, MAX_COUNT, as_data, check_out, check_params, positive_int, seed_value
+from ._validate import FLOATS, MAX_COUNT, as_data, check_out, check_params, positive_int, seed_value, writable
 from .layers import Layer
 
 #: Below this many multiply-adds per call the work stays on one thread
@@ -155,6 +155,14 @@ class SimpleChain:
             self._work_cache[key] = ws
         return ws
 
+    def bound_program(self, dtype, tangent=False) -> np.ndarray:
+        """This chain's program with the addresses of its compiled block functions for ``dtype``.
+
+        Internal interface of the package's drivers (``_engine.bind``); the public kernels of
+        ``smallchains.kernels`` take ``chain.program`` as it is.
+        """
+        return E.bind(self.program, dtype, tangent)
+
     # ------------------------------------------------------------------ evaluation
 
     def __call__(self, X, p, num_threads=None) -> np.ndarray:
@@ -165,7 +173,7 @@ class SimpleChain:
         nt = self._threads(n, num_threads)
         work, _, _, stats = self._workspace(p.dtype, nt, n)
         Y = np.empty((n, self.output_dim), dtype=p.dtype)
-        raise_for_status(E.forward(self.program, p, X2, Y, work, stats), "X")
+        raise_for_status(E.forward(self.bound_program(p.dtype), writable(p), X2, Y, work, stats), "X")
         return Y[0] if one else Y
 
     def vjp_into(self, out, p, v, x, out_x=None, num_threads=None):
@@ -196,7 +204,8 @@ class SimpleChain:
             GX = X2
         nt = self._threads(n, num_threads)
         work, slabs, _, stats = self._workspace(p.dtype, nt, n)
-        raise_for_status(E.vjp(self.program, p, V2, X2, out, GX, want_x, slabs, work, stats), "x` or `v")
+        raise_for_status(E.vjp(self.bound_program(p.dtype), writable(p), V2, X2, out, GX, want_x, slabs, work,
+                               stats), "x` or `v")
         return out
 
     def jvp_into(self, out, p, x, dx=None, dp=None):
@@ -224,12 +233,13 @@ class SimpleChain:
                 raise ValueError(f"`dp` must be a vector of length {self.num_params}, got shape {np.shape(dp)}")
             if dp.dtype not in FLOATS:
                 raise TypeError(f"`dp` has dtype {dp.dtype}; pass float32 or float64 like `p`")
-            DP = np.ascontiguousarray(dp, dtype=p.dtype)
+            DP = writable(np.ascontiguousarray(dp, dtype=p.dtype))
         else:
-            DP = p
+            DP = p = writable(p)
         work, _, _, _ = self._workspace(p.dtype, 1, n)
         Y = np.empty((n, self.output_dim), dtype=p.dtype)
-        raise_for_status(E.jvp(self.program, p, X2, DX, DP, use_dx, use_dp, Y, out.reshape(n, self.output_dim),
+        prog = self.bound_program(p.dtype, tangent=True)
+        raise_for_status(E.jvp(prog, writable(p), X2, DX, DP, use_dx, use_dp, Y, out.reshape(n, self.output_dim),
                                work[0]), "x")
         return out
 

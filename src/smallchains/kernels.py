@@ -164,7 +164,7 @@ def forward_batch_into(prog, Y, X, p, work):
     if (X.shape[1] != prog[0, H_NIN] or Y.shape[0] < n or Y.shape[1] != prog[0, H_NOUT]
             or p.shape[0] < prog[0, H_NPARAMS]):
         return E.BAD_SHAPE
-    return E.forward_range(prog, p, X, Y, 0, X.shape[0], work, B)
+    return E.forward_range(prog, p, X, Y, 0, X.shape[0], work, B, E.DIRECT)
 
 
 @kernel
@@ -182,5 +182,5 @@ def vjp_batch_into(prog, out, p, V, X, out_x, work):
             return E.BAD_SHAPE
     out[:] = 0
     if out_x is None:
-        return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, X, False, work, B)  # X: not written
-    return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, out_x, True, work, B)
+        return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, X, False, work, B, E.DIRECT)  # X: not written
+    return E.vjp_range(prog, p, V, X, 0, X.shape[0], out, out_x, True, work, B, E.DIRECT)

@@ -21,7 +21,7 @@ import numpy as np
 from . import _engine as E
 from . import _train as T
 from ._errors import raise_for_status
-from ._validate import as_data, check_out, check_params
+from ._validate import as_data, check_out, check_params, writable
 
 
 class Loss:
@@ -221,7 +221,8 @@ def _value(closs, X2, T_, labels, p, g, num_threads):
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     want = g is not None
     gg = g if want else slabs[0]
-    val, st = E.valgrad(chain.program, p, X2, chain.program[0], E.ROWS, 0, n, T_, labels, closs.loss.code,
+    prog = chain.bound_program(p.dtype)
+    val, st = E.valgrad(prog, writable(p), X2, prog[0], E.ROWS, 0, n, T_, labels, closs.loss.code,
                         closs._lpar, gg, slabs, work, losses, stats, want, -1)
     raise_for_status(st, "X", chain.output_dim)
     code, lam = closs.pen
@@ -272,7 +273,8 @@ def accuracy_and_loss(loss, X, *args):
     X2, T_, labels = closs._data(X, p)
     chain = closs.chain
     work, _, _, _ = chain._workspace(p.dtype, 1, X2.shape[0])
-    value, acc, st = T.evaluate(chain.program, p, X2, T_, labels, closs.loss.code, closs._lpar, work[0])
+    prog = chain.bound_program(p.dtype)
+    value, acc, st = T.evaluate(prog, writable(p), X2, T_, labels, closs.loss.code, closs._lpar, work[0])
     raise_for_status(st, "X", chain.output_dim)
     code, lam = closs.pen
     if code:

@@ -32,6 +32,8 @@ def _check(loss, X, p, opt, epochs):
         raise TypeError(f"`opt` must be an optimizer such as sc.Adam(1e-3), got {opt!r}")
     epochs = positive_int("epochs", epochs, minimum=0)
     X2, T_, labels = loss._data(X, p)
+    if not p.flags.writeable:
+        raise ValueError("`p` is read-only; training updates it in place: pass a writable copy (p.copy())")
     _require_finite(p)
     return X2, T_, labels, epochs
 
@@ -224,7 +226,7 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     rng = np.array([_stream_state(seed)], dtype=np.uint64)
 
     def call(k, h0):
-        return T.train_full(chain.program, p, XT, TT, labels, *settings, k, hist, h0, *buffers, rng)
+        return T.train_full(chain.bound_program(p.dtype), p, XT, TT, labels, *settings, k, hist, h0, *buffers, rng)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val)
 
@@ -263,8 +265,8 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
     rng = np.array([_stream_state(seed)], dtype=np.uint64)
 
     def call(k, h0):
-        return T.train_minibatch(chain.program, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0,
-                                 *buffers)
+        prog = chain.bound_program(p.dtype)
+        return T.train_minibatch(prog, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0, *buffers)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
                 what="minibatch training")

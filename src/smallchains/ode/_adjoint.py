@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from numba import types
 
-from .._jit import kernel
+from .._jit import function_caster, kernel
 from ._kernels import (
     F1,
     F8,
@@ -41,7 +41,6 @@ from ._kernels import (
     J_SET,
     _axpy,
     _dense_weight,
-    _function_caster,
     as_rhs,
     eval_f,
     interp,
@@ -51,11 +50,11 @@ from ._kernels import (
 
 VJP_SIG = types.void(F1, F1, F1, F1, F1, F8, I1, F1)
 VJP_T = types.FunctionType(VJP_SIG)
-as_vjp = _function_caster(VJP_T)
+as_vjp = function_caster(VJP_T)
 #: jvp(out, u, p, t, du, dp, iw, fw): out <- df/du du + df/dp dp
 JVP_SIG = types.void(F1, F1, F1, F8, F1, F1, I1, F1)
 JVP_T = types.FunctionType(JVP_SIG)
-as_jvp = _function_caster(JVP_T)
+as_jvp = function_caster(JVP_T)
 
 # the augmented right-hand sides solved by rk_solve for the continuous methods
 M_INTERP, M_BACKSOLVE, M_FORWARD = 0, 1, 2

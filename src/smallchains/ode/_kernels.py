@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from numba import types
-from numba.core import cgutils
-from numba.core.extending import intrinsic
-from numba.experimental.function_type import _get_jit_address, _get_wrapper_address
 
-from .._jit import _COMMON, FASTMATH_FLAGS, kernel
+from .._jit import _COMMON, FASTMATH_FLAGS, function_caster, kernel
 
 # --------------------------------------------------------------------------- types and codes
 
@@ -85,36 +81,8 @@ FMAX = 1.7976931348623157e308
 _OPTS = dict(_COMMON, fastmath=set(FASTMATH_FLAGS) or False)
 
 
-def _function_caster(ftype):
-    """An intrinsic (c_addr, jit_addr) -> a first-class function of type ``ftype``."""
-
-    @intrinsic
-    def cast(typingctx, c_addr, jit_addr):
-        def codegen(context, builder, signature, args):
-            sfunc = cgutils.create_struct_proxy(ftype)(context, builder)
-            vp = context.get_value_type(types.voidptr)
-            sfunc.c_addr = builder.inttoptr(args[0], vp)
-            sfunc.py_addr = cgutils.get_null_value(vp)
-            sfunc.jit_addr = builder.inttoptr(args[1], vp)
-            return sfunc._getvalue()
-
-        return ftype(types.int64, types.int64), codegen
-
-    return cast
-
-
-as_rhs = _function_caster(RHS_T)
-as_event = _function_caster(EVT_T)
-
-
-def addresses(dispatcher, sig):
-    """(c_addr, jit_addr) of ``dispatcher`` compiled for ``sig`` (compiled or loaded now if needed).
-
-    The caller must keep ``dispatcher`` alive while the addresses are in use.
-    """
-    if sig not in dispatcher.overloads:
-        dispatcher.compile(sig)
-    return np.int64(_get_wrapper_address(dispatcher, sig)), np.int64(_get_jit_address(dispatcher, sig))
+as_rhs = function_caster(RHS_T)
+as_event = function_caster(EVT_T)
 
 
 # --------------------------------------------------------------------------- small helpers

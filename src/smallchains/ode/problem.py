@@ -13,12 +13,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import kernels as CK
+from .. import _engine as E
+from .._jit import addresses
 from .._program import H_NOUT, H_UNITS
 from ..chain import SimpleChain
 from . import _user as UK
 from ._adjoint import JVP_SIG, VJP_SIG
-from ._kernels import _OPTS, EVT_SIG, RHS_SIG, addresses
+from ._kernels import _OPTS, EVT_SIG, RHS_SIG
 
 _EMPTY_F = np.zeros(1, dtype=np.float64)
 
@@ -196,20 +197,20 @@ def _pack_program(prog):
 @numba.njit(**_OPTS)
 def _neural_rhs(du, u, p, t, iw, fw):
     prog = iw[2:].reshape((iw[0], iw[1]))
-    CK.forward_into(prog, du, u, p, fw)
+    E.sample_forward(prog, du, u, p, fw)
 
 
 @numba.njit(**_OPTS)
 def _neural_vjp(lu, lp, v, u, p, t, iw, fw):
     prog = iw[2:].reshape((iw[0], iw[1]))
-    CK.vjp_accumulate(prog, lp, p, v, u, lu, fw)
+    E.sample_vjp(prog, lp, p, v, u, lu, fw)
 
 
 @numba.njit(**_OPTS)
 def _neural_jvp(out, u, p, t, du, dp, iw, fw):
     prog = iw[2:].reshape((iw[0], iw[1]))
     units = prog[0, H_UNITS]
-    CK.jvp_into(prog, fw[units:units + prog[0, H_NOUT]], out, p, u, du, dp, fw[0:units])
+    E.sample_jvp(prog, fw[units:units + prog[0, H_NOUT]], out, p, u, du, dp, fw[0:units])
 
 
 class NeuralODE(ODEFunction):
@@ -241,16 +242,23 @@ class NeuralODE(ODEFunction):
     def workspace(self, n, m):
         return np.zeros_like(self.fw)
 
+    def _bind(self, tangent=False):
+        """Bind the chain's program packed in ``iw`` (the network's compiled block functions)."""
+        E.bind(self.iw[2:].reshape(self.iw[0], self.iw[1]), np.float64, tangent)
+
     @property
     def addr(self):
+        self._bind()
         return self._kernel_addr("_addr", self.rhs, RHS_SIG)
 
     @property
     def vjp_addr(self):
+        self._bind()
         return self._kernel_addr("_vjp_addr", self.vjp, VJP_SIG)
 
     @property
     def jvp_addr(self):
+        self._bind(tangent=True)
         return self._kernel_addr("_jvp_addr", self.jvp, JVP_SIG)
 
     def __repr__(self):
@@ -382,8 +390,13 @@ class UDE(ODEFunction):
     def workspace(self, n, m):
         return np.zeros_like(self.fw)
 
+    def _bind(self, tangent=False):
+        """Bind the chain's program packed in ``iw`` (the network's compiled block functions)."""
+        E.bind(self.iw[UK.ND:].reshape(self.iw[UK.D_ROWS], self.iw[UK.D_COLS]), np.float64, tangent)
+
     @property
     def addr(self):
+        self._bind()
         if getattr(self, "_addr", None) is None:
             self._set(UK.D_F, self.py, UK.F5_SIG, "f")
             if self.features is not None:
@@ -398,6 +411,7 @@ class UDE(ODEFunction):
 
     @property
     def vjp_addr(self):
+        self._bind()
         if getattr(self, "_vjp_addr", None) is None:
             self.addr  # noqa: B018 - the real-valued pieces too
             if self._sym is not None:
@@ -412,6 +426,7 @@ class UDE(ODEFunction):
 
     @property
     def jvp_addr(self):
+        self._bind(tangent=True)
         if getattr(self, "_jvp_addr", None) is None:
             self.addr  # noqa: B018
             self._complex()

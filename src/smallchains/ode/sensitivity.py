@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from .._jit import COMPILE_SECONDS, feature
+from .._jit import COMPILE_SECONDS, addresses, feature
 from .._warnings import warn_unconverged
 from . import _adjoint as ADJ
 from . import _kernels as RK
@@ -208,7 +208,7 @@ def _rows_to_arrays(rows):
 
 @functools.lru_cache(maxsize=1)
 def _augmented_addresses():
-    return np.array(RK.addresses(ADJ.augmented_rhs, RK.RHS_SIG), dtype=np.int64)
+    return np.array(addresses(ADJ.augmented_rhs, RK.RHS_SIG), dtype=np.int64)
 
 
 def _check_jvp(fn, u0, p, t, fw, tol=1e-5):
