@@ -18,7 +18,7 @@ from smallchains import _engine as E
 from smallchains import kernels as K
 from smallchains._errors import raise_for_status
 from smallchains._jit import kernel
-from smallchains._program import H_ADDR, H_PID
+from smallchains._program import H_ACT, H_ADDR, H_LAYER, H_PID
 
 
 def _chain():
@@ -63,6 +63,32 @@ def test_bind_is_per_dtype_and_per_process():
     assert (prog[0, H_ADDR + 4:H_ADDR + 12] == 0).all()
     with pytest.raises(TypeError, match="float32 or float64"):
         E.bind(prog, np.int32)
+
+
+def _set(head, start, n):
+    """Which of the n (c, jit) slot pairs from ``start`` are filled."""
+    return [bool(head[start + 2 * i] and head[start + 2 * i + 1]) for i in range(n)]
+
+
+def test_bind_compiles_only_what_the_chain_has():
+    dense = sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(4, sc.relu), sc.Dense(2))
+    head = E.bind(dense.program.copy(), np.float64)[0]
+    acts = _set(head, H_ACT + 16, 8)  # float64
+    assert acts == [True, True, False, False, False, False, False, False]  # tanh (1), relu (2)
+    assert not any(_set(head, H_ACT, 8)) and not any(_set(head, H_LAYER, 12))  # no float32, no images
+    img = sc.SimpleChain((1, 6, 6), sc.Conv(2, (3, 3), sc.sigmoid), sc.MaxPool((2, 2)), sc.Flatten(), sc.Dense(2))
+    prog = E.bind(img.program.copy(), np.float32)
+    layer = _set(prog[0], H_LAYER, 6)  # float32: conv fwd, bwd, tangent, pool fwd, bwd, tangent
+    assert layer == [True, True, False, True, True, False]
+    assert _set(prog[0], H_ACT, 8) == [False, False, True, False, False, False, False, False]  # sigmoid: 3
+    E.bind(prog, np.float32, tangent=True)
+    assert all(_set(prog[0], H_LAYER, 6))
+    # the bound drivers and the public (direct) kernels agree on that chain
+    p = img.init_params(seed=4)
+    X = np.random.default_rng(5).random((9, 36)).astype(np.float32)
+    Y = np.empty((9, 2), np.float32)
+    assert K.forward_batch_into(img.program, Y, X, p, np.zeros(img.work_size(9), np.float32)) == E.OK
+    np.testing.assert_allclose(img(X.reshape(9, 1, 6, 6), p), Y, rtol=1e-6)
 
 
 def test_public_kernels_need_no_binding():

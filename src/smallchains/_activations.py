@@ -92,6 +92,7 @@ from numba.extending import intrinsic, overload
 
 from ._jit import CACHE as _CACHE
 from ._jit import FASTMATH_FLAGS as _POLICY_FLAGS
+from ._jit import kernel
 
 FASTMATH_FLAGS = set(_POLICY_FLAGS)  # the package policy (empty in strict mode), see _jit
 
@@ -636,6 +637,64 @@ def act_inplace(code, zs, ds, want_d):
         _apply(_elu_yd, zs, zs, ds, want_d, True)
     elif code == ACT_RBF:
         _apply(_rbf_yd, zs, zs, ds, want_d, True)
+
+
+# One kernel per activation, in place on a whole 1-D array as :func:`act_inplace`, so that the
+# interpreter can call them through addresses and compile only the activations a chain uses.
+# Each returns 0 (the interpreter's call signature returns an int64).
+
+
+@kernel
+def tanh_inplace(zs, ds, want_d):
+    _apply(_tanh_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def relu_inplace(zs, ds, want_d):
+    _apply(_relu_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def sigmoid_inplace(zs, ds, want_d):
+    _apply(_sigmoid_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def softplus_inplace(zs, ds, want_d):
+    _apply(_softplus_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def gelu_inplace(zs, ds, want_d):
+    _apply(_gelu_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def silu_inplace(zs, ds, want_d):
+    _apply(_silu_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def elu_inplace(zs, ds, want_d):
+    _apply(_elu_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+@kernel
+def rbf_inplace(zs, ds, want_d):
+    _apply(_rbf_yd, zs, zs, ds, want_d, True)
+    return 0
+
+
+#: the in-place kernel of each activation code (identity has none: the interpreter skips it)
+INPLACE = (None, tanh_inplace, relu_inplace, sigmoid_inplace, softplus_inplace, gelu_inplace, silu_inplace,
+           elu_inplace, rbf_inplace)
 
 
 @njit(cache=_CACHE, **_JIT)

@@ -18,40 +18,26 @@ import numpy as np
 from numba import types
 from numba.core.extending import overload
 
-from ._activations import act_inplace
+from ._activations import INPLACE, act_inplace
 from ._jit import addresses, function_caster, kernel, parallel_kernel
 from ._program import (
     F_ACT,
     F_AUX,
     F_BIAS,
     F_BOFF,
-    F_C,
     F_D,
-    F_H,
-    F_HP,
-    F_KH,
     F_KIND,
-    F_KW,
     F_NIN,
     F_NOUT,
     F_NW,
-    F_OC,
-    F_OH,
-    F_OW,
-    F_PAD,
-    F_PGX,
-    F_PH,
-    F_PW,
-    F_SH,
-    F_SW,
-    F_W,
     F_WOFF,
-    F_WP,
     F_X,
     F_Y,
+    H_ACT,
     H_ADDR,
     H_G1,
     H_G2,
+    H_LAYER,
     H_NIN,
     H_NLAYERS,
     H_NOUT,
@@ -67,14 +53,12 @@ from ._program import (
     KIND_MAXPOOL,
 )
 from .layers.conv import (
-    conv_forward,
-    conv_pullback_input,
-    conv_pullback_params,
-    pad_copy,
-    pool_forward,
-    pool_pullback,
-    pool_tangent,
-    unpad_copy,
+    conv_layer_backward,
+    conv_layer_forward,
+    conv_layer_tangent,
+    pool_layer_backward,
+    pool_layer_forward,
+    pool_layer_tangent,
 )
 from .layers.dense import (
     dense_forward,
@@ -183,30 +167,8 @@ def dropout_mask(d, do, n, B, key, s0, unit0, thresh):
             dr[s] = zero if h < np.uint64(thresh) else one
 
 
-@kernel
-def _conv_geometry(prog, l):
-    return (prog[l, F_C], prog[l, F_H], prog[l, F_W], prog[l, F_OC], prog[l, F_OH], prog[l, F_OW],
-            prog[l, F_KH], prog[l, F_KW], prog[l, F_SH], prog[l, F_SW])
-
-
-@kernel
-def block_forward(prog, p, w, B, want_d):
-    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
-
-    Inference mode (dropout off); see :func:`block_forward_train`.
-    """
-    return block_forward_train(prog, p, w, B, want_d, -1, 0)
-
-
-@kernel
-def block_forward_train(prog, p, w, B, want_d, key, s0):
-    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
-
-    Overwrites every layer buffer of ``w`` (outputs and, when ``want_d``, the saved
-    activation derivatives, pooling argmaxes and dropout masks that ``block_backward``
-    needs).  ``key >= 0`` switches dropout on (masks from ``key`` and the samples'
-    batch positions ``s0 + s``); ``key < 0`` is inference.
-    """
+@kernel(inline="always")
+def _forward_blocks(prog, p, w, B, want_d, key, s0, via):
     L = prog[0, H_NLAYERS]
     yo = 0
     for l in range(1, L + 1):
@@ -224,20 +186,9 @@ def block_forward_train(prog, p, w, B, want_d, key, s0):
                 dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
                               prog[l, F_NIN], nout, w, xo, w, yo, B)
         elif kind == KIND_CONV:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            if prog[l, F_PAD] >= 0:
-                po = prog[l, F_PAD] * B
-                HP = prog[l, F_HP]
-                WP = prog[l, F_WP]
-                pad_copy(w, xo, C, H, W, w, po, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
-                conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, HP, WP, OC, OH,
-                             OW, KH, KW, SH, SW, w, po, w, yo, B)
-            else:
-                conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, H, W, OC, OH,
-                             OW, KH, KW, SH, SW, w, xo, w, yo, B)
+            layer_op(via, LAYER_CONV_FORWARD, prog, l, p, w, B)
         elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            pool_forward(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, xo, w, yo, w, do, want_d, B)
+            layer_op(via, LAYER_POOL_FORWARD, prog, l, w, B, want_d)
         elif kind == KIND_DROPOUT:
             src = w[xo:xo + nout * B]
             dst = w[yo:yo + nout * B]
@@ -260,19 +211,12 @@ def block_forward_train(prog, p, w, B, want_d, key, s0):
                 dst[t] = src[t]
         # KIND_FLATTEN: the output buffer is the input buffer
         if act != 0:
-            act_inplace(act, w[yo:yo + nout * B], w[do:do + nout * B], want_d)
+            activate(via, prog, act, w[yo:yo + nout * B], w[do:do + nout * B], want_d)
     return yo
 
 
-@kernel
-def block_backward(prog, p, gp, w, B, need_input):
-    """Pull the output cotangent (at unit H_G1 of ``w``) back through the layers.
-
-    Requires the buffers left by ``block_forward(..., want_d=True)``.  Accumulates
-    the parameter cotangent into ``gp`` (+=).  Returns the element offset in ``w``
-    of the input cotangent when ``need_input`` (else -1).  Overwrites the two
-    cotangent buffers H_G1/H_G2, the padded buffers and the saved derivatives.
-    """
+@kernel(inline="always")
+def _backward_blocks(prog, p, gp, w, B, need_input, via):
     L = prog[0, H_NLAYERS]
     cur = prog[0, H_G1] * B
     other = prog[0, H_G2] * B
@@ -298,31 +242,9 @@ def block_backward(prog, p, gp, w, B, need_input):
             if need_gx:
                 dense_pullback_input(p, prog[l, F_WOFF], nin, nout, w, cur, w, other, B)
         elif kind == KIND_CONV:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            padded = prog[l, F_PAD] >= 0
-            if padded:
-                xin = prog[l, F_PAD] * B
-                HP = prog[l, F_HP]
-                WP = prog[l, F_WP]
-            else:
-                xin = prog[l, F_X] * B
-                HP = H
-                WP = W
-            conv_pullback_params(gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, C, HP, WP, OC, OH,
-                                 OW, KH, KW, SH, SW, w, xin, w, cur, B)
-            if need_gx:
-                if padded:
-                    pg = prog[l, F_PGX] * B
-                    conv_pullback_input(p, prog[l, F_WOFF], C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, cur, w, pg, B)
-                    unpad_copy(w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], C, H, W, w, other, B)
-                else:
-                    conv_pullback_input(p, prog[l, F_WOFF], C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w, other,
-                                        B)
+            layer_op(via, LAYER_CONV_BACKWARD, prog, l, p, gp, w, B, cur, other, need_gx)
         elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            if need_gx:
-                pool_pullback(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B,
-                              w, other, B)
+            layer_op(via, LAYER_POOL_BACKWARD, prog, l, w, B, cur, other, need_gx)
         else:
             continue  # element-wise layers, dropout, flatten: the cotangent stays in place
         if need_gx:
@@ -332,14 +254,8 @@ def block_backward(prog, p, gp, w, B, need_input):
     return cur if need_input else -1
 
 
-@kernel
-def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
-    """Forward-mode: push the input tangent (at unit H_G1) and ``dp`` through the layers.
-
-    Requires ``block_forward(..., want_d=True)`` on the same input.  Returns the
-    element offset of the output tangent.  Overwrites H_G1/H_G2 and the padded
-    cotangent buffers.
-    """
+@kernel(inline="always")
+def _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, via):
     L = prog[0, H_NLAYERS]
     cur = prog[0, H_G1] * B
     other = prog[0, H_G2] * B
@@ -361,38 +277,11 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
             swap = True
             have_dx = True
         elif kind == KIND_CONV:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            woff = prog[l, F_WOFF]
-            boff = prog[l, F_BOFF]
-            hb = prog[l, F_BIAS] != 0
-            padded = prog[l, F_PAD] >= 0
-            HP = prog[l, F_HP] if padded else H
-            WP = prog[l, F_WP] if padded else W
-            xin = prog[l, F_PAD] * B if padded else prog[l, F_X] * B
-            # t <- db (or 0), then + conv(dW, x), + conv(W, dx)
-            for o in range(OC):
-                tr = w[other + o * OH * OW * B:other + (o + 1) * OH * OW * B]
-                bv = dp[boff + o] if (use_dp and hb) else dp[0] - dp[0]
-                for t in range(OH * OW * B):
-                    tr[t] = bv
-            if use_dp:
-                conv_forward(dp, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, xin, w,
-                             other, B)
-            if have_dx:
-                if padded:
-                    pg = prog[l, F_PGX] * B
-                    pad_copy(w, cur, C, H, W, w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
-                    conv_forward(p, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, pg, w,
-                                 other, B)
-                else:
-                    conv_forward(p, woff, boff, False, False, C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w,
-                                 other, B)
+            layer_op(via, LAYER_CONV_TANGENT, prog, l, p, dp, w, B, cur, other, have_dx, use_dp)
             swap = True
             have_dx = True
         elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
-            C, H, W, OC, OH, OW, KH, KW, SH, SW = _conv_geometry(prog, l)
-            pool_tangent(kind == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w,
-                         other, B)
+            layer_op(via, LAYER_POOL_TANGENT, prog, l, w, B, cur, other)
             swap = True
         if swap:
             tmp = cur
@@ -405,6 +294,70 @@ def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
             for t in range(nout * B):
                 gv[t] *= dv[t]
     return cur
+
+
+@kernel
+def block_forward(prog, p, w, B, want_d):
+    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
+
+    Inference mode (dropout off); see :func:`block_forward_train`.
+    """
+    return _forward_blocks(prog, p, w, B, want_d, -1, 0, DIRECT)
+
+
+@kernel
+def block_forward_train(prog, p, w, B, want_d, key, s0):
+    """Run the layers on the input block at unit 0 of ``w``; returns the output's element offset.
+
+    Overwrites every layer buffer of ``w`` (outputs and, when ``want_d``, the saved
+    activation derivatives, pooling argmaxes and dropout masks that ``block_backward``
+    needs).  ``key >= 0`` switches dropout on (masks from ``key`` and the samples'
+    batch positions ``s0 + s``); ``key < 0`` is inference.
+    """
+    return _forward_blocks(prog, p, w, B, want_d, key, s0, DIRECT)
+
+
+@kernel
+def block_backward(prog, p, gp, w, B, need_input):
+    """Pull the output cotangent (at unit H_G1 of ``w``) back through the layers.
+
+    Requires the buffers left by ``block_forward(..., want_d=True)``.  Accumulates
+    the parameter cotangent into ``gp`` (+=).  Returns the element offset in ``w``
+    of the input cotangent when ``need_input`` (else -1).  Overwrites the two
+    cotangent buffers H_G1/H_G2, the padded buffers and the saved derivatives.
+    """
+    return _backward_blocks(prog, p, gp, w, B, need_input, DIRECT)
+
+
+@kernel
+def block_tangent(prog, p, dp, w, B, use_dx, use_dp):
+    """Forward-mode: push the input tangent (at unit H_G1) and ``dp`` through the layers.
+
+    Requires ``block_forward(..., want_d=True)`` on the same input.  Returns the
+    element offset of the output tangent.  Overwrites H_G1/H_G2 and the padded
+    cotangent buffers.
+    """
+    return _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, DIRECT)
+
+
+# The same three, with the image layers and the activations called through the addresses that
+# ``bind`` writes into the program (so that only the kinds and activations a chain has are
+# compiled); these are the functions the drivers call through addresses themselves.
+
+
+@kernel
+def forward_bound(prog, p, w, B, want_d, key, s0):
+    return _forward_blocks(prog, p, w, B, want_d, key, s0, BOUND)
+
+
+@kernel
+def backward_bound(prog, p, gp, w, B, need_input):
+    return _backward_blocks(prog, p, gp, w, B, need_input, BOUND)
+
+
+@kernel
+def tangent_bound(prog, p, dp, w, B, use_dx, use_dp):
+    return _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, BOUND)
 
 
 # --------------------------------------------------------------------------- calls through addresses
@@ -436,11 +389,42 @@ def _block_signatures(dt):
 
 _SIGS = tuple(_block_signatures(dt) for dt in _FLOATS)
 _CASTS = tuple(tuple(function_caster(types.FunctionType(sig)) for sig in sigs) for sigs in _SIGS)
-_BLOCK_FUNCTIONS = (block_forward_train, block_backward, block_tangent)
+_BLOCK_FUNCTIONS = (forward_bound, backward_bound, tangent_bound)
+
+# the image layers' protocol (``layers.conv``) and the activations, as the bound blocks call them
+LAYER_CONV_FORWARD, LAYER_CONV_BACKWARD, LAYER_CONV_TANGENT = 0, 1, 2
+LAYER_POOL_FORWARD, LAYER_POOL_BACKWARD, LAYER_POOL_TANGENT = 3, 4, 5
+_LAYER_FUNCTIONS = (conv_layer_forward, conv_layer_backward, conv_layer_tangent, pool_layer_forward,
+                    pool_layer_backward, pool_layer_tangent)
+
+
+def _layer_signatures(dt):
+    a = types.Array(dt, 1, "C")
+    i8, b1 = types.int64, types.boolean
+    return (i8(_PROG_T, i8, a, a, i8),  # conv_layer_forward(prog, l, p, w, B)
+            i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1),  # conv_layer_backward(prog, l, p, gp, w, B, cur, other, need_gx)
+            i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1, b1),  # conv_layer_tangent(.., have_dx, use_dp)
+            i8(_PROG_T, i8, a, i8, b1),  # pool_layer_forward(prog, l, w, B, want_d)
+            i8(_PROG_T, i8, a, i8, i8, i8, b1),  # pool_layer_backward(prog, l, w, B, cur, other, need_gx)
+            i8(_PROG_T, i8, a, i8, i8, i8))  # pool_layer_tangent(prog, l, w, B, cur, other)
+
+
+_LAYER_SIGS = tuple(_layer_signatures(dt) for dt in _FLOATS)
+_LAYER_CASTS = tuple(tuple(function_caster(types.FunctionType(sig)) for sig in sigs) for sigs in _LAYER_SIGS)
+_ACT_SIGS = tuple(types.int64(types.Array(dt, 1, "C"), types.Array(dt, 1, "C"), types.boolean) for dt in _FLOATS)
+_ACT_CASTS = tuple(function_caster(types.FunctionType(sig)) for sig in _ACT_SIGS)
 
 
 def _slot(d, fn):
     return H_ADDR + 6 * d + 2 * fn
+
+
+def _layer_slot(d, k):
+    return H_LAYER + 12 * d + 2 * k
+
+
+def _act_slot(d, code):
+    return H_ACT + 16 * d + 2 * (code - 1)
 
 
 def _dtype_index(prog, p):
@@ -542,15 +526,73 @@ def _ol_bwd_block(prog, p, gp, w, B, need_input, via):
     return lambda prog, p, gp, w, B, need_input, via: bound_fn(prog, p, FN_BACKWARD)(prog, p, gp, w, B, need_input)
 
 
+def layer_op(via, k, *args):
+    """Image-layer function ``k`` (LAYER_*) of ``layers.conv`` on ``args``, called as ``via`` says."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def activate(via, prog, code, zs, ds, want_d):
+    """Activation ``code`` in place on ``zs`` (derivative into ``ds`` when ``want_d``), called as ``via`` says."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+def _star(args):
+    return args[0].types if len(args) == 1 and isinstance(args[0], types.BaseTuple) else args
+
+
+@overload(layer_op, jit_options=dict(_nrt=False))
+def _ol_layer_op(via, k, *args):
+    k = _literal_fn(k)
+    if k is None:
+        return None
+    direct = _LAYER_FUNCTIONS[k]
+    if not _by_address(via):
+        def impl(via, k, *args):
+            return direct(*args)
+
+        return impl
+    d = _FLOATS.index(_star(args)[2].dtype)
+    cast, slot = _LAYER_CASTS[d][k], _layer_slot(d, k)
+
+    def impl(via, k, *args):
+        prog = args[0]
+        return cast(prog[0, slot], prog[0, slot + 1])(*args)
+
+    return impl
+
+
+@overload(activate, inline="always")
+def _ol_activate(via, prog, code, zs, ds, want_d):
+    if not _by_address(via):
+        return lambda via, prog, code, zs, ds, want_d: act_inplace(code, zs, ds, want_d)
+    d = _FLOATS.index(zs.dtype)
+    cast, base = _ACT_CASTS[d], _act_slot(d, 1)
+
+    def impl(via, prog, code, zs, ds, want_d):
+        s = base + 2 * (code - 1)
+        cast(prog[0, s], prog[0, s + 1])(zs, ds, want_d)
+
+    return impl
+
+
 _bound_addresses = {}
+
+
+def _address(table, key, fn, sig):
+    if key not in table:
+        table[key] = addresses(fn, sig)
+    return table[key]
 
 
 def bind(prog, dtype, tangent=False):
     """Write into ``prog``'s header the addresses of the block functions for ``dtype``; returns ``prog``.
 
-    Compiles (or loads from the cache) ``block_forward_train`` and ``block_backward`` for
-    ``dtype`` (and ``block_tangent`` when ``tangent``) on first use in a process.  Every
-    Python entry point that hands a program to a driver of this module binds it first.
+    Compiles (or loads from the cache) the bound block functions for ``dtype`` (forward and
+    backward; the tangent too when ``tangent``) on first use in a process, and the functions
+    of the activations and image layers this program has: a dense chain never compiles the
+    convolution kernels, a tanh chain never the other activations.  The block functions'
+    slots are written last, so a program whose forward slot is set has everything it calls.
+    Every Python entry point that hands a program to a driver of this module binds it first.
     Addresses belong to a process: a program copied into another process (pickled) is
     rebound there, since the header also records the process that wrote them.
     """
@@ -560,15 +602,26 @@ def bind(prog, dtype, tangent=False):
     head = prog[0]
     pid = os.getpid()
     if head[H_PID] != pid:
-        head[H_ADDR:H_ADDR + 12] = 0
+        head[H_ADDR:] = 0
         head[H_PID] = pid
+    elif head[_slot(d, FN_FORWARD)] != 0 and (not tangent or head[_slot(d, FN_TANGENT)] != 0):
+        return prog  # bound already (the block slots are written last)
+    rows = prog[1:head[H_NLAYERS] + 1]
+    for code in sorted({int(c) for c in rows[:, F_ACT]} - {0}):
+        s = _act_slot(d, code)
+        head[s], head[s + 1] = _address(_bound_addresses, ("act", d, code), INPLACE[code], _ACT_SIGS[d])
+    kinds = {int(k) for k in rows[:, F_KIND]}
+    ops = []
+    if KIND_CONV in kinds:
+        ops += [LAYER_CONV_FORWARD, LAYER_CONV_BACKWARD] + ([LAYER_CONV_TANGENT] if tangent else [])
+    if KIND_MAXPOOL in kinds or KIND_AVGPOOL in kinds:
+        ops += [LAYER_POOL_FORWARD, LAYER_POOL_BACKWARD] + ([LAYER_POOL_TANGENT] if tangent else [])
+    for k in ops:
+        s = _layer_slot(d, k)
+        head[s], head[s + 1] = _address(_bound_addresses, ("layer", d, k), _LAYER_FUNCTIONS[k], _LAYER_SIGS[d][k])
     for k in (FN_FORWARD, FN_BACKWARD, FN_TANGENT) if tangent else (FN_FORWARD, FN_BACKWARD):
         s = _slot(d, k)
-        if head[s] == 0:
-            key = (d, k)
-            if key not in _bound_addresses:
-                _bound_addresses[key] = addresses(_BLOCK_FUNCTIONS[k], _SIGS[d][k])
-            head[s], head[s + 1] = _bound_addresses[key]
+        head[s], head[s + 1] = _address(_bound_addresses, ("block", d, k), _BLOCK_FUNCTIONS[k], _SIGS[d][k])
     return prog
 
 

@@ -8,8 +8,9 @@ costs no compilation at all.
 
 Header row (row 0):
     H_NLAYERS, H_NIN, H_NOUT, H_NPARAMS, H_UNITS, H_G1, H_G2, H_MAXW, H_T,
-    then the addresses of the compiled block functions (``H_ADDR``..) and the process
-    that wrote them (``H_PID``): see ``_engine.bind``.
+    then the addresses of compiled functions, written by ``_engine.bind`` for the
+    dtypes in use: the block functions (``H_ADDR``), the process that wrote them
+    (``H_PID``), the activations (``H_ACT``) and the image layers' functions (``H_LAYER``).
 
 Layer rows (1..NLAYERS):
     F_KIND, F_NIN, F_NOUT, F_ACT, F_BIAS, F_WOFF, F_BOFF, F_Y, F_D, F_X
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NFIELDS = 28
+NFIELDS = 78  # the header row's address slots need 78 columns; layer rows use 28
 
 # header fields
 H_NLAYERS = 0
@@ -40,7 +41,11 @@ H_T = 8  # unit offset of the gathered regression targets (NOUT units)
 #: (c, jit) address pairs of the block functions, per dtype (float32, float64) and function
 #: (forward, backward, tangent): slot H_ADDR + 6 * dtype + 2 * function (+ 1 for jit)
 H_ADDR = 9
-H_PID = 21  # the process whose addresses the H_ADDR slots hold
+H_PID = 21  # the process whose addresses the address slots hold
+#: activation code c (1..8) for dtype d: slot H_ACT + 16 * d + 2 * (c - 1)
+H_ACT = 22
+#: image-layer function k (``_engine.LAYER_*``, 0..5) for dtype d: slot H_LAYER + 12 * d + 2 * k
+H_LAYER = 54
 
 # layer fields
 F_KIND = 0

@@ -25,22 +25,32 @@ import numpy as np
 
 from .._jit import kernel
 from .._program import (
+    F_BIAS,
+    F_BOFF,
     F_C,
+    F_D,
     F_H,
     F_HP,
     F_KH,
+    F_KIND,
     F_KW,
     F_NW,
     F_OC,
     F_OH,
     F_OW,
+    F_PAD,
+    F_PGX,
     F_PH,
     F_PW,
     F_SH,
     F_SW,
     F_W,
+    F_WOFF,
     F_WP,
+    F_X,
+    F_Y,
     KIND_CONV,
+    KIND_MAXPOOL,
 )
 from ._base import Layer, as_activation
 
@@ -418,6 +428,120 @@ def pool_tangent(is_max, C, H, W, OH, OW, KH, KW, SH, SW, dx, dxo, d, do, t, to,
                     sc = tr[0] - tr[0] + inv
                     for s in range(B):
                         tr[s] *= sc
+
+
+# --------------------------------------------------------------------------- the layers' protocol
+# What the interpreter (``_engine``) runs for layer ``l`` of a program: each function reads the
+# layer's geometry and buffer offsets from its program row.  They are separate kernels so that the
+# interpreter can call them through addresses and compile them only for chains that have images.
+# ``cur``/``other``: element offsets of the incoming cotangent (or tangent) and of the buffer the
+# layer writes its input cotangent (or output tangent) into.
+
+
+@kernel
+def conv_geometry(prog, l):
+    return (prog[l, F_C], prog[l, F_H], prog[l, F_W], prog[l, F_OC], prog[l, F_OH], prog[l, F_OW],
+            prog[l, F_KH], prog[l, F_KW], prog[l, F_SH], prog[l, F_SW])
+
+
+@kernel
+def conv_layer_forward(prog, l, p, w, B):
+    """Convolution layer ``l``: its output buffer <- conv(input) (through the zero-padded copy when padded)."""
+    C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+    xo = prog[l, F_X] * B
+    yo = prog[l, F_Y] * B
+    if prog[l, F_PAD] >= 0:
+        po = prog[l, F_PAD] * B
+        HP = prog[l, F_HP]
+        WP = prog[l, F_WP]
+        pad_copy(w, xo, C, H, W, w, po, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
+        conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, HP, WP, OC, OH, OW, KH,
+                     KW, SH, SW, w, po, w, yo, B)
+    else:
+        conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, H, W, OC, OH, OW, KH, KW,
+                     SH, SW, w, xo, w, yo, B)
+    return 0
+
+
+@kernel
+def conv_layer_backward(prog, l, p, gp, w, B, cur, other, need_gx):
+    """Convolution layer ``l``: gp += its parameter cotangent; w[other..] <- input cotangent when ``need_gx``."""
+    C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+    padded = prog[l, F_PAD] >= 0
+    if padded:
+        xin = prog[l, F_PAD] * B
+        HP = prog[l, F_HP]
+        WP = prog[l, F_WP]
+    else:
+        xin = prog[l, F_X] * B
+        HP = H
+        WP = W
+    conv_pullback_params(gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, C, HP, WP, OC, OH, OW, KH, KW,
+                         SH, SW, w, xin, w, cur, B)
+    if need_gx:
+        if padded:
+            pg = prog[l, F_PGX] * B
+            conv_pullback_input(p, prog[l, F_WOFF], C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, cur, w, pg, B)
+            unpad_copy(w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], C, H, W, w, other, B)
+        else:
+            conv_pullback_input(p, prog[l, F_WOFF], C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w, other, B)
+    return 0
+
+
+@kernel
+def conv_layer_tangent(prog, l, p, dp, w, B, cur, other, have_dx, use_dp):
+    """Convolution layer ``l``: w[other..] <- db + conv(dW, x) (when ``use_dp``) + conv(W, dx) (when ``have_dx``)."""
+    C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+    woff = prog[l, F_WOFF]
+    boff = prog[l, F_BOFF]
+    hb = prog[l, F_BIAS] != 0
+    padded = prog[l, F_PAD] >= 0
+    HP = prog[l, F_HP] if padded else H
+    WP = prog[l, F_WP] if padded else W
+    xin = prog[l, F_PAD] * B if padded else prog[l, F_X] * B
+    for o in range(OC):
+        tr = w[other + o * OH * OW * B:other + (o + 1) * OH * OW * B]
+        bv = dp[boff + o] if (use_dp and hb) else dp[0] - dp[0]
+        for t in range(OH * OW * B):
+            tr[t] = bv
+    if use_dp:
+        conv_forward(dp, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, xin, w, other, B)
+    if have_dx:
+        if padded:
+            pg = prog[l, F_PGX] * B
+            pad_copy(w, cur, C, H, W, w, pg, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
+            conv_forward(p, woff, boff, False, False, C, HP, WP, OC, OH, OW, KH, KW, SH, SW, w, pg, w, other, B)
+        else:
+            conv_forward(p, woff, boff, False, False, C, H, W, OC, OH, OW, KH, KW, SH, SW, w, cur, w, other, B)
+    return 0
+
+
+@kernel
+def pool_layer_forward(prog, l, w, B, want_d):
+    """Pooling layer ``l``: output <- max or mean over each window (argmaxes saved when ``want_d``)."""
+    C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+    pool_forward(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, prog[l, F_X] * B, w,
+                 prog[l, F_Y] * B, w, prog[l, F_D] * B, want_d, B)
+    return 0
+
+
+@kernel
+def pool_layer_backward(prog, l, w, B, cur, other, need_gx):
+    """Pooling layer ``l``: w[other..] <- its input cotangent when ``need_gx`` (pooling has no parameters)."""
+    if need_gx:
+        C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+        pool_pullback(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B,
+                      w, other, B)
+    return 0
+
+
+@kernel
+def pool_layer_tangent(prog, l, w, B, cur, other):
+    """Pooling layer ``l``: w[other..] <- its output tangent from the input tangent at ``cur``."""
+    C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
+    pool_tangent(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w,
+                 other, B)
+    return 0
 
 
 # --------------------------------------------------------------------------- layers
