@@ -318,9 +318,9 @@ def _njit(fn, opts):
 _compile_log = _log.get("compile")
 
 #: Cold compile time of a feature's first call (one dtype, one entry point) on a 2-core AMD EPYC,
-#: said in the compile notices (measured 2026-12-02: float32 train_unbatched 63 s; the rest from
-#: benchmarks/latency.py's cold runs).
-COMPILE_SECONDS = {"training": 60, "cnn": 90, "ode": 35, "pk": 20}
+#: said in the compile notices (benchmarks/latency.py's first results, 2026-12-03: seed-network
+#: epoch 17.5-19.2 s, LeNet minibatch 22.8-24.9 s, neural-ODE gradient 16.8-19.0 s, pk fit 13-17 s).
+COMPILE_SECONDS = {"training": 20, "cnn": 25, "ode": 20, "pk": 15}
 _local = threading.local()
 _announced_plain = False
 
@@ -332,8 +332,8 @@ def compile_notice(py_func) -> None:
     name = f"{py_func.__module__}.{py_func.__qualname__}"
     if not stack and not _announced_plain:  # outside any named feature: one notice per process
         _announced_plain = True
-        _compile_log.info("compiling smallchains kernels on first use (once per install; up to a minute or two "
-                          "on 2 cores; `smallchains warmup` does it ahead of time)")
+        _compile_log.info("compiling smallchains kernels on first use (once per install; about 15-30 s per "
+                          "feature on 2 cores; `smallchains warmup` does it ahead of time)")
     if stack:
         ctx = stack[-1]
         if not ctx["announced"]:

@@ -11,7 +11,7 @@ from . import _engine as E
 from . import kernels as K
 from ._errors import raise_for_status
 from ._jit import default_num_threads
-from ._program import BLOCK, H_UNITS, build_program
+from ._program import BLOCK, F_KIND, H_UNITS, KIND_AVGPOOL, KIND_CONV, KIND_MAXPOOL, build_program
 from ._validate import FLOATS, MAX_COUNT, as_data, check_out, check_params, positive_int, seed_value, writable
 from .layers import Layer
 
@@ -154,6 +154,12 @@ class SimpleChain:
                   np.zeros(nt, dtype=np.float64), np.zeros(nt, dtype=np.int64))
             self._work_cache[key] = ws
         return ws
+
+    @property
+    def has_images(self) -> bool:
+        """True when the chain has convolution or pooling layers (they compile their own kernels)."""
+        kinds = self.program[1:, F_KIND]
+        return bool(np.isin(kinds, (KIND_CONV, KIND_MAXPOOL, KIND_AVGPOOL)).any())
 
     def bound_program(self, dtype, tangent=False) -> np.ndarray:
         """This chain's program with the addresses of its compiled block functions for ``dtype``.

@@ -144,8 +144,9 @@ def _validation_loss(loss, validation, p):
 
 
 def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=(None, None),
-         what="training"):
-    with feature(f"{np.dtype(p.dtype).name} {what}", COMPILE_SECONDS["training"]):
+         what="training", images=False):
+    seconds = COMPILE_SECONDS["cnn" if images else "training"]
+    with feature(f"{np.dtype(p.dtype).name} {what}", seconds):
         if progress:  # compile (a zero-epoch call) before the bar starts: its rate must not include it
             kernel_call(0, 0)
         return _epochs(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out, validation)
@@ -228,7 +229,8 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     def call(k, h0):
         return T.train_full(chain.bound_program(p.dtype), p, XT, TT, labels, *settings, k, hist, h0, *buffers, rng)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val)
+    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
+                images=chain.has_images)
 
 
 def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threads=None, callback=None,
@@ -269,7 +271,7 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
         return T.train_minibatch(prog, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0, *buffers)
 
     return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
-                what="minibatch training")
+                what="minibatch training", images=chain.has_images)
 
 
 def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):

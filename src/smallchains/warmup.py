@@ -102,9 +102,9 @@ def _pk():
     return [fit.ofv]
 
 
-#: Cold seconds of each whole warm-up job on a 2-core AMD EPYC (benchmarks/latency.py, 2026-12-02):
+#: Cold seconds of each whole warm-up job on a 2-core AMD EPYC (benchmarks/latency.py, 2026-12-03):
 #: "training" compiles every dense entry point for float32 and float64.
-SECONDS = {"training": 320, "cnn": 90, "ode": 35, "pk": 20}
+SECONDS = {"training": 50, "cnn": 30, "ode": 22, "pk": 17}
 
 JOBS = {"training": _training, "cnn": _cnn, "ode": _ode, "pk": _pk}
 FEATURES = tuple(JOBS)
