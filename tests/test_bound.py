@@ -134,3 +134,17 @@ def test_one_specialisation_per_argument_type():
     x = np.arange(4.0)
     assert kernel(_caller, cache=False)(x, 2) == 0.0 - 2.0 + 1.0
     assert len(_leaf_k.signatures) == 1
+
+
+def test_first_use_from_two_threads():
+    # both threads bind the same fresh program at once; neither may see a half-written set
+    from concurrent.futures import ThreadPoolExecutor
+
+    for seed in range(5):
+        chain = sc.SimpleChain(3, sc.Dense(6, sc.silu), sc.Dense(2))
+        p = chain.init_params(seed=seed, dtype=np.float64)
+        X = np.random.default_rng(seed).standard_normal((40, 3))
+        with ThreadPoolExecutor(2) as ex:
+            outs = list(ex.map(lambda c: c[0](c[1], c[2], num_threads=1), [(chain, X, p)] * 4))
+        for o in outs[1:]:
+            np.testing.assert_array_equal(o, outs[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import numba
 import numpy as np
@@ -576,6 +577,7 @@ def _ol_activate(via, prog, code, zs, ds, want_d):
 
 
 _bound_addresses = {}
+_bind_lock = threading.Lock()
 
 
 def _address(table, key, fn, sig):
@@ -601,11 +603,24 @@ def bind(prog, dtype, tangent=False):
         raise TypeError(f"the kernels run in float32 or float64, got {np.dtype(dtype)}")
     head = prog[0]
     pid = os.getpid()
+    if _is_bound(head, pid, d, tangent):
+        return prog
+    with _bind_lock:  # a chain used from several Python threads: one writer, readers see whole sets
+        if not _is_bound(head, pid, d, tangent):
+            _write_addresses(prog, head, pid, d, tangent)
+    return prog
+
+
+def _is_bound(head, pid, d, tangent):
+    # the block slots are written last, backward after forward and the tangent last of all
+    return head[H_PID] == pid and head[_slot(d, FN_BACKWARD) + 1] != 0 and (
+        not tangent or head[_slot(d, FN_TANGENT) + 1] != 0)
+
+
+def _write_addresses(prog, head, pid, d, tangent):
     if head[H_PID] != pid:
         head[H_ADDR:] = 0
         head[H_PID] = pid
-    elif head[_slot(d, FN_FORWARD)] != 0 and (not tangent or head[_slot(d, FN_TANGENT)] != 0):
-        return prog  # bound already (the block slots are written last)
     rows = prog[1:head[H_NLAYERS] + 1]
     for code in sorted({int(c) for c in rows[:, F_ACT]} - {0}):
         s = _act_slot(d, code)
@@ -622,7 +637,6 @@ def bind(prog, dtype, tangent=False):
     for k in (FN_FORWARD, FN_BACKWARD, FN_TANGENT) if tangent else (FN_FORWARD, FN_BACKWARD):
         s = _slot(d, k)
         head[s], head[s + 1] = _address(_bound_addresses, ("block", d, k), _BLOCK_FUNCTIONS[k], _SIGS[d][k])
-    return prog
 
 
 @kernel
