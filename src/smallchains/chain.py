@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -91,6 +92,7 @@ class SimpleChain:
             b //= 2
         self._block = b
         self._work_cache = {}
+        self._bound = {}  # (dtype, tangent) -> the process that bound the program
 
     # ------------------------------------------------------------------ parameters
 
@@ -165,9 +167,15 @@ class SimpleChain:
         """This chain's program with the addresses of its compiled block functions for ``dtype``.
 
         Internal interface of the package's drivers (``_engine.bind``); the public kernels of
-        ``smallchains.kernels`` take ``chain.program`` as it is.
+        ``smallchains.kernels`` take ``chain.program`` as it is.  Remembers what it bound (and in
+        which process), so that the call costs a dictionary lookup after the first.
         """
-        return E.bind(self.program, dtype, tangent)
+        key = (dtype, tangent)  # p.dtype from the callers (a np.float32 type as key would only bind again)
+        pid = os.getpid()
+        if self._bound.get(key) != pid:
+            E.bind(self.program, dtype, tangent)
+            self._bound[key] = pid
+        return self.program
 
     # ------------------------------------------------------------------ evaluation
 
