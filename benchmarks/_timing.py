@@ -1,7 +1,8 @@
-"""The benchmarks' one timer: the median over rounds of the mean time per call."""
+"""The benchmarks' one timer (the median over rounds of the mean time per call) and machine line."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -17,3 +18,25 @@ def median_per_call(fn, calls, rounds, scale=1e6):
             fn()
         per.append((time.perf_counter() - t0) / calls * scale)
     return statistics.median(per)
+
+
+def machine():
+    """CPU model, SIMD level (what the CPU flags offer and what Numba's LLVM targets), cores."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "SSE"
+    try:
+        import llvmlite.binding as ll
+
+        host = ll.get_host_cpu_name()
+    except Exception:  # pragma: no cover
+        host = "?"
+    return f"{model}, {simd} (LLVM target {host}), {os.cpu_count()} cores"

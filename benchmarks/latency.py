@@ -24,6 +24,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import machine  # noqa: E402
+
 #: First results: each is the first call of a main job in a new process.
 FIRST = {
     "seed_epoch": """
@@ -68,28 +71,6 @@ print(json.dumps({"import_s": t_import, "wall_s": time.perf_counter() - t0, "cpu
 """
 
 IMPORT = "import time; t = time.perf_counter(); import smallchains; print(time.perf_counter() - t)"
-
-
-def machine():
-    """CPU model, SIMD level (what the CPU flags offer and what Numba's LLVM targets), cores."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else "SSE"
-    try:
-        import llvmlite.binding as ll
-
-        host = ll.get_host_cpu_name()
-    except Exception:  # pragma: no cover
-        host = "?"
-    return f"{model}, {simd} (LLVM target {host}), {os.cpu_count()} cores"
 
 
 def child(job, cache):

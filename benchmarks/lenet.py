@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
 import smallchains as sc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import machine  # noqa: E402
 
 
 def lenet():
@@ -107,7 +111,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     Xtr, ytr, Xte, yte = sc.datasets.fashion_mnist()
     X, y = Xtr[:args.samples], ytr[:args.samples]
-    print(f"LeNet-5 / Fashion-MNIST — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {X.shape[0]} "
+    print(f"LeNet-5 / Fashion-MNIST — {time.strftime('%Y-%m-%d')}, {machine()}, {X.shape[0]} "
           f"training images, median of {args.epochs_timed} timed epoch(s)")
     for batch in (32, 256):
         s, ls = smallchains_epoch_seconds(X, y, batch, args.epochs_timed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _peers  # noqa: E402
+from _timing import machine  # noqa: E402
 
 import smallchains as sc  # noqa: E402
 
@@ -97,8 +97,7 @@ def main(argv=None):
     if not args.no_peers:
         start_peer_runtimes()
     X, Y, Xt, Yt = _peers.matexp_data(10_000, seed=0)
-    print(f"matexp benchmark — {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {args.epochs} epochs, float32")
+    print(f"matexp benchmark — {time.strftime('%Y-%m-%d')}, {machine()}, {args.epochs} epochs, float32")
     res = {"smallchains": smallchains_matexp(X, Y, Xt, Yt, args.epochs, args.repeats)}
     print(_line("smallchains", res["smallchains"]), flush=True)
     if not args.no_peers:

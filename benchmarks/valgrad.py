@@ -25,7 +25,7 @@ from numba.core.runtime import rtsys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _peers  # noqa: E402
-from _timing import median_per_call  # noqa: E402
+from _timing import machine, median_per_call  # noqa: E402
 
 import smallchains as sc  # noqa: E402
 from smallchains import kernels as K  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args(argv)
-    print(f"valgrad / vjp micro-benchmarks — {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    print(f"valgrad / vjp micro-benchmarks — {time.strftime('%Y-%m-%d')}, {machine()}")
     r = readme_valgrad()
     print(f"valgrad 24->8 tanh->2, batch 200, float32: smallchains {r['us']:.2f} µs/call (loss {r['loss']:.5f})")
     v = small_vjp()
