@@ -33,7 +33,7 @@ import scipy.optimize  # noqa: F401 - imported outside the training clock
 import smallchains as sc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import median_per_call  # noqa: E402
+from _timing import machine, median_per_call  # noqa: E402
 
 A_TRUE = np.array([[-0.1, 2.0], [-2.0, -0.1]])
 U0 = np.array([2.0, 0.0])
@@ -277,7 +277,8 @@ def main(argv=None):
     data = spiral_data()
     ude, p0 = spiral_model()
     W = weights(ude, p0)
-    print(f"spiral neural ODE, rtol=atol={TOL:g}, {len(TS)} save points, float64, "
+    print(f"spiral neural ODE — {time.strftime('%Y-%m-%d')}, {machine()}")
+    print(f"rtol=atol={TOL:g}, {len(TS)} save points, float64, "
           f"{ude.chain.num_params} weights, one loss + gradient per call (median ms)")
     rows = bench_smallchains(data, args.quick)
     if not args.no_peers:
