@@ -17,11 +17,15 @@ RATE        0 or missing: bolus; > 0: zero-order infusion at that rate (duration
             -2: infusion of duration DUR (a DUR column is then required)
 DUR         infusion duration (RATE = -2)
 II, ADDL    ADDL additional doses every II after this one
-SS          1: steady state — the dose is preceded by enough doses every II to be at steady
-            state (expanded when a schedule is built; 0 otherwise)
+SS          refused for now (1 and 2): NONMEM resets every compartment to the steady state of
+            the dose given every II forever, which is not computed yet (0 or missing: no SS)
 DVID        which output an observation is of, 1-based (default 1)
 BLQ / CENS  1 when the observation is below the limit of quantification (kept, not used)
-others      covariates: constant or time-varying, carried forward from record to record
+others      covariates: constant or time-varying, carried forward from record to record (text
+            columns are left out with a DataWarning naming them)
+
+Comment records (NONMEM's $DATA IGNORE=c) are dropped with a DataWarning: ``ignore="#"`` by
+default, ``"C"`` or ``"@"`` (any letter) on request.
 ==========  ============================================================================
 
 Validation errors name the row (1-based, as in the file, header excluded), the column and
@@ -31,11 +35,13 @@ the rule, e.g. ``row 17: II must be > 0 when ADDL > 0``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._optional import require
+from .._warnings import DataWarning
 from ..ode.integrate import Jumps
 
 STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
@@ -174,11 +180,32 @@ class Population:
 def _frame(data):
     pd = require("pandas", "reading NONMEM-style data")
     if isinstance(data, pd.DataFrame):
-        return data.copy()
+        df = data.copy()
+        # "." and blank cells are missing, as in a CSV file (NONMEM's convention)
+        for c in df.columns:
+            if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+                text = df[c].astype(str).str.strip()
+                missing = df[c].notna() & ((text == ".") | (text == ""))
+                if missing.any():
+                    df[c] = df[c].astype(object).where(~missing, np.nan)
+        return df
     try:
         return pd.read_csv(data, na_values=["."], skipinitialspace=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no data file at {data!r}") from None
+
+
+def _pd():
+    return require("pandas", "reading NONMEM-style data")
+
+
+def _comment_rows(df, ignore):
+    """Rows NONMEM's IGNORE=c drops: the first field starts with ``c`` ("@": with any letter or "@")."""
+    first = df.iloc[:, 0]
+    text = first.where(first.notna(), "").astype(str).str.lstrip()
+    if ignore == "@":
+        return text.str.match(r"[A-Za-z@]").to_numpy()
+    return text.str.startswith(ignore).to_numpy()
 
 
 def _numeric(df, col, rows):
@@ -192,19 +219,43 @@ def _numeric(df, col, rows):
     return np.array(v.to_numpy(dtype=float))  # a writable copy (pandas may hand out a read-only view)
 
 
-def read_data(data, *, covariates=None, rename=None) -> Population:
+def read_data(data, *, covariates=None, rename=None, ignore="#") -> Population:
     """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
 
     Args:
-        data: a path to a CSV file ("." and empty cells are missing) or a DataFrame.
+        data: a path to a CSV file or a DataFrame ("." and empty cells are missing in both).
         covariates: the covariate columns (default: every numeric column that is not a
-            standard NONMEM column).
+            standard NONMEM column; text columns left out are named in a DataWarning).
         rename: optional {their column name: standard name}, e.g. {"SUBJ": "ID", "CONC": "DV"}.
+        ignore: NONMEM's $DATA IGNORE=c: records whose first field starts with this character
+            are comments, dropped and counted in a DataWarning.  Default "#" (NONMEM's default);
+            "C" for data sets that mark comments with a C (IGNORE=C); "@" drops every record
+            whose first non-blank character is a letter or "@" (IGNORE=@); None keeps every row.
 
     Raises:
         DataError naming the row, the column and the rule broken.
     """
+    if ignore is not None and not (isinstance(ignore, str) and len(ignore) == 1):
+        raise TypeError(f"`ignore` must be one character such as '#', 'C' or '@' (NONMEM's IGNORE=c), or None; "
+                        f"got {ignore!r}")
     df = _frame(data)
+    file_rows = _frame_rows_read = np.arange(1, len(df) + 1)  # 1-based, as in the file (header excluded)
+    if ignore is not None and len(df) and df.shape[1]:
+        drop = _comment_rows(df, ignore)
+        if drop.any():
+            where = file_rows[drop]
+            warnings.warn(f"{int(drop.sum())} comment record(s) dropped by ignore={ignore!r} (NONMEM's IGNORE="
+                          f"{ignore}): row(s) {', '.join(map(str, where[:8]))}{' ...' if len(where) > 8 else ''}",
+                          DataWarning, stacklevel=2)
+            df = df.loc[~drop].reset_index(drop=True)
+            file_rows = file_rows[~drop]
+            pd = _pd()
+            for c in df.columns:  # columns that were text only because of the comments: numbers again
+                if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+                    try:
+                        df[c] = pd.to_numeric(df[c])
+                    except (ValueError, TypeError):
+                        pass
     if rename:
         df = df.rename(columns=dict(rename))
     df.columns = [str(c).strip() for c in df.columns]
@@ -217,10 +268,21 @@ def read_data(data, *, covariates=None, rename=None) -> Population:
             raise DataError(f"the data have no {req} column (columns: {list(df.columns)})")
     if "DV" not in df.columns and "AMT" not in df.columns:
         raise DataError("the data have neither a DV nor an AMT column: nothing to fit or to dose")
+    first = df.columns[0] if len(df.columns) else None
+    if first is not None and first not in STANDARD and len(df):
+        text = df[first].where(df[first].notna(), "").astype(str).str.lstrip()
+        lettered = text.str.match(r"[A-Za-z@#]").to_numpy()
+        if lettered.any():
+            i = int(np.flatnonzero(lettered)[0])
+            raise DataError(f"row {file_rows[i]}: the first column ({first}) holds {df[first].iloc[i]!r}: a NONMEM "
+                            f"comment record? pass ignore={text.iloc[i][0]!r} (NONMEM's IGNORE="
+                            f"{text.iloc[i][0]}) to drop such records, or remove them")
     n = len(df)
     if n == 0:
-        raise DataError("the data set is empty")
-    rows = np.arange(1, n + 1)
+        dropped = len(_frame_rows_read) - len(file_rows)
+        raise DataError("the data set is empty" + (f" once its {dropped} comment record(s) are dropped (ignore="
+                                                   f"{ignore!r})" if dropped else ""))
+    rows = file_rows
 
     def col(name, default):
         return _numeric(df, name, rows) if name in df.columns else np.full(n, default, dtype=float)
@@ -255,7 +317,13 @@ def read_data(data, *, covariates=None, rename=None) -> Population:
     if covariates is None:
         import pandas as pd
 
-        covariates = [c for c in df.columns if c not in STANDARD and pd.api.types.is_numeric_dtype(df[c])]
+        covariates = [c for c in df.columns if c not in STANDARD and pd.api.types.is_numeric_dtype(df[c])
+                      and df[c].notna().any()]  # (an empty column, e.g. NONMEM's C column once comments go)
+        text_cols = [c for c in df.columns if c not in STANDARD and c not in covariates and df[c].notna().any()]
+        if text_cols:
+            warnings.warn(f"column(s) {text_cols} hold text, not numbers, and are left out of the covariates "
+                          "(recode them as numbers, e.g. df['SEX'] = df['SEX'].map({'M': 0, 'F': 1}))",
+                          DataWarning, stacklevel=2)
     else:
         covariates = list(covariates)
         for c in covariates:
@@ -270,6 +338,9 @@ def read_data(data, *, covariates=None, rename=None) -> Population:
             raise DataError(f"row {r}: TIME is missing or not finite")
         e = evid[i]
         if math.isnan(e):
+            if amt[i] < 0:
+                raise DataError(f"row {r}: AMT must be > 0 on a dose record (or 0 / missing on others), got "
+                                f"{amt[i]:g}")
             e = 1.0 if amt[i] > 0 else 0.0
             evid[i] = e
         if e not in (0.0, 1.0, 2.0, 3.0, 4.0):
@@ -295,8 +366,11 @@ def read_data(data, *, covariates=None, rename=None) -> Population:
             raise DataError(f"row {r}: II must be >= 0, got {ii[i]:g}")
         if ss[i] not in (0.0, 1.0):
             raise DataError(f"row {r}: SS must be 0 or 1 (SS = 2 is not supported), got {ss[i]:g}")
-        if ss[i] == 1.0 and not ii[i] > 0:
-            raise DataError(f"row {r}: II must be > 0 when SS = 1 (the dosing interval of the steady state)")
+        if ss[i] == 1.0:
+            raise DataError(f"row {r}: SS = 1 (steady-state dose) is not supported yet: NONMEM resets every "
+                            "compartment to the steady state of that dose given every II forever, which "
+                            "smallchains does not compute yet; write the regimen out as doses from the start "
+                            "of treatment (AMT with II and ADDL) instead")
         if e in (1.0, 4.0):
             if rate[i] == -1.0:
                 raise DataError(f"row {r}: RATE = -1 (rate defined by the model) is not supported; give the "
