@@ -250,14 +250,14 @@ C,2,3,0,1e6
 def test_comment_records_nonmem_ignore():
     # a "#" record is a comment by default (NONMEM's IGNORE default), dropped with a warning naming it
     text = "ID,TIME,AMT,DV\n1,0,100,.\n#1,1,0,99\n2,0,100,.\n2,2,0,5\n"
-    with pytest.warns(sc.DataWarning, match=r"1 comment record\(s\) dropped by ignore='#'.*row\(s\) 2"):
+    with pytest.warns(sc.DataWarning, match=r"1 record\(s\) dropped by the comment character '#'.*row\(s\) 2"):
         pop = read_data(io.StringIO(text))
     assert pop.ids == [1, 2] and pop.n_obs == 1  # numeric IDs again once the comment is gone
     # a C column: refused unless the rule is given, then the C records go
     with pytest.raises(DataError, match=r"row 2: the first column \(C\) holds 'C'.*ignore='C'"):
         read_data(io.StringIO(COMMENTED))
     for rule in ("C", "@"):
-        with pytest.warns(sc.DataWarning, match=r"2 comment record\(s\).*row\(s\) 2, 5"):
+        with pytest.warns(sc.DataWarning, match=r"2 record\(s\) dropped by the comment.*row\(s\) 2, 5"):
             pop = read_data(io.StringIO(COMMENTED), ignore=rule)
         assert [s.dv.tolist() for s in pop] == [[5.0], [7.0]] and pop.covariate_names == []
     # an error after the drop still names the row of the file
@@ -266,5 +266,55 @@ def test_comment_records_nonmem_ignore():
         read_data(io.StringIO(bad), ignore="C")
     with pytest.raises(TypeError, match="`ignore`"):
         read_data(io.StringIO(COMMENTED), ignore="CC")
-    with pytest.raises(DataError, match=r"empty once its 1 comment"):
+    with pytest.raises(DataError, match=r"empty once 1 record\(s\) are dropped"):
         read_data(io.StringIO("ID,TIME,AMT,DV\n#1,0,1,.\n"))
+
+
+FILTERED = """ID,TIME,AMT,DV,EVID,MDV,OCC
+1,0,100,.,1,1,1
+1,1,.,4.0,0,0,1
+1,2,.,0,0,0,1
+1,3,.,2.5,0,0,2
+2,0,100,.,1,1,1
+2,1,.,6.0,0,0,2
+2,2,.,-1,0,0,2
+"""
+
+
+def test_ignore_and_accept_conditions_as_nonmem():
+    # IGNORE=(DV.EQN.0): NONMEM reads "." as 0, so the dose records (DV ".") go too -- its known pitfall
+    with pytest.warns(sc.DataWarning, match=r"3 record\(s\) dropped by ignore=\{'DV': \('==', 0\)\}.*1, 3, 5"):
+        pop = read_data(io.StringIO(FILTERED), ignore={"DV": ("==", 0)})
+    assert [len(s.doses) for s in pop] == [0, 0]
+    # the usual way: IGNORE=(MDV.EQ.0... ) -- keep doses, drop observations at or below 0 (commas are .OR.)
+    with pytest.warns(sc.DataWarning, match=r"2 record\(s\) dropped.*row\(s\) 3, 7"):
+        pop = read_data(io.StringIO(FILTERED), ignore=["#", lambda df: (df["MDV"] == 0) & (df["DV"] <= 0)])
+    assert [s.dv.tolist() for s in pop] == [[4.0, 2.5], [6.0]] and [len(s.doses) for s in pop] == [1, 1]
+    # one dict, two conditions on different columns: either drops the record
+    with pytest.warns(sc.DataWarning, match=r"3 record\(s\).*row\(s\) 4, 6, 7"):
+        pop = read_data(io.StringIO(FILTERED), ignore={"OCC": ("==", 2), "dv": [("<", -0.5)]})
+    assert [s.dv.tolist() for s in pop] == [[4.0, 0.0], []]
+    # ACCEPT=(OCC.EQ.1,EVID.EQ.1): only records satisfying one of them
+    with pytest.warns(sc.DataWarning, match=r"3 record\(s\) dropped by accept="):
+        pop = read_data(io.StringIO(FILTERED), accept={"OCC": ("==", 1), "EVID": ("==", 1)})
+    assert [s.dv.tolist() for s in pop] == [[4.0, 0.0], []] and [len(s.doses) for s in pop] == [1, 1]
+    # text compares as text
+    with pytest.warns(sc.DataWarning, match=r"1 record\(s\)"):
+        pop = read_data(pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [1, 0], "DV": [np.nan, 2.0],
+                                      "STUDY": ["A", "B"]}), ignore={"STUDY": ("==", "B")})
+    assert pop.n_obs == 0
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    (dict(ignore={"DV": ("=", 0)}), TypeError, r"operator among"),
+    (dict(ignore={"XX": ("==", 0)}), DataError, r"column 'XX'"),
+    (dict(ignore={"DV": (">", "a")}), TypeError, r"text .* '==' or '!='"),
+    (dict(ignore=lambda df: df["DV"]), TypeError, r"boolean array"),
+    (dict(ignore={"DV": ("==", 0)}, accept={"OCC": ("==", 1)}), ValueError, r"not both"),
+    (dict(accept="#"), TypeError, r"`accept`"),
+    (dict(ignore=["#", "C"]), TypeError, r"at most one comment character"),
+    (dict(ignore=[3]), TypeError, r"`ignore`"),
+])
+def test_bad_filters_are_named(kw, error, match):
+    with pytest.raises(error, match=match):
+        read_data(io.StringIO(FILTERED), **kw)

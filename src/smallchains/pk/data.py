@@ -35,6 +35,7 @@ the rule, e.g. ``row 17: II must be > 0 when ADDL > 0``.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from dataclasses import dataclass, field
 
@@ -195,6 +196,10 @@ def _frame(data):
         raise FileNotFoundError(f"no data file at {data!r}") from None
 
 
+def _describe(rule):
+    return getattr(rule, "__name__", None) or repr(rule)
+
+
 def _pd():
     return require("pandas", "reading NONMEM-style data")
 
@@ -219,7 +224,70 @@ def _numeric(df, col, rows):
     return np.array(v.to_numpy(dtype=float))  # a writable copy (pandas may hand out a read-only view)
 
 
-def read_data(data, *, covariates=None, rename=None, ignore="#") -> Population:
+_OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+        ">=": operator.ge}
+
+
+def _split_ignore(ignore):
+    """(comment character or None, [filters]) from read_data's ``ignore``."""
+    if ignore is None:
+        return None, []
+    items = list(ignore) if isinstance(ignore, (list, tuple)) else [ignore]
+    chars = [x for x in items if isinstance(x, str)]
+    filters = [x for x in items if not isinstance(x, str)]
+    if len(chars) > 1 or any(len(c) != 1 for c in chars):
+        raise TypeError(f"`ignore`: at most one comment character such as '#', 'C' or '@' (NONMEM's IGNORE=c), "
+                        f"got {chars}")
+    for f in filters:
+        if not (callable(f) or isinstance(f, dict)):
+            raise TypeError(f"`ignore`: a comment character, a dict of conditions such as {{'DV': ('==', 0)}} "
+                            f"or a function of the data frame, got {f!r}")
+    return (chars[0] if chars else "#"), filters
+
+
+def _condition_mask(df, rule, which):
+    """Rows where the rule holds: any of a dict's conditions (NONMEM's commas are .OR.), or a callable's mask."""
+    n = len(df)
+    if callable(rule):
+        mask = np.asarray(rule(df))
+        if mask.shape != (n,) or mask.dtype != bool:
+            raise TypeError(f"`{which}`: the function must return a boolean array of one value per record "
+                            f"({n}), got {mask.dtype} of shape {mask.shape}")
+        return mask
+    mask = np.zeros(n, dtype=bool)
+    for column, conds in rule.items():
+        name = str(column).upper() if str(column).upper() in STANDARD else str(column)
+        if name not in df.columns:
+            raise DataError(f"`{which}` names column {column!r}, which is not in the data "
+                            f"(columns: {list(df.columns)})")
+        conds = [conds] if isinstance(conds, tuple) and len(conds) == 2 and isinstance(conds[0], str) else conds
+        for cond in conds:
+            if not (isinstance(cond, tuple) and len(cond) == 2 and cond[0] in _OPS):
+                raise TypeError(f"`{which}`: a condition is (operator, value) with an operator among "
+                                f"{list(_OPS)}, e.g. ('==', 0); got {cond!r} for {column!r}")
+            op, value = cond
+            if isinstance(value, str):
+                if op not in ("==", "!="):
+                    raise TypeError(f"`{which}`: text ({value!r}) can only be compared with '==' or '!='")
+                lhs = df[name].where(df[name].notna(), ".").astype(str).str.strip().to_numpy()
+            else:
+                # numerically, a missing value ("." or blank) counts as 0: how NONMEM reads "."
+                lhs = _pd().to_numeric(df[name], errors="coerce").fillna(0.0).to_numpy(dtype=float)
+            mask |= _OPS[op](lhs, value)
+    return mask
+
+
+def _drop(df, file_rows, drop, why):
+    if drop.any():
+        where = file_rows[drop]
+        warnings.warn(f"{int(drop.sum())} record(s) dropped by {why}: row(s) {', '.join(map(str, where[:8]))}"
+                      f"{' ...' if len(where) > 8 else ''}", DataWarning, stacklevel=3)
+        df = df.loc[~drop].reset_index(drop=True)
+        file_rows = file_rows[~drop]
+    return df, file_rows
+
+
+def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) -> Population:
     """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
 
     Args:
@@ -227,28 +295,41 @@ def read_data(data, *, covariates=None, rename=None, ignore="#") -> Population:
         covariates: the covariate columns (default: every numeric column that is not a
             standard NONMEM column; text columns left out are named in a DataWarning).
         rename: optional {their column name: standard name}, e.g. {"SUBJ": "ID", "CONC": "DV"}.
-        ignore: NONMEM's $DATA IGNORE=c: records whose first field starts with this character
-            are comments, dropped and counted in a DataWarning.  Default "#" (NONMEM's default);
-            "C" for data sets that mark comments with a C (IGNORE=C); "@" drops every record
-            whose first non-blank character is a letter or "@" (IGNORE=@); None keeps every row.
+        ignore: NONMEM's $DATA IGNORE, any of (or a list of):
+
+            * a comment character (IGNORE=c): records whose first field starts with it are
+              dropped.  "#" by default, as in NONMEM; "C" (IGNORE=C); "@" for any first
+              non-blank character that is a letter or "@" (IGNORE=@).
+            * conditions (IGNORE=(list)): a dict {column: (operator, value)} or {column:
+              [(op, value), ...]}, operators "==", "!=", "<", "<=", ">", ">="; a record is dropped
+              when any condition holds (NONMEM's commas are .OR.).  Numbers compare numerically
+              with a missing value counting as 0, as NONMEM reads "."; text values compare as
+              text with "==" or "!=".  Every record is tested, dose records included, as in NONMEM.
+            * a function of the data frame returning one boolean per record (True: drop).
+
+            None keeps every record.  Each drop is counted in a DataWarning naming its rule and rows.
+        accept: NONMEM's ACCEPT=(list): conditions or a function as above; only records for which
+            one holds are kept.  Not together with ``ignore`` conditions (NONMEM refuses both lists).
 
     Raises:
         DataError naming the row, the column and the rule broken.
     """
-    if ignore is not None and not (isinstance(ignore, str) and len(ignore) == 1):
-        raise TypeError(f"`ignore` must be one character such as '#', 'C' or '@' (NONMEM's IGNORE=c), or None; "
-                        f"got {ignore!r}")
+    comment, filters = _split_ignore(ignore)
+    accepts = [] if accept is None else (list(accept) if isinstance(accept, (list, tuple)) else [accept])
+    for f in accepts:
+        if not (callable(f) or isinstance(f, dict)):
+            raise TypeError(f"`accept`: a dict of conditions such as {{'DV': ('>', 0)}} or a function of the data "
+                            f"frame, got {f!r}")
+    if filters and accepts:
+        raise ValueError("give conditions in `ignore` or in `accept`, not both (NONMEM refuses IGNORE=(list) "
+                         "with ACCEPT=(list)); a comment character in `ignore` is fine")
     df = _frame(data)
     file_rows = _frame_rows_read = np.arange(1, len(df) + 1)  # 1-based, as in the file (header excluded)
-    if ignore is not None and len(df) and df.shape[1]:
-        drop = _comment_rows(df, ignore)
+    if comment is not None and len(df) and df.shape[1]:
+        drop = _comment_rows(df, comment)
         if drop.any():
-            where = file_rows[drop]
-            warnings.warn(f"{int(drop.sum())} comment record(s) dropped by ignore={ignore!r} (NONMEM's IGNORE="
-                          f"{ignore}): row(s) {', '.join(map(str, where[:8]))}{' ...' if len(where) > 8 else ''}",
-                          DataWarning, stacklevel=2)
-            df = df.loc[~drop].reset_index(drop=True)
-            file_rows = file_rows[~drop]
+            df, file_rows = _drop(df, file_rows, drop, f"the comment character {comment!r} (NONMEM's IGNORE="
+                                                       f"{comment})")
             pd = _pd()
             for c in df.columns:  # columns that were text only because of the comments: numbers again
                 if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
@@ -268,6 +349,13 @@ def read_data(data, *, covariates=None, rename=None, ignore="#") -> Population:
             raise DataError(f"the data have no {req} column (columns: {list(df.columns)})")
     if "DV" not in df.columns and "AMT" not in df.columns:
         raise DataError("the data have neither a DV nor an AMT column: nothing to fit or to dose")
+    for rule in filters:
+        df, file_rows = _drop(df, file_rows, _condition_mask(df, rule, "ignore"), f"ignore={_describe(rule)}")
+    if accepts:
+        keep = np.zeros(len(df), dtype=bool)
+        for rule in accepts:
+            keep |= _condition_mask(df, rule, "accept")
+        df, file_rows = _drop(df, file_rows, ~keep, f"accept={_describe(accepts)}")
     first = df.columns[0] if len(df.columns) else None
     if first is not None and first not in STANDARD and len(df):
         text = df[first].where(df[first].notna(), "").astype(str).str.lstrip()
@@ -280,8 +368,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#") -> Population:
     n = len(df)
     if n == 0:
         dropped = len(_frame_rows_read) - len(file_rows)
-        raise DataError("the data set is empty" + (f" once its {dropped} comment record(s) are dropped (ignore="
-                                                   f"{ignore!r})" if dropped else ""))
+        raise DataError("the data set is empty" + (f" once {dropped} record(s) are dropped by `ignore`/`accept`"
+                                                   if dropped else ""))
     rows = file_rows
 
     def col(name, default):
