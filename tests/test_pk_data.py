@@ -318,3 +318,22 @@ def test_ignore_and_accept_conditions_as_nonmem():
 def test_bad_filters_are_named(kw, error, match):
     with pytest.raises(error, match=match):
         read_data(io.StringIO(FILTERED), **kw)
+
+
+def test_files_pandas_cannot_read_plainly_get_named_errors(tmp_path):
+    p16 = tmp_path / "utf16.csv"
+    p16.write_text("ID,TIME,AMT,DV\n1,0,1,.\n1,1,.,2\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"not UTF-8 .*encoding='utf-16'"):
+        read_data(str(p16))
+    semi = tmp_path / "semicolons.csv"
+    semi.write_text("ID;TIME;AMT;DV\n1;0;1,5;.\n1;1;.;2,5\n")
+    with pytest.raises(DataError, match=r"separated by ';' .*sep=';', decimal=','"):
+        read_data(semi)
+    # the fix the message gives works
+    pop = read_data(pd.read_csv(semi, sep=";", decimal=",", na_values=["."]))
+    assert pop[0].doses[0].amount == 1.5 and pop[0].dv.tolist() == [2.5]
+    with pytest.raises(DataError, match=r"'Time' and 'TIME', which differ only by case"):
+        read_data(pd.DataFrame({"ID": [1], "Time": [0.0], "TIME": [1.0], "DV": [1.0]}))
+    for bad in (None, 3.5):
+        with pytest.raises(TypeError, match=r"`data` must be a path to a CSV file or a pandas DataFrame"):
+            read_data(bad)

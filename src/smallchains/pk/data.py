@@ -190,10 +190,21 @@ def _frame(data):
                 if missing.any():
                     df[c] = df[c].astype(object).where(~missing, np.nan)
         return df
+    if data is None or not (isinstance(data, (str, bytes)) or hasattr(data, "read") or hasattr(data, "__fspath__")):
+        raise TypeError(f"`data` must be a path to a CSV file or a pandas DataFrame, got {type(data).__name__}")
     try:
-        return pd.read_csv(data, na_values=["."], skipinitialspace=True)
+        df = pd.read_csv(data, na_values=["."], skipinitialspace=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"no data file at {data!r}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"the data file is not UTF-8 text ({exc.reason} at byte {exc.start}; a UTF-16 file from "
+                        f"Excel?): save it as 'CSV UTF-8', or read it yourself, e.g. pd.read_csv(path, "
+                        f"encoding='utf-16'), and pass the DataFrame") from None
+    if df.shape[1] == 1 and ";" in str(df.columns[0]):
+        raise DataError(f"the data file's header {str(df.columns[0])!r} is separated by ';' (a CSV with decimal "
+                        f"commas?): read it with pd.read_csv(path, sep=';', decimal=',', na_values=['.']) and pass "
+                        f"the DataFrame")
+    return df
 
 
 def _describe(rule):
@@ -340,7 +351,12 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) ->
     if rename:
         df = df.rename(columns=dict(rename))
     df.columns = [str(c).strip() for c in df.columns]
-    upper = {c.upper(): c for c in df.columns}
+    upper = {}
+    for c in df.columns:
+        if c.upper() in upper:
+            raise DataError(f"the data have columns {upper[c.upper()]!r} and {c!r}, which differ only by case: "
+                            f"column names are read case-insensitively (NONMEM's items); rename or drop one")
+        upper[c.upper()] = c
     for std in STANDARD:
         if std in upper and upper[std] != std:
             df = df.rename(columns={upper[std]: std})
