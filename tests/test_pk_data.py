@@ -337,3 +337,24 @@ def test_files_pandas_cannot_read_plainly_get_named_errors(tmp_path):
     for bad in (None, 3.5):
         with pytest.raises(TypeError, match=r"`data` must be a path to a CSV file or a pandas DataFrame"):
             read_data(bad)
+
+
+def test_categorical_covariates():
+    df = pd.DataFrame({"ID": [1, 1, 2, 2], "TIME": [0, 1, 0, 1], "AMT": [5.0, 0, 5.0, 0],
+                       "DV": [np.nan, 3.0, np.nan, 2.0], "SEX": ["M", "M", " F", "F"]})
+    pop = read_data(df, categorical={"SEX": {"M": 0, "F": 1}})
+    assert pop.covariate_names == ["SEX"] and [s.covariate("SEX") for s in pop] == [0.0, 1.0]
+    with pytest.raises(DataError, match=r"row 3: SEX is ' F'.*maps \['M'\]"):
+        read_data(df, categorical={"SEX": {"M": 0}})
+    with pytest.raises(DataError, match=r"`categorical` names column 'RACE'"):
+        read_data(df, categorical={"RACE": {"A": 1}})
+    with pytest.raises(TypeError, match=r"categorical\['SEX'\]"):
+        read_data(df, categorical={"SEX": {"M": "zero"}})
+    # left as text: named when read, and named again when a model needs it
+    with pytest.warns(sc.DataWarning, match=r"categorical=\{'SEX'"):
+        pop = read_data(df)
+    assert pop.text_columns == ["SEX"]
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["CL"], error="additive",
+                              covariates={"CL": {"SEX": "exp"}})
+    with pytest.raises(ValueError, match=r"'SEX' is a text column .*categorical="):
+        sc.pk.fit(m, pop, "pooled", se=False)

@@ -148,10 +148,12 @@ class Subject:
 class Population:
     """Subjects read from a NONMEM-style data set: iterable, indexable, with a summary."""
 
-    def __init__(self, subjects, covariate_names, columns):
+    def __init__(self, subjects, covariate_names, columns, text_columns=()):
         self.subjects = list(subjects)
         self.covariate_names = list(covariate_names)
         self.columns = list(columns)
+        #: columns read as text and so left out of the covariates (see read_data's ``categorical``)
+        self.text_columns = list(text_columns)
 
     def __len__(self):
         return len(self.subjects)
@@ -298,7 +300,7 @@ def _drop(df, file_rows, drop, why):
     return df, file_rows
 
 
-def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) -> Population:
+def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, categorical=None) -> Population:
     """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
 
     Args:
@@ -321,6 +323,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) ->
             None keeps every record.  Each drop is counted in a DataWarning naming its rule and rows.
         accept: NONMEM's ACCEPT=(list): conditions or a function as above; only records for which
             one holds are kept.  Not together with ``ignore`` conditions (NONMEM refuses both lists).
+        categorical: text covariates as numbers, e.g. ``{"SEX": {"M": 0, "F": 1}}``; a value
+            the mapping lacks is an error naming its row (missing cells stay missing).
 
     Raises:
         DataError naming the row, the column and the rule broken.
@@ -365,6 +369,22 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) ->
             raise DataError(f"the data have no {req} column (columns: {list(df.columns)})")
     if "DV" not in df.columns and "AMT" not in df.columns:
         raise DataError("the data have neither a DV nor an AMT column: nothing to fit or to dose")
+    for column, mapping in (categorical or {}).items():
+        if column not in df.columns:
+            raise DataError(f"`categorical` names column {column!r}, which is not in the data "
+                            f"(columns: {list(df.columns)})")
+        if not isinstance(mapping, dict) or not all(isinstance(v, (int, float)) for v in mapping.values()):
+            raise TypeError(f"`categorical[{column!r}]` must map each text value to a number, e.g. "
+                            f"{{'M': 0, 'F': 1}}; got {mapping!r}")
+        present = df[column].notna()
+        text = df[column].where(present, "").astype(str).str.strip()
+        keys = {str(k).strip(): float(v) for k, v in mapping.items()}
+        unknown = present.to_numpy() & ~text.isin(list(keys)).to_numpy()
+        if unknown.any():
+            i = int(np.flatnonzero(unknown)[0])
+            raise DataError(f"row {file_rows[i]}: {column} is {df[column].iloc[i]!r}, which `categorical` does not "
+                            f"map (it maps {list(keys)})")
+        df[column] = np.where(present.to_numpy(), text.map(keys).to_numpy(dtype=float, na_value=np.nan), np.nan)
     for rule in filters:
         df, file_rows = _drop(df, file_rows, _condition_mask(df, rule, "ignore"), f"ignore={_describe(rule)}")
     if accepts:
@@ -426,8 +446,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) ->
         text_cols = [c for c in df.columns if c not in STANDARD and c not in covariates and df[c].notna().any()]
         if text_cols:
             warnings.warn(f"column(s) {text_cols} hold text, not numbers, and are left out of the covariates "
-                          "(recode them as numbers, e.g. df['SEX'] = df['SEX'].map({'M': 0, 'F': 1}))",
-                          DataWarning, stacklevel=2)
+                          f"(map them to numbers with read_data(..., categorical={{{text_cols[0]!r}: {{...}}}}), "
+                          "e.g. {'M': 0, 'F': 1})", DataWarning, stacklevel=2)
     else:
         covariates = list(covariates)
         for c in covariates:
@@ -509,7 +529,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None) ->
                                 f"{time[i - 1]:g}); sort each subject's records by TIME")
         subjects.append(_subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss,
                                  dvid, blq, cov))
-    return Population(subjects, covariates, df.columns)
+    text_columns = [c for c in df.columns if c not in STANDARD and c not in covariates]
+    return Population(subjects, covariates, df.columns, text_columns)
 
 
 def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov):

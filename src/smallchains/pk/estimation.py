@@ -391,7 +391,7 @@ class Problem:
         self.model = model
         self.data = data
         self.inner_tol = inner_tol  # FOCE-I's inner loop stops when the Fisher-scoring decrement is below it
-        X, Z, self.covariate_refs = model.covariate_design(data.subjects)
+        X, Z, self.covariate_refs = model.covariate_design(data)  # (a Population: its text columns name errors)
         self.subjects = []
         self.skipped = []
         check = True

@@ -331,6 +331,9 @@ class PopulationModel:
         vals = []
         for s in subjects:
             if c not in s.covariates:
+                if c in getattr(subjects, "text_columns", ()):
+                    raise ValueError(f"covariate {c!r} is a text column of the data, left out when it was read; map "
+                                     f"it to numbers with sc.pk.read_data(..., categorical={{{c!r}: {{...}}}}); {why}")
                 raise ValueError(f"subject {s.id} has no covariate {c!r} (it has {list(s.covariates)}); {why}")
             vals.append(float(s.covariate(c)))
         vals = np.asarray(vals)
