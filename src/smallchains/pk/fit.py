@@ -162,6 +162,19 @@ class FitResult:
             out[sid] = dict(zip(m.structural.params, pm.tolist()))
         return out
 
+    def simulate(self, regimen, *, times, n=1, covariates=None, seed=0, dvid=1):
+        """``n`` new subjects on a new dosing ``regimen`` at these estimates: a tidy DataFrame.
+
+        ``regimen`` from :func:`smallchains.pk.regimen` (e.g. ``regimen(100, ii=12, addl=6)``),
+        observed at ``times``; ``covariates`` {name: value or one value per subject}.  Columns ID,
+        TIME, DVID, IPRED (no residual error), DV (with it) and ETA_<name> (each subject's random
+        effects, drawn from Omega).  See :func:`smallchains.pk.simulate_regimen`.
+        """
+        from .simulate import simulate_regimen
+
+        return simulate_regimen(self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed,
+                                dvid=dvid)
+
     def to_frame(self, what="table"):
         """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
         import pandas as pd
