@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast warmup bench lint install install-bench clean
+.PHONY: demo test test-fast test-pandas2 warmup bench lint install install-bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ demo: $(VENV)/.bench-installed
 ## The whole suite, notebooks included.
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q
+	$(MAKE) test-pandas2
+
+## The data-reading tests again under pandas 2 (the package admits pandas >= 2.0; .venv has pandas 3).
+PANDAS2 := .venv-pandas2
+$(PANDAS2)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PANDAS2)
+	$(PANDAS2)/bin/python -m pip install -q -e ".[dev]" "pandas>=2.0,<3"
+	touch $@
+
+test-pandas2: $(PANDAS2)/.installed
+	$(PANDAS2)/bin/python -c "import pandas; print('pandas', pandas.__version__)"
+	$(PANDAS2)/bin/python -m pytest -q tests/test_pk_data.py tests/test_pk_regimen.py
 
 ## The fast tier (a few minutes): everything but notebooks, population fits and fresh-process cache tests.
 test-fast: $(VENV)/.dev-installed
@@ -57,5 +69,5 @@ lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) $(PANDAS2) build dist src/*.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
