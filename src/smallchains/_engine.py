@@ -362,16 +362,15 @@ def tangent_bound(prog, p, dp, w, B, use_dx, use_dp):
 
 
 # --------------------------------------------------------------------------- calls through addresses
-# The three block functions above hold the whole interpreter: every layer kind's kernels.
 # Numba links a callee's code into each caller and generates its machine code again there,
 # and again in each caller of that caller, so a driver five calls deep (training loop, step,
 # gradient, thread pool, sample range) used to compile the interpreter five times over, per
-# dtype and per argument layout.  The drivers below call the block functions through
-# addresses instead, which ``bind`` writes into the program's header row; each block
-# function is then compiled once per dtype and the drivers stay small.  (Measured on
-# float32 full-batch training from an empty cache: see the commit that introduced this.)
-# The public one-sample kernels (``smallchains.kernels``) keep calling the block functions
-# directly, so that users' own @njit code works with any ``chain.program``.
+# dtype and per argument layout.  The drivers below call the bound block functions through
+# addresses instead, which ``bind`` writes into the program's header row, and those reach the
+# image layers and activations through addresses too: each piece is compiled once per dtype,
+# only for the layer kinds and activations a program has, and the drivers stay small.  The
+# public kernels (``smallchains.kernels``) call the DIRECT block functions, so that users' own
+# @njit code works with any ``chain.program``.
 
 FN_FORWARD = 0
 FN_BACKWARD = 1
@@ -383,9 +382,9 @@ _PROG_T = types.Array(types.int64, 2, "C")
 def _block_signatures(dt):
     a = types.Array(dt, 1, "C")
     i8, b1 = types.int64, types.boolean
-    return (i8(_PROG_T, a, a, i8, b1, i8, i8),  # block_forward_train(prog, p, w, B, want_d, key, s0)
-            i8(_PROG_T, a, a, a, i8, b1),  # block_backward(prog, p, gp, w, B, need_input)
-            i8(_PROG_T, a, a, a, i8, b1, b1))  # block_tangent(prog, p, dp, w, B, use_dx, use_dp)
+    return (i8(_PROG_T, a, a, i8, b1, i8, i8),  # forward_bound(prog, p, w, B, want_d, key, s0)
+            i8(_PROG_T, a, a, a, i8, b1),  # backward_bound(prog, p, gp, w, B, need_input)
+            i8(_PROG_T, a, a, a, i8, b1, b1))  # tangent_bound(prog, p, dp, w, B, use_dx, use_dp)
 
 
 _SIGS = tuple(_block_signatures(dt) for dt in _FLOATS)
@@ -580,10 +579,11 @@ _bound_addresses = {}
 _bind_lock = threading.Lock()
 
 
-def _address(table, key, fn, sig):
-    if key not in table:
-        table[key] = addresses(fn, sig)
-    return table[key]
+def _address(key, fn, sig):
+    """(c, jit) addresses of ``fn`` for ``sig``, compiled (or loaded) once per process."""
+    if key not in _bound_addresses:
+        _bound_addresses[key] = addresses(fn, sig)
+    return _bound_addresses[key]
 
 
 def bind(prog, dtype, tangent=False):
@@ -593,14 +593,15 @@ def bind(prog, dtype, tangent=False):
     backward; the tangent too when ``tangent``) on first use in a process, and the functions
     of the activations and image layers this program has: a dense chain never compiles the
     convolution kernels, a tanh chain never the other activations.  The block functions'
-    slots are written last, so a program whose forward slot is set has everything it calls.
+    slots are written last (the tangent's last of all), so a program whose backward (or
+    tangent) slot is set has everything it calls.
     Every Python entry point that hands a program to a driver of this module binds it first.
     Addresses belong to a process: a program copied into another process (pickled) is
     rebound there, since the header also records the process that wrote them.
     """
-    d = 0 if np.dtype(dtype) == np.float32 else 1
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"the kernels run in float32 or float64, got {np.dtype(dtype)}")
+    d = 0 if np.dtype(dtype) == np.float32 else 1
     head = prog[0]
     pid = os.getpid()
     if _is_bound(head, pid, d, tangent):
@@ -624,7 +625,7 @@ def _write_addresses(prog, head, pid, d, tangent):
     rows = prog[1:head[H_NLAYERS] + 1]
     for code in sorted({int(c) for c in rows[:, F_ACT]} - {0}):
         s = _act_slot(d, code)
-        head[s], head[s + 1] = _address(_bound_addresses, ("act", d, code), INPLACE[code], _ACT_SIGS[d])
+        head[s], head[s + 1] = _address(("act", d, code), INPLACE[code], _ACT_SIGS[d])
     kinds = {int(k) for k in rows[:, F_KIND]}
     ops = []
     if KIND_CONV in kinds:
@@ -633,10 +634,10 @@ def _write_addresses(prog, head, pid, d, tangent):
         ops += [LAYER_POOL_FORWARD, LAYER_POOL_BACKWARD] + ([LAYER_POOL_TANGENT] if tangent else [])
     for k in ops:
         s = _layer_slot(d, k)
-        head[s], head[s + 1] = _address(_bound_addresses, ("layer", d, k), _LAYER_FUNCTIONS[k], _LAYER_SIGS[d][k])
+        head[s], head[s + 1] = _address(("layer", d, k), _LAYER_FUNCTIONS[k], _LAYER_SIGS[d][k])
     for k in (FN_FORWARD, FN_BACKWARD, FN_TANGENT) if tangent else (FN_FORWARD, FN_BACKWARD):
         s = _slot(d, k)
-        head[s], head[s + 1] = _address(_bound_addresses, ("block", d, k), _BLOCK_FUNCTIONS[k], _SIGS[d][k])
+        head[s], head[s + 1] = _address(("block", d, k), _BLOCK_FUNCTIONS[k], _SIGS[d][k])
 
 
 @kernel
