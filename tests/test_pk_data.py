@@ -5,6 +5,7 @@ data sets, and dose schedules solved against closed-form one-compartment solutio
 from __future__ import annotations
 
 import io
+import warnings
 
 import numba
 import numpy as np
@@ -358,3 +359,19 @@ def test_categorical_covariates():
                               covariates={"CL": {"SEX": "exp"}})
     with pytest.raises(ValueError, match=r"'SEX' is a text column .*categorical="):
         sc.pk.fit(m, pop, "pooled", se=False)
+
+
+def test_review_fixes_first_column_dot_columns_and_text_columns():
+    # a "." in a numeric DataFrame column leaves it numeric (a covariate), as in a CSV
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sc.DataWarning)
+        pop = read_data(pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [100, 0], "DV": [".", 5],
+                                      "WT": [70, "."]}))
+    assert pop.covariate_names == ["WT"] and pop.text_columns == []
+    # legitimate text in a first column is a text column (named), not a comment record
+    with pytest.warns(sc.DataWarning, match=r"\['STUDY'\] hold text"):
+        pop = read_data(io.StringIO("STUDY,ID,TIME,AMT,DV\nABC,1,0,100,.\nABC,1,1,0,5\n"))
+    assert pop.n_obs == 1 and pop.text_columns == ["STUDY"]
+    # numeric columns left out by covariates= are not "text"
+    pop = read_data(io.StringIO("ID,TIME,AMT,DV,WT,AGE\n1,0,100,.,70,30\n1,1,0,5,70,30\n"), covariates=["AGE"])
+    assert pop.text_columns == []

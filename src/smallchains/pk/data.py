@@ -191,6 +191,10 @@ def _frame(data):
                 missing = df[c].notna() & ((text == ".") | (text == ""))
                 if missing.any():
                     df[c] = df[c].astype(object).where(~missing, np.nan)
+                    try:  # a numeric column that held "." is numeric, as read_csv makes it
+                        df[c] = pd.to_numeric(df[c])
+                    except (ValueError, TypeError):
+                        pass
         return df
     if data is None or not (isinstance(data, (str, bytes)) or hasattr(data, "read") or hasattr(data, "__fspath__")):
         raise TypeError(f"`data` must be a path to a CSV file or a pandas DataFrame, got {type(data).__name__}")
@@ -393,7 +397,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
             keep |= _condition_mask(df, rule, "accept")
         df, file_rows = _drop(df, file_rows, ~keep, f"accept={_describe(accepts)}")
     first = df.columns[0] if len(df.columns) else None
-    if first is not None and first not in STANDARD and len(df):
+    # NONMEM's comment column: a first column named C whose comment records hold "C" (IGNORE=C)
+    if comment is not None and first is not None and first.upper() == "C" and len(df):
         text = df[first].where(df[first].notna(), "").astype(str).str.lstrip()
         lettered = text.str.match(r"[A-Za-z@#]").to_numpy()
         if lettered.any():
@@ -529,7 +534,8 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
                                 f"{time[i - 1]:g}); sort each subject's records by TIME")
         subjects.append(_subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss,
                                  dvid, blq, cov))
-    text_columns = [c for c in df.columns if c not in STANDARD and c not in covariates]
+    text_columns = [c for c in df.columns if c not in STANDARD and c not in covariates
+                    and not _pd().api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
     return Population(subjects, covariates, df.columns, text_columns)
 
 
