@@ -46,7 +46,7 @@ from .._warnings import DataWarning
 from ..ode.integrate import Jumps
 
 STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
-            "CENS")
+            "CENS", "DATE", "DAT1", "DAT2", "DAT3")
 
 
 class DataError(ValueError):
@@ -304,7 +304,8 @@ def _drop(df, file_rows, drop, why):
     return df, file_rows
 
 
-def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, categorical=None) -> Population:
+def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, categorical=None,
+              last20=50) -> Population:
     """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
 
     Args:
@@ -329,6 +330,17 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
             one holds are kept.  Not together with ``ignore`` conditions (NONMEM refuses both lists).
         categorical: text covariates as numbers, e.g. ``{"SEX": {"M": 0, "F": 1}}``; a value
             the mapping lacks is an error naming its row (missing cells stay missing).
+        last20: NM-TRAN's LAST20 for one- and two-digit years in a date column: years <= last20
+            are 20yy, the others 19yy (default 50; -1: all 19yy).
+
+    Dates and clock times (NM-TRAN's day-time translation, :mod:`smallchains.pk.dates`): with a
+    date column (DATE month/day/year, DAT1 day/month/year, DAT2 year/month/day, DAT3
+    year/day/month; month/day or a day number also), or with clock times ``hh:mm`` /
+    ``hh:mm:ss`` in TIME, TIME becomes the hours since the subject's first record, whose TIME is
+    0 (NONMEM Users Guide IV, II.C.2: "the clock time in the first data record of an individual
+    record is translated to relative time 0"), rounded to 0.01 h as NM-TRAN writes it; e.g.
+    10/1/86 9:15 then 14:40 then 10/2/86 8:30 reads as 0, 5.42, 23.25.  The date column is
+    consumed (not a covariate).  Numeric TIME without a date column is read as it is.
 
     Raises:
         DataError naming the row, the column and the rule broken.
@@ -419,7 +431,10 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
     ids = df["ID"].to_numpy()
     if df["ID"].isna().any():
         raise DataError(f"row {rows[int(np.flatnonzero(df['ID'].isna().to_numpy())[0])]}: ID is missing")
-    time = _numeric(df, "TIME", rows)
+    from .dates import translate_times  # NM-TRAN's day-time translation: dates and clock times
+
+    time = translate_times(df, rows, last20)
+    time = _numeric(df, "TIME", rows) if time is None else time
     amt = col("AMT", 0.0)
     amt = np.where(np.isnan(amt), 0.0, amt)
     dv = col("DV", np.nan)
