@@ -700,11 +700,13 @@ class GradientFunction:
         grad = np.einsum("qj,qdj->d", g, sens)
         return value, grad[n:].copy(), grad[:n].copy()
 
-    def directional_sensitivities(self, p, Dp, u0=None):
+    def directional_sensitivities(self, p, Dp, u0=None, Du0=None):
         """The saved states and their derivatives along parameter directions, in one solve.
 
-        ``Dp`` (k, m): k directions in parameter space.  Returns ``(u, S)`` with ``u``
-        (n_saves, n) and ``S`` (n_saves, k, n) = du(t_i)/dp · Dp[d].  The sensitivities are
+        ``Dp`` (k, m): k directions in parameter space; ``Du0`` (k, n), optional: the initial
+        state's derivative along each (when u0 itself depends on p, e.g. a steady state).
+        Returns ``(u, S)`` with ``u`` (n_saves, n) and ``S`` (n_saves, k, n) = du(t_i)/dp · Dp[d]
+        (plus du(t_i)/du0 · Du0[d]).  The sensitivities are
         left out of the error control (tolerances rescaled), so the steps, and ``u``, are
         those of the plain forward solve: ``S`` is the exact derivative of that discrete
         solution with the steps held fixed, as the discrete adjoint's gradient is.
@@ -721,6 +723,11 @@ class GradientFunction:
         nz = n * (1 + k)
         z0 = np.zeros(nz)
         z0[:n] = P.u0
+        if Du0 is not None:
+            Du0 = np.asarray(Du0, dtype=np.float64)
+            if Du0.shape != (k, n) or not np.all(np.isfinite(Du0)):
+                raise ValueError(f"`Du0` must be finite with shape ({k}, {n}), got {Du0.shape}")
+            z0[n:] = Du0.ravel()
         scale = np.sqrt(n / nz)
         rtol = np.r_[P.rtol * scale, np.zeros(n * k)] if P.rtol.shape[0] == n else np.r_[
             np.full(n, P.rtol[0] * scale), np.zeros(n * k)]
