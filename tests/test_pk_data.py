@@ -62,7 +62,10 @@ def test_csv_path_and_lowercase_columns(tmp_path):
     (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-1"), r"RATE = -1 \(rate defined by the model\) is not supported"),
     (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-2"), r"row 4: DUR must be > 0 when RATE = -2"),
     (("1,1,5.0,0", "1,1,.,0"), r"row 2: DV is missing on an observation record"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,2,2,70"), r"row 1: SS must be 0 or 1"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,2,4,70"), r"row 1: SS must be 0, 1, 2 or 3"),
+    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,.,.,1,70"), r"row 1: a steady-state dose .* needs II > 0"),
+    (("1,1,5.0,0,0,.,2,.,.,.,.,70", "1,1,5.0,0,0,.,2,.,.,.,1,70"), r"row 2: SS = 1 on a record that is not a dose"),
+    (("2,0,.,1,1,50,2,25,.,.,.,60", "2,0,.,1,1,0,2,25,12,.,1,60"), r"row 4: AMT = 0 with RATE > 0 .* needs II = 0"),
     (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,1.5,0,70"), r"row 1: ADDL must be a whole number"),
     (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,0,0,12,2,0,70"), r"row 1: CMT must be a whole number >= 1"),
     (("1,1,5.0,0,0", "1,1,5.0,1,1"), r"row 2: AMT must be > 0 on a dose record"),
@@ -191,25 +194,15 @@ def test_evid_4_reset_and_dose_restarts_the_system():
     np.testing.assert_allclose(sol.u[:, 1], oral_closed_form(ts, [(5.0, 40.0)], 1.3, 0.2), rtol=1e-7, atol=1e-8)
 
 
-def test_steady_state_dose_is_refused_naming_the_row():
-    # SS = 1 used to be approximated by 30 earlier doses, with no reset: wrong whenever the subject has
-    # earlier records (issue 14).  Refused until NONMEM's rule is implemented.
+def test_steady_state_dose_cuts_the_schedule_naming_the_row():
+    # SS = 1 used to be approximated by 30 earlier doses, with no reset (issue 14).  Now it starts a new
+    # piece of the solve from a steady state (tests/test_pk_steady_state.py), which one Jumps schedule
+    # cannot express: schedule() says so, naming the record.
     text = "ID,TIME,DV,EVID,AMT,CMT,II,SS\n1,0,.,1,50,1,.,.\n1,10,1,0,.,2,.,.\n1,100,.,1,100,1,6,1\n"
-    with pytest.raises(DataError, match=r"row 3: SS = 1 .* not supported yet"):
-        read_data(frame(text))
-
-
-@pytest.mark.xfail(raises=DataError, strict=True, reason="SS = 1 is refused until NONMEM's rule is implemented")
-def test_steady_state_dose_matches_the_closed_form_steady_state():
-    # SS = 1: at the dose, the system is at steady state of doses every II
-    text = "ID,TIME,DV,EVID,AMT,CMT,II,SS\n1,100,.,1,100,1,12,1\n1,112,1,0,.,2,.,.\n"
-    jumps, t0 = read_data(frame(text))[0].schedule(n_states=2, ss_intervals=40)
-    ts = np.linspace(100.5, 112, 20)
-    ka, k = 1.3, 0.2
-    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (t0, 112.0), [ka, k], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
-    dt = ts - 100.0
-    ss = 100 * ka / (ka - k) * (np.exp(-k * dt) / (1 - np.exp(-k * 12)) - np.exp(-ka * dt) / (1 - np.exp(-ka * 12)))
-    np.testing.assert_allclose(sol.u[:, 1], ss, rtol=1e-6)
+    s = read_data(frame(text))[0]
+    assert [(d.time, d.ss, d.ii) for d in s.doses] == [(0.0, 0, 0.0), (100.0, 1, 6.0)]
+    with pytest.raises(DataError, match=r"row 3: a steady-state dose starts a new piece"):
+        s.schedule(n_states=2)
 
 
 # --------------------------------------------------------------------------- nothing dropped silently (issue 14)

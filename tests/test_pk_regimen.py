@@ -59,7 +59,8 @@ def test_regimens_compose_and_refuse_bad_arguments():
         (dict(amt=0), ValueError, "`amt`"), (dict(amt="x"), TypeError, "`amt`"),
         (dict(amt=1, cmt=0), ValueError, "`cmt`"), (dict(amt=1, addl=2), ValueError, "`ii`"),
         (dict(amt=1, addl=-1), ValueError, "`addl`"), (dict(amt=1, rate=1, duration=2), ValueError, "not both"),
-        (dict(amt=1, ss=1, ii=12), ValueError, "`ss`"), (dict(amt=1, time=float("nan")), ValueError, "`time`"),
+        (dict(amt=1, ss=3, ii=12), ValueError, "`ss`"), (dict(amt=1, ss=1), ValueError, "`ii`"),
+        (dict(amt=1, time=float("nan")), ValueError, "`time`"),
     ]
     for kw, err, match in bad:
         with pytest.raises(err, match=match):

@@ -17,8 +17,10 @@ RATE        0 or missing: bolus; > 0: zero-order infusion at that rate (duration
             -2: infusion of duration DUR (a DUR column is then required)
 DUR         infusion duration (RATE = -2)
 II, ADDL    ADDL additional doses every II after this one
-SS          refused for now (1 and 2): NONMEM resets every compartment to the steady state of
-            the dose given every II forever, which is not computed yet (0 or missing: no SS)
+SS          0 or missing: an ordinary dose; 1 (and 3): every compartment is reset to the steady
+            state of the dose given every II forever; 2: that steady state is added to the
+            current amounts; II = 0 with AMT = 0 and RATE > 0: a constant infusion at steady state
+            (see smallchains.pk.steady_state for PREDPP's rules)
 DVID        which output an observation is of, 1-based (default 1)
 BLQ / CENS  1 when the observation is below the limit of quantification (kept, not used)
 others      covariates: constant or time-varying, carried forward from record to record (text
@@ -43,7 +45,6 @@ import numpy as np
 
 from .._optional import require
 from .._warnings import DataWarning
-from ..ode.integrate import Jumps
 
 STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
             "CENS", "DATE", "DAT1", "DAT2", "DAT3")
@@ -55,16 +56,22 @@ class DataError(ValueError):
 
 @dataclass
 class Dose:
-    """One dosing event (after ADDL expansion): ``kind`` is "bolus", "infusion" or "reset"."""
+    """One dosing event (after ADDL expansion): ``kind`` is "bolus", "infusion" or "reset".
+
+    ``rate`` is an infusion's rate (``duration`` inf: a constant infusion at steady state);
+    ``ss`` the SS item (0, 1, 2 or 3; on the record's own dose only, not its ADDL copies);
+    ``addl`` 0 for the record's dose, k for its k-th additional dose; ``row`` the record."""
 
     time: float
     kind: str
     amount: float = 0.0
     cmt: int = 1
     duration: float = 0.0
-    ss: bool = False
+    ss: int = 0
     ii: float = 0.0
     row: int = 0
+    rate: float = 0.0
+    addl: int = 0
 
 
 @dataclass
@@ -103,42 +110,27 @@ class Subject:
         idx = np.searchsorted(times, np.asarray(t, dtype=float), side="right") - 1
         return values[np.clip(idx, 0, len(values) - 1)]
 
-    def schedule(self, cmt_to_state=None, n_states=None, scale_params=None, ss_intervals=30):
-        """The subject's doses as a :class:`smallchains.Jumps` schedule and the time to start solving.
+    def schedule(self, cmt_to_state=None, n_states=None):
+        """The subject's doses as one :class:`smallchains.Jumps` schedule and the time to start solving.
+
+        Steady-state doses cut a subject's solve into pieces, each started from a steady state
+        (see :mod:`smallchains.pk.steady_state`): for such a subject this raises DataError
+        naming the record; use :func:`smallchains.pk.steady_state.plan` instead.
 
         Args:
             cmt_to_state: maps a CMT number to a state index (default CMT - 1).
             n_states: checks every dose targets an existing state.
-            scale_params: optional dict CMT -> parameter index scaling that compartment's bolus
-                doses (a bioavailability).
-            ss_intervals: SS = 1 doses are preceded by this many doses every II (the state is then
-                at steady state to within the decay over that many intervals).
 
         Returns:
-            (jumps, t_start): the schedule, and the earliest time it needs (the first record, or
-            earlier when steady-state doses were expanded backwards).
+            (jumps, t_start): the schedule, and the time of the subject's first record.
         """
-        jumps = Jumps()
-        t_start = self.first_time
-        scale_params = scale_params or {}
-        for d in self.doses:
-            if d.kind == "reset":
-                jumps.reset(d.time)
-                continue
-            state = (d.cmt - 1) if cmt_to_state is None else cmt_to_state(d.cmt)
-            if n_states is not None and not 0 <= state < n_states:
-                raise DataError(f"row {d.row}: CMT {d.cmt} is not a compartment of this model "
-                                f"({n_states} states)")
-            times = [d.time]
-            if d.ss:
-                times = [d.time - k * d.ii for k in range(ss_intervals, 0, -1)] + times
-                t_start = min(t_start, times[0])
-            for t in times:
-                if d.kind == "bolus":
-                    jumps.bolus(t, state, d.amount, scale_param=scale_params.get(d.cmt))
-                else:
-                    jumps.infusion(t, state, d.amount / d.duration, d.duration)
-        return jumps, t_start
+        from .steady_state import timeline
+
+        pieces = timeline(self.doses, self.first_time, n_states, cmt_to_state)
+        if len(pieces) > 1:
+            raise DataError(f"row {pieces[1].steady.row}: a steady-state dose starts a new piece of the solve, "
+                            "which one Jumps schedule cannot express; use smallchains.pk.steady_state.plan")
+        return pieces[0].jumps(), self.first_time
 
     def __repr__(self):
         return (f"Subject(id={self.id!r}, {self.n_obs} observations, {len(self.doses)} doses, "
@@ -485,12 +477,25 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
             if amt[i] < 0:
                 raise DataError(f"row {r}: AMT must be > 0 on a dose record (or 0 / missing on others), got "
                                 f"{amt[i]:g}")
-            e = 1.0 if amt[i] > 0 else 0.0
+            constant = amt[i] == 0 and ss[i] != 0 and rate[i] > 0  # a constant infusion at steady state
+            e = 1.0 if amt[i] > 0 or constant else 0.0
             evid[i] = e
         if e not in (0.0, 1.0, 2.0, 3.0, 4.0):
             raise DataError(f"row {r}: EVID must be 0, 1, 2, 3 or 4, got {e:g}")
+        if ss[i] not in (0.0, 1.0, 2.0, 3.0):
+            raise DataError(f"row {r}: SS must be 0, 1, 2 or 3, got {ss[i]:g}")
+        if ss[i] != 0.0:
+            if e not in (1.0, 4.0):
+                raise DataError(f"row {r}: SS = {ss[i]:g} on a record that is not a dose (EVID {int(e)}); SS "
+                                "belongs on dose records (EVID 1 or 4)")
+            if ii[i] == 0.0 and not (amt[i] == 0.0 and rate[i] > 0):
+                raise DataError(f"row {r}: a steady-state dose (SS = {ss[i]:g}) needs II > 0 (the dosing interval), "
+                                "or AMT = 0 with RATE > 0 and II = 0 for a constant infusion at steady state")
+            if ii[i] > 0 and rate[i] > 0 and amt[i] == 0.0:
+                raise DataError(f"row {r}: AMT = 0 with RATE > 0 is a constant infusion at steady state, which "
+                                f"needs II = 0 (got II = {ii[i]:g})")
         if e in (1.0, 4.0):
-            if not amt[i] > 0:
+            if not (amt[i] > 0 or (amt[i] == 0 and ss[i] != 0 and rate[i] > 0 and ii[i] == 0)):
                 raise DataError(f"row {r}: AMT must be > 0 on a dose record (EVID {int(e)}), got {amt[i]:g}")
         elif amt[i] != 0 and evid_given:
             raise DataError(f"row {r}: AMT must be 0 or missing when EVID is {int(e)}, got {amt[i]:g}")
@@ -508,13 +513,6 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
             raise DataError(f"row {r}: II must be > 0 when ADDL > 0")
         if ii[i] < 0:
             raise DataError(f"row {r}: II must be >= 0, got {ii[i]:g}")
-        if ss[i] not in (0.0, 1.0):
-            raise DataError(f"row {r}: SS must be 0 or 1 (SS = 2 is not supported), got {ss[i]:g}")
-        if ss[i] == 1.0:
-            raise DataError(f"row {r}: SS = 1 (steady-state dose) is not supported yet: NONMEM resets every "
-                            "compartment to the steady state of that dose given every II forever, which "
-                            "smallchains does not compute yet; write the regimen out as doses from the start "
-                            "of treatment (AMT with II and ADDL) instead")
         if e in (1.0, 4.0):
             if rate[i] == -1.0:
                 raise DataError(f"row {r}: RATE = -1 (rate defined by the model) is not supported; give the "
@@ -570,9 +568,13 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
                 kind, d = "infusion", float(dur[i])
             else:
                 kind, d = "infusion", float(amt[i] / rate[i])
+            if amt[i] == 0.0:  # (validated: SS with II = 0 and RATE > 0) a constant infusion at steady state
+                doses.append(Dose(time[i], "infusion", 0.0, c, math.inf, int(ss[i]), 0.0, int(rows[i]),
+                                  float(rate[i])))
+                continue
             for k in range(int(addl[i]) + 1):
-                doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, bool(ss[i] == 1.0 and k == 0),
-                                  float(ii[i]), int(rows[i])))
+                doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, int(ss[i]) if k == 0 else 0,
+                                  float(ii[i]), int(rows[i]), float(amt[i]) / d if d > 0 else 0.0, k))
     doses.sort(key=lambda d: d.time)  # stable: same-time events keep their record order
     covs = {}
     for name, v in cov.items():

@@ -35,6 +35,7 @@ from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
+from .steady_state import PiecewiseSolve, SteadyStateError, plan
 
 
 def information(out, Oinv):
@@ -60,7 +61,7 @@ class SubjectEval:
 
     compiled = True  # the one-call compiled data term when the outputs allow (False: the NumPy path)
 
-    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_intervals, check, controller=None):
+    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_tol, check, controller=None):
         st = model.structural
         self.model = model
         self.subject = subject
@@ -75,8 +76,7 @@ class SubjectEval:
         if np.any(bad):
             raise ValueError(f"subject {subject.id}: DVID {int(self.dvid[bad][0])}, but {st.name} has "
                              f"{len(st.outputs)} output(s)")
-        jumps, t0 = subject.schedule(n_states=st.n_states, ss_intervals=ss_intervals)
-        self.t0 = t0
+        self.t0 = t0 = subject.first_time
         t1 = max(float(self.t.max()), t0)
         # the covariate design: log q = log theta + C beta + E eta
         n_t = len(model.theta_names)
@@ -89,16 +89,24 @@ class SubjectEval:
         if cn is not None:
             self._gwc = np.zeros(cn.chain.num_params)
         p0, _ = self.params(model.x0, np.zeros(model.n_eta))
-        self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
-                                   dict(saveat=self.t, jumps=jumps, rtol=rtol, atol=atol, solver=solver,
-                                        controller=controller),
-                                   check_derivatives=check)
+        solve_kw = dict(rtol=rtol, atol=atol, solver=solver, controller=controller)
+        pieces = plan(subject.doses, t0, self.t, st.n_states)
+        #: a subject with steady-state doses is solved in pieces (pk/steady_state.py); others in one solve
+        self.piecewise = len(pieces) > 1 or pieces[0].steady is not None
+        if self.piecewise:
+            self.gf = PiecewiseSolve(st.ode, st.n_states, pieces, self.t, p0, solve_kw,
+                                     ss_tol=10 * rtol if ss_tol is None else ss_tol, check=check)
+        else:
+            self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
+                                       dict(solve_kw, saveat=self.t, jumps=pieces[0].jumps()),
+                                       check_derivatives=check)
         self.n_mech = st.n_params
         self._ratio = None
         self._fast = None
         self._bound = None
         if st._ratios:
             self._ratio = st.ratio_indices(self.dvid)
+        if st._ratios and not self.piecewise:
             # the one-call compiled data term and gradient (pk/_kernels.py)
             self._fast = dict(
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
@@ -225,13 +233,15 @@ class SubjectEval:
                 Dp = np.zeros((m.n_eta, p.shape[0]))
                 Dp[:, :self.n_mech] = JE.T
                 us, S = self.gf.directional_sensitivities(p, Dp)
+            elif self.piecewise:
+                us = self.gf.solve(p)
             else:
                 gf = self.gf
                 gf.P.p = p  # (fresh, contiguous, float64 and finite: checked above)
                 gf.P.u0 = gf.u0
                 gf.forward()
                 us = gf.us
-        except (ODESolveError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
+        except (ODESolveError, SteadyStateError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
         if self._ratio is not None:  # concentrations: analytic, index arrays fixed per subject
             f, fu, fp = m.structural.ratio_jacobians(us, p, *self._ratio)
@@ -382,7 +392,7 @@ def warn_data_use(model, data, skipped):
 class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
-    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30, threads=None,
+    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None, threads=None,
                  controller=None, inner_tol=1e-10):
         from .data import Population
 
@@ -402,7 +412,7 @@ class Problem:
                 continue
             kept.append(i)
             self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
-                                             ss_intervals=ss_intervals, check=check, controller=controller))
+                                             ss_tol=ss_tol, check=check, controller=controller))
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")

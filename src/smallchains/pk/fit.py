@@ -323,7 +323,7 @@ load = FitResult.load
 
 
 def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=None, maxiter=500, tol=1e-9,
-        adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_intervals=30,
+        adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None,
         se=True, progress=None, map_omega="em"):
     """Estimate a population model's parameters from a data set.
 
@@ -345,6 +345,8 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
             else 1).
         rtol, atol, solver: the ODE solver (default ``sc.Vern7()``: tight tolerances are cheap
             with it and keep the FOCE-I objective smooth).
+        ss_tol: the relative tolerance of steady states (SS doses; default 10 * rtol): see
+            :mod:`smallchains.pk.steady_state`.
         se: compute standard errors from the Hessian of the objective (conditional on network
             weights, whose own Hessian block is singular).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
@@ -377,7 +379,7 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
     if method in ("map", "foce") and model.n_eta == 0:
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
     solver = Vern7() if solver is None else solver
-    settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_intervals": ss_intervals,
+    settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_tol": ss_tol,
                 "map_omega": map_omega,
                 "optimizer": optimizer, "starts": starts, "seed": seed}
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
@@ -386,10 +388,10 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
     t_start = time.perf_counter()
     opts = dict(optimizer=optimizer, maxiter=maxiter, tol=tol, adam_steps=adam_steps, adam_lr=adam_lr)
     if method == "individual":
-        return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals,
+        return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol,
                                se, progress, settings, t_start)
     with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
-        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_intervals=ss_intervals, threads=1)
+        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1)
         why = P.diagnose(xs)
     try:
         if why is not None:
@@ -845,7 +847,7 @@ def warn_doubtful(r, se_requested):
                       DoubtfulResultWarning, stacklevel=3)
 
 
-def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_intervals, se, progress,
+def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress,
                     settings, t_start):
     from .data import Population
 
@@ -857,7 +859,7 @@ def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, so
             with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
                 warnings.simplefilter("always")
                 r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
-                        solver=solver, ss_intervals=ss_intervals, se=se, progress=progress, **opts)
+                        solver=solver, ss_tol=ss_tol, se=se, progress=progress, **opts)
             for w in caught:
                 warnings.warn(f"ID {s.id}: {w.message}", w.category, stacklevel=3)
         fits.append((s.id, r))

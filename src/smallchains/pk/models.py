@@ -209,13 +209,14 @@ class CompartmentModel:
         jp[rows, pk] = -y / vol
         return y, ju, jp
 
-    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_intervals=30, weights=None):
+    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None):
         """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
-        at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs)."""
-        from ..ode.integrate import solve
+        at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs).  Steady-state doses
+        follow NONMEM's rules (:mod:`smallchains.pk.steady_state`, tolerance ``ss_tol``,
+        default 10 * rtol)."""
+        from .steady_state import PiecewiseSolve, plan
 
         p = self.param_vector(p, weights)
-        jumps, t0 = subject.schedule(n_states=self.n_states, ss_intervals=ss_intervals)
         if times is None:
             ts, dvid = subject.obs_time, subject.dvid
         else:
@@ -223,12 +224,15 @@ class CompartmentModel:
             dvid = None
         if ts.size == 0:
             return ts, np.zeros(0)
-        t1 = max(float(ts.max()), t0)
-        sol = solve(self.ode, np.zeros(self.n_states), (t0, t1), p, saveat=ts, jumps=jumps, rtol=rtol, atol=atol,
-                    solver=solver)
+        order = np.argsort(ts, kind="stable")
+        pieces = plan(subject.doses, subject.first_time, ts[order], self.n_states)
+        solve_kw = dict(rtol=rtol, atol=atol, solver=solver)
+        u = np.empty((ts.shape[0], self.n_states))
+        u[order] = PiecewiseSolve(self.ode, self.n_states, pieces, ts[order], p, solve_kw,
+                                  ss_tol=10 * rtol if ss_tol is None else ss_tol, check=False).solve(p)
         if dvid is not None:
-            return ts, self.output(sol.u, p, dvid)
-        Y = np.stack([self.output(sol.u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)],
+            return ts, self.output(u, p, dvid)
+        Y = np.stack([self.output(u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)],
                      axis=1)
         return ts, (Y[:, 0] if Y.shape[1] == 1 else Y)
 

@@ -23,10 +23,11 @@ class DoseRecord:
     addl: int
     rate: float
     duration: float
+    ss: int = 0
 
     def as_row(self):
         row = {"EVID": 1, "AMT": self.amt, "TIME": self.time, "CMT": self.cmt, "II": self.ii, "ADDL": self.addl,
-               "RATE": 0.0, "DUR": float("nan"), "MDV": 1}
+               "RATE": 0.0, "DUR": float("nan"), "MDV": 1, "SS": self.ss}
         if self.rate > 0:
             row["RATE"] = self.rate
         elif self.duration > 0:
@@ -53,15 +54,16 @@ class Regimen:
         return sorted(r.time + k * r.ii for r in self.records for k in range(r.addl + 1))
 
     def rows(self):
-        """The records as NONMEM data rows (dicts of AMT, TIME, CMT, II, ADDL, RATE, DUR, EVID, MDV)."""
+        """The records as NONMEM data rows (dicts of AMT, TIME, CMT, II, ADDL, RATE, DUR, EVID, MDV, SS)."""
         return [r.as_row() for r in self.records]
 
     def __repr__(self):
         parts = []
         for r in self.records:
             how = f", rate={r.rate:g}" if r.rate > 0 else (f", duration={r.duration:g}" if r.duration > 0 else "")
-            rep = f", ii={r.ii:g}, addl={r.addl}" if r.addl else ""
-            parts.append(f"regimen({r.amt:g}, time={r.time:g}, cmt={r.cmt}{rep}{how})")
+            rep = f", ii={r.ii:g}, addl={r.addl}" if r.addl else (f", ii={r.ii:g}" if r.ss else "")
+            ss = f", ss={r.ss}" if r.ss else ""
+            parts.append(f"regimen({r.amt:g}, time={r.time:g}, cmt={r.cmt}{rep}{how}{ss})")
         return " + ".join(parts) if parts else "Regimen()"
 
 
@@ -83,9 +85,9 @@ def regimen(amt, time=0.0, *, cmt=1, ii=0.0, addl=0, rate=None, duration=None, s
     neither: a bolus.  Combine regimens with ``+``, e.g. a loading dose then maintenance:
     ``regimen(200) + regimen(100, time=12, ii=12, addl=9)``.
 
-    ``ss`` (steady state) is refused for now, as in :func:`read_data`: NONMEM's SS = 1 resets every
-    compartment to the steady state of the dose given every ``ii`` forever, which smallchains does
-    not compute yet; give the regimen from the first dose instead.
+    ``ss``: NONMEM's SS item: 1, every compartment is reset at ``time`` to the steady state of
+    this dose given every ``ii`` forever; 2, that steady state is added to the amounts from the
+    regimen's earlier doses (see :mod:`smallchains.pk.steady_state`).
     """
     amt = _number("amt", amt, positive=True)
     time = _number("time", time)
@@ -96,12 +98,13 @@ def regimen(amt, time=0.0, *, cmt=1, ii=0.0, addl=0, rate=None, duration=None, s
     ii = _number("ii", ii, nonneg=True)
     if addl > 0 and not ii > 0:
         raise ValueError(f"`ii` (the dosing interval) must be > 0 when addl > 0, got {ii!r}")
-    if ss not in (0, None, False):
-        raise ValueError("`ss`: steady-state doses are not supported yet (NONMEM resets every compartment to the "
-                         "steady state of the dose given every ii forever, which smallchains does not compute "
-                         "yet); give the regimen from the first dose, with ii and addl")
+    ss = 0 if ss in (None, False) else ss
+    if isinstance(ss, bool) or ss not in (0, 1, 2):
+        raise ValueError(f"`ss` must be 0, 1 (reset to the steady state) or 2 (add the steady state), got {ss!r}")
+    if ss and not ii > 0:
+        raise ValueError(f"`ii` (the dosing interval) must be > 0 for a steady-state dose (ss={ss}), got {ii!r}")
     if rate is not None and duration is not None:
         raise ValueError("give `rate` or `duration` for an infusion, not both")
     r = _number("rate", rate, positive=True) if rate is not None else 0.0
     d = _number("duration", duration, positive=True) if duration is not None else 0.0
-    return Regimen([DoseRecord(amt, time, cmt, ii, addl, r, d)])
+    return Regimen([DoseRecord(amt, time, cmt, ii, addl, r, d, int(ss))])

@@ -1,0 +1,424 @@
+"""NONMEM's steady-state doses (the SS data item): a subject's solve cut into pieces, each
+started from a steady state computed for the model at hand.
+
+PREDPP's rules (NONMEM help, "SS data item"), implemented exactly:
+
+* **SS = 1**: the compartment amounts are reset to the steady state reached by giving the
+  record's dose (same amount, compartment, rate or duration) every II forever; the dose at
+  the record's time is part of it.  Amounts from earlier doses are zeroed out, infusions in
+  progress and pending additional doses (ADDL of earlier records) are cancelled.
+* **SS = 2**: the amounts become the steady-state amounts *plus* whatever the amounts would
+  have been at that time without the steady-state dose (superposition: exact for linear
+  kinetics, which is NONMEM's own caveat; for a nonlinear model it computes exactly this
+  sum, which is not a steady state of the model).  Infusions in progress and pending doses
+  continue.
+* **SS = 3**: as SS = 1 (NONMEM uses the existing state only as a starting guess for its
+  iterative routines; the result is the same steady state).
+* **II = 0, AMT = 0, RATE > 0**: a constant infusion at steady state: the amounts are the
+  equilibrium under that input, which then keeps running (until a later SS = 1 dose cuts it).
+* An infusion longer than II overlaps the next ones: at steady state ceil(D / II) copies run
+  at once, and the ones still running at the record's time continue after it.
+* EVID 4 with SS: the reset, then the steady state (SS = 2 after a reset is SS = 1).  A reset
+  while an infusion runs or while an earlier record's additional doses are pending (PREDPP
+  re-initialises the system) is refused, naming the record.
+
+The steady state of any model, nonlinear and UDEs included, is the fixed point u* = Phi(u*)
+of the flow map over one dosing interval (for a constant infusion, over a unit of time under
+the constant input: its fixed point is the equilibrium), found by Newton's method with the
+map's Jacobian from discrete-adjoint passes (one per state); a linear model converges in one
+step.  When Newton fails, the intervals are repeated until the state stops changing (NONMEM's
+empirical steady state with its SSTOL-style test), and otherwise :class:`SteadyStateError`
+names the record.  Derivatives: the implicit function theorem, du*/dp = (I - Phi_u)^-1 Phi_p,
+exact for the discrete flow map; gradients (adjoint) and forward sensitivities of the
+predictions chain through the pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ode.integrate import Jumps
+from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+
+#: the horizon (in the data's time unit) of the flow map whose fixed point is a constant infusion's equilibrium
+CONSTANT_INFUSION_HORIZON = 1.0
+
+
+class SteadyStateError(RuntimeError):
+    """The steady state of a dose record could not be computed (no fixed point was found)."""
+
+    def __init__(self, message, row):
+        super().__init__(message)
+        self.row = row
+
+
+@dataclass
+class Periodic:
+    """The regimen an SS record's steady state is reached under: ``amount`` into ``state`` every
+    ``ii`` as a bolus (``duration`` 0) or an infusion of ``rate`` for ``duration``; ``ii`` 0 and
+    ``duration`` inf: a constant infusion."""
+
+    state: int
+    amount: float
+    ii: float
+    duration: float
+    rate: float
+    row: int
+
+    @property
+    def horizon(self):
+        return self.ii if self.ii > 0 else CONSTANT_INFUSION_HORIZON
+
+    def running(self):
+        """How long each earlier infusion still runs at a dose time, at steady state: D - j II
+        for the j >= 1 copies started j intervals before and not finished (none for boluses)."""
+        if self.duration == 0 or math.isinf(self.duration):
+            return []
+        out, j = [], 1
+        while j * self.ii < self.duration:
+            out.append(self.duration - j * self.ii)
+            j += 1
+        return out
+
+    def jumps(self, t_end):
+        """The schedule of one interval ending at ``t_end`` (a dose at its start)."""
+        T = self.horizon
+        t0 = t_end - T
+        J = Jumps()
+        if self.duration == 0:
+            J.bolus(t0, self.state, self.amount)
+            return J
+        J.input(t0, self.state, self.rate)
+        if not math.isinf(self.duration) and self.duration < T:
+            J.input(t0 + self.duration, self.state, -self.rate)
+        for rest in self.running():
+            J.input(t0, self.state, self.rate)
+            if rest < T:
+                J.input(t0 + rest, self.state, -self.rate)
+        return J
+
+
+@dataclass
+class Piece:
+    """One solve of a subject: from ``t0`` (zero state, or a steady state, plus the previous
+    piece's state at ``t0`` when ``add``) with its own jumps ``rows`` (t, kind, state, value)."""
+
+    t0: float
+    rows: list = field(default_factory=list)
+    steady: Periodic | None = None
+    add: bool = False
+    t1: float = math.inf  # where the next piece starts
+    obs: np.ndarray | None = None  # indices of the observations it predicts
+    end_save: bool = False  # the next piece adds this one's state at t1
+
+    def jumps(self):
+        J = Jumps()
+        for t, kind, state, value in self.rows:
+            if kind == "bolus":
+                J.bolus(t, state, value)
+            elif kind == "input":
+                J.input(t, state, value)
+            else:
+                J.reset(t)
+        return J
+
+
+def timeline(doses, first_time, n_states, cmt_to_state=None):
+    """Cut a subject's doses (``Subject.doses``, time order) into pieces at its steady-state doses."""
+    from .data import DataError
+
+    pieces = [Piece(first_time)]
+    active = []  # infusions of the current piece: (start, end, state, rate)
+    cancelled = set()
+    last_reset = None
+    for i, d in enumerate(doses):
+        if i in cancelled:
+            continue
+        cur = pieces[-1]
+        if d.kind == "reset":
+            ss_next = i + 1 < len(doses) and doses[i + 1].row == d.row and doses[i + 1].ss
+            running = [a for a in active if a[1] > d.time]
+            pending = [
+                j
+                for j in range(i + 1, len(doses))
+                if j not in cancelled and doses[j].addl > 0 and doses[j].row < d.row and doses[j].time > d.time
+            ]
+            if (running or pending) and not ss_next:
+                what = (
+                    "an infusion is still running"
+                    if running
+                    else f"row {doses[pending[0]].row}'s additional doses (ADDL) are still pending"
+                )
+                raise DataError(
+                    f"row {d.row}: a reset (EVID 3 or 4) while {what}: NONMEM re-initialises the system "
+                    "there, which smallchains does not reproduce; end the infusion or the ADDL doses "
+                    "before the reset"
+                )
+            cur.rows.append((d.time, "reset", 0, 0.0))
+            last_reset = d.time
+            active = []
+            continue
+        state = (d.cmt - 1) if cmt_to_state is None else cmt_to_state(d.cmt)
+        if n_states is not None and not 0 <= state < n_states:
+            raise DataError(f"row {d.row}: CMT {d.cmt} is not a compartment of this model ({n_states} states)")
+        if d.ss:
+            ss = d.ss
+            if ss == 2 and last_reset is not None and last_reset == d.time:
+                ss = 1  # a reset at this time (EVID 4, or EVID 3 before it): the steady state adds to nothing
+            new = Piece(d.time, add=ss == 2)
+            new.steady = Periodic(state, d.amount, d.ii, d.duration, d.rate, d.row)
+            if ss == 2:
+                # the same-time boluses of earlier records and the infusions running now act on the state
+                # the steady state adds to (the previous piece's last save is taken before them)
+                new.rows = [r for r in cur.rows if r[0] == d.time and r[1] == "bolus"]
+                active = [a for a in active if a[1] > d.time]
+                for _, end, st, rate in active:
+                    new.rows.append((d.time, "input", st, rate))
+                    if not math.isinf(end):
+                        new.rows.append((end, "input", st, -rate))
+            else:
+                active = []
+                # pending additional doses of earlier records are cancelled (PREDPP)
+                cancelled.update(
+                    j
+                    for j in range(i + 1, len(doses))
+                    if doses[j].addl > 0 and doses[j].row < d.row and doses[j].time > d.time
+                )
+            cur.t1 = d.time
+            pieces.append(new)
+            cur = new
+            for rest in new.steady.running():  # the earlier infusions still running at steady state
+                cur.rows += [(d.time, "input", state, d.rate), (d.time + rest, "input", state, -d.rate)]
+                active.append((d.time, d.time + rest, state, d.rate))
+        if d.kind == "bolus":
+            cur.rows.append((d.time, "bolus", state, d.amount))
+        else:
+            cur.rows.append((d.time, "input", state, d.rate))
+            end = d.time + d.duration
+            if not math.isinf(end):
+                cur.rows.append((end, "input", state, -d.rate))
+            active.append((d.time, end, state, d.rate))
+    return pieces
+
+
+def plan(doses, first_time, obs_time, n_states, cmt_to_state=None):
+    """The pieces that predict ``obs_time`` (sorted), with their observations assigned.
+
+    A piece predicts the observations in (t0, t1] (the first one from its start on): a sample
+    at a dose time sees the state before the dose, so one at a steady-state dose's time belongs
+    to the piece before.  Pieces nothing depends on are left out."""
+    pieces = timeline(doses, first_time, n_states, cmt_to_state)
+    t = np.asarray(obs_time, dtype=float)
+    if t.size and (t[0] < first_time or np.any(np.diff(t) < 0)):
+        raise ValueError(
+            f"observation times must be sorted and not before the subject's first record "
+            f"({first_time:g}); got {t[0]:g} first"
+        )
+    for k, pc in enumerate(pieces):
+        lo = np.searchsorted(t, pc.t0, side="left" if k == 0 else "right")
+        hi = np.searchsorted(t, pc.t1, side="right") if not math.isinf(pc.t1) else t.shape[0]
+        pc.obs = np.arange(lo, hi)
+    needed = [False] * len(pieces)
+    for k in range(len(pieces) - 1, -1, -1):
+        later = k + 1 < len(pieces) and needed[k + 1] and pieces[k + 1].add
+        pieces[k].end_save = later
+        needed[k] = pieces[k].obs.shape[0] > 0 or later
+    return [pc for pc, need in zip(pieces, needed) if need]
+
+
+def _no_loss(u, t):  # pragma: no cover - the callers pull back their own cotangents
+    raise RuntimeError("unused")
+
+
+class SteadyState:
+    """u*(p) and du*/dp for one SS record (see the module's docstring)."""
+
+    max_newton = 50
+    max_intervals = 2000
+
+    def __init__(self, ode, n, periodic, t_end, p0, solve_kw, tol):
+        self.periodic = periodic
+        self.n = n
+        self.tol = tol
+        T = periodic.horizon
+        self.gf = GradientFunction(
+            _no_loss,
+            ode,
+            np.zeros(n),
+            (t_end - T, t_end),
+            p0,
+            DiscreteAdjoint(),
+            dict(solve_kw, saveat=np.array([t_end]), jumps=periodic.jumps(t_end)),
+            check_derivatives=False,
+        )
+        self.atol = np.broadcast_to(self.gf.P.atol, (n,)).copy()
+        self.u = np.zeros(n)  # the last steady state: the next call's starting guess
+
+    def _map(self, p, u, jacobians=True):
+        gf = self.gf
+        gf.P.p = p
+        gf.P.u0 = np.ascontiguousarray(u, dtype=np.float64)
+        gf.forward()
+        phi = gf.us[-1].copy()
+        if not jacobians:
+            return phi, None, None
+        n = self.n
+        Pu = np.empty((n, n))
+        Pp = np.empty((n, gf.m))
+        g = np.zeros((1, n))
+        for j in range(n):
+            g[0, :] = 0.0
+            g[0, j] = 1.0
+            Pp[j], Pu[j] = gf.pullback(g)
+        return phi, Pu, Pp
+
+    def _converged(self, step, u):
+        return bool(np.all(np.abs(step) <= self.tol * np.abs(u) + self.atol))
+
+    def __call__(self, p):
+        """(u*, du*/dp): the state just before the dose at steady state, and its derivative."""
+        n = self.n
+        eye = np.eye(n)
+        u = self.u.copy()
+        for _ in range(self.max_newton):
+            phi, Pu, Pp = self._map(p, u)
+            try:
+                step = np.linalg.solve(eye - Pu, phi - u)
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.isfinite(step)):
+                break
+            u = u + step
+            if self._converged(step, u):
+                return self._done(u, Pu, Pp)
+        # Newton failed: repeat the interval until the state stops changing (empirical steady state)
+        u = np.zeros(n)
+        for _ in range(self.max_intervals):
+            phi, _, _ = self._map(p, u, jacobians=False)
+            if not np.all(np.isfinite(phi)):
+                break
+            step, u = phi - u, phi
+            if self._converged(step, u):
+                phi, Pu, Pp = self._map(p, u)
+                return self._done(u, Pu, Pp)
+        raise SteadyStateError(
+            f"row {self.periodic.row}: no steady state found for this dose (Newton's method on "
+            f"the one-interval flow map failed and {self.max_intervals} repeated intervals did "
+            f"not converge to ss_tol={self.tol:g}); does the model reach one at these parameters "
+            f"(e.g. a dosing rate above a saturable elimination's capacity)?",
+            self.periodic.row,
+        )
+
+    def _done(self, u, Pu, Pp):
+        try:
+            D = np.linalg.solve(np.eye(self.n) - Pu, Pp)
+        except np.linalg.LinAlgError:
+            raise SteadyStateError(
+                f"row {self.periodic.row}: the steady state is not isolated (I - dPhi/du is "
+                f"singular), so its derivatives are undefined",
+                self.periodic.row,
+            ) from None
+        self.u = u.copy()
+        return u, D
+
+
+class PiecewiseSolve:
+    """A subject's solve as a chain of pieces (see :func:`plan`), with the interface a subject's
+    evaluator uses: ``m``; ``solve(p)`` -> the states at the observations; ``pullback(g)`` ->
+    (dL/dp, dL/du0 of the first piece) for the cotangent ``g`` on those states (after
+    ``solve``); ``directional_sensitivities(p, Dp)`` -> (states, their derivatives along ``Dp``).
+    """
+
+    def __init__(self, ode, n, pieces, obs_time, p0, solve_kw, *, ss_tol, check=True):
+        self.n = n
+        self.pieces = pieces
+        self.n_obs = int(np.asarray(obs_time).shape[0])
+        self.gfs, self.steady = [], []
+        for pc in pieces:
+            ts = np.asarray(obs_time, dtype=float)[pc.obs]
+            if pc.end_save:
+                ts = np.r_[ts, pc.t1]
+            t1 = max(float(ts.max()), pc.t0)
+            self.gfs.append(
+                GradientFunction(
+                    _no_loss,
+                    ode,
+                    np.zeros(n),
+                    (pc.t0, t1),
+                    p0,
+                    DiscreteAdjoint(),
+                    dict(solve_kw, saveat=ts, jumps=pc.jumps()),
+                    check_derivatives=check,
+                )
+            )
+            check = False
+            self.steady.append(
+                None if pc.steady is None else SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol)
+            )
+        self.m = self.gfs[0].m
+        self._D = [None] * len(pieces)
+
+    def _start(self, k, p, prev):
+        """The initial state of piece k (and du0/dp for a steady state)."""
+        u0 = np.zeros(self.n)
+        D = None
+        if self.steady[k] is not None:
+            ustar, D = self.steady[k](p)
+            u0 += ustar
+        if self.pieces[k].add:
+            u0 += prev
+        self._D[k] = D
+        return u0
+
+    def solve(self, p):
+        us = np.empty((self.n_obs, self.n))
+        prev = None
+        for k, (pc, gf) in enumerate(zip(self.pieces, self.gfs)):
+            gf.P.p = p
+            gf.P.u0 = self._start(k, p, prev)
+            gf.forward()
+            k_obs = pc.obs.shape[0]
+            us[pc.obs] = gf.us[:k_obs]
+            prev = gf.us[-1].copy() if pc.end_save else None
+        return us
+
+    def pullback(self, g):
+        g = np.asarray(g, dtype=np.float64)
+        gp = np.zeros(self.m)
+        carry, lam = None, None
+        for k in range(len(self.pieces) - 1, -1, -1):
+            pc, gf = self.pieces[k], self.gfs[k]
+            gk = np.zeros(gf.us.shape)
+            k_obs = pc.obs.shape[0]
+            gk[:k_obs] = g[pc.obs]
+            if pc.end_save and carry is not None:
+                gk[-1] += carry
+            gpk, lam = gf.pullback(gk)
+            gp += gpk
+            if self._D[k] is not None:
+                gp += self._D[k].T @ lam
+            carry = lam if pc.add else None
+        return gp, lam
+
+    def directional_sensitivities(self, p, Dp):
+        Dp = np.atleast_2d(np.asarray(Dp, dtype=np.float64))
+        q = Dp.shape[0]
+        us = np.empty((self.n_obs, self.n))
+        S = np.empty((self.n_obs, q, self.n))
+        prev = prev_S = None
+        for k, (pc, gf) in enumerate(zip(self.pieces, self.gfs)):
+            u0 = self._start(k, p, prev)
+            Du0 = np.zeros((q, self.n))
+            if self._D[k] is not None:
+                Du0 += (self._D[k] @ Dp.T).T
+            if pc.add:
+                Du0 += prev_S
+            uk, Sk = gf.directional_sensitivities(p, Dp, u0=u0, Du0=Du0)
+            k_obs = pc.obs.shape[0]
+            us[pc.obs] = uk[:k_obs]
+            S[pc.obs] = Sk[:k_obs]
+            prev, prev_S = (uk[-1].copy(), Sk[-1].copy()) if pc.end_save else (None, None)
+        return us, S
