@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-fast test-pandas2 warmup bench lint install install-bench clean
+.PHONY: demo test test-fast test-pandas2 warmup bench bench-r lint install install-bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +53,17 @@ test-fast: $(VENV)/.dev-installed
 warmup: $(VENV)/.dev-installed
 	$(VENV)/bin/smallchains warmup
 
+## R and nlme (Debian packages) for the side-by-side pharmacometric references; best effort: the
+## scripts that need them say so and skip when they are absent.
+bench-r:
+	@command -v Rscript >/dev/null 2>&1 && Rscript -e 'library(nlme)' >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ] && \
+	    { apt-get install -y -q r-base-core r-cran-nlme >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q r-base-core r-cran-nlme >/dev/null; }; } || \
+	    echo "warning: could not install R and nlme (apt-get install -y r-base-core r-cran-nlme); the nlme comparisons will skip"; }
+
 ## All benchmarks, peers in the same run.
-bench: $(VENV)/.bench-installed
+bench: $(VENV)/.bench-installed bench-r
 	$(PY) benchmarks/matexp.py
 	$(PY) benchmarks/valgrad.py
 	$(PY) benchmarks/latency.py
@@ -64,6 +73,7 @@ bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/pk.py
 	$(PY) benchmarks/model_derivatives.py
 	$(PY) benchmarks/pk_validation.py
+	$(PY) benchmarks/pk_nlme_steady_state.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples

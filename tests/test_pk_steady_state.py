@@ -320,3 +320,20 @@ def test_a_population_with_steady_states_fits():
         r = pk.fit(m, data, "foce", se=False)
     est, want = r.model.theta(r.x), m.theta(truth)
     np.testing.assert_allclose([est[k] for k in want], list(want.values()), rtol=0.25)
+
+
+def test_quinidine_against_nlmes_quinmodel():
+    """16 Quinidine patients (107 steady-state doses among the 136 of nlme's data, NONMEM records made by
+    benchmarks/pk_nlme_steady_state.py) against nlme's quinModel, an independent closed form in C with
+    NONMEM's SS = 1 rule (40 predictions, 29 after a steady-state dose; V 100, ka 0.5, CL 10)."""
+    from pathlib import Path
+
+    here = Path(__file__).parent / "data"
+    pop = pk.read_data(here / "quinidine_subset.csv")
+    ref = pd.read_csv(here / "quinidine_nlme_reference.csv")
+    m = pk.one_cpt_oral()
+    got = []
+    for s in pop:
+        got += list(m.simulate(s, dict(ka=0.5, CL=10.0, V=100.0), rtol=1e-10, atol=1e-12)[1])
+    assert len(got) == len(ref) == 40
+    np.testing.assert_allclose(got, ref["PRED"].to_numpy(), rtol=1e-8)
