@@ -362,7 +362,7 @@ def test_no_allocation_in_the_forward_and_reverse_kernels():
                     gf.st_h, gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend)
         ADJ.rk_discrete_adjoint(gf.fa, gf.va, P_.fn.iw, gf.fw, P_.tab.A, P_.tab.b, P_.tab.c, P_.tab.D, gf.aopt,
                                 float(gf.fres[RK.R_T]), P_.p, gf.st_t, gf.st_h, gf.st_u, gf.st_k, gf.st_j,
-                                *P_.jumps, P_.ts, g, lam, gp, gf.W, gf.K, gf.awk)
+                                *P_.jumps, P_.ts, g, lam, gp, gf.W, gf.K, gf.awk, gf.jg)  # (jump derivatives too)
 
     kernels()
     enabled = _nrt_python.memsys_stats_enabled()
@@ -626,3 +626,56 @@ def test_pullbacks_and_directional_sensitivities_agree(solver):
         gf.pullback(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="Dp"):
         gf.directional_sensitivities(p, np.zeros((2, 3)))
+
+
+# --------------------------------------------------------------------------- jump values and times
+
+
+def test_jump_value_and_time_derivatives_match_central_differences():
+    """dL/d(value) and dL/d(time) of every jump (a scaled bolus, an infusion's start and end, a set, a
+    bolus) from one reverse pass, against central differences of the loss with the jump moved."""
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-12,
+                              atol=1e-12, sensitivity=sc.DiscreteAdjoint(), solver=sc.Vern7())
+    t0 = np.array([1.1, 0.6, 1.9, 2.2, 1.4])  # as added; off the save points (a save at a jump sees before it)
+    v0 = np.array([2.0, 1.0, -1.0, 0.4, -0.3])
+    gf.move_jumps(t0, v0)
+    value, gp, _ = gf(P)
+    gf.forward()
+    _, g = gf._loss_gradient()
+    _, _, jd = gf.pullback(g, jumps=True)
+
+    def loss(t, v):
+        gf.move_jumps(t, v)
+        return gf.value(P)
+
+    h = 1e-6
+    for q, e in enumerate(np.eye(5)):
+        dv = (loss(t0, v0 + h * e) - loss(t0, v0 - h * e)) / (2 * h)
+        dt = (loss(t0 + h * e, v0) - loss(t0 - h * e, v0)) / (2 * h)
+        assert jd[q, 0] == pytest.approx(dv, rel=1e-6, abs=1e-8), (q, "value")
+        assert jd[q, 1] == pytest.approx(dt, rel=1e-5, abs=1e-7), (q, "time")
+    gf.move_jumps(t0, v0)
+    assert gf.value(P) == pytest.approx(value, rel=1e-14)
+
+
+def test_forward_sensitivities_along_moving_jumps():
+    """directional_sensitivities with jump tangents (values and times depending on the direction)
+    against central differences of the saved states."""
+    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-12,
+                              atol=1e-12, sensitivity=sc.DiscreteAdjoint(), solver=sc.Vern7())
+    t0 = np.array([1.1, 0.6, 1.9, 2.2, 1.4])
+    v0 = np.array([2.0, 1.0, -1.0, 0.4, -0.3])
+    Dp = np.array([[0.3, -0.2, 0.1, 0.5]])
+    dval = np.array([[0.7], [0.4], [-0.4], [0.0], [0.2]])
+    dtime = np.array([[0.5], [-0.3], [0.2], [0.0], [0.6]])
+    gf.move_jumps(t0, v0)
+    us, S = gf.directional_sensitivities(P, Dp, jump_tangents=(dval, dtime))
+
+    def states(s):
+        gf.move_jumps(t0 + s * dtime[:, 0], v0 + s * dval[:, 0])
+        gf.value(P + s * Dp[0])
+        return gf.us.copy()
+
+    h = 1e-6
+    fd = (states(h) - states(-h)) / (2 * h)
+    np.testing.assert_allclose(S[:, 0, :], fd, rtol=1e-5, atol=1e-7)

@@ -21,6 +21,18 @@ step) costs nothing.  Jumps are pulled back in reverse order at their times:
 a bolus u[i] += v p[k] adds v ū[i] to p̄[k]; a reset or a set zeroes the cotangent it
 overwrites; an input switch does not involve u or p.
 
+On request (``jg`` with a row per jump) the pass also returns each jump's value and time
+derivatives, for schedules whose doses depend on parameters (a bioavailability, a modelled
+rate or duration, a lag).  Value: a bolus or set, ū[i] just after it (times p[k] for a scaled
+bolus); an input switch, the sum of every later stage's cotangent W_i[i] (each stage reads
+the input in force: the exact derivative of the computed solution).  Time: moving jump q from
+τ to τ + dτ lets the state evolve under the dynamics before it for dτ, so dL/dτ =
+ū⁺ᵀ (Jφ F⁻ − F⁺) with F∓ = f(u∓, τ) + r∓ the right-hand sides (inputs included) just before and
+after it and Jφ the jump map's Jacobian (the identity; a set or a reset zeroes what it overwrites;
+``jg[q, 2:]`` returns Jφ F⁻ − F⁺); the adjoint of the continuous solution at the
+computed states, as the step sizes move with τ.  Jumps at the solve's start get no time
+derivative (0).
+
 Vector–Jacobian products reach the kernel as function pointers of the signature
 ``VJP_SIG``: ``vjp(lu, lp, v, u, p, t, iw, fw)``: lu <- v^T df/du (overwritten),
 lp += v^T df/dp (accumulated).
@@ -41,6 +53,7 @@ from ._kernels import (
     J_SET,
     _axpy,
     _dense_weight,
+    apply_jump,
     as_rhs,
     eval_f,
     interp,
@@ -95,6 +108,24 @@ def _jump_adjoint(q, jkind, jidx, jval, jpidx, lam, gp):
 
 
 @kernel
+def _jump_record(q, jkind, jidx, jpidx, p, lam, racc, jg):
+    """jg[q, 0] <- dL/d(value of jump q); jg[q, 1] <- dL/d(its time) from jg[q, 2:] = F- - F+
+    (``lam`` is the cotangent just after the jump, ``racc`` the later stages' input cotangents)."""
+    kind = jkind[q]
+    i = jidx[q]
+    if kind == J_BOLUS:
+        jg[q, 0] = lam[i] * (p[jpidx[q]] if jpidx[q] >= 0 else 1.0)
+    elif kind == J_INPUT:
+        jg[q, 0] = racc[i]
+    elif kind == J_SET:
+        jg[q, 0] = lam[i]
+    acc = 0.0
+    for j in range(lam.shape[0]):
+        acc += lam[j] * jg[q, 2 + j]
+    jg[q, 1] = acc
+
+
+@kernel
 def _rate_before(njumps_applied, jkind, jidx, jval, rate):
     """The piecewise-constant input after the first ``njumps_applied`` jumps (summed as forward does)."""
     _zero(rate)
@@ -112,14 +143,17 @@ def _rate_before(njumps_applied, jkind, jidx, jval, rate):
 def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
                         st_t, st_h, st_u, st_k, st_j,
                         jt, jkind, jidx, jval, jpidx,
-                        ts_save, gsave, lam, gp, W, K, wk):
+                        ts_save, gsave, lam, gp, W, K, wk, jg):
     """Reverse pass over the stored steps.  On return ``lam`` = dL/du0 and ``gp`` += dL/dp.
+
+    ``jg`` (n_jumps, 2 + n) or (0, ...): each jump's dL/d(value), dL/d(time) and F⁻ − F⁺
+    (see the module's docstring); filled only when it has a row per jump.
 
     ``gsave`` (nsave, n): dL/du at the save points ``ts_save``.  ``lam`` holds dL/du at
     the end of the solve on entry (zero when the loss only reads save points).
     ``aopt``: A_S stages, A_FSAL, A_NSTORED steps, A_NJUMP0 jumps applied at t0,
     A_NJUMPS jumps applied in all, A_STAGES (1: ``st_k`` holds the stages, 0: recompute).
-    Workspaces: W, K (S, n); wk (6 n).
+    Workspaces: W, K (S, n); wk (11 n).
     """
     f = as_rhs(fa[0], fa[1])
     vjp = as_vjp(va[0], va[1])
@@ -138,6 +172,17 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
     ubar = wk[2 * n:3 * n]
     unew = wk[3 * n:4 * n]
     rate = wk[4 * n:5 * n]
+    racc = wk[6 * n:7 * n]  # sum of the stage cotangents of the steps after the current point
+    wu = wk[7 * n:8 * n]
+    wr = wk[8 * n:9 * n]
+    fA = wk[9 * n:10 * n]
+    fB = wk[10 * n:11 * n]
+    want = jg.shape[0] > 0 and jg.shape[0] == jt.shape[0]
+    if want:
+        _zero(racc)
+        for q in range(jg.shape[0]):
+            for j in range(jg.shape[1]):
+                jg[q, j] = 0.0
     has_rate = False
     rate_jumps = -1  # jumps included in ``rate``
 
@@ -153,8 +198,37 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
         u = st_u[nstep]
         # jumps applied at this step's end, in reverse
         if st_j[nstep] >= 0:
+            if want and ijump > njump0 and jt[ijump - 1] == tnew:
+                # F- - F+ of each jump at tnew: walk them forward from the step's end state
+                first = ijump
+                while first > njump0 and jt[first - 1] == tnew:
+                    first -= 1
+                if have_stages:
+                    rk_combine(b, s, u, h, st_k[nstep], wu)
+                else:
+                    if rate_jumps != first:
+                        has_rate = _rate_before(first, jkind, jidx, jval, rate)
+                        rate_jumps = first
+                    eval_f(f, K[0], u, p, t, iw, fw, rate, has_rate)
+                    rk_stages(f, iw, fw, A, c, s, u, p, t, h, K, y, rate, has_rate)
+                    rk_combine(b, s, u, h, K, wu)
+                _rate_before(first, jkind, jidx, jval, wr)
+                eval_f(f, fA, wu, p, tnew, iw, fw, wr, True)
+                for q in range(first, ijump):
+                    apply_jump(jkind[q], jidx[q], jval[q], jpidx[q], wu, p, wr)
+                    eval_f(f, fB, wu, p, tnew, iw, fw, wr, True)
+                    # (the jump map's Jacobian applied to F-: identity, but a set or reset overwrites)
+                    if jkind[q] == J_SET:
+                        fA[jidx[q]] = 0.0
+                    elif jkind[q] == J_RESET:
+                        _zero(fA)
+                    for j in range(n):
+                        jg[q, 2 + j] = fA[j] - fB[j]
+                        fA[j] = fB[j]
             while ijump > njump0 and jt[ijump - 1] == tnew:
                 ijump -= 1
+                if want:
+                    _jump_record(ijump, jkind, jidx, jpidx, p, lam, racc, jg)
                 _jump_adjoint(ijump, jkind, jidx, jval, jpidx, lam, gp)
         # the stages of this step
         if have_stages:
@@ -187,6 +261,8 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
         if fsal:
             _axpy(1.0, W[s], W[s - 1])
         elif not _all_zero(W[s]):
+            if want:
+                _axpy(1.0, W[s], racc)
             rk_combine(b, s, u, h, Ks, unew)
             vjp(lu, gp, W[s], unew, p, tnew, iw, fw)
             for j in range(n):
@@ -197,6 +273,8 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
             ubar[j] += lam[j]
         for i in range(s - 1, -1, -1):
             Wi = W[i]
+            if want:
+                _axpy(1.0, Wi, racc)
             if _all_zero(Wi):
                 continue
             for j in range(n):
@@ -214,6 +292,10 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
     # jumps at t0 (applied before the first step), then save points at t0
     while ijump > 0:
         ijump -= 1
+        if want:
+            _jump_record(ijump, jkind, jidx, jpidx, p, lam, racc, jg)
+            for j in range(n):
+                jg[ijump, 2 + j] = 0.0  # (no time derivative at the start)
         _jump_adjoint(ijump, jkind, jidx, jval, jpidx, lam, gp)
     while isave >= 0:
         gq = gsave[isave]

@@ -121,8 +121,9 @@ class Jumps:
     def __len__(self):
         return len(self._rows)
 
-    def arrays(self, n_states, n_params, direction=1.0):
-        """(t, kind, idx, val, pidx) arrays sorted in the direction of integration, after checks."""
+    def arrays(self, n_states, n_params, direction=1.0, order=False):
+        """(t, kind, idx, val, pidx) arrays sorted in the direction of integration, after checks
+        (with ``order``, also each sorted jump's index in the order the jumps were added)."""
         rows = sorted(self._rows, key=lambda r: (direction * r[0], r[5]))
         for r in rows:
             if r[1] != RK.J_RESET and not 0 <= r[2] < n_states:
@@ -135,6 +136,8 @@ class Jumps:
         idx = np.array([r[2] for r in rows], dtype=np.int64)
         val = np.array([r[3] for r in rows], dtype=np.float64)
         pidx = np.array([r[4] for r in rows], dtype=np.int64)
+        if order:
+            return (t, kind, idx, val, pidx), np.array([r[5] for r in rows], dtype=np.int64)
         return t, kind, idx, val, pidx
 
     def __repr__(self):
@@ -246,7 +249,7 @@ def _vector(name, v, n=None):
 class _Prepared:
     """Everything the kernel needs, checked once (reused by the sensitivities)."""
 
-    __slots__ = ("fn", "tab", "u0", "p", "t0", "t1", "ts", "opt", "iopt", "rtol", "atol", "tstops", "jumps",
+    __slots__ = ("fn", "tab", "u0", "p", "t0", "t1", "ts", "opt", "iopt", "rtol", "atol", "tstops", "jumps", "jorder",
                  "ga", "g", "n", "S", "max_steps")
 
 
@@ -340,7 +343,7 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         jumps = Jumps()
     if not isinstance(jumps, Jumps):
         raise TypeError(f"`jumps` must be a sc.Jumps schedule, got {type(jumps).__name__}")
-    jarr = jumps.arrays(n, p.shape[0], dirn)
+    jarr, jorder = jumps.arrays(n, p.shape[0], dirn, order=True)
     # Inputs switched on or off before t0 are in force from t0 on (exact: the rate at t0 is their
     # sum), so they are moved to t0 in the schedule itself, for every consumer (the solver, the
     # adjoints' jump conditions).  A bolus, set or reset before t0 has no such meaning (there is
@@ -371,6 +374,7 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
     # P.g keeps the event function's dispatcher alive while the kernel holds its addresses
     P.opt, P.iopt, P.rtol, P.atol, P.tstops, P.jumps, P.ga, P.g = opt, iopt, rtol_a, atol_a, stops, jarr, g, gfun
     P.n, P.S, P.max_steps = n, tab.stages + 1, int(max_steps)
+    P.jorder = jorder  # P.jumps[k][i] is the jorder[i]-th jump added to the schedule
     return P
 
 

@@ -373,7 +373,14 @@ class GradientFunction:
         self.K = np.zeros((S, n))
         self.W = np.zeros((S, n))
         self.wk = np.zeros(5 * n + S)
-        self.awk = np.zeros(6 * n)
+        self.awk = np.zeros(11 * n)
+        self.no_jg = np.zeros((0, 2 + n))  # (no jump derivatives requested)
+        nj = P.jumps[0].shape[0]
+        self.jg = np.zeros((nj, 2 + n))
+        # the schedule as added (inputs before t0 already moved to t0), for move_jumps
+        inv = np.empty(nj, dtype=np.int64)
+        inv[P.jorder] = np.arange(nj)
+        self._jumps0 = tuple(a[inv].copy() for a in P.jumps)
         self.stats_arr = np.zeros(RK.NSTATS, dtype=np.int64)
         self.fres = np.zeros(2)
         self.uend = np.empty(n)
@@ -494,12 +501,40 @@ class GradientFunction:
         gp, lam = self.pullback(g)
         return value, gp, lam
 
-    def pullback(self, g):
+    def move_jumps(self, t, val):
+        """Give the schedule's jumps new times and values (arrays in the order the jumps were
+        added to the :class:`Jumps`; kinds and targets stay): for doses that depend on
+        parameters (a lag moves a dose, a bioavailability scales it).  The arrays the compiled
+        passes read are updated in place, re-sorted by time (same-time jumps keep the order
+        they were added in).  DiscreteAdjoint only."""
+        P = self.P
+        t = np.asarray(t, dtype=np.float64)
+        val = np.asarray(val, dtype=np.float64)
+        nj = self._jumps0[0].shape[0]
+        if t.shape != (nj,) or val.shape != (nj,) or not (np.all(np.isfinite(t)) and np.all(np.isfinite(val))):
+            raise ValueError(f"move_jumps needs {nj} finite times and values, got shapes {t.shape}, {val.shape}")
+        _, kind, idx, _, pidx = self._jumps0
+        before = (t - P.t0) * self.dirn < 0.0
+        if np.any(before & (kind != RK.J_INPUT)):
+            k = int(np.flatnonzero(before & (kind != RK.J_INPUT))[0])
+            raise ValueError(f"a jump moved to t = {t[k]:g}, before the start of the solve t0 = {P.t0:g}")
+        t = np.where(before, P.t0, t)
+        order = np.lexsort((np.arange(nj), self.dirn * t))
+        for dst, src in zip(P.jumps, (t, kind, idx, val, pidx)):
+            dst[:] = src[order]
+        P.jorder[:] = order
+        self.aopt[ADJ.A_NJUMP0] = int(np.sum((P.jumps[0] - P.t0) * self.dirn <= 0.0))
+
+    def pullback(self, g, jumps=False):
         """(grad_p, grad_u0) of sum(g * u) at the save points of the last forward solve.
 
         ``g`` (n_saves, n_states) is a cotangent on the saved states: with ``gf.forward()``
         run once, several pullbacks give several rows of a Jacobian (e.g. of each
         observation) without solving forward again.  Adjoint methods only.
+
+        With ``jumps`` (DiscreteAdjoint), also each jump's (d/dvalue, d/dtime) as a (n_jumps,
+        2) array in the order the jumps were added (see ``smallchains.ode._adjoint``): the
+        derivatives through doses that depend on parameters.
         """
         if isinstance(self.sensitivity, ForwardSensitivity):
             raise TypeError("pullback needs an adjoint method (DiscreteAdjoint, InterpolatingAdjoint or "
@@ -507,6 +542,8 @@ class GradientFunction:
         g = np.ascontiguousarray(g, dtype=np.float64)
         if g.shape != self.us.shape:
             raise ValueError(f"the cotangent has shape {g.shape}; expected {self.us.shape}")
+        if jumps and not isinstance(self.sensitivity, DiscreteAdjoint):
+            raise TypeError("jump derivatives need the DiscreteAdjoint")
         if isinstance(self.sensitivity, DiscreteAdjoint):
             gp = np.zeros(self.m)
             lam = np.zeros(self.n)
@@ -516,7 +553,12 @@ class GradientFunction:
             P = self.P
             ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D,
                                     self.aopt, float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u,
-                                    self.st_k, self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk)
+                                    self.st_k, self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk,
+                                    self.jg if jumps else self.no_jg)
+            if jumps:
+                out = np.empty((self.jg.shape[0], 2))
+                out[P.jorder] = self.jg[:, :2]
+                return gp, lam, out
             return gp, lam
         return self._continuous_adjoint(g)
 
@@ -682,6 +724,37 @@ class GradientFunction:
                 rows.extend((t, RK.J_SET, n + d * n + idx, 0.0, -1) for d in range(Dp.shape[0]))
         return _rows_to_arrays(rows)
 
+    def _jump_tangent_rows(self, base, Dp, dval, dtime):
+        """``base`` (the forward-sensitivity jumps) plus the tangent jumps of moving values and times."""
+        P, n = self.P, self.n
+        k = Dp.shape[0]
+        nj = P.jumps[0].shape[0]
+        dval = np.asarray(dval, dtype=np.float64).reshape(nj, k)[P.jorder]
+        dtime = np.asarray(dtime, dtype=np.float64).reshape(nj, k)[P.jorder]
+        delta = None
+        if np.any(dtime != 0.0):  # F- - F+ at each jump, from one forward and one reverse pass
+            self.forward()
+            self.pullback(np.zeros(self.us.shape), jumps=True)
+            delta = self.jg[:, 2:].copy()
+        jt, jk, ji, jv, jp = P.jumps
+        rows = list(zip(*(a.tolist() for a in base)))
+        for q in range(nj):
+            t, kind, idx = float(jt[q]), int(jk[q]), int(ji[q])
+            for d in range(k):
+                if dval[q, d] != 0.0:
+                    if kind == RK.J_BOLUS:
+                        rows.append((t, RK.J_BOLUS, n + d * n + idx, dval[q, d] * (P.p[jp[q]] if jp[q] >= 0 else 1.0),
+                                     -1))
+                    elif kind == RK.J_INPUT:
+                        rows.append((t, RK.J_INPUT, n + d * n + idx, dval[q, d], -1))
+                    else:
+                        raise ValueError("only boluses and inputs can have values that depend on parameters")
+                if delta is not None and dtime[q, d] != 0.0:
+                    rows.extend((t, RK.J_BOLUS, n + d * n + j, delta[q, j] * dtime[q, d], -1)
+                                for j in range(n) if delta[q, j] != 0.0)
+        rows.sort(key=lambda r: self.dirn * r[0])  # (stable: a jump's tangents stay after it)
+        return _rows_to_arrays(rows)
+
     def _forward_sensitivity(self):
         P, n, m = self.P, self.n, self.m
         nz = n + n * (n + m)
@@ -700,13 +773,16 @@ class GradientFunction:
         grad = np.einsum("qj,qdj->d", g, sens)
         return value, grad[n:].copy(), grad[:n].copy()
 
-    def directional_sensitivities(self, p, Dp, u0=None, Du0=None):
+    def directional_sensitivities(self, p, Dp, u0=None, Du0=None, jump_tangents=None):
         """The saved states and their derivatives along parameter directions, in one solve.
 
         ``Dp`` (k, m): k directions in parameter space; ``Du0`` (k, n), optional: the initial
         state's derivative along each (when u0 itself depends on p, e.g. a steady state).
         Returns ``(u, S)`` with ``u`` (n_saves, n) and ``S`` (n_saves, k, n) = du(t_i)/dp · Dp[d]
-        (plus du(t_i)/du0 · Du0[d]).  The sensitivities are
+        (plus du(t_i)/du0 · Du0[d]).  ``jump_tangents`` (dval, dtime), each (n_jumps, k) in the
+        order the jumps were added: the jumps' values and times along each direction (doses
+        that depend on parameters; a moving time costs one more forward and reverse pass, for
+        F- - F+ at each jump).  The sensitivities are
         left out of the error control (tolerances rescaled), so the steps, and ``u``, are
         those of the plain forward solve: ``S`` is the exact derivative of that discrete
         solution with the steps held fixed, as the discrete adjoint's gradient is.
@@ -733,7 +809,10 @@ class GradientFunction:
             np.full(n, P.rtol[0] * scale), np.zeros(n * k)]
         atol = np.r_[P.atol * scale, np.full(n * k, 1e300)] if P.atol.shape[0] == n else np.r_[
             np.full(n, P.atol[0] * scale), np.full(n * k, 1e300)]
-        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, self._forward_sensitivity_jumps(Dp), P.ts, P.tstops,
+        jumps = self._forward_sensitivity_jumps(Dp)
+        if jump_tangents is not None:
+            jumps = self._jump_tangent_rows(jumps, Dp, *jump_tangents)
+        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, jumps, P.ts, P.tstops,
                                 tol=(rtol, atol), keep_dt0=True)
         return zs[:, :n].copy(), zs[:, n:].reshape(zs.shape[0], k, n)
 

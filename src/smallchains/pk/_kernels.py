@@ -22,7 +22,7 @@ NONFINITE_OBJECTIVE = 100
 @kernel
 def subject_data_term(fa, va, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p, ts, us, tstops,
                       jt, jk, ji, jv, jp, st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend,
-                      aopt, W, awk, y, ostate, oparam, ekind, psi, g, gp, lam, f, V, res, grad):
+                      aopt, W, awk, jg, y, ostate, oparam, ekind, psi, g, gp, lam, f, V, res, grad):
     """Forward, objective and (with ``grad``) adjoint.  ``res[0]`` <- l, ``res[1:]`` <- dl/dpsi;
     ``gp`` <- dl/dp; ``f``, ``V`` <- predictions and their variances.  Returns the solver's
     status (``STORAGE_FULL``: grow the buffers and call again) or ``NONFINITE_OBJECTIVE``."""
@@ -79,5 +79,5 @@ def subject_data_term(fa, va, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, 
     aopt[ADJ.A_NJUMPS] = stats[RK.S_NJUMPS]
     aopt[ADJ.A_STAGES] = 1 if iopt[RK.I_STORE] == RK.STORE_ALL else 0
     ADJ.rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, fres[RK.R_T], p, st_t, st_h, st_u, st_k, st_j,
-                            jt, jk, ji, jv, jp, ts, g, lam, gp, W, K, awk)
+                            jt, jk, ji, jv, jp, ts, g, lam, gp, W, K, awk, jg)
     return RK.OK
