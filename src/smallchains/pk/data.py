@@ -14,8 +14,8 @@ AMT         dose amount (EVID 1 and 4)
 CMT         compartment, 1-based (default 1 for doses; for observations 0 = the model's
             default output)
 RATE        0 or missing: bolus; > 0: zero-order infusion at that rate (duration AMT/RATE);
-            -2: infusion of duration DUR (a DUR column is then required)
-DUR         infusion duration (RATE = -2)
+            -1: at the model's rate Rn; -2: for the model's duration Dn, or DUR without one
+DUR         infusion duration (RATE = -2, for a model without Dn)
 II, ADDL    ADDL additional doses every II after this one
 SS          0 or missing: an ordinary dose; 1 (and 3): every compartment is reset to the steady
             state of the dose given every II forever; 2: that steady state is added to the
@@ -60,7 +60,9 @@ class Dose:
 
     ``rate`` is an infusion's rate (``duration`` inf: a constant infusion at steady state);
     ``ss`` the SS item (0, 1, 2 or 3; on the record's own dose only, not its ADDL copies);
-    ``addl`` 0 for the record's dose, k for its k-th additional dose; ``row`` the record."""
+    ``addl`` 0 for the record's dose, k for its k-th additional dose; ``row`` the record;
+    ``mode``: how an infusion is given (see :mod:`smallchains.pk.dosing`: RATE = -1 and -2 take
+    the model's Rn and Dn, so their ``rate`` or ``duration`` is NaN here)."""
 
     time: float
     kind: str
@@ -72,6 +74,7 @@ class Dose:
     row: int = 0
     rate: float = 0.0
     addl: int = 0
+    mode: str = "rate"  # an infusion's: "rate" (given), "duration" (RATE = -2), "model_rate" (RATE = -1)
 
 
 @dataclass
@@ -514,13 +517,10 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
         if ii[i] < 0:
             raise DataError(f"row {r}: II must be >= 0, got {ii[i]:g}")
         if e in (1.0, 4.0):
-            if rate[i] == -1.0:
-                raise DataError(f"row {r}: RATE = -1 (rate defined by the model) is not supported; give the "
-                                "rate, or RATE = -2 with a DUR column")
-            if rate[i] == -2.0:
-                if not (math.isfinite(dur[i]) and dur[i] > 0):
-                    raise DataError(f"row {r}: DUR must be > 0 when RATE = -2")
-            elif rate[i] < 0:
+            if rate[i] == -2.0:  # (the model's Dn, or DUR when the model has none: checked when fitted)
+                if not math.isnan(dur[i]) and not dur[i] > 0:
+                    raise DataError(f"row {r}: DUR must be > 0 when RATE = -2, got {dur[i]:g}")
+            elif rate[i] < 0 and rate[i] != -1.0:
                 raise DataError(f"row {r}: RATE must be >= 0, -2 (with DUR) or -1, got {rate[i]:g}")
             c = cmt[i]
             if not math.isnan(c) and not (c >= 1 and c == int(c)):
@@ -562,10 +562,13 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
             doses.append(Dose(time[i], "reset", row=int(rows[i])))
         if e in (1.0, 4.0):
             c = 1 if math.isnan(cmt[i]) else int(cmt[i])
+            mode = "rate"
             if rate[i] == 0.0:
                 kind, d = "bolus", 0.0
-            elif rate[i] == -2.0:
-                kind, d = "infusion", float(dur[i])
+            elif rate[i] == -2.0:  # the model's Dn, else DUR (NaN: none)
+                kind, d, mode = "infusion", float(dur[i]), "duration"
+            elif rate[i] == -1.0:  # the model's Rn
+                kind, d, mode = "infusion", math.nan, "model_rate"
             else:
                 kind, d = "infusion", float(amt[i] / rate[i])
             if amt[i] == 0.0:  # (validated: SS with II = 0 and RATE > 0) a constant infusion at steady state
@@ -574,7 +577,7 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
                 continue
             for k in range(int(addl[i]) + 1):
                 doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, int(ss[i]) if k == 0 else 0,
-                                  float(ii[i]), int(rows[i]), float(amt[i]) / d if d > 0 else 0.0, k))
+                                  float(ii[i]), int(rows[i]), float(amt[i]) / d if d > 0 else math.nan, k, mode))
     doses.sort(key=lambda d: d.time)  # stable: same-time events keep their record order
     covs = {}
     for name, v in cov.items():

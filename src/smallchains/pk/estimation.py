@@ -35,6 +35,7 @@ from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
+from .dosing import SubjectDosing
 from .steady_state import PiecewiseSolve, SteadyStateError, plan
 
 
@@ -88,25 +89,33 @@ class SubjectEval:
         cn = model.covariate_network
         if cn is not None:
             self._gwc = np.zeros(cn.chain.num_params)
+        self.n_mech = st.n_params
+        #: doses that follow the model's dose parameters (pk/dosing.py), or None
+        self.dosing = None
+        if model.dose_index and any(d.kind != "reset" and (d.mode != "rate" or any(c == d.cmt for _, c in
+                                                                                  model.dose_index))
+                                    for d in subject.doses):
+            self.dosing = SubjectDosing(subject.doses, model.dose_index, st.n_states)
+            self._dj = None  # the last evaluation's (d time / d pd, d value / d pd) of the jumps
         p0, _ = self.params(model.x0, np.zeros(model.n_eta))
         solve_kw = dict(rtol=rtol, atol=atol, solver=solver, controller=controller)
-        pieces = plan(subject.doses, t0, self.t, st.n_states)
+        pieces = plan(subject.doses, t0, self.t, st.n_states) if self.dosing is None else None
         #: a subject with steady-state doses is solved in pieces (pk/steady_state.py); others in one solve
-        self.piecewise = len(pieces) > 1 or pieces[0].steady is not None
+        self.piecewise = pieces is not None and (len(pieces) > 1 or pieces[0].steady is not None)
         if self.piecewise:
             self.gf = PiecewiseSolve(st.ode, st.n_states, pieces, self.t, p0, solve_kw,
                                      ss_tol=10 * rtol if ss_tol is None else ss_tol, check=check)
         else:
+            jumps = pieces[0].jumps() if self.dosing is None else self.dosing.jumps
             self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
-                                       dict(solve_kw, saveat=self.t, jumps=pieces[0].jumps()),
-                                       check_derivatives=check)
+                                       dict(solve_kw, saveat=self.t, jumps=jumps), check_derivatives=check)
         self.n_mech = st.n_params
         self._ratio = None
         self._fast = None
         self._bound = None
         if st._ratios:
             self._ratio = st.ratio_indices(self.dvid)
-        if st._ratios and not self.piecewise:
+        if st._ratios and not self.piecewise and self.dosing is None:
             # the one-call compiled data term and gradient (pk/_kernels.py)
             self._fast = dict(
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
@@ -145,12 +154,21 @@ class SubjectEval:
         nm = self.n_mech
         out = []
         for c in cotangents:
-            gp, _ = self.gf.pullback(c[:, None] * fu)
+            gp, dlogq = self._pullback(J, c[:, None] * fu)
             gp[:nm] += fp.T @ c
             g = np.zeros(self.model.n_x)
-            self.add_x_grad(g, x, J.T @ gp[:nm], gp[nm:])
+            self.add_x_grad(g, x, dlogq + J[:nm].T @ gp[:nm], gp[nm:])
             out.append(g)
         return out
+
+    def _pullback(self, J, cot):
+        """(dL/dp of the solver's parameters, dL/dlogq through the doses) for the cotangent ``cot``
+        on the saved states of the last solve."""
+        if self.dosing is None:
+            return self.gf.pullback(cot)[0], 0.0
+        gp, _, jd = self.gf.pullback(cot, jumps=True)
+        Tj, Vj = self._dj
+        return gp, J[self.n_mech:].T @ (Tj.T @ jd[:, 1] + Vj.T @ jd[:, 0])
 
     def foce_gradient(self, x, fitted, Oinv, dOinv, h=1e-4):
         """d/dx of the subject's FOCE-I term l(eta*) + eta*' Omega^-1 eta* + log|M| (log|Omega|
@@ -217,7 +235,9 @@ class SubjectEval:
         """(p for the solver, dp_mech/dlogq)."""
         m = self.model
         pm, J = m.structural_params(self.logq(x, eta), self.cov)
-        return np.concatenate([pm, x[m.blocks["w"]]]), J
+        if self.dosing is not None:  # (the dose parameters follow the mechanistic ones)
+            self._pd = pm[self.n_mech:]
+        return np.concatenate([pm[:self.n_mech], x[m.blocks["w"]]]), J
 
     def predict(self, x, eta, directions=False):
         """(p, dp/dlogq, f, df/du, df/dp_mech[, G]) at the observations, or None when the solve
@@ -227,12 +247,20 @@ class SubjectEval:
         p, J = self.params(x, eta)
         if not np.all(np.isfinite(p)):
             return None
+        nm = self.n_mech
         try:
+            tangents = None
+            if self.dosing is not None:
+                tj, vj, Tj, Vj = self.dosing.evaluate(self._pd)
+                self.gf.move_jumps(tj, vj)
+                self._dj = (Tj, Vj)
             if directions:
-                JE = J @ m.E  # dp_mech / deta
+                JE = J @ m.E  # d(p_mech, p_dose) / deta
                 Dp = np.zeros((m.n_eta, p.shape[0]))
-                Dp[:, :self.n_mech] = JE.T
-                us, S = self.gf.directional_sensitivities(p, Dp)
+                Dp[:, :nm] = JE[:nm].T
+                if self.dosing is not None:
+                    tangents = (Vj @ JE[nm:], Tj @ JE[nm:])
+                us, S = self.gf.directional_sensitivities(p, Dp, jump_tangents=tangents)
             elif self.piecewise:
                 us = self.gf.solve(p)
             else:
@@ -249,7 +277,7 @@ class SubjectEval:
             f, fu, fp = m.structural.output_jacobians(us, p, self.dvid)
         if not directions:
             return p, J, f, fu, fp
-        G = np.einsum("js,jks->jk", fu, S) + fp @ JE
+        G = np.einsum("js,jks->jk", fu, S) + fp @ JE[:nm]
         return p, J, f, fu, fp, G
 
     def kernel(self, p, psi, gp, res, grad=True):
@@ -264,8 +292,8 @@ class SubjectEval:
                 self._args_a = (gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero,
                                 P.tab.D, P.opt, P.iopt, P.rtol, P.atol, gf.u0)
                 self._args_b = (gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h, gf.st_u, gf.st_k,
-                                gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk, self.y,
-                                *self._ratio, fz["ekind"])
+                                gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk, gf.no_jg,
+                                self.y, *self._ratio, fz["ekind"])
                 self._bound = gf.st_t
             return PK.subject_data_term(*self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"],
                                         fz["V"], res, grad)
@@ -310,9 +338,9 @@ class SubjectEval:
         dldf = -2.0 * res / V + a * Vf
         out = {"f": f, "V": V, "Vf": Vf, "dldf": dldf, "dpsi": Vpsi.T @ a, "J": J}
         if need == 1:
-            gp, _ = self.gf.pullback(dldf[:, None] * fu)
+            gp, dlogq = self._pullback(J, dldf[:, None] * fu)
             gp[:self.n_mech] += fp.T @ dldf
-            out["dlogq"] = J.T @ gp[:self.n_mech]
+            out["dlogq"] = dlogq + J[:self.n_mech].T @ gp[:self.n_mech]
             out["dw"] = gp[self.n_mech:]
         else:
             out["G"] = r[5]
@@ -514,7 +542,7 @@ class Problem:
         per-subject algebra done once for all subjects: (sum of data terms, and with ``need`` its
         gradient over x and the (N, q) gradient over the etas); None when the compiled path does
         not apply, (inf, ...) when a subject's objective is not finite."""
-        if not SubjectEval.compiled or any(s._fast is None for s in self.subjects):
+        if not SubjectEval.compiled or self.model.dose_index or any(s._fast is None for s in self.subjects):
             return None
         m = self.model
         cn = m.covariate_network

@@ -159,7 +159,7 @@ class FitResult:
         for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
             logq = m.log_individual(self.x, C, z, eta if random_effects else np.zeros_like(eta))
             pm, _ = m.structural_params(logq, cov)
-            out[sid] = dict(zip(m.structural.params, pm.tolist()))
+            out[sid] = dict(zip(m.param_names, pm.tolist()))
         return out
 
     def simulate(self, regimen, *, times, n=1, covariates=None, seed=0, dvid=1):

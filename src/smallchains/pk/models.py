@@ -209,11 +209,13 @@ class CompartmentModel:
         jp[rows, pk] = -y / vol
         return y, ju, jp
 
-    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None):
+    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None,
+                 dosing=None):
         """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
         at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs).  Steady-state doses
         follow NONMEM's rules (:mod:`smallchains.pk.steady_state`, tolerance ``ss_tol``,
-        default 10 * rtol)."""
+        default 10 * rtol); ``dosing``: NONMEM's dose parameters, e.g. ``{"ALAG1": 0.5, "F1":
+        0.8}`` (:mod:`smallchains.pk.dosing`)."""
         from .steady_state import PiecewiseSolve, plan
 
         p = self.param_vector(p, weights)
@@ -225,19 +227,48 @@ class CompartmentModel:
         if ts.size == 0:
             return ts, np.zeros(0)
         order = np.argsort(ts, kind="stable")
-        pieces = plan(subject.doses, subject.first_time, ts[order], self.n_states)
         solve_kw = dict(rtol=rtol, atol=atol, solver=solver)
         u = np.empty((ts.shape[0], self.n_states))
+        if dosing:
+            u[order] = self._simulate_dosing(subject, p, ts[order], dosing, solve_kw)
+            return self._outputs(u, p, ts, dvid)
+        pieces = plan(subject.doses, subject.first_time, ts[order], self.n_states)
         u[order] = PiecewiseSolve(self.ode, self.n_states, pieces, ts[order], p, solve_kw,
                                   ss_tol=10 * rtol if ss_tol is None else ss_tol, check=False).solve(p)
+        return self._outputs(u, p, ts, dvid)
+
+    def _outputs(self, u, p, ts, dvid):
         if dvid is not None:
             return ts, self.output(u, p, dvid)
         Y = np.stack([self.output(u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)],
                      axis=1)
         return ts, (Y[:, 0] if Y.shape[1] == 1 else Y)
 
+    def _simulate_dosing(self, subject, p, ts, dosing, solve_kw):
+        """The states at ``ts`` (sorted) with doses that follow dose parameters (one solve)."""
+        from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+        from .dosing import SubjectDosing, parse
+
+        index = parse(list(dosing))
+        sd = SubjectDosing(subject.doses, index, self.n_states)
+        pd = np.array([float(v) for v in dosing.values()])
+        t0 = subject.first_time
+        if ts[0] < t0:
+            raise ValueError(f"`times` must not start before the subject's first record ({t0:g})")
+        gf = GradientFunction(_no_loss, self.ode, np.zeros(self.n_states), (t0, max(ts[-1], t0)), p,
+                              DiscreteAdjoint(), dict(solve_kw, saveat=ts, jumps=sd.jumps), check_derivatives=False)
+        tj, vj, _, _ = sd.evaluate(pd)
+        gf.move_jumps(tj, vj)
+        gf.P.p = p
+        gf.forward()
+        return gf.us.copy()
+
     def __repr__(self):
         return f"CompartmentModel({self.name}: params {self.params}, states {self.states})"
+
+
+def _no_loss(u, t):  # pragma: no cover - only the forward solve is used
+    raise RuntimeError("unused")
 
 
 # --------------------------------------------------------------------------- right-hand sides

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dosing import DOSE_PARAM
+from .dosing import parse as parse_dose_params
 from .models import MODELS, CompartmentModel, zero_output_init
 
 ERRORS = ("additive", "proportional", "combined")
@@ -135,11 +137,15 @@ class PopulationModel:
         weight_prior: the prior sd of each network weight (L2 penalty |w|^2 / s^2 in the
             objective); ``None`` for none.
         fixed: names of parameters held at their initial values (e.g. ``["ka"]``).
+        dosing: the dose parameters ``individual`` returns besides the structural ones: NONMEM's
+            ``ALAGn``, ``Fn``, ``Rn``, ``Dn`` for compartment n (lag, bioavailability, modelled
+            rate and duration; see :mod:`smallchains.pk.dosing`).  Without ``individual``, name
+            them in ``theta`` instead (e.g. ``theta=dict(ka=1, CL=3, V=30, ALAG1=0.5)``).
     """
 
     def __init__(self, structural, theta, *, eta=(), omega="diagonal", omega_init=0.1, covariates=None,
                  covariate_ref=None, individual=None, error="additive", sigma=None, weights=None,
-                 weight_prior=1.0, fixed=(), seed=0, covariate_network=None):
+                 weight_prior=1.0, fixed=(), seed=0, covariate_network=None, dosing=None):
         if isinstance(structural, str):
             if structural not in MODELS:
                 raise ValueError(f"unknown model {structural!r}; the built-in models are {sorted(MODELS)}")
@@ -157,13 +163,17 @@ class PopulationModel:
         self.individual = individual
         self._individual_cov = False
         if individual is None:
+            if dosing is not None:
+                raise ValueError("`dosing` names the dose parameters `individual` returns; without `individual`, "
+                                 "give them in `theta` (e.g. ALAG1=0.5, F1=0.8)")
+            dosing = [k for k in self.theta_names if k not in structural.params and DOSE_PARAM.match(k)]
             missing = [k for k in structural.params if k not in theta]
-            extra = [k for k in theta if k not in structural.params]
+            extra = [k for k in theta if k not in structural.params and k not in dosing]
             if missing or extra:
-                raise ValueError(f"{structural.name} takes parameters {structural.params}; `theta` misses "
-                                 f"{missing} and has unknown {extra} (give `individual=` to map other "
-                                 "quantities to the model's parameters)")
-            self._perm = np.array([self.theta_names.index(k) for k in structural.params])
+                raise ValueError(f"{structural.name} takes parameters {structural.params} (and the dose parameters "
+                                 f"ALAGn, Fn, Rn, Dn); `theta` misses {missing} and has unknown {extra} (give "
+                                 "`individual=` to map other quantities to the model's parameters)")
+            self._perm = np.array([self.theta_names.index(k) for k in list(structural.params) + dosing])
             self._perm_rows = np.arange(self._perm.shape[0])
         elif not callable(individual):
             raise TypeError("`individual` must be a function q -> {parameter: value}")
@@ -177,6 +187,19 @@ class PopulationModel:
             if n_args not in (1, 2):
                 raise TypeError("`individual` must take (q) or (q, cov)")
             self._individual_cov = n_args == 2
+        #: NONMEM's dose parameters (ALAGn, Fn, Rn, Dn) after the structural ones in param_names
+        self.dose_params = [str(k) for k in (dosing or [])]
+        try:
+            self.dose_index = parse_dose_params(self.dose_params)
+        except ValueError as e:
+            raise ValueError(f"`dosing`: {e}") from None
+        if len(self.dose_index) != len(self.dose_params):
+            raise ValueError(f"`dosing` names a parameter twice: {self.dose_params}")
+        for kind, c in self.dose_index:
+            if c > structural.n_states:
+                raise ValueError(f"dose parameter {kind}{c}: {structural.name} has {structural.n_states} "
+                                 f"compartments (CMT 1..{structural.n_states})")
+        self.param_names = list(structural.params) + self.dose_params
         self.eta_names = [str(k) for k in eta]
         for k in self.eta_names:
             if k not in self.theta_names:
@@ -380,7 +403,8 @@ class PopulationModel:
 
     def structural_params(self, logq, cov=None):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
-        subject's baseline covariates, for an ``individual(q, cov)``)."""
+        subject's baseline covariates, for an ``individual(q, cov)``); with dose parameters, p_mech
+        and its rows continue with them (``param_names``)."""
         if self.individual is None:
             P, J = self.structural_params_all(logq[None, :], None)
             return P[0], J[0]
@@ -414,10 +438,11 @@ class PopulationModel:
         if not isinstance(out, dict):
             raise TypeError(f"`individual` must return a dict {{parameter: value}}, got {type(out).__name__}")
         try:
-            return np.array([out[k] for k in self.structural.params], dtype=q.dtype)
+            return np.array([out[k] for k in self.param_names], dtype=q.dtype)
         except KeyError as e:
             raise ValueError(f"`individual` must return every parameter of {self.structural.name} "
-                             f"{self.structural.params}; {e} is missing") from None
+                             f"{self.structural.params} and the dose parameters in `dosing` {self.dose_params}; "
+                             f"{e} is missing") from None
 
     def __repr__(self):
         return (f"PopulationModel({self.structural.name}: theta {self.theta_names}, eta {self.eta_names} "

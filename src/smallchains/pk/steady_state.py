@@ -164,6 +164,12 @@ def timeline(doses, first_time, n_states, cmt_to_state=None):
         state = (d.cmt - 1) if cmt_to_state is None else cmt_to_state(d.cmt)
         if n_states is not None and not 0 <= state < n_states:
             raise DataError(f"row {d.row}: CMT {d.cmt} is not a compartment of this model ({n_states} states)")
+        if d.kind == "infusion" and not (d.duration > 0 and d.rate > 0):
+            rate = d.mode == "model_rate"
+            what = "rate" if rate else "duration"
+            need = f"R{d.cmt}" if rate else f"D{d.cmt} and the data no DUR"
+            raise DataError(f"row {d.row}: RATE = {-1 if rate else -2} takes the infusion's {what} from the model, "
+                            f"which has no {need} (a dose parameter: see smallchains.pk.dosing)")
         if d.ss:
             ss = d.ss
             if ss == 2 and last_reset is not None and last_reset == d.time:
@@ -403,7 +409,9 @@ class PiecewiseSolve:
             carry = lam if pc.add else None
         return gp, lam
 
-    def directional_sensitivities(self, p, Dp):
+    def directional_sensitivities(self, p, Dp, jump_tangents=None):
+        if jump_tangents is not None:  # (dose parameters with steady states are refused when the subject is bound)
+            raise ValueError("moving jumps are not supported across steady-state pieces")
         Dp = np.atleast_2d(np.asarray(Dp, dtype=np.float64))
         q = Dp.shape[0]
         us = np.empty((self.n_obs, self.n))
