@@ -204,3 +204,24 @@ def test_individual_returns_dose_parameters_and_a_fit_recovers_a_lag():
         r = pk.fit(m, data, "foce", x0=start, se=False)
     assert r.model.theta(r.x)["tlag"] == pytest.approx(0.8, rel=0.1)
     assert list(r.individual_params()[1]) == ["ka", "CL", "V", "ALAG1"]
+
+
+def test_dose_is_available_to_the_parameter_model_without_a_dose_column():
+    """individual(q, cov) reads cov["DOSE"] and covariate effects may use DOSE: the subject's first dose
+    amount when the data have no DOSE column."""
+    text = "ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,100,1\n1,2,3,0,.,2\n2,0,.,1,300,1\n2,2,5,0,.,2\n"
+    data = pk.read_data(pd.read_csv(io.StringIO(text), na_values=["."]))
+    assert [s.first_dose for s in data] == [100.0, 300.0] and data[1].covariate("DOSE") == 300.0
+    seen = []
+
+    def individual(q, cov):
+        seen.append(float(np.real(cov["DOSE"])))
+        return {"ka": q["ka"], "CL": q["CL"] * (cov["DOSE"] / 100) ** 0.5, "V": q["V"]}
+
+    m = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=25.0), individual=individual, eta=["CL"])
+    Problem(m, data).map_objective(m.x0, np.zeros((2, 1)), 0)
+    assert {100.0, 300.0} <= set(seen)
+    m2 = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=25.0), eta=["CL"],
+                            covariates={"CL": {"DOSE": "power"}}, covariate_ref={"DOSE": 100.0})
+    P = Problem(m2, data)
+    np.testing.assert_allclose([s.C[1, 0] for s in P.subjects], [0.0, np.log(3.0)])

@@ -98,13 +98,29 @@ class Subject:
     doses: list = field(default_factory=list)
     covariates: dict = field(default_factory=dict)
     first_time: float = 0.0
+    #: every record's time and file row, and each covariate's value on every record (carried
+    #: forward, leading gaps back-filled): what time-varying covariates are computed from
+    record_time: np.ndarray | None = None
+    record_row: np.ndarray | None = None
+    record_covariates: dict = field(default_factory=dict)
 
     @property
     def n_obs(self) -> int:
         return int(self.obs_time.shape[0])
 
+    @property
+    def first_dose(self):
+        """The amount of the subject's first dose (NaN without one): its DOSE when the data have no
+        DOSE column (``individual(q, cov)`` and covariate effects can read it)."""
+        for d in self.doses:
+            if d.kind != "reset":
+                return float(d.amount)
+        return math.nan
+
     def covariate(self, name, t=None):
         """The covariate's value at time(s) ``t`` (carried forward), or its first value when ``t`` is None."""
+        if name == "DOSE" and name not in self.covariates:
+            return self.first_dose
         if name not in self.covariates:
             raise KeyError(f"subject {self.id} has no covariate {name!r}; it has {list(self.covariates)}")
         times, values = self.covariates[name]
@@ -579,7 +595,7 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
                 doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, int(ss[i]) if k == 0 else 0,
                                   float(ii[i]), int(rows[i]), float(amt[i]) / d if d > 0 else math.nan, k, mode))
     doses.sort(key=lambda d: d.time)  # stable: same-time events keep their record order
-    covs = {}
+    covs, rec_cov = {}, {}
     for name, v in cov.items():
         vals = v[idx]
         if np.all(np.isnan(vals)):
@@ -594,9 +610,11 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
         t = time[idx]
         keep = np.r_[True, filled[1:] != filled[:-1]]
         covs[name] = (t[keep].copy(), filled[keep].copy())
+        rec_cov[name] = filled
     return Subject(
         id=sid.item() if hasattr(sid, "item") else sid,
         obs_time=time[obs].copy(), dv=dv[obs].copy(), dvid=dvid[obs].astype(np.int64),
         obs_cmt=np.where(np.isnan(cmt[obs]), 0, cmt[obs]).astype(np.int64), blq=blq[obs] == 1.0,
-        doses=doses, covariates=covs, first_time=float(time[idx[0]]),
+        doses=doses, covariates=covs, first_time=float(time[idx[0]]), record_time=time[idx].copy(),
+        record_row=np.asarray(rows)[idx].astype(np.int64), record_covariates=rec_cov,
     )

@@ -37,6 +37,7 @@ from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
 from .dosing import SubjectDosing
 from .steady_state import PiecewiseSolve, SteadyStateError, plan
+from .timevarying import CovariateTimeline, assign, check_rule
 
 
 def information(out, Oinv):
@@ -62,7 +63,8 @@ class SubjectEval:
 
     compiled = True  # the one-call compiled data term when the outputs allow (False: the NumPy path)
 
-    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_tol, check, controller=None):
+    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_tol, check, controller=None,
+                 time_varying="nocb", refs=None):
         st = model.structural
         self.model = model
         self.subject = subject
@@ -86,6 +88,7 @@ class SubjectEval:
             self.C[k, j] = X_row[j]
         self.z = np.ascontiguousarray(Z_row, dtype=np.float64)
         self.cov = {c: _number(subject.covariate(c)) for c in subject.covariates}
+        self.cov.setdefault("DOSE", subject.first_dose)  # (no DOSE column: the first dose's amount)
         cn = model.covariate_network
         if cn is not None:
             self._gwc = np.zeros(cn.chain.num_params)
@@ -99,8 +102,32 @@ class SubjectEval:
             self._dj = None  # the last evaluation's (d time / d pd, d value / d pd) of the jumps
         p0, _ = self.params(model.x0, np.zeros(model.n_eta))
         solve_kw = dict(rtol=rtol, atol=atol, solver=solver, controller=controller)
-        pieces = plan(subject.doses, t0, self.t, st.n_states) if self.dosing is None else None
-        #: a subject with steady-state doses is solved in pieces (pk/steady_state.py); others in one solve
+        #: the covariates the model reads, when they change within the solve (pk/timevarying.py), or None;
+        #: ``tv_baseline``: they change but the subject keeps its first values (with dose parameters)
+        self.tv, self.tv_baseline = None, False
+        read = [c for c in model.covariates_read(sorted(subject.covariates)) if c in subject.covariates]
+        if time_varying != "baseline" and read and subject.record_time is not None:
+            tl = CovariateTimeline(subject, read, time_varying)
+            if tl.varies and self.dosing is not None:
+                self.tv_baseline = True
+            elif tl.varies:
+                self.tv = tl
+        pieces = plan(subject.doses, t0, self.t, st.n_states, covariates=self.tv) if self.dosing is None else None
+        if self.tv is not None:
+            values = assign(pieces, self.tv, t0)
+            self.cov_sets = [dict(self.cov, **dict(zip(read, map(float, v)))) for v in values]
+            designs = [model.design_row(c, refs) for c in self.cov_sets]
+            self.C_sets = np.zeros((len(designs), n_t, len(model.covariates)))
+            for i, (X, _) in enumerate(designs):
+                for j, (k, _, _) in enumerate(model.covariates):
+                    self.C_sets[i, k, j] = X[j]
+            self.z_sets = np.array([Z for _, Z in designs])
+            self.obs_set = np.zeros(self.n_obs, dtype=np.int64)
+            for pc in pieces:
+                self.obs_set[pc.obs] = pc.pset
+            p0 = self.params_sets(model.x0, np.zeros(model.n_eta))[0][0]
+        #: a subject with steady-state doses or time-varying covariates is solved in pieces
+        #: (pk/steady_state.py); others in one solve
         self.piecewise = pieces is not None and (len(pieces) > 1 or pieces[0].steady is not None)
         if self.piecewise:
             self.gf = PiecewiseSolve(st.ode, st.n_states, pieces, self.t, p0, solve_kw,
@@ -125,24 +152,53 @@ class SubjectEval:
     def logq(self, x, eta):
         return self.model.log_individual(x, self.C, self.z, eta)
 
-    def covariate_network_grad(self, x, dlogq):
-        """d/d(covariate network weights) from d/dlogq."""
+    def covariate_network_grad(self, x, dlogq, z=None):
+        """d/d(covariate network weights) from d/dlogq (at the network inputs ``z``, default the baseline)."""
         m = self.model
         cn = m.covariate_network
         return cn.chain.vjp_into(self._gwc, np.ascontiguousarray(x[m.blocks["wc"]]),
-                                 np.ascontiguousarray(dlogq[m.cn_targets]), self.z).copy()
+                                 np.ascontiguousarray(dlogq[m.cn_targets]), self.z if z is None else z).copy()
 
     def add_x_grad(self, g, x, dlogq, dw, dpsi=None):
         """g += the gradient over x (theta, beta, covariate network, weights, log sigmas) from the
-        subject's d/dlogq, d/dw and d/dpsi."""
+        subject's d/dlogq (n_theta,), or one row per parameter set (time-varying covariates), d/dw
+        and d/dpsi."""
         m = self.model
-        g[m.blocks["theta"]] += dlogq
-        g[m.blocks["beta"]] += self.C.T @ dlogq
         g[m.blocks["w"]] += dw
         if dpsi is not None:
             g[m.blocks["psi"]] += dpsi
-        if m.covariate_network is not None:
-            g[m.blocks["wc"]] += self.covariate_network_grad(x, dlogq)
+        rows = [(dlogq, self.C, self.z)] if np.ndim(dlogq) == 1 else zip(dlogq, self.C_sets, self.z_sets)
+        for d, C, z in rows:
+            g[m.blocks["theta"]] += d
+            g[m.blocks["beta"]] += C.T @ d
+            if m.covariate_network is not None:
+                g[m.blocks["wc"]] += self.covariate_network_grad(x, d, z)
+
+    def params_sets(self, x, eta):
+        """Time-varying covariates: (P (n_sets, m) for the solver, dp_mech/dlogq (n_sets, n_mech, n_theta))."""
+        m = self.model
+        w = x[m.blocks["w"]]
+        P, Js = [], []
+        for C, z, cov in zip(self.C_sets, self.z_sets, self.cov_sets):
+            pm, J = m.structural_params(m.log_individual(x, C, z, eta), cov)
+            P.append(np.concatenate([pm, w]))
+            Js.append(J)
+        return np.array(P), np.array(Js)
+
+    def _x_pull(self, r, c):
+        """(d/dlogq, d/dw) of c' f for the cotangent ``c`` (n_obs,) on the predictions of the last
+        :meth:`predict` (``r``): one adjoint pass."""
+        P, J, f, fu, fp = r[:5]
+        nm = self.n_mech
+        if self.tv is not None:
+            GP, _ = self.gf.pullback(c[:, None] * fu)
+            for k in range(GP.shape[0]):
+                sel = self.obs_set == k
+                GP[k, :nm] += fp[sel].T @ c[sel]
+            return np.einsum("smt,sm->st", J[:, :nm], GP[:, :nm]), GP[:, nm:].sum(axis=0)
+        gp, dlogq = self._pullback(J, c[:, None] * fu)
+        gp[:nm] += fp.T @ c
+        return dlogq + J[:nm].T @ gp[:nm], gp[nm:]
 
     def x_grads(self, x, eta, cotangents):
         """For each cotangent c (n_obs,), the gradient of c' f(x, eta) over x (one forward solve,
@@ -150,14 +206,10 @@ class SubjectEval:
         r = self.predict(x, eta)
         if r is None:
             return None
-        p, J, f, fu, fp = r
-        nm = self.n_mech
         out = []
         for c in cotangents:
-            gp, dlogq = self._pullback(J, c[:, None] * fu)
-            gp[:nm] += fp.T @ c
             g = np.zeros(self.model.n_x)
-            self.add_x_grad(g, x, dlogq + J[:nm].T @ gp[:nm], gp[nm:])
+            self.add_x_grad(g, x, *self._x_pull(r, c))
             out.append(g)
         return out
 
@@ -165,7 +217,8 @@ class SubjectEval:
         """(dL/dp of the solver's parameters, dL/dlogq through the doses) for the cotangent ``cot``
         on the saved states of the last solve."""
         if self.dosing is None:
-            return self.gf.pullback(cot)[0], 0.0
+            gp = self.gf.pullback(cot)[0]
+            return (gp[0] if gp.ndim == 2 else gp), 0.0  # (a PiecewiseSolve's one parameter set)
         gp, _, jd = self.gf.pullback(cot, jumps=True)
         Tj, Vj = self._dj
         return gp, J[self.n_mech:].T @ (Tj.T @ jd[:, 1] + Vj.T @ jd[:, 0])
@@ -244,6 +297,8 @@ class SubjectEval:
         fails; with ``directions`` also G = df/deta from forward sensitivities along the
         random effects' directions in parameter space (one solve, same steps as the plain one)."""
         m = self.model
+        if self.tv is not None:
+            return self._predict_sets(x, eta, directions)
         p, J = self.params(x, eta)
         if not np.all(np.isfinite(p)):
             return None
@@ -279,6 +334,39 @@ class SubjectEval:
             return p, J, f, fu, fp
         G = np.einsum("js,jks->jk", fu, S) + fp @ JE[:nm]
         return p, J, f, fu, fp, G
+
+    def _predict_sets(self, x, eta, directions):
+        """:meth:`predict` with time-varying covariates: P (n_sets, m) and J (n_sets, ...) in place of p
+        and J, each observation's outputs at its own set's parameters."""
+        m, st, nm = self.model, self.model.structural, self.n_mech
+        P, J = self.params_sets(x, eta)
+        if not np.all(np.isfinite(P)):
+            return None
+        try:
+            if directions:
+                JE = J[:, :nm] @ m.E  # (n_sets, n_mech, q)
+                Dp = np.zeros((P.shape[0], m.n_eta, P.shape[1]))
+                Dp[:, :, :nm] = JE.transpose(0, 2, 1)
+                us, S = self.gf.directional_sensitivities(P, Dp)
+            else:
+                us = self.gf.solve(P)
+        except (ODESolveError, SteadyStateError, ValueError, ArithmeticError):
+            return None
+        f = np.empty(self.n_obs)
+        fu = np.zeros((self.n_obs, st.n_states))
+        fp = np.zeros((self.n_obs, nm))
+        for k in range(P.shape[0]):
+            sel = self.obs_set == k
+            if not sel.any():
+                continue
+            if self._ratio is not None:
+                f[sel], fu[sel], fp[sel] = st.ratio_jacobians(us[sel], P[k], *(a[sel] for a in self._ratio))
+            else:
+                f[sel], fu[sel], fp[sel] = st.output_jacobians(us[sel], P[k], self.dvid[sel])
+        if not directions:
+            return P, J, f, fu, fp
+        G = np.einsum("js,jks->jk", fu, S) + np.einsum("jm,jmk->jk", fp, JE[self.obs_set])
+        return P, J, f, fu, fp, G
 
     def kernel(self, p, psi, gp, res, grad=True):
         """The compiled data term at solver parameters ``p`` (concentration outputs): ``res`` <-
@@ -338,10 +426,7 @@ class SubjectEval:
         dldf = -2.0 * res / V + a * Vf
         out = {"f": f, "V": V, "Vf": Vf, "dldf": dldf, "dpsi": Vpsi.T @ a, "J": J}
         if need == 1:
-            gp, dlogq = self._pullback(J, dldf[:, None] * fu)
-            gp[:self.n_mech] += fp.T @ dldf
-            out["dlogq"] = dlogq + J[:self.n_mech].T @ gp[:self.n_mech]
-            out["dw"] = gp[self.n_mech:]
+            out["dlogq"], out["dw"] = self._x_pull(r, dldf)
         else:
             out["G"] = r[5]
         return l, out
@@ -390,10 +475,11 @@ def _ids(ids, k=8):
     return ", ".join(str(i) for i in ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
 
 
-def warn_data_use(model, data, skipped):
+def warn_data_use(model, data, skipped, time_varying="nocb", kept_baseline=()):
     """Warn (DataWarning) about every datum a fit leaves out or reads differently from the file:
     subjects with nothing to fit, BLQ observations (no M3 likelihood: left out), and covariates
-    that change within a subject (each subject's first value is used)."""
+    that change within a subject but are held at its first value (``time_varying="baseline"``, or
+    the subjects ``kept_baseline``: dose parameters with time-varying covariates)."""
     if skipped:
         warnings.warn(f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1 or BLQ = 1) "
                       f"and are left out of the fit: ID {_ids(skipped)}", DataWarning, stacklevel=3)
@@ -402,6 +488,13 @@ def warn_data_use(model, data, skipped):
         who = [s.id for s in data.subjects if s.id not in skipped and np.any(np.asarray(s.blq) != 0)]
         warnings.warn(f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (smallchains has "
                       f"no M3 method for censored data yet): ID {_ids(who)}", DataWarning, stacklevel=3)
+    if kept_baseline:
+        warnings.warn(f"covariates the model reads change within subject(s) {_ids(kept_baseline)}, which have "
+                      "doses with dose parameters (ALAGn, Fn, Rn, Dn): time-varying covariates and dose parameters "
+                      "together are not supported yet, so these subjects keep their first covariate values",
+                      DataWarning, stacklevel=3)
+    if time_varying != "baseline":
+        return
     names = set().union(*(s.covariates for s in data.subjects)) if data.subjects else set()
     for c in model.covariates_read(sorted(names)):
         varying = []
@@ -412,16 +505,16 @@ def warn_data_use(model, data, skipped):
                 if v.size > 1 and np.any(v != v[0]):
                     varying.append(s.id)
         if varying:
-            warnings.warn(f"covariate {c!r} changes within subject(s) {_ids(varying)}; the fit uses each "
-                          f"subject's first value (time-varying covariates do not change parameters within a "
-                          f"solve yet)", DataWarning, stacklevel=3)
+            warnings.warn(f"covariate {c!r} changes within subject(s) {_ids(varying)}; with time_varying="
+                          f"'baseline' the fit uses each subject's first value (the default 'nocb' changes the "
+                          f"parameters within the solve, as NONMEM does)", DataWarning, stacklevel=3)
 
 
 class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
     def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None, threads=None,
-                 controller=None, inner_tol=1e-10):
+                 controller=None, inner_tol=1e-10, time_varying="nocb"):
         from .data import Population
 
         if not isinstance(data, Population):
@@ -440,11 +533,13 @@ class Problem:
                 continue
             kept.append(i)
             self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
-                                             ss_tol=ss_tol, check=check, controller=controller))
+                                             ss_tol=ss_tol, check=check, controller=controller,
+                                             time_varying=check_rule(time_varying), refs=self.covariate_refs))
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
-        warn_data_use(model, data, self.skipped)
+        warn_data_use(model, data, self.skipped, time_varying,
+                      [s.subject.id for s in self.subjects if s.tv_baseline])
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
         # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled
@@ -649,7 +744,7 @@ class Problem:
                     return np.inf, gx, ge
                 total += l
                 s.add_x_grad(gx, x, out["dlogq"], out["dw"], out["dpsi"])
-                ge[i] = m.E.T @ out["dlogq"]
+                ge[i] = m.E.T @ np.atleast_2d(out["dlogq"]).sum(axis=0)
         if not np.isfinite(total):
             return np.inf, gx, ge
         gx[m.blocks["w"]] += gw[:m.n_weights]

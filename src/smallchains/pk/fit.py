@@ -25,6 +25,7 @@ from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
 from ..optimizers import Adam
 from .estimation import Problem, information
 from .population import PopulationModel
+from .timevarying import check_rule
 
 METHODS = ("individual", "pooled", "map", "foce")
 OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
@@ -324,7 +325,7 @@ load = FitResult.load
 
 def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=None, maxiter=500, tol=1e-9,
         adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None,
-        se=True, progress=None, map_omega="em"):
+        se=True, progress=None, map_omega="em", time_varying="nocb"):
     """Estimate a population model's parameters from a data set.
 
     Args:
@@ -347,6 +348,10 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
             with it and keep the FOCE-I objective smooth).
         ss_tol: the relative tolerance of steady states (SS doses; default 10 * rtol): see
             :mod:`smallchains.pk.steady_state`.
+        time_varying: covariates that change within a subject change its parameters within the
+            solve: ``"nocb"`` (NONMEM's convention, the default: a record's values hold over the
+            interval ending at it), ``"locf"``, or ``"baseline"`` (each subject's first values,
+            with a DataWarning); see :mod:`smallchains.pk.timevarying`.
         se: compute standard errors from the Hessian of the objective (conditional on network
             weights, whose own Hessian block is singular).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
@@ -380,6 +385,7 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
     solver = Vern7() if solver is None else solver
     settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_tol": ss_tol,
+                "time_varying": check_rule(time_varying),
                 "map_omega": map_omega,
                 "optimizer": optimizer, "starts": starts, "seed": seed}
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
@@ -391,7 +397,8 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
         return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol,
                                se, progress, settings, t_start)
     with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
-        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1)
+        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1,
+                    time_varying=time_varying)
         why = P.diagnose(xs)
     try:
         if why is not None:
@@ -859,7 +866,8 @@ def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, so
             with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
                 warnings.simplefilter("always")
                 r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
-                        solver=solver, ss_tol=ss_tol, se=se, progress=progress, **opts)
+                        solver=solver, ss_tol=ss_tol, se=se, progress=progress,
+                        time_varying=settings["time_varying"], **opts)
             for w in caught:
                 warnings.warn(f"ID {s.id}: {w.message}", w.category, stacklevel=3)
         fits.append((s.id, r))

@@ -105,7 +105,8 @@ def vpc_data(result, data, n_sim=200, bins=8, percentiles=(5, 50, 95), seed=0, d
     from .simulate import simulate_data
 
     sims, _ = simulate_data(result.model, data, result.x, n=n_sim, seed=seed,
-                            ss_tol=result.settings.get("ss_tol"))
+                            ss_tol=result.settings.get("ss_tol"),
+                            time_varying=result.settings.get("time_varying", "nocb"))
 
     def collect(pop):
         t, y = [], []

@@ -353,7 +353,7 @@ class PopulationModel:
     def _baseline(subjects, c, why):
         vals = []
         for s in subjects:
-            if c not in s.covariates:
+            if c not in s.covariates and c != "DOSE":  # (DOSE: the first dose's amount without a column)
                 if c in getattr(subjects, "text_columns", ()):
                     raise ValueError(f"covariate {c!r} is a text column of the data, left out when it was read; map "
                                      f"it to numbers with sc.pk.read_data(..., categorical={{{c!r}: {{...}}}}); {why}")
@@ -391,6 +391,26 @@ class PopulationModel:
                 refs["network " + c] = (mean, sd)
                 Z[:, j] = (vals - mean) / sd
         return X, Z, refs
+
+    def design_row(self, cov, refs):
+        """One subject's covariate design (X row, Z row) at covariate values ``cov`` {name: value},
+        with the references ``refs`` of :meth:`covariate_design` (time-varying covariates)."""
+        X = np.zeros(len(self.covariates))
+        for j, (_, c, form) in enumerate(self.covariates):
+            v = float(cov[c])
+            if form == "power":
+                if not v > 0:
+                    raise ValueError(f"a power covariate effect needs positive values: {c!r} is {v:g} on a record "
+                                     "(use form 'exp')")
+                X[j] = np.log(v / refs[c])
+            else:
+                X[j] = v - refs[c]
+        cn = self.covariate_network
+        Z = np.zeros(0 if cn is None else len(cn.inputs))
+        for j, c in enumerate(() if cn is None else cn.inputs):
+            mean, sd = refs["network " + c]
+            Z[j] = (float(cov[c]) - mean) / sd
+        return X, Z
 
     def log_individual(self, x, C, z, eta):
         """A subject's log individual values log q = log theta + C beta + E eta (+ the covariate

@@ -11,7 +11,7 @@ from .estimation import Problem
 
 
 def simulate_data(model, data, x=None, *, seed=0, etas=None, n=1, rtol=1e-8, atol=1e-10, solver=None,
-                  ss_tol=None, residual=True):
+                  ss_tol=None, residual=True, time_varying="nocb"):
     """New data sets like ``data`` (same doses, times, covariates) with simulated observations.
 
     Each subject draws eta ~ N(0, Omega) (or uses the rows of ``etas``) and each observation
@@ -38,7 +38,7 @@ def simulate_data(model, data, x=None, *, seed=0, etas=None, n=1, rtol=1e-8, ato
     # every record of every subject is simulated: bind a copy with the BLQ flags cleared
     plain = Population([dataclasses.replace(s, blq=np.zeros_like(s.blq)) for s in data.subjects],
                        data.covariate_names, data.columns)
-    P = Problem(model, plain, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol)
+    P = Problem(model, plain, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, time_varying=time_varying)
     rng = np.random.default_rng(seed)
     q = model.n_eta
     Om = model.omega(x)

@@ -113,6 +113,9 @@ class Piece:
     t1: float = math.inf  # where the next piece starts
     obs: np.ndarray | None = None  # indices of the observations it predicts
     end_save: bool = False  # the next piece adds this one's state at t1
+    own_start: bool = False  # a sample at t0 belongs to this piece (LOCF covariate cuts), not the one before
+    pset: int = 0  # which parameter set the piece's dynamics take (time-varying covariates)
+    ss_pset: int = 0  # and which its steady state takes
 
     def jumps(self):
         J = Jumps()
@@ -210,13 +213,19 @@ def timeline(doses, first_time, n_states, cmt_to_state=None):
     return pieces
 
 
-def plan(doses, first_time, obs_time, n_states, cmt_to_state=None):
+def plan(doses, first_time, obs_time, n_states, cmt_to_state=None, covariates=None):
     """The pieces that predict ``obs_time`` (sorted), with their observations assigned.
 
     A piece predicts the observations in (t0, t1] (the first one from its start on): a sample
     at a dose time sees the state before the dose, so one at a steady-state dose's time belongs
-    to the piece before.  Pieces nothing depends on are left out."""
+    to the piece before.  Pieces nothing depends on are left out.  ``covariates``: a
+    :class:`smallchains.pk.timevarying.CovariateTimeline`; the pieces are then cut where its
+    values change, and each gets the index of its values (``pset``; see ``timevarying.assign``)."""
     pieces = timeline(doses, first_time, n_states, cmt_to_state)
+    if covariates is not None and covariates.varies:
+        from .timevarying import cut
+
+        pieces = cut(pieces, covariates.cuts(), own_start=covariates.rule == "locf")
     t = np.asarray(obs_time, dtype=float)
     if t.size and (t[0] < first_time or np.any(np.diff(t) < 0)):
         raise ValueError(
@@ -224,8 +233,10 @@ def plan(doses, first_time, obs_time, n_states, cmt_to_state=None):
             f"({first_time:g}); got {t[0]:g} first"
         )
     for k, pc in enumerate(pieces):
-        lo = np.searchsorted(t, pc.t0, side="left" if k == 0 else "right")
-        hi = np.searchsorted(t, pc.t1, side="right") if not math.isinf(pc.t1) else t.shape[0]
+        lo = np.searchsorted(t, pc.t0, side="left" if k == 0 or pc.own_start else "right")
+        nxt = pieces[k + 1] if k + 1 < len(pieces) else None
+        side = "left" if nxt is not None and nxt.own_start else "right"
+        hi = np.searchsorted(t, pc.t1, side=side) if not math.isinf(pc.t1) else t.shape[0]
         pc.obs = np.arange(lo, hi)
     needed = [False] * len(pieces)
     for k in range(len(pieces) - 1, -1, -1):
@@ -333,10 +344,13 @@ class SteadyState:
 
 class PiecewiseSolve:
     """A subject's solve as a chain of pieces (see :func:`plan`), with the interface a subject's
-    evaluator uses: ``m``; ``solve(p)`` -> the states at the observations; ``pullback(g)`` ->
-    (dL/dp, dL/du0 of the first piece) for the cotangent ``g`` on those states (after
-    ``solve``); ``directional_sensitivities(p, Dp)`` -> (states, their derivatives along ``Dp``).
-    """
+    evaluator uses.  Parameters come as sets ``P`` (n_sets, m): piece k's dynamics take
+    ``P[pset]``, its steady state ``P[ss_pset]`` (time-varying covariates; one set otherwise).
+
+    ``solve(P)`` -> the states at the observations; ``pullback(g)`` -> (dL/dP (n_sets, m), dL/du0
+    of the first piece) for the cotangent ``g`` on those states (after ``solve``);
+    ``directional_sensitivities(P, Dp)`` -> (states, their derivatives along ``Dp`` (n_sets, k,
+    m): direction d moves set s by Dp[s, d])."""
 
     def __init__(self, ode, n, pieces, obs_time, p0, solve_kw, *, ss_tol, check=True):
         self.n = n
@@ -348,43 +362,42 @@ class PiecewiseSolve:
             if pc.end_save:
                 ts = np.r_[ts, pc.t1]
             t1 = max(float(ts.max()), pc.t0)
-            self.gfs.append(
-                GradientFunction(
-                    _no_loss,
-                    ode,
-                    np.zeros(n),
-                    (pc.t0, t1),
-                    p0,
-                    DiscreteAdjoint(),
-                    dict(solve_kw, saveat=ts, jumps=pc.jumps()),
-                    check_derivatives=check,
-                )
-            )
+            self.gfs.append(GradientFunction(_no_loss, ode, np.zeros(n), (pc.t0, t1), p0, DiscreteAdjoint(),
+                                             dict(solve_kw, saveat=ts, jumps=pc.jumps()), check_derivatives=check))
             check = False
-            self.steady.append(
-                None if pc.steady is None else SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol)
-            )
+            self.steady.append(None if pc.steady is None else
+                               SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol))
         self.m = self.gfs[0].m
+        self.n_sets = 1 + max(max(pc.pset, pc.ss_pset) for pc in pieces)
         self._D = [None] * len(pieces)
 
-    def _start(self, k, p, prev):
-        """The initial state of piece k (and du0/dp for a steady state)."""
+    def _sets(self, P):
+        P = np.asarray(P, dtype=np.float64)
+        P = P[None, :] if P.ndim == 1 else P
+        if P.shape != (self.n_sets, self.m):
+            raise ValueError(f"parameters: {self.n_sets} set(s) of {self.m}, got shape {P.shape}")
+        return P
+
+    def _start(self, k, P, prev):
+        """The initial state of piece k (and du0/dp of its steady state's set)."""
+        pc = self.pieces[k]
         u0 = np.zeros(self.n)
         D = None
         if self.steady[k] is not None:
-            ustar, D = self.steady[k](p)
+            ustar, D = self.steady[k](np.ascontiguousarray(P[pc.ss_pset]))
             u0 += ustar
-        if self.pieces[k].add:
+        if pc.add:
             u0 += prev
         self._D[k] = D
         return u0
 
-    def solve(self, p):
+    def solve(self, P):
+        P = self._sets(P)
         us = np.empty((self.n_obs, self.n))
         prev = None
         for k, (pc, gf) in enumerate(zip(self.pieces, self.gfs)):
-            gf.P.p = p
-            gf.P.u0 = self._start(k, p, prev)
+            gf.P.p = np.ascontiguousarray(P[pc.pset])
+            gf.P.u0 = self._start(k, P, prev)
             gf.forward()
             k_obs = pc.obs.shape[0]
             us[pc.obs] = gf.us[:k_obs]
@@ -393,7 +406,7 @@ class PiecewiseSolve:
 
     def pullback(self, g):
         g = np.asarray(g, dtype=np.float64)
-        gp = np.zeros(self.m)
+        GP = np.zeros((self.n_sets, self.m))
         carry, lam = None, None
         for k in range(len(self.pieces) - 1, -1, -1):
             pc, gf = self.pieces[k], self.gfs[k]
@@ -403,28 +416,31 @@ class PiecewiseSolve:
             if pc.end_save and carry is not None:
                 gk[-1] += carry
             gpk, lam = gf.pullback(gk)
-            gp += gpk
+            GP[pc.pset] += gpk
             if self._D[k] is not None:
-                gp += self._D[k].T @ lam
+                GP[pc.ss_pset] += self._D[k].T @ lam
             carry = lam if pc.add else None
-        return gp, lam
+        return GP, lam
 
-    def directional_sensitivities(self, p, Dp, jump_tangents=None):
-        if jump_tangents is not None:  # (dose parameters with steady states are refused when the subject is bound)
-            raise ValueError("moving jumps are not supported across steady-state pieces")
-        Dp = np.atleast_2d(np.asarray(Dp, dtype=np.float64))
-        q = Dp.shape[0]
+    def directional_sensitivities(self, P, Dp, jump_tangents=None):
+        if jump_tangents is not None:  # (dose parameters in pieces are refused when the subject is bound)
+            raise ValueError("moving jumps are not supported across the pieces of a solve")
+        P = self._sets(P)
+        Dp = np.asarray(Dp, dtype=np.float64)
+        Dp = np.broadcast_to(Dp[None] if Dp.ndim == 2 else Dp, (self.n_sets,) + Dp.shape[-2:])
+        q = Dp.shape[1]
         us = np.empty((self.n_obs, self.n))
         S = np.empty((self.n_obs, q, self.n))
         prev = prev_S = None
         for k, (pc, gf) in enumerate(zip(self.pieces, self.gfs)):
-            u0 = self._start(k, p, prev)
+            u0 = self._start(k, P, prev)
             Du0 = np.zeros((q, self.n))
             if self._D[k] is not None:
-                Du0 += (self._D[k] @ Dp.T).T
+                Du0 += (self._D[k] @ Dp[pc.ss_pset].T).T
             if pc.add:
                 Du0 += prev_S
-            uk, Sk = gf.directional_sensitivities(p, Dp, u0=u0, Du0=Du0)
+            uk, Sk = gf.directional_sensitivities(np.ascontiguousarray(P[pc.pset]), np.ascontiguousarray(Dp[pc.pset]),
+                                                  u0=u0, Du0=Du0)
             k_obs = pc.obs.shape[0]
             us[pc.obs] = uk[:k_obs]
             S[pc.obs] = Sk[:k_obs]
