@@ -77,6 +77,7 @@ bench: $(VENV)/.bench-installed bench-r
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) $(PANDAS2) build dist src/*.egg-info

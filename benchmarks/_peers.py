@@ -148,6 +148,7 @@ __all__ = [
 # Shared helpers: data, initial weights, reference loss
 # ---------------------------------------------------------------------------
 
+
 def matexp_data(n=10_000, seed=0):
     """Matrix-exponential data set: ``(X, Y, Xt, Yt)``, all float32 (n, 4).
 
@@ -279,6 +280,7 @@ def _cpu_limit(n):
 # PyTorch
 # ---------------------------------------------------------------------------
 
+
 def _torch_mlp(params, act_last=False):
     """``nn.Sequential`` of ``Linear``/``Tanh`` loaded with numpy ``params``."""
     import torch
@@ -300,14 +302,11 @@ def _torch_params_np(model):
     from torch import nn
 
     return [
-        (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
-        for m in model
-        if isinstance(m, nn.Linear)
+        (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in model if isinstance(m, nn.Linear)
     ]
 
 
-def torch_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3,
-                 compile=False, warmup=None):
+def torch_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3, compile=False, warmup=None):
     """Train the matexp MLP with PyTorch; return measured figures.
 
     Returns a dict: ``us_per_epoch`` (median over the timed chunks),
@@ -327,8 +326,7 @@ def torch_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3,
         model = _torch_mlp(params0)
         Xtr = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         Ytr = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.float32))
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr,
-                                     betas=(0.9, 0.999), eps=1e-8)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
         net, opt_step = model, optimizer.step
         if compile:
             net = torch.compile(model)
@@ -346,11 +344,14 @@ def torch_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3,
         except Exception as exc:  # noqa: BLE001 - torch.compile backend failure
             if not compile:
                 raise
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); "
-                          "falling back to eager", RuntimeWarning, stacklevel=2)
-            out = torch_matexp(X, Y, Xt, Yt, epochs, lr=lr, seed=seed,
-                               threads=threads, repeats=repeats, compile=False,
-                               warmup=warmup)
+            warnings.warn(
+                f"torch.compile failed ({type(exc).__name__}: {exc}); falling back to eager",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            out = torch_matexp(
+                X, Y, Xt, Yt, epochs, lr=lr, seed=seed, threads=threads, repeats=repeats, compile=False, warmup=warmup
+            )
             out["compile_error"] = f"{type(exc).__name__}: {exc}"
             return out
         first_s = time.perf_counter() - t0
@@ -434,18 +435,19 @@ def torch_vjp_small(repeats=5000, seed=0, threads=1):
 # JAX
 # ---------------------------------------------------------------------------
 
+
 def _import_jax():
     """Import jax; before the CPU backend starts, apply JAX_CPU_ASYNC_DISPATCH."""
     import jax
 
     try:
         from jax._src import xla_bridge
+
         started = xla_bridge.backends_are_initialized()
     except (ImportError, AttributeError):  # private API moved: assume not
         started = False
     if not started:
-        jax.config.update("jax_cpu_enable_async_dispatch",
-                          bool(JAX_CPU_ASYNC_DISPATCH))
+        jax.config.update("jax_cpu_enable_async_dispatch", bool(JAX_CPU_ASYNC_DISPATCH))
     return jax
 
 
@@ -472,8 +474,7 @@ def _jax_to_np(params):
     return [(np.asarray(W), np.asarray(b)) for W, b in params]
 
 
-def jax_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3,
-               warmup=None):
+def jax_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3, warmup=None):
     """Train the matexp MLP with JAX + optax; return measured figures.
 
     Both variants (``"step"``: Python loop over a jitted step;
@@ -541,30 +542,33 @@ def jax_matexp(X, Y, Xt, Yt, epochs, lr=1e-3, seed=0, threads=2, repeats=3,
     with _cpu_limit(threads):
         Xj = jnp.asarray(X, dtype=jnp.float32)
         Yj = jnp.asarray(Y, dtype=jnp.float32)
-        for name, train in (("step", train_step_variant),
-                            ("fori_loop", train_fori_variant)):
+        for name, train in (("step", train_step_variant), ("fori_loop", train_fori_variant)):
             p = [(jnp.asarray(W), jnp.asarray(b)) for W, b in params0]
             s = opt.init(p)
             p, compile_s, chunk_us = train(p, s, Xj, Yj)
             pn = _jax_to_np(p)
-            results.append({
-                "variant": name,
-                "us_per_epoch": statistics.median(chunk_us),
-                "us_per_epoch_chunks": chunk_us,
-                "compile_s": compile_s,
-                "train_loss": mlp_loss64(pn, X, Y),
-                "test_loss": mlp_loss64(pn, Xt, Yt),
-            })
+            results.append(
+                {
+                    "variant": name,
+                    "us_per_epoch": statistics.median(chunk_us),
+                    "us_per_epoch_chunks": chunk_us,
+                    "compile_s": compile_s,
+                    "train_loss": mlp_loss64(pn, X, Y),
+                    "test_loss": mlp_loss64(pn, Xt, Yt),
+                }
+            )
 
     best, alt = sorted(results, key=lambda r: r["us_per_epoch"])
     out = dict(best)
     out.update({k + "_alt": v for k, v in alt.items()})
-    out.update({
-        "initial_loss": mlp_loss64(params0, X, Y),
-        "epochs": epochs,
-        "threads": threads,
-        "async_dispatch": _jax_async_dispatch(jax),
-    })
+    out.update(
+        {
+            "initial_loss": mlp_loss64(params0, X, Y),
+            "epochs": epochs,
+            "threads": threads,
+            "async_dispatch": _jax_async_dispatch(jax),
+        }
+    )
     return out
 
 
@@ -578,8 +582,7 @@ def jax_valgrad_readme(X, Y, repeats=2000, seed=0):
     jax = _import_jax()
     import jax.numpy as jnp
 
-    params = [(jnp.asarray(W), jnp.asarray(b))
-              for W, b in glorot_params(README_SIZES, seed=seed)]
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in glorot_params(README_SIZES, seed=seed)]
     Xj = jnp.asarray(X, dtype=jnp.float32)
     Yj = jnp.asarray(Y, dtype=jnp.float32)
     valgrad = jax.jit(jax.value_and_grad(_jax_loss))
@@ -634,13 +637,19 @@ def jax_vjp_small(repeats=5000, seed=0, threads=1):
 
         with _cpu_limit(threads):
             med, mn = _median_call_us(call, repeats)
-    return {"us": med, "us_min": mn, "threads": threads, "compile_s": compile_s,
-            "async_dispatch": _jax_async_dispatch(jax)}
+    return {
+        "us": med,
+        "us_min": mn,
+        "threads": threads,
+        "compile_s": compile_s,
+        "async_dispatch": _jax_async_dispatch(jax),
+    }
 
 
 # ---------------------------------------------------------------------------
 # Sanity run
 # ---------------------------------------------------------------------------
+
 
 def _main(argv=None):
     import argparse
@@ -649,26 +658,31 @@ def _main(argv=None):
     ap.add_argument("--epochs", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compile", action="store_true",
-                    help="also time torch.compile for matexp")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile for matexp")
     ap.add_argument("--skip-micro", action="store_true")
     a = ap.parse_args(argv)
 
     X, Y, Xt, Yt = matexp_data()
-    print(f"matexp data: train {X.shape}, test {Xt.shape}; "
-          f"initial loss {mlp_loss64(glorot_params(MATEXP_SIZES), X, Y):.4f}")
+    print(
+        f"matexp data: train {X.shape}, test {Xt.shape}; "
+        f"initial loss {mlp_loss64(glorot_params(MATEXP_SIZES), X, Y):.4f}"
+    )
 
     def show(name, r):
         extra = ""
         if "variant" in r:
-            extra = (f"  [{r['variant']}; alt {r['variant_alt']} "
-                     f"{r['us_per_epoch_alt']:.0f} us/epoch; "
-                     f"compile {r['compile_s']:.2f}s / {r['compile_s_alt']:.2f}s]")
+            extra = (
+                f"  [{r['variant']}; alt {r['variant_alt']} "
+                f"{r['us_per_epoch_alt']:.0f} us/epoch; "
+                f"compile {r['compile_s']:.2f}s / {r['compile_s_alt']:.2f}s]"
+            )
         elif "compile_s" in r:
             extra = f"  [compile {r['compile_s']:.2f}s]"
         chunks = ", ".join(f"{c:.0f}" for c in r["us_per_epoch_chunks"])
-        print(f"{name:14s} {r['us_per_epoch']:8.0f} us/epoch (chunks {chunks})  "
-              f"train {r['train_loss']:.4g}  test {r['test_loss']:.4g}{extra}")
+        print(
+            f"{name:14s} {r['us_per_epoch']:8.0f} us/epoch (chunks {chunks})  "
+            f"train {r['train_loss']:.4g}  test {r['test_loss']:.4g}{extra}"
+        )
 
     kw = dict(epochs=a.epochs, threads=a.threads, repeats=a.repeats)
     print(f"-- matexp, {a.epochs} epochs, {a.threads} threads")
@@ -686,8 +700,7 @@ def _main(argv=None):
     print("-- valgrad readme (24->8 tanh->2, batch 200, float32), us/call median")
     for name, fn in (("torch", torch_valgrad_readme), ("jax", jax_valgrad_readme)):
         r = fn(Xr, Yr, repeats=3000)
-        print(f"{name:6s} 1 thread {r['us_1thread']:7.1f}   2 threads "
-              f"{r['us_2threads']:7.1f}   loss {r['loss']:.5f}")
+        print(f"{name:6s} 1 thread {r['us_1thread']:7.1f}   2 threads {r['us_2threads']:7.1f}   loss {r['loss']:.5f}")
     print("-- vjp small (2->50 tanh->2, float64, 1 sample), us/call median")
     for name, fn in (("torch", torch_vjp_small), ("jax", jax_vjp_small)):
         r = fn(repeats=5000)

@@ -75,8 +75,9 @@ IMPORT = "import time; t = time.perf_counter(); import smallchains; print(time.p
 
 def child(job, cache):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-    out = subprocess.run([sys.executable, "-c", CHILD, job, FIRST.get(job, "")], env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, job, FIRST.get(job, "")], env=env, capture_output=True, text=True
+    )
     if out.returncode:
         raise RuntimeError(f"{job}: exit {out.returncode}\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,8 +88,12 @@ def import_time(n=7):
     PYTHONDONTWRITEBYTECODE, set in some sandboxes, recompiles every module on every import), after
     one priming import that writes it."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
-    ts = [float(subprocess.run([sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True,
-                               check=True).stdout) for _ in range(n + 1)]
+    ts = [
+        float(
+            subprocess.run([sys.executable, "-c", IMPORT], env=env, capture_output=True, text=True, check=True).stdout
+        )
+        for _ in range(n + 1)
+    ]
     return statistics.median(ts[1:])
 
 
@@ -105,8 +110,10 @@ def main(jobs=None):
             cold = child(job, cache)
             warm = child(job, cache)
         rows[job] = (cold, warm)
-        print(f"{job:12s} {cold['wall_s']:9.1f}s {cold['cpu_s']:8.1f}s {warm['wall_s']:9.2f}s {warm['cpu_s']:8.2f}s",
-              flush=True)
+        print(
+            f"{job:12s} {cold['wall_s']:9.1f}s {cold['cpu_s']:8.1f}s {warm['wall_s']:9.2f}s {warm['cpu_s']:8.2f}s",
+            flush=True,
+        )
     return rows
 
 

@@ -28,16 +28,25 @@ from _timing import machine  # noqa: E402
 
 
 def lenet():
-    return sc.SimpleChain((1, 28, 28), sc.Conv(6, 5, sc.relu), sc.MaxPool(2), sc.Conv(16, 5, sc.relu),
-                          sc.MaxPool(2), sc.Flatten(), sc.Dense(120, sc.relu), sc.Dense(84, sc.relu), sc.Dense(10))
+    return sc.SimpleChain(
+        (1, 28, 28),
+        sc.Conv(6, 5, sc.relu),
+        sc.MaxPool(2),
+        sc.Conv(16, 5, sc.relu),
+        sc.MaxPool(2),
+        sc.Flatten(),
+        sc.Dense(120, sc.relu),
+        sc.Dense(84, sc.relu),
+        sc.Dense(10),
+    )
 
 
 def smallchains_epoch_seconds(X, y, batch, epochs=1, seed=0):
     chain = lenet()
     p = chain.init_params(seed=seed)
     opt = sc.Adam(3e-4)
-    warm = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y[:batch * 4]))
-    sc.train_batched(warm, X[:batch * 4], p, opt, epochs=1, batch_size=batch, seed=seed)  # compile / load cache
+    warm = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y[: batch * 4]))
+    sc.train_batched(warm, X[: batch * 4], p, opt, epochs=1, batch_size=batch, seed=seed)  # compile / load cache
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
     times = []
     for e in range(epochs):
@@ -53,9 +62,20 @@ def torch_epoch_seconds(X, y, batch, epochs=1, seed=0, threads=2):
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84),
-                          nn.ReLU(), nn.Linear(84, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     lossf = nn.CrossEntropyLoss()
     Xt = torch.from_numpy(X)
@@ -66,7 +86,7 @@ def torch_epoch_seconds(X, y, batch, epochs=1, seed=0, threads=2):
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n, batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             xb, yb = Xt[idx], yt[idx]
             opt.zero_grad(set_to_none=True)
             out = lossf(model(xb), yb)
@@ -97,8 +117,10 @@ def accuracy_curve(Xtr, ytr, Xte, yte, epochs, batch=32, seed=0):
         dt = time.perf_counter() - t0
         acc, tl = sc.accuracy_and_loss(loss, Xte, yte, p)
         curve.append(acc)
-        print(f"  epoch {e + 1:2d}: train loss {h[-1]:.4f}  test loss {tl:.4f}  test accuracy {acc:.4f}  "
-              f"({dt:.2f} s)", flush=True)
+        print(
+            f"  epoch {e + 1:2d}: train loss {h[-1]:.4f}  test loss {tl:.4f}  test accuracy {acc:.4f}  ({dt:.2f} s)",
+            flush=True,
+        )
     return curve
 
 
@@ -110,9 +132,11 @@ def main(argv=None):
     ap.add_argument("--accuracy-epochs", type=int, default=10)
     args = ap.parse_args(argv)
     Xtr, ytr, Xte, yte = sc.datasets.fashion_mnist()
-    X, y = Xtr[:args.samples], ytr[:args.samples]
-    print(f"LeNet-5 / Fashion-MNIST — {time.strftime('%Y-%m-%d')}, {machine()}, {X.shape[0]} "
-          f"training images, median of {args.epochs_timed} timed epoch(s)")
+    X, y = Xtr[: args.samples], ytr[: args.samples]
+    print(
+        f"LeNet-5 / Fashion-MNIST — {time.strftime('%Y-%m-%d')}, {machine()}, {X.shape[0]} "
+        f"training images, median of {args.epochs_timed} timed epoch(s)"
+    )
     for batch in (32, 256):
         s, ls = smallchains_epoch_seconds(X, y, batch, args.epochs_timed)
         line = f"batch {batch:3d}: smallchains {s:7.2f} s/epoch (loss {ls:.4f})"

@@ -45,7 +45,7 @@ def smallchains_matexp(X, Y, Xt, Yt, epochs, repeats=5, seed=0, num_threads=None
     loss = sc.add_loss(chain, sc.SquaredLoss(Y))
     opt = sc.Adam(1e-3)
     t0 = time.perf_counter()
-    sc.train_unbatched(loss, X, p, opt, epochs=1, num_threads=num_threads)   # compiles or loads the cache
+    sc.train_unbatched(loss, X, p, opt, epochs=1, num_threads=num_threads)  # compiles or loads the cache
     first_s = time.perf_counter() - t0
     warm = 19
     sc.train_unbatched(loss, X, p, opt, epochs=warm, num_threads=num_threads)
@@ -122,8 +122,10 @@ def _line(name, r):
     if "first_call_s" in r:
         extra += f", first call {r['first_call_s']:.2f} s"
     chunks = ", ".join(f"{c:.0f}" for c in r.get("us_per_epoch_chunks", []))
-    return (f"{name:12s} {r['us_per_epoch']:9.1f} µs/epoch (chunks {chunks})  train loss {r['train_loss']:.5f}  "
-            f"test loss {r['test_loss']:.5f}{extra}")
+    return (
+        f"{name:12s} {r['us_per_epoch']:9.1f} µs/epoch (chunks {chunks})  train loss {r['train_loss']:.5f}  "
+        f"test loss {r['test_loss']:.5f}{extra}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def subject_problem(n, dose_state):
 
 
 def _timed_vjp(call, va, lu, lp, vv, u, p, ode, fw):
-    return median_per_call(lambda: call(va[0], va[1], lu, lp, vv, u, p, 0.0, ode.iw, fw, 10000), 3, 5,
-                           scale=1e6) / 10000
+    return (
+        median_per_call(lambda: call(va[0], va[1], lu, lp, vv, u, p, 0.0, ode.iw, fw, 10000), 3, 5, scale=1e6) / 10000
+    )
 
 
 def main():
@@ -58,9 +59,18 @@ def main():
             model = make(derivatives=kind)
             ode, n, m = model.ode, model.n_states, len(p)
             ts, data, jumps = subject_problem(n, dose)
-            gf = sc.gradient_function(sc.SquaredError(data[:, [obs]] + 1.0, states=[obs]), ode, np.zeros(n),
-                                      (0.0, 48.0), p, saveat=ts, jumps=jumps, rtol=1e-8, atol=1e-8,
-                                      check_derivatives=False)
+            gf = sc.gradient_function(
+                sc.SquaredError(data[:, [obs]] + 1.0, states=[obs]),
+                ode,
+                np.zeros(n),
+                (0.0, 48.0),
+                p,
+                saveat=ts,
+                jumps=jumps,
+                rtol=1e-8,
+                atol=1e-8,
+                check_derivatives=False,
+            )
             v, g, _ = gf(p)  # compiles what it needs
             t_make = time.perf_counter() - t0
             # the VJP alone, through the same compiled calling path the adjoint uses

@@ -77,8 +77,12 @@ def _median_ms(fn, rounds, calls):
 
 def weights(ude, p):
     (W1, b1), (W2, b2) = ude.chain.param_views(p[ude.slices["network"]]).values()
-    return [np.array(W1, dtype=np.float64), np.array(b1, dtype=np.float64),
-            np.array(W2, dtype=np.float64), np.array(b2, dtype=np.float64)]
+    return [
+        np.array(W1, dtype=np.float64),
+        np.array(b1, dtype=np.float64),
+        np.array(W2, dtype=np.float64),
+        np.array(b2, dtype=np.float64),
+    ]
 
 
 # --------------------------------------------------------------------------- smallchains
@@ -97,12 +101,22 @@ def bench_smallchains(data, quick):
             methods.append((name, getattr(sc, name)()))
     for ctrl_name, ctrl in (("PI (default)", None), ("I, as diffrax", DIFFRAX_LIKE)):
         for name, sens in methods:
-            gf = sc.gradient_function(data, ude, U0, TSPAN, p, saveat=TS, rtol=TOL, atol=TOL, sensitivity=sens,
-                                      controller=ctrl)
+            gf = sc.gradient_function(
+                data, ude, U0, TSPAN, p, saveat=TS, rtol=TOL, atol=TOL, sensitivity=sens, controller=ctrl
+            )
             val, gp, _ = gf(p)
             ms = _median_ms(lambda gf=gf: gf(p), rounds=5 if quick else 9, calls=100 if quick else 400)
-            rows.append(dict(framework="smallchains", method=f"Tsit5 + {name}, {ctrl_name}", ms=ms, loss=val,
-                             steps=gf.stats["naccept"], rejected=gf.stats["nreject"], grad=gp))
+            rows.append(
+                dict(
+                    framework="smallchains",
+                    method=f"Tsit5 + {name}, {ctrl_name}",
+                    ms=ms,
+                    loss=val,
+                    steps=gf.stats["naccept"],
+                    rejected=gf.stats["nreject"],
+                    grad=gp,
+                )
+            )
     return rows
 
 
@@ -157,17 +171,29 @@ def bench_diffrax(data, W, quick):
 
     def f(t, y, args):
         W1, b1, W2, b2 = args
-        return W2 @ jnp.tanh(W1 @ y ** 3 + b1) + b2
+        return W2 @ jnp.tanh(W1 @ y**3 + b1) + b2
 
     term = diffrax.ODETerm(f)
     rows = []
-    for name, adj in (("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
-                      ("BacksolveAdjoint", diffrax.BacksolveAdjoint())):
+    for name, adj in (
+        ("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
+        ("BacksolveAdjoint", diffrax.BacksolveAdjoint()),
+    ):
+
         def loss(params, adj=adj):
-            sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), TSPAN[0], TSPAN[1], None, y0, args=params,
-                                      saveat=diffrax.SaveAt(ts=ts),
-                                      stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
-                                      adjoint=adj, max_steps=4096)
+            sol = diffrax.diffeqsolve(
+                term,
+                diffrax.Tsit5(),
+                TSPAN[0],
+                TSPAN[1],
+                None,
+                y0,
+                args=params,
+                saveat=diffrax.SaveAt(ts=ts),
+                stepsize_controller=diffrax.PIDController(rtol=TOL, atol=TOL),
+                adjoint=adj,
+                max_steps=4096,
+            )
             return jnp.sum((sol.ys - dat) ** 2), (sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
 
         vg = jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -181,9 +207,18 @@ def bench_diffrax(data, W, quick):
 
         ms = _median_ms(call, rounds=5 if quick else 7, calls=20 if quick else 100)
         gW1, gb1, gW2, gb2 = (np.asarray(x) for x in g)
-        rows.append(dict(framework="diffrax", method=f"Tsit5 + {name}", ms=ms, loss=float(val), steps=int(na),
-                         rejected=int(nr), compile_s=compile_s,
-                         grad=np.concatenate([gW1.ravel(), gb1, gW2.ravel(), gb2])))
+        rows.append(
+            dict(
+                framework="diffrax",
+                method=f"Tsit5 + {name}",
+                ms=ms,
+                loss=float(val),
+                steps=int(na),
+                rejected=int(nr),
+                compile_s=compile_s,
+                grad=np.concatenate([gW1.ravel(), gb1, gW2.ravel(), gb2]),
+            )
+        )
     return rows
 
 
@@ -207,7 +242,7 @@ def bench_torchdiffeq(data, W, quick):
 
         def forward(self, t, y):
             self.nfe += 1
-            return self.net(y ** 3)
+            return self.net(y**3)
 
     func = Spiral()
     y0 = torch.tensor(U0, dtype=torch.float64)
@@ -215,6 +250,7 @@ def bench_torchdiffeq(data, W, quick):
     dat = torch.tensor(data, dtype=torch.float64)
     rows = []
     for name, integ in (("odeint_adjoint", odeint_adjoint), ("odeint (backprop)", odeint)):
+
         def call(integ=integ):
             func.zero_grad(set_to_none=True)
             ys = integ(func, y0, ts, rtol=TOL, atol=TOL, method="dopri5")
@@ -226,10 +262,21 @@ def bench_torchdiffeq(data, W, quick):
         val = call()
         nfe = func.nfe
         ms = _median_ms(call, rounds=3 if quick else 5, calls=2 if quick else 5)
-        g = [x.grad.detach().numpy().ravel() for x in (func.net[0].weight, func.net[0].bias,
-                                                        func.net[2].weight, func.net[2].bias)]
-        rows.append(dict(framework="torchdiffeq", method=f"dopri5 + {name}", ms=ms, loss=val,
-                         steps=None, nfe=nfe, grad=np.concatenate(g)))
+        g = [
+            x.grad.detach().numpy().ravel()
+            for x in (func.net[0].weight, func.net[0].bias, func.net[2].weight, func.net[2].bias)
+        ]
+        rows.append(
+            dict(
+                framework="torchdiffeq",
+                method=f"dopri5 + {name}",
+                ms=ms,
+                loss=val,
+                steps=None,
+                nfe=nfe,
+                grad=np.concatenate(g),
+            )
+        )
     return rows
 
 
@@ -262,8 +309,15 @@ def train_spiral(data, adam_iters=300, lr=0.05, target=0.1, lbfgs_iters=300):
 
     res = gf.minimize(p, maxiter=lbfgs_iters, callback=watch)
     total = time.perf_counter() - t0
-    return dict(hit=hit, t_adam=t_adam, loss_adam=v_adam, loss_final=float(res.fun), total=total,
-                evals=evals[0], steps=gf.stats["naccept"])
+    return dict(
+        hit=hit,
+        t_adam=t_adam,
+        loss_adam=v_adam,
+        loss_final=float(res.fun),
+        total=total,
+        evals=evals[0],
+        steps=gf.stats["naccept"],
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -278,8 +332,10 @@ def main(argv=None):
     ude, p0 = spiral_model()
     W = weights(ude, p0)
     print(f"spiral neural ODE — {time.strftime('%Y-%m-%d')}, {machine()}")
-    print(f"rtol=atol={TOL:g}, {len(TS)} save points, float64, "
-          f"{ude.chain.num_params} weights, one loss + gradient per call (median ms)")
+    print(
+        f"rtol=atol={TOL:g}, {len(TS)} save points, float64, "
+        f"{ude.chain.num_params} weights, one loss + gradient per call (median ms)"
+    )
     rows = bench_smallchains(data, args.quick)
     if not args.no_peers:
         for fn in (bench_diffrax, bench_torchdiffeq):
@@ -294,8 +350,10 @@ def main(argv=None):
         comp = f", compile {r['compile_s']:.2f} s" if "compile_s" in r else ""
         g = r["grad"][ude.slices["network"]] if r["framework"] == "smallchains" else r["grad"]
         rel = np.abs(g - ref).max() / np.abs(ref).max()
-        print(f"  {r['framework']:<12} {r['method']:<46} {r['ms']:10.3f} ms   loss {r['loss']:.6f}   "
-              f"{steps}{rej}{comp}   grad vs ours {rel:.1e}")
+        print(
+            f"  {r['framework']:<12} {r['method']:<46} {r['ms']:10.3f} ms   loss {r['loss']:.6f}   "
+            f"{steps}{rej}{comp}   grad vs ours {rel:.1e}"
+        )
     ours = min(r["ms"] for r in rows if r["framework"] == "smallchains")
     for fw in ("diffrax", "torchdiffeq"):
         peer = [r for r in rows if r["framework"] == fw]
@@ -307,14 +365,21 @@ def main(argv=None):
                     print(f"  ratio: {fw} {r['method']} / smallchains best = {r['ms'] / ours:.1f}x")
     tr = train_spiral(data)
     h = tr["hit"]
-    reached = (f"loss < 0.1 after {h['t']:.2f} s ({h['phase']}, {h['evals']} gradient evaluations)" if h
-               else "loss 0.1 not reached")
-    print(f"  training (Adam 0.05 x 300, then L-BFGS x 300): {reached}; Adam phase {tr['t_adam']:.2f} s "
-          f"-> loss {tr['loss_adam']:.4f}; final loss {tr['loss_final']:.2e} after {tr['evals']} evaluations, "
-          f"{tr['total']:.2f} s; {tr['steps']} steps per solve at the end")
+    reached = (
+        f"loss < 0.1 after {h['t']:.2f} s ({h['phase']}, {h['evals']} gradient evaluations)"
+        if h
+        else "loss 0.1 not reached"
+    )
+    print(
+        f"  training (Adam 0.05 x 300, then L-BFGS x 300): {reached}; Adam phase {tr['t_adam']:.2f} s "
+        f"-> loss {tr['loss_adam']:.4f}; final loss {tr['loss_final']:.2e} after {tr['evals']} evaluations, "
+        f"{tr['total']:.2f} s; {tr['steps']} steps per solve at the end"
+    )
     imp, first = compile_time_new_rhs()
-    print(f"  new right-hand side, fresh process: import {imp:.2f} s, model to first gradient {first:.2f} s "
-          "(package kernels cached)")
+    print(
+        f"  new right-hand side, fresh process: import {imp:.2f} s, model to first gradient {first:.2f} s "
+        "(package kernels cached)"
+    )
 
 
 if __name__ == "__main__":

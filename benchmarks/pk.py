@@ -107,9 +107,9 @@ def peer(data, model, x, etas, steps, lr, calls, rounds):
         h = jnp.array([c / 10.0])
         o = 0
         for k, (ws, bs) in enumerate(shapes):
-            W = w[o:o + ws[0] * ws[1]].reshape(ws)
+            W = w[o : o + ws[0] * ws[1]].reshape(ws)
             o += ws[0] * ws[1]
-            bb = w[o:o + bs[0]]
+            bb = w[o : o + bs[0]]
             o += bs[0]
             h = W @ h + bb
             if k < len(shapes) - 1:
@@ -127,21 +127,29 @@ def peer(data, model, x, etas, steps, lr, calls, rounds):
         ka = jnp.exp(lth[0] + eta[0])
         cl = jnp.exp(lth[1] + eta[1])
         v = jnp.exp(lth[2])
-        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, t1, None, jnp.array([d, 0.0]), args=(ka, cl, v, w),
-                                  saveat=diffrax.SaveAt(ts=ts),
-                                  stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL),
-                                  max_steps=10000)
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Tsit5(),
+            0.0,
+            t1,
+            None,
+            jnp.array([d, 0.0]),
+            args=(ka, cl, v, w),
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL),
+            max_steps=10000,
+        )
         return sol.ys[:, 1] / v, sol.stats["num_accepted_steps"]
 
     def objective(z):
-        xx, et = z[:model.n_x], z[model.n_x:].reshape(N, model.n_eta)
+        xx, et = z[: model.n_x], z[model.n_x :].reshape(N, model.n_eta)
         lth, w = xx[b["theta"]], xx[b["w"]]
         s2 = jnp.exp(2.0 * xx[b["psi"]][0])
         om = jnp.exp(2.0 * xx[b["omega"]])
         f, _ = jax.vmap(subject, in_axes=(None, None, 0, 0, 0, 0))(lth, w, et, D, T, T1)
         data_term = jnp.sum((Y - f) ** 2 / s2 + jnp.log(s2))
-        prior = jnp.sum(et ** 2 / om) + N * jnp.sum(jnp.log(om))
-        return data_term + prior + jnp.sum(w ** 2) / model.weight_prior ** 2
+        prior = jnp.sum(et**2 / om) + N * jnp.sum(jnp.log(om))
+        return data_term + prior + jnp.sum(w**2) / model.weight_prior**2
 
     vg = eqx.filter_jit(jax.value_and_grad(objective))
     z0 = jnp.asarray(np.concatenate([x, etas.ravel()]))
@@ -151,7 +159,7 @@ def peer(data, model, x, etas, steps, lr, calls, rounds):
     compile_s = time.perf_counter() - t0
     ms = median_per_call(lambda: jax.block_until_ready(vg(z0)), calls, rounds, scale=1e3)
     lth, w = z0[b["theta"]], z0[b["w"]]
-    _, nsteps = jax.vmap(subject, in_axes=(None, None, 0, 0, 0, 0))(lth, w, z0[model.n_x:].reshape(N, 2), D, T, T1)
+    _, nsteps = jax.vmap(subject, in_axes=(None, None, 0, 0, 0, 0))(lth, w, z0[model.n_x :].reshape(N, 2), D, T, T1)
     # the Adam loop, jitted step
     opt = optax.adam(lr)
     mask = np.ones(z0.shape[0])
@@ -175,8 +183,16 @@ def peer(data, model, x, etas, steps, lr, calls, rounds):
         z, state, _ = step(z, state)
     jax.block_until_ready(z)
     loop_s = time.perf_counter() - t0
-    return float(v), np.asarray(g), ms, compile_s, int(np.mean(np.asarray(nsteps))), loop_s, step_compile, \
-        float(objective(z))
+    return (
+        float(v),
+        np.asarray(g),
+        ms,
+        compile_s,
+        int(np.mean(np.asarray(nsteps))),
+        loop_s,
+        step_compile,
+        float(objective(z)),
+    )
 
 
 def main():
@@ -187,51 +203,70 @@ def main():
     calls, rounds = (5, 3) if a.quick else (20, 7)
     adam_steps = 100 if a.quick else 500
     data, model, x, etas = setup()
-    print(f"Theophylline ({len(data)} subjects, {data.n_obs} observations), UDE with {model.n_weights} network "
-          f"weights; MAP objective gradient over {model.n_x + etas.size} numbers; Tsit5, rtol {RTOL}, atol {ATOL}")
+    print(
+        f"Theophylline ({len(data)} subjects, {data.n_obs} observations), UDE with {model.n_weights} network "
+        f"weights; MAP objective gradient over {model.n_x + etas.size} numbers; Tsit5, rtol {RTOL}, atol {ATOL}"
+    )
     # the reference: Vern7 at rtol 1e-13 (its distance to each row's objective is that row's error)
     vref, _, _, _ = ours(data, model, x, etas, 1, sc.Vern7(), 1e-13, 1e-15, 1, 1)
     print(f"reference    Vern7, rtol 1e-13: objective {vref:.8f}")
     rows = {}
-    for label, ctrl in (("PI controller (our default)", None),
-                        ("I controller (as diffrax)", sc.PIController(beta1=0.2, beta2=0.0))):
+    for label, ctrl in (
+        ("PI controller (our default)", None),
+        ("I controller (as diffrax)", sc.PIController(beta1=0.2, beta2=0.0)),
+    ):
         for threads in (1, 2):
-            v, g, ms, steps = ours(data, model, x, etas, threads, sc.Tsit5(), RTOL, ATOL, calls, rounds,
-                                   controller=ctrl)
+            v, g, ms, steps = ours(
+                data, model, x, etas, threads, sc.Tsit5(), RTOL, ATOL, calls, rounds, controller=ctrl
+            )
             rows[label, threads] = ms
-            print(f"smallchains  Tsit5, {label}, {threads} thread(s) {ms:8.3f} ms   objective {v:.8f} "
-                  f"(error {abs(v - vref):.1e})   {steps} steps/subject")
+            print(
+                f"smallchains  Tsit5, {label}, {threads} thread(s) {ms:8.3f} ms   objective {v:.8f} "
+                f"(error {abs(v - vref):.1e})   {steps} steps/subject"
+            )
         if ctrl is not None:
             g_equal = g  # compared with the peer's gradient below (same controller)
     g = g_equal
     pi_best = min(rows["PI controller (our default)", t] for t in (1, 2))
     i_best = min(rows["I controller (as diffrax)", t] for t in (1, 2))
     t_ours, v_ours = adam_loop_ours(data, model, x, etas, adam_steps, 0.01, 2)
-    print(f"smallchains  Adam x {adam_steps} (lr 0.01, Omega fixed)        {t_ours:8.2f} s    final objective "
-          f"{v_ours:.6f}")
+    print(
+        f"smallchains  Adam x {adam_steps} (lr 0.01, Omega fixed)        {t_ours:8.2f} s    final objective "
+        f"{v_ours:.6f}"
+    )
     if not a.no_peers:
         try:
-            pv, pg, pms, comp, psteps, loop_s, step_comp, pfin = peer(data, model, x, etas, adam_steps, 0.01, calls,
-                                                                      rounds)
+            pv, pg, pms, comp, psteps, loop_s, step_comp, pfin = peer(
+                data, model, x, etas, adam_steps, 0.01, calls, rounds
+            )
         except ImportError as e:
             print(f"(peers not installed: {e}; pip install -e '.[bench]')")
         else:
             rel = np.max(np.abs(pg - g)) / np.max(np.abs(pg))
-            print(f"diffrax      Tsit5 + RecursiveCheckpointAdjoint, vmap, jit {pms:8.3f} ms   objective {pv:.8f} "
-                  f"(error {abs(pv - vref):.1e})   {psteps} steps/subject, compile {comp:.2f} s, max |grad diff| / "
-                  f"max |grad| {rel:.1e} (vs ours, I controller)")
-            print(f"diffrax      Adam x {adam_steps} (optax, jitted step)          {loop_s:8.2f} s    final objective "
-                  f"{pfin:.6f}   (+ compile {step_comp:.2f} s)")
+            print(
+                f"diffrax      Tsit5 + RecursiveCheckpointAdjoint, vmap, jit {pms:8.3f} ms   objective {pv:.8f} "
+                f"(error {abs(pv - vref):.1e})   {psteps} steps/subject, compile {comp:.2f} s, max |grad diff| / "
+                f"max |grad| {rel:.1e} (vs ours, I controller)"
+            )
+            print(
+                f"diffrax      Adam x {adam_steps} (optax, jitted step)          {loop_s:8.2f} s    final objective "
+                f"{pfin:.6f}   (+ compile {step_comp:.2f} s)"
+            )
             print(f"ratio per gradient, same controller (I): diffrax / smallchains = {pms / i_best:.1f}x")
-            print(f"ratio per gradient, our default controller (PI, more accurate): diffrax / smallchains = "
-                  f"{pms / pi_best:.1f}x")
+            print(
+                f"ratio per gradient, our default controller (PI, more accurate): diffrax / smallchains = "
+                f"{pms / pi_best:.1f}x"
+            )
             print(f"ratio Adam loop: diffrax / smallchains = {loop_s / t_ours:.1f}x")
     t0 = time.perf_counter()
-    r = sc.pk.fit(sc.pk.demo.theophylline_ude(), data, "map", optimizer="adam+lbfgs", adam_steps=300, adam_lr=0.02,
-                  se=False)
+    r = sc.pk.fit(
+        sc.pk.demo.theophylline_ude(), data, "map", optimizer="adam+lbfgs", adam_steps=300, adam_lr=0.02, se=False
+    )
     t_fit = time.perf_counter() - t0
-    print(f"smallchains  full UDE fit (sc.pk.fit, MAP: Adam 300 + L-BFGS, Omega by EM)  {t_fit:.1f} s  "
-          f"({r.n_evaluations} gradient evaluations, OFV {r.ofv:.2f}; target < 30 s)")
+    print(
+        f"smallchains  full UDE fit (sc.pk.fit, MAP: Adam 300 + L-BFGS, Omega by EM)  {t_fit:.1f} s  "
+        f"({r.n_evaluations} gradient evaluations, OFV {r.ofv:.2f}; target < 30 s)"
+    )
 
 
 if __name__ == "__main__":

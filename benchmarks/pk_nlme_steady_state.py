@@ -103,8 +103,9 @@ def have_nlme():
     """None when Rscript and nlme are usable, else why not."""
     if shutil.which("Rscript") is None:
         return "Rscript is not on the PATH"
-    r = subprocess.run(["Rscript", "-e", "suppressPackageStartupMessages(library(nlme))"], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["Rscript", "-e", "suppressPackageStartupMessages(library(nlme))"], capture_output=True, text=True
+    )
     if r.returncode != 0:
         return f"R has no nlme package ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'library failed'})"
     return None
@@ -155,8 +156,10 @@ def to_nonmem(q):
     dose, conc, interval = q["dose"].to_numpy(), q["conc"].to_numpy(), q["interval"].to_numpy()
     has_dose, has_conc, has_ii = ~np.isnan(dose), ~np.isnan(conc), ~np.isnan(interval)
     if np.any(has_dose & has_conc):
-        raise SystemExit("a record has both a dose and a concentration: quinModel ignores such a concentration; "
-                         "the mapping below does not cover it")
+        raise SystemExit(
+            "a record has both a dose and a concentration: quinModel ignores such a concentration; "
+            "the mapping below does not cover it"
+        )
     if np.any(has_ii & ~has_dose):
         raise SystemExit("a record has an interval but no dose")
     sid = q["Subject"].astype(int).to_numpy()
@@ -164,17 +167,19 @@ def to_nonmem(q):
     if np.any(first & has_conc):
         raise SystemExit("a subject starts with an observation, which quinModel predicts as 0")
     evid = np.where(has_dose, 1, np.where(has_conc, 0, 2))
-    return pd.DataFrame({
-        "ID": sid,
-        "TIME": q["time"].to_numpy(),
-        "AMT": np.where(has_dose, dose, 0.0),
-        "DV": np.where(has_conc, conc, np.nan),
-        "MDV": np.where(evid == 0, 0, 1),
-        "EVID": evid,
-        "CMT": np.where(has_dose, 1.0, np.nan),
-        "SS": np.where(has_ii, 1, 0),
-        "II": np.where(has_ii, interval, 0.0),
-    })
+    return pd.DataFrame(
+        {
+            "ID": sid,
+            "TIME": q["time"].to_numpy(),
+            "AMT": np.where(has_dose, dose, 0.0),
+            "DV": np.where(has_conc, conc, np.nan),
+            "MDV": np.where(evid == 0, 0, 1),
+            "EVID": evid,
+            "CMT": np.where(has_dose, 1.0, np.nan),
+            "SS": np.where(has_ii, 1, 0),
+            "II": np.where(has_ii, interval, 0.0),
+        }
+    )
 
 
 def nlme_predictions(tmp, rounds, calls):
@@ -215,8 +220,10 @@ def write_reference(nm, pred_first):
     p_ref = os.path.join(ROOT, "tests", "data", "quinidine_nlme_reference.csv")
     sub.to_csv(p_sub, index=False, na_rep=".", float_format="%.10g")
     ref.to_csv(p_ref, index=False)
-    print(f"wrote {os.path.relpath(p_sub, ROOT)} ({len(sub)} records, subjects {chosen}) and "
-          f"{os.path.relpath(p_ref, ROOT)} ({len(ref)} predictions, V, ka, CL = {PARAMETER_SETS[0]})")
+    print(
+        f"wrote {os.path.relpath(p_sub, ROOT)} ({len(sub)} records, subjects {chosen}) and "
+        f"{os.path.relpath(p_ref, ROOT)} ({len(ref)} predictions, V, ka, CL = {PARAMETER_SETS[0]})"
+    )
 
 
 def main():
@@ -228,8 +235,7 @@ def main():
 
     why = have_nlme()
     if why is not None:
-        print(f"skipped: {why}.  This comparison needs R and its nlme package, e.g. on Debian/Ubuntu:\n"
-              f"    {INSTALL}")
+        print(f"skipped: {why}.  This comparison needs R and its nlme package, e.g. on Debian/Ubuntu:\n    {INSTALL}")
         return 0
 
     import smallchains as sc
@@ -246,12 +252,16 @@ def main():
         nm.to_csv(path, index=False, na_rep=".")
         obs = nm["EVID"].to_numpy() == 0
         t = nm["TIME"].to_numpy()
-        same_time_dose = sum(bool(np.any((nm["ID"] == i) & (nm["EVID"] == 1) & (nm["TIME"] == tt)))
-                             for i, tt in zip(nm["ID"][obs], t[obs], strict=True))
-        print(f"data: {nm['ID'].nunique()} subjects, {len(nm)} records, {int(obs.sum())} observations, "
-              f"{int((nm['EVID'] == 1).sum())} doses of which {int(nm['SS'].sum())} SS = 1 "
-              f"({nm.loc[nm['SS'] == 1, 'ID'].nunique()} subjects), {int((nm['EVID'] == 2).sum())} EVID 2 records, "
-              f"{same_time_dose} observations at the time of a dose")
+        same_time_dose = sum(
+            bool(np.any((nm["ID"] == i) & (nm["EVID"] == 1) & (nm["TIME"] == tt)))
+            for i, tt in zip(nm["ID"][obs], t[obs], strict=True)
+        )
+        print(
+            f"data: {nm['ID'].nunique()} subjects, {len(nm)} records, {int(obs.sum())} observations, "
+            f"{int((nm['EVID'] == 1).sum())} doses of which {int(nm['SS'].sum())} SS = 1 "
+            f"({nm.loc[nm['SS'] == 1, 'ID'].nunique()} subjects), {int((nm['EVID'] == 2).sum())} EVID 2 records, "
+            f"{same_time_dose} observations at the time of a dose"
+        )
         pop = sc.pk.read_data(path)
 
     model = sc.pk.one_cpt_oral()
@@ -259,8 +269,10 @@ def main():
     ids = nm["ID"].to_numpy()[obs]
     assert [s.id for s in pop] == list(dict.fromkeys(nm["ID"])), "subject order"
     assert np.array_equal(np.concatenate([s.obs_time for s in pop]), t[obs]), "observation times"
-    print(f"{'V':>5s} {'ka':>4s} {'CL':>4s}   {'max rel diff':>12s} {'median':>8s}  {'(rtol 1e-10)':>12s}   "
-          f"{'nlme CPU':>9s}  {'smallchains CPU':>15s}")
+    print(
+        f"{'V':>5s} {'ka':>4s} {'CL':>4s}   {'max rel diff':>12s} {'median':>8s}  {'(rtol 1e-10)':>12s}   "
+        f"{'nlme CPU':>9s}  {'smallchains CPU':>15s}"
+    )
     worst = []
     for k, (V, ka, CL) in enumerate(PARAMETER_SETS):
         p = {"ka": ka, "CL": CL, "V": V}
@@ -273,13 +285,17 @@ def main():
             secs.append(time.process_time() - t0)
         rel = np.abs(np.concatenate(y) - ref) / np.abs(ref)
         tight = np.abs(np.concatenate(ours(model, pop, p, 1e-10, 1e-12)) - ref) / np.abs(ref)
-        print(f"{V:5g} {ka:4g} {CL:4g}   {rel.max():12.2e} {np.median(rel):8.1e}  {tight.max():12.2e}   "
-              f"{r_secs[k] * 1e3:7.3f} ms  {statistics.median(secs) * 1e3:12.1f} ms")
+        print(
+            f"{V:5g} {ka:4g} {CL:4g}   {rel.max():12.2e} {np.median(rel):8.1e}  {tight.max():12.2e}   "
+            f"{r_secs[k] * 1e3:7.3f} ms  {statistics.median(secs) * 1e3:12.1f} ms"
+        )
         i = int(np.argmax(tight))
         worst.append((tight[i], ids[i], t[obs][i], ref[i], np.concatenate(ours(model, pop, p, 1e-10, 1e-12))[i], p))
-    print("(relative differences over all observations, smallchains at its default rtol = atol = 1e-8 and at rtol "
-          "1e-10, atol 1e-12; CPU time per prediction of all 136 subjects: median of "
-          f"{a.repeats} rounds, R's system.time over {a.r_calls} calls a round, time.process_time for smallchains)")
+    print(
+        "(relative differences over all observations, smallchains at its default rtol = atol = 1e-8 and at rtol "
+        "1e-10, atol 1e-12; CPU time per prediction of all 136 subjects: median of "
+        f"{a.repeats} rounds, R's system.time over {a.r_calls} calls a round, time.process_time for smallchains)"
+    )
     e, sid, tt, r, o, p = max(worst, key=lambda w: w[0])
     print(f"largest difference: ID {sid}, TIME {tt:g}, nlme {r:.10g}, smallchains {o:.10g} ({e:.1e}) at {p}")
     return 0

@@ -45,8 +45,9 @@ def main():
         ts = np.linspace(0.5, 10, 20)
         cells = []
         for s in methods:
-            gf = sc.gradient_function(np.ones((20, n)), chain_rhs, u0, (0, 10), p, saveat=ts, sensitivity=s,
-                                      rtol=1e-6, atol=1e-6)
+            gf = sc.gradient_function(
+                np.ones((20, n)), chain_rhs, u0, (0, 10), p, saveat=ts, sensitivity=s, rtol=1e-6, atol=1e-6
+            )
             us = median_us(lambda gf=gf, p=p: gf(p), calls=max(10, 2000 // (n * n)))
             cells.append(f"{us:12.0f} ({gf.stats['naccept']:3d} st)")
         print(f"  {n:>3} {m:>3} " + " ".join(f"{c:>22}" for c in cells))

@@ -46,6 +46,7 @@ def _vjp_loop(n, prog, out, p, v, x, out_x, work):
 def _nrt_allocs(fn):
     """NRT allocations made by ``fn()`` (statistics switched on for the measurement)."""
     from numba.core.runtime import _nrt_python
+
     enabled = _nrt_python.memsys_stats_enabled()
     _nrt_python.memsys_enable_stats()
     try:
@@ -96,13 +97,17 @@ def main(argv=None):
     r = readme_valgrad()
     print(f"valgrad 24->8 tanh->2, batch 200, float32: smallchains {r['us']:.2f} µs/call (loss {r['loss']:.5f})")
     v = small_vjp()
-    print(f"vjp_into 2->50 tanh->2, one sample, float64: smallchains {v['python_us']:.2f} µs from Python, "
-          f"{v['compiled_us']:.3f} µs from compiled code, {v['allocs_per_1000_calls']} NRT allocations "
-          f"in 1000 compiled calls")
+    print(
+        f"vjp_into 2->50 tanh->2, one sample, float64: smallchains {v['python_us']:.2f} µs from Python, "
+        f"{v['compiled_us']:.3f} µs from compiled code, {v['allocs_per_1000_calls']} NRT allocations "
+        f"in 1000 compiled calls"
+    )
     if not args.no_peers:
         X, Y = _peers.valgrad_readme_data(200, seed=0)
-        for name, fv, fj in (("pytorch", _peers.torch_valgrad_readme, _peers.torch_vjp_small),
-                             ("jax", _peers.jax_valgrad_readme, _peers.jax_vjp_small)):
+        for name, fv, fj in (
+            ("pytorch", _peers.torch_valgrad_readme, _peers.torch_vjp_small),
+            ("jax", _peers.jax_valgrad_readme, _peers.jax_vjp_small),
+        ):
             try:
                 a = fv(X, Y)
                 b = fj()
@@ -110,10 +115,14 @@ def main(argv=None):
                 print(f"{name}: skipped ({exc})")
                 continue
             best = min(a["us_1thread"], a["us_2threads"])
-            print(f"valgrad readme: {name} {best:.1f} µs/call (1 thread {a['us_1thread']:.1f}, "
-                  f"2 threads {a['us_2threads']:.1f}) -> ratio {best / r['us']:.1f}x")
-            print(f"vjp small: {name} {b['us']:.1f} µs/call -> ratio {b['us'] / v['python_us']:.1f}x vs our "
-                  f"Python call, {b['us'] / v['compiled_us']:.0f}x vs our compiled call")
+            print(
+                f"valgrad readme: {name} {best:.1f} µs/call (1 thread {a['us_1thread']:.1f}, "
+                f"2 threads {a['us_2threads']:.1f}) -> ratio {best / r['us']:.1f}x"
+            )
+            print(
+                f"vjp small: {name} {b['us']:.1f} µs/call -> ratio {b['us'] / v['python_us']:.1f}x vs our "
+                f"Python call, {b['us'] / v['compiled_us']:.0f}x vs our compiled call"
+            )
     return r, v
 
 

@@ -24,10 +24,14 @@ import smallchains as sc
 def lenet5():
     return sc.SimpleChain(
         (1, 28, 28),
-        sc.Conv(6, 5, sc.relu), sc.MaxPool(2),
-        sc.Conv(16, 5, sc.relu), sc.MaxPool(2),
+        sc.Conv(6, 5, sc.relu),
+        sc.MaxPool(2),
+        sc.Conv(16, 5, sc.relu),
+        sc.MaxPool(2),
         sc.Flatten(),
-        sc.Dense(120, sc.relu), sc.Dense(84, sc.relu), sc.Dense(10),
+        sc.Dense(120, sc.relu),
+        sc.Dense(84, sc.relu),
+        sc.Dense(10),
     )
 
 
@@ -41,7 +45,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     X, y, Xte, yte = sc.datasets.fashion_mnist()
-    X, y = X[:args.train_samples], y[:args.train_samples]
+    X, y = X[: args.train_samples], y[: args.train_samples]
     chain = lenet5()
     p = chain.init_params(seed=args.seed)
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
@@ -50,8 +54,8 @@ def main(argv=None):
     print(f"LeNet-5, {chain.num_params} parameters, {X.shape[0]} training images, batch {args.batch_size}")
 
     t0 = time.perf_counter()
-    warm = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y[:4 * args.batch_size]))
-    sc.train_batched(warm, X[:4 * args.batch_size], p.copy(), sc.Adam(3e-4), 1, batch_size=args.batch_size)
+    warm = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y[: 4 * args.batch_size]))
+    sc.train_batched(warm, X[: 4 * args.batch_size], p.copy(), sc.Adam(3e-4), 1, batch_size=args.batch_size)
     print(f"compile / load cached kernels: {time.perf_counter() - t0:.1f} s")
 
     seconds = []
@@ -60,8 +64,11 @@ def main(argv=None):
         h = sc.train_batched(loss, X, p, opt, 1, batch_size=args.batch_size, seed=rng)
         seconds.append(time.perf_counter() - t0)
         acc, test_loss = sc.accuracy_and_loss(loss, Xte, yte, p)
-        print(f"epoch {e + 1:2d}: train loss {h[-1]:.4f}  test loss {test_loss:.4f}  "
-              f"test accuracy {acc:.4f}  ({seconds[-1]:.2f} s)", flush=True)
+        print(
+            f"epoch {e + 1:2d}: train loss {h[-1]:.4f}  test loss {test_loss:.4f}  "
+            f"test accuracy {acc:.4f}  ({seconds[-1]:.2f} s)",
+            flush=True,
+        )
     print(f"median {np.median(seconds):.2f} s per epoch; final test accuracy {acc:.4f}")
     if args.out:
         sc.save(args.out, chain, p)

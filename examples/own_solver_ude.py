@@ -40,8 +40,9 @@ def central(x, u, pm, t):
 
 
 def build():
-    ude = sc.UDE(pk, sc.SimpleChain(1, sc.Dense(8, sc.tanh), sc.Dense(1)), n_states=2, params=["ka"],
-                 features=central).compile()
+    ude = sc.UDE(
+        pk, sc.SimpleChain(1, sc.Dense(8, sc.tanh), sc.Dense(1)), n_states=2, params=["ka"], features=central
+    ).compile()
     return ude, ude.init_params(seed=0, ka=1.2)
 
 
@@ -95,11 +96,14 @@ def main():
     U = np.empty((nsteps + 1, n))
     du, lam, lu, gp = np.empty(n), np.empty(n), np.empty(n), np.empty(m)
     loss = solver(p, u0, h, nsteps, save_every, data, ude.iw, ude.workspace(n, m), U, du, lam, lu, gp)
-    ref, ref_gp, _ = sc.value_and_grad(data, ude, u0, (0.0, nsteps * h), p, saveat=ts, solver=sc.Euler(), dt=h,
-                                       sensitivity=sc.DiscreteAdjoint())
+    ref, ref_gp, _ = sc.value_and_grad(
+        data, ude, u0, (0.0, nsteps * h), p, saveat=ts, solver=sc.Euler(), dt=h, sensitivity=sc.DiscreteAdjoint()
+    )
     print(f"hand-written Euler: loss {loss:.6f}; sc.value_and_grad: {ref:.6f}")
-    print(f"gradient: max relative difference {np.abs(gp - ref_gp).max() / np.abs(ref_gp).max():.1e} "
-          f"over {m} parameters (dL/dka = {gp[0]:.6f})")
+    print(
+        f"gradient: max relative difference {np.abs(gp - ref_gp).max() / np.abs(ref_gp).max():.1e} "
+        f"over {m} parameters (dL/dka = {gp[0]:.6f})"
+    )
     return loss, gp, ref, ref_gp
 
 

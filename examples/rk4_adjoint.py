@@ -209,9 +209,23 @@ def value_and_gradient(prob, buf, p=None, u0=None):
     p = prob["p"] if p is None else p
     u0 = prob["u0"] if u0 is None else u0
     b = buf
-    loss, st = loss_and_grad(prob["chain"].program, p, u0, prob["h"], prob["data"], prob["save_every"],
-                             b["gp"], b["gu0"], b["U"], b["stages"], b["k"], b["lam"], b["kbar"], b["xbar"],
-                             b["work"])
+    loss, st = loss_and_grad(
+        prob["chain"].program,
+        p,
+        u0,
+        prob["h"],
+        prob["data"],
+        prob["save_every"],
+        b["gp"],
+        b["gu0"],
+        b["U"],
+        b["stages"],
+        b["k"],
+        b["lam"],
+        b["kbar"],
+        b["xbar"],
+        b["work"],
+    )
     if st != 0:
         raise FloatingPointError("the solution left the finite range (a kernel returned status 1)")
     return loss, b["gp"].copy(), b["gu0"].copy()
@@ -239,8 +253,10 @@ def main():
     prob = make_problem()
     chain = prob["chain"]
     buf = make_buffers(chain, prob["nsteps"])
-    print(f"{chain}: {chain.num_params} parameters, {prob['nsteps']} RK4 steps of h = {prob['h']:.3g}, "
-          f"{prob['data'].shape[0]} saved states")
+    print(
+        f"{chain}: {chain.num_params} parameters, {prob['nsteps']} RK4 steps of h = {prob['h']:.3g}, "
+        f"{prob['data'].shape[0]} saved states"
+    )
     loss, gp, gu0 = value_and_gradient(prob, buf)
     adj = np.concatenate([gp, gu0])
     fd = finite_difference_gradient(prob, buf)

@@ -33,14 +33,14 @@ def _chains():
     return {
         "tanh_3_5_2": lambda: sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(2)),
         "deep_mixed_4_8_7_3": lambda: sc.SimpleChain(
-            4, sc.Dense(8, sc.relu), sc.Dense(7, sc.gelu), sc.Dense(3, bias=False)),
-        "act_layer_middle": lambda: sc.SimpleChain(
-            3, sc.Dense(4), sc.Activation(sc.sigmoid), sc.Dense(2, sc.silu)),
-        "act_layer_first": lambda: sc.SimpleChain(
-            5, sc.Activation(sc.tanh), sc.Dense(6, sc.elu), sc.Dense(1)),
+            4, sc.Dense(8, sc.relu), sc.Dense(7, sc.gelu), sc.Dense(3, bias=False)
+        ),
+        "act_layer_middle": lambda: sc.SimpleChain(3, sc.Dense(4), sc.Activation(sc.sigmoid), sc.Dense(2, sc.silu)),
+        "act_layer_first": lambda: sc.SimpleChain(5, sc.Activation(sc.tanh), sc.Dense(6, sc.elu), sc.Dense(1)),
         "width1": lambda: sc.SimpleChain(1, sc.Dense(1, sc.softplus), sc.Dense(1)),
         "nobias_rbf_4k": lambda: sc.SimpleChain(
-            4, sc.Dense(8, sc.rbf, bias=False), sc.Dense(12, sc.tanh, bias=False), sc.Dense(4, bias=False)),
+            4, sc.Dense(8, sc.rbf, bias=False), sc.Dense(12, sc.tanh, bias=False), sc.Dense(4, bias=False)
+        ),
         "act_layer_last": lambda: sc.SimpleChain(2, sc.Dense(7, sc.softplus), sc.Dense(3), sc.Activation("silu")),
         "activations_only": lambda: sc.SimpleChain(3, sc.Activation(sc.tanh), sc.Activation(sc.softplus)),
     }

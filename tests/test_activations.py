@@ -51,8 +51,16 @@ def _documented_points(dtype):
     grid = np.linspace(-20.0, 20.0, 2_000_001)
     logs = np.geomspace(1e-30, 30.0, 20001)
     tiny = np.finfo(dtype).tiny
-    special = [0.0, tiny, 1e-45 if dtype is np.float32 else 5e-324, 0.8813735870195430,
-               0.34657359, 1.0397208, 3.5 * np.sqrt(2), 3.0 * np.sqrt(2)]
+    special = [
+        0.0,
+        tiny,
+        1e-45 if dtype is np.float32 else 5e-324,
+        0.8813735870195430,
+        0.34657359,
+        1.0397208,
+        3.5 * np.sqrt(2),
+        3.0 * np.sqrt(2),
+    ]
     return np.concatenate([grid, special, logs, -logs]).astype(dtype)
 
 
@@ -131,10 +139,18 @@ def test_large_infinite_and_nan_inputs(code, dtype):
     # +-inf: every function and derivative here has a limit
     xi = np.array([-np.inf, np.inf], dtype=dtype)
     y, d = _run(code, xi)
-    expect_y = {0: [-np.inf, np.inf], 1: [-1, 1], 2: [0, np.inf], 3: [0, 1], 4: [0, np.inf],
-                5: [0, np.inf], 6: [0, np.inf], 7: [-1, np.inf], 8: [0, 0]}[code]
-    expect_d = {0: [1, 1], 1: [0, 0], 2: [0, 1], 3: [0, 0], 4: [0, 1], 5: [0, 1], 6: [0, 1],
-                7: [0, 1], 8: [0, 0]}[code]
+    expect_y = {
+        0: [-np.inf, np.inf],
+        1: [-1, 1],
+        2: [0, np.inf],
+        3: [0, 1],
+        4: [0, np.inf],
+        5: [0, np.inf],
+        6: [0, np.inf],
+        7: [-1, np.inf],
+        8: [0, 0],
+    }[code]
+    expect_d = {0: [1, 1], 1: [0, 0], 2: [0, 1], 3: [0, 0], 4: [0, 1], 5: [0, 1], 6: [0, 1], 7: [0, 1], 8: [0, 0]}[code]
     np.testing.assert_array_equal(y, np.array(expect_y, dtype))
     np.testing.assert_array_equal(d, np.array(expect_d, dtype))
     np.testing.assert_array_equal(A.reference(code, xi), expect_y)
@@ -210,19 +226,19 @@ def test_offsets_and_out_of_place_agree(dtype, code, n, off, doff, yoff, pad, wa
     z = z0.copy()
     d = np.full(doff + n + pad, sentinel, dtype)
     A.act_forward(code, z, off, n, d, doff, want_d)
-    y_ref = A.reference(code, z0[off:off + n])
+    y_ref = A.reference(code, z0[off : off + n])
     np.testing.assert_array_equal(z[:off], z0[:off])
-    np.testing.assert_array_equal(z[off + n:], z0[off + n:])
+    np.testing.assert_array_equal(z[off + n :], z0[off + n :])
     tol = dict(rtol=1e-6, atol=4e-7) if dtype is np.float32 else dict(rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(z[off:off + n], y_ref, **tol)
+    np.testing.assert_allclose(z[off : off + n], y_ref, **tol)
     if want_d:
-        assert np.all(d[:doff] == sentinel) and np.all(d[doff + n:] == sentinel)
+        assert np.all(d[:doff] == sentinel) and np.all(d[doff + n :] == sentinel)
         # the derivative's own documented accuracy (tanh' in float32 saturates to 0 where the
         # true value is ~5e-7: within its measured 5.5e-7, outside the values' 4e-7)
         name = next(k for k, v in sc.ACTIVATIONS.items() if v.code == code)
         dabs, drel = A.MAX_DERIV_ERRORS[name]["float32" if dtype is np.float32 else "float64"]
         dtol = dict(rtol=max(tol["rtol"], 1.01 * drel), atol=max(tol["atol"], 1.01 * dabs))
-        np.testing.assert_allclose(d[doff:doff + n], A.reference_derivative(code, z0[off:off + n]), **dtol)
+        np.testing.assert_allclose(d[doff : doff + n], A.reference_derivative(code, z0[off : off + n]), **dtol)
     else:
         assert np.all(d == sentinel)
 
@@ -232,8 +248,8 @@ def test_offsets_and_out_of_place_agree(dtype, code, n, off, doff, yoff, pad, wa
     d2 = np.full(doff + n + pad, sentinel, dtype)
     A.act_forward_to(code, zz, off, y, yoff, n, d2, doff, want_d)
     np.testing.assert_array_equal(zz, z0)
-    np.testing.assert_array_equal(y[yoff:yoff + n], z[off:off + n])
-    assert np.all(y[:yoff] == sentinel) and np.all(y[yoff + n:] == sentinel)
+    np.testing.assert_array_equal(y[yoff : yoff + n], z[off : off + n])
+    assert np.all(y[:yoff] == sentinel) and np.all(y[yoff + n :] == sentinel)
     np.testing.assert_array_equal(d2, d)
 
     # act_forward_to with y the very same range as z is act_forward

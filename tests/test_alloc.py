@@ -79,8 +79,21 @@ def test_allocation_counter_works():
 def test_kernels_compiled_without_nrt():
     """The policy: package kernels run without reference counting (see smallchains._jit.NO_NRT)."""
     from smallchains import _activations as A
-    for fn in (E.valgrad, E.vjp, E.forward, E.block_forward, E.block_backward, K.vjp_into, K.forward_into,
-               K.jvp_into, T.train_full, T.train_minibatch, A.act_inplace, A.act_forward):
+
+    for fn in (
+        E.valgrad,
+        E.vjp,
+        E.forward,
+        E.block_forward,
+        E.block_backward,
+        K.vjp_into,
+        K.forward_into,
+        K.jvp_into,
+        T.train_full,
+        T.train_minibatch,
+        A.act_inplace,
+        A.act_forward,
+    ):
         assert fn.targetoptions.get("_nrt") is False, fn
 
 
@@ -108,8 +121,26 @@ def test_engine_valgrad_does_not_allocate(dtype, nt, n, kind):
     g = np.empty_like(p)
     work, slabs, losses, stats = chain._workspace(p.dtype, nt, n)
     prog = chain.bound_program(dtype)
-    args = (prog, p, X, prog[0], E.ROWS, 0, n, Tt, labels, loss.loss.code, loss._lpar, g, slabs, work, losses,
-            stats, True, -1)
+    args = (
+        prog,
+        p,
+        X,
+        prog[0],
+        E.ROWS,
+        0,
+        n,
+        Tt,
+        labels,
+        loss.loss.code,
+        loss._lpar,
+        g,
+        slabs,
+        work,
+        losses,
+        stats,
+        True,
+        -1,
+    )
     assert _extra(E.valgrad, *args) == 0
     assert _extra(E.penalty, prog, p, g, 2, 0.01, True) == 0
     # the public wrapper computes the same thing (so the measured call is the real one)
@@ -155,8 +186,31 @@ def test_train_full_does_not_allocate(dtype, nt, opt):
 
     XT, TT = np.ascontiguousarray(X.T), np.ascontiguousarray(Tt.T)  # train_full takes transposed data
     prog = chain.bound_program(p.dtype)
-    args = (prog, p, XT, TT, labels, loss.loss.code, loss._lpar, pcode, lam, code, hyper, state, step,
-            epochs, hist, 0, g, slabs, work, losses, stats, p.copy(), np.array([7], dtype=np.uint64))
+    args = (
+        prog,
+        p,
+        XT,
+        TT,
+        labels,
+        loss.loss.code,
+        loss._lpar,
+        pcode,
+        lam,
+        code,
+        hyper,
+        state,
+        step,
+        epochs,
+        hist,
+        0,
+        g,
+        slabs,
+        work,
+        losses,
+        stats,
+        p.copy(),
+        np.array([7], dtype=np.uint64),
+    )
     assert _extra(T.train_full, *args) == 0
     assert step[0] == 2 * epochs
     assert T.train_full(*args) == (0, epochs)
@@ -178,8 +232,33 @@ def test_train_minibatch_does_not_allocate():
     rng = np.array([12345], dtype=np.uint64)
 
     prog = chain.bound_program(p.dtype)
-    args = (prog, p, X, Tt, labels, loss.loss.code, loss._lpar, 0, 0.0, code, hyper, state, step, 3,
-            batch, perm, rng, hist, 0, g, slabs, work, losses, stats, np.zeros_like(p))
+    args = (
+        prog,
+        p,
+        X,
+        Tt,
+        labels,
+        loss.loss.code,
+        loss._lpar,
+        0,
+        0.0,
+        code,
+        hyper,
+        state,
+        step,
+        3,
+        batch,
+        perm,
+        rng,
+        hist,
+        0,
+        g,
+        slabs,
+        work,
+        losses,
+        stats,
+        np.zeros_like(p),
+    )
     assert _extra(T.train_minibatch, *args) == 0
     assert step[0] == 2 * 3 * 7  # ceil(100 / 16) = 7 steps per epoch
     assert T.train_minibatch(*args) == (0, 3)
@@ -380,8 +459,10 @@ def test_kernels_report_nonfinite_input():
     gp = np.empty((3, chain.num_params))
     assert user_vjp_loop(chain.program, gp, p, np.ones((3, 2)), X, np.empty_like(X), work) == 1
     assert user_jvp_loop(chain.program, Y, Y.copy(), p, X, X.copy(), p.copy(), work, 1) == 1
-    assert user_batch(chain.program, Y, p.copy(), np.empty_like(X), p, np.ones((3, 2)), X,
-                      np.empty(chain.work_size(3))) == 1
+    assert (
+        user_batch(chain.program, Y, p.copy(), np.empty_like(X), p, np.ones((3, 2)), X, np.empty(chain.work_size(3)))
+        == 1
+    )
 
 
 def test_chain_kernels_object():
@@ -459,7 +540,10 @@ def test_user_euler_adjoint_matches_finite_differences():
     user_euler_adjoint(chain.program, p, u0, h, steps, work, np.empty(2), np.empty(2), gp, lam, us)
     np.testing.assert_allclose(us[-1], final_state(p), rtol=1e-12)
     from helpers import central_diff_grad
+
     fd = central_diff_grad(lambda q: w @ final_state(q), p)
     np.testing.assert_allclose(gp, fd, rtol=1e-6, atol=1e-8)
-    assert _extra(user_euler_adjoint, chain.program, p, u0, h, steps, work, np.empty(2), np.empty(2), gp,
-                  w.copy(), us) == 0
+    assert (
+        _extra(user_euler_adjoint, chain.program, p, u0, h, steps, work, np.empty(2), np.empty(2), gp, w.copy(), us)
+        == 0
+    )

@@ -74,9 +74,11 @@ def nonfinite(v):
 
 
 def frame(**over):
-    rows = [dict(ID=1, TIME=0.0, AMT=100.0, DV=np.nan, EVID=1, MDV=1, CMT=1, WT=70.0),
-            dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2, WT=70.0),
-            dict(ID=1, TIME=2.0, AMT=0.0, DV=4.0, EVID=0, MDV=0, CMT=2, WT=70.0)]
+    rows = [
+        dict(ID=1, TIME=0.0, AMT=100.0, DV=np.nan, EVID=1, MDV=1, CMT=1, WT=70.0),
+        dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2, WT=70.0),
+        dict(ID=1, TIME=2.0, AMT=0.0, DV=4.0, EVID=0, MDV=0, CMT=2, WT=70.0),
+    ]
     df = pd.DataFrame(rows)
     for key, val in over.items():
         col, row = key.rsplit("_", 1)
@@ -114,8 +116,12 @@ CASES = [
     ("call X columns", lambda: CHAIN(X[:, :3], P), ValueError, "`X`|`x`"),
     ("call X int", lambda: CHAIN(X.astype(np.int64), P), TypeError, "`X`|`x`"),
     ("call X nan", lambda: CHAIN(np.where(X > 2, np.nan, X), P), ValueError, "`X`|`x`"),
-    ("vjp out shape", lambda: CHAIN.vjp_into(np.empty(3, np.float32), P, np.ones(2, np.float32), X[0]),
-     ValueError, "`out`"),
+    (
+        "vjp out shape",
+        lambda: CHAIN.vjp_into(np.empty(3, np.float32), P, np.ones(2, np.float32), X[0]),
+        ValueError,
+        "`out`",
+    ),
     ("vjp v shape", lambda: CHAIN.vjp_into(np.empty_like(P), P, np.ones(3, np.float32), X[0]), ValueError, "`v`"),
     # ---------------------------------------------------------------- training
     ("train epochs -1", lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), -1), ValueError, "epochs"),
@@ -125,26 +131,50 @@ CASES = [
     ("train opt", lambda: sc.train_unbatched(LOSS, X, P.copy(), "adam", 1), TypeError, "`opt`"),
     ("train loss", lambda: sc.train_unbatched(CHAIN, X, P.copy(), sc.Adam(), 1), TypeError, "`loss`"),
     ("train X rows", lambda: sc.train_unbatched(LOSS, X[:10], P.copy(), sc.Adam(), 1), ValueError, "rows|`X`"),
-    ("train threads 0", lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 1, num_threads=0),
-     ValueError, "num_threads"),
-    ("batched batch 0", lambda: sc.train_batched(LOSS, X, P.copy(), sc.Adam(), 1, batch_size=0), ValueError,
-     "batch_size"),
+    (
+        "train threads 0",
+        lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 1, num_threads=0),
+        ValueError,
+        "num_threads",
+    ),
+    (
+        "batched batch 0",
+        lambda: sc.train_batched(LOSS, X, P.copy(), sc.Adam(), 1, batch_size=0),
+        ValueError,
+        "batch_size",
+    ),
     ("batched seed -1", lambda: sc.train_batched(LOSS, X, P.copy(), sc.Adam(), 1, seed=-1), ValueError, "seed"),
-    ("callback_every 0", lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 2, callback=print,
-                                                    callback_every=0), ValueError, "callback_every"),
-    ("validation pair", lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 1, validation=X), TypeError,
-     "validation"),
+    (
+        "callback_every 0",
+        lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 2, callback=print, callback_every=0),
+        ValueError,
+        "callback_every",
+    ),
+    (
+        "validation pair",
+        lambda: sc.train_unbatched(LOSS, X, P.copy(), sc.Adam(), 1, validation=X),
+        TypeError,
+        "validation",
+    ),
     ("minimize p nan", lambda: sc.minimize(LOSS, X, nonfinite(np.nan)), ValueError, "`p`"),
     ("minimize p inf", lambda: sc.minimize(LOSS, X, nonfinite(-np.inf)), ValueError, "`p`"),
     ("minimize loss", lambda: sc.minimize(CHAIN, X, P.copy()), TypeError, "`loss`"),
     ("valgrad g shape", lambda: sc.valgrad(np.empty(3, np.float32), LOSS, X, P), ValueError, "`g`|gradient"),
     ("adam lr", lambda: sc.Adam(-1.0), ValueError, "lr"),
     ("sgd momentum", lambda: sc.SGD(0.1, momentum=-0.5), ValueError, "momentum"),
-    ("squared loss nan", lambda: sc.add_loss(CHAIN, sc.SquaredLoss(np.full((20, 2), np.nan))).loss, ValueError,
-     "target|Y|nan|NaN"),
+    (
+        "squared loss nan",
+        lambda: sc.add_loss(CHAIN, sc.SquaredLoss(np.full((20, 2), np.nan))).loss,
+        ValueError,
+        "target|Y|nan|NaN",
+    ),
     # ---------------------------------------------------------------- saving
-    ("save missing folder", lambda: sc.save("/nonexistent-folder/x.npz", CHAIN, P), FileNotFoundError,
-     "nonexistent-folder/x.npz"),
+    (
+        "save missing folder",
+        lambda: sc.save("/nonexistent-folder/x.npz", CHAIN, P),
+        FileNotFoundError,
+        "nonexistent-folder/x.npz",
+    ),
     ("save p wrong", lambda: sc.save("/tmp/sc-bad.npz", CHAIN, P[:-1]), ValueError, "`p`"),
     ("save chain", lambda: sc.save("/tmp/sc-bad.npz", "chain", P), TypeError, "`chain`"),
     ("save path type", lambda: sc.save(3, CHAIN, P), TypeError, "`path`"),
@@ -173,16 +203,32 @@ CASES = [
     ("solve solver", lambda: sc.solve(decay, [1.0], (0, 1), [1.0], solver="tsit5"), TypeError, "solver"),
     ("solve max_steps", lambda: sc.solve(decay, [1.0], (0, 1), [1.0], max_steps=0), ValueError, "max_steps"),
     ("solve jumps type", lambda: sc.solve(decay, [1.0], (0, 1), [1.0], jumps=[1]), TypeError, "jumps"),
-    ("jump before t0", lambda: sc.solve(decay, [1.0], (0, 1), [1.0], jumps=sc.Jumps().bolus(-1.0, 0, 1.0)),
-     ValueError, "t = -1.*before the start"),
-    ("jump state", lambda: sc.solve(decay, [1.0], (0, 1), [1.0], jumps=sc.Jumps().bolus(0.5, 3, 1.0)),
-     ValueError, "state 3"),
+    (
+        "jump before t0",
+        lambda: sc.solve(decay, [1.0], (0, 1), [1.0], jumps=sc.Jumps().bolus(-1.0, 0, 1.0)),
+        ValueError,
+        "t = -1.*before the start",
+    ),
+    (
+        "jump state",
+        lambda: sc.solve(decay, [1.0], (0, 1), [1.0], jumps=sc.Jumps().bolus(0.5, 3, 1.0)),
+        ValueError,
+        "state 3",
+    ),
     ("jump time nan", lambda: sc.Jumps().bolus(np.nan, 0, 1.0), ValueError, "jump time"),
     ("infusion duration", lambda: sc.Jumps().infusion(0.0, 0, 1.0, 0.0), ValueError, "duration"),
-    ("grad loss shape", lambda: sc.value_and_grad(np.ones((3, 2)), decay, [1.0], (0, 1), np.array([1.0]),
-                                                  saveat=[0.2, 0.5, 1.0]), ValueError, "data|loss|states"),
-    ("grad p short", lambda: sc.value_and_grad(np.ones((3, 2)), two, [1.0, 0.0], (0, 1), np.array([1.0]),
-                                               saveat=[0.2, 0.5, 1.0]), ValueError, r"reads p\[1\]"),
+    (
+        "grad loss shape",
+        lambda: sc.value_and_grad(np.ones((3, 2)), decay, [1.0], (0, 1), np.array([1.0]), saveat=[0.2, 0.5, 1.0]),
+        ValueError,
+        "data|loss|states",
+    ),
+    (
+        "grad p short",
+        lambda: sc.value_and_grad(np.ones((3, 2)), two, [1.0, 0.0], (0, 1), np.array([1.0]), saveat=[0.2, 0.5, 1.0]),
+        ValueError,
+        r"reads p\[1\]",
+    ),
     ("neural ode chain", lambda: sc.NeuralODE(sc.SimpleChain(2, sc.Dense(3))), ValueError, "outputs"),
     ("controller", lambda: sc.PIController(safety=2.0), ValueError, "safety"),
     # ---------------------------------------------------------------- data reading
@@ -202,17 +248,19 @@ CASES = [
     ("data ss on obs", lambda: sc.pk.read_data(frame(SS_1=1)), sc.pk.DataError, "row .*not a dose"),
     ("data addl no ii", lambda: sc.pk.read_data(frame(ADDL_0=2)), sc.pk.DataError, "row .*II"),
     ("data rate -3", lambda: sc.pk.read_data(frame(RATE_0=-3)), sc.pk.DataError, "row .*RATE"),
-    ("data rate -1 no R1", lambda: sc.pk.one_cpt_iv().simulate(sc.pk.read_data(frame(RATE_0=-1))[0], [1.0, 2.0]),
-     sc.pk.DataError, "row 1: RATE = -1 .*R1"),
+    (
+        "data rate -1 no R1",
+        lambda: sc.pk.one_cpt_iv().simulate(sc.pk.read_data(frame(RATE_0=-1))[0], [1.0, 2.0]),
+        sc.pk.DataError,
+        "row 1: RATE = -1 .*R1",
+    ),
     ("data missing file", lambda: sc.pk.read_data("/nonexistent-folder/data.csv"), FileNotFoundError, "data.csv"),
     ("data empty", lambda: sc.pk.read_data(frame().iloc[:0]), sc.pk.DataError, "empty"),
     ("data covariate", lambda: sc.pk.read_data(frame(), covariates=["AGE"]), sc.pk.DataError, "AGE"),
     # ---------------------------------------------------------------- population models and fits
-    ("model structural", lambda: sc.pk.PopulationModel("three_cpt", dict(ka=1.0)), (ValueError, KeyError),
-     "three_cpt"),
+    ("model structural", lambda: sc.pk.PopulationModel("three_cpt", dict(ka=1.0)), (ValueError, KeyError), "three_cpt"),
     ("model theta", lambda: MODEL().__class__("one_cpt_oral", dict(ka=1.0, CL=0.1)), ValueError, "V"),
-    ("model theta <= 0", lambda: sc.pk.PopulationModel("one_cpt_oral", dict(ka=-1.0, CL=0.1, V=5.0)), ValueError,
-     "ka"),
+    ("model theta <= 0", lambda: sc.pk.PopulationModel("one_cpt_oral", dict(ka=-1.0, CL=0.1, V=5.0)), ValueError, "ka"),
     ("model eta", lambda: MODEL(eta=["Q"]), ValueError, "Q"),
     ("model error", lambda: MODEL(error="multiplicative"), ValueError, "error|multiplicative"),
     ("model omega", lambda: MODEL(eta=["ka"], omega="banded"), ValueError, "omega"),
@@ -221,11 +269,14 @@ CASES = [
     ("fit data", lambda: sc.pk.fit(MODEL(), frame(), "pooled"), TypeError, "data"),
     ("fit starts", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", starts=0), ValueError, "starts"),
     ("fit x0", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", x0=[1.0]), ValueError, "x0"),
-    ("fit optimizer", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", optimizer="bfgs"), ValueError,
-     "optimizer"),
+    (
+        "fit optimizer",
+        lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", optimizer="bfgs"),
+        ValueError,
+        "optimizer",
+    ),
     ("fit map no eta", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "map"), ValueError, "eta"),
-    ("fit threads", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", threads=0), ValueError,
-     "threads"),
+    ("fit threads", lambda: sc.pk.fit(MODEL(), sc.pk.read_data(frame()), "pooled", threads=0), ValueError, "threads"),
 ]
 
 
@@ -244,15 +295,24 @@ def test_catalogue_is_large():
 # ---------------------------------------------------------------- the command line (in-process and as a command)
 
 CLI_CASES = [
-    ("cli sigma", ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--sigma", "abc"],
-     "--sigma"),
+    (
+        "cli sigma",
+        ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--sigma", "abc"],
+        "--sigma",
+    ),
     ("cli theta", ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=x"], "--theta"),
     ("cli model", ["fit", "DATA", "--model", "nope", "--theta", "ka=1"], "nope"),
     ("cli no theta", ["fit", "DATA", "--model", "one_cpt_oral"], "--theta"),
-    ("cli out unwritable", ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--out",
-                            "/proc/no-such-dir/out"], "--out"),
-    ("cli covariate", ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--covariate",
-                       "CL"], "--covariate"),
+    (
+        "cli out unwritable",
+        ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--out", "/proc/no-such-dir/out"],
+        "--out",
+    ),
+    (
+        "cli covariate",
+        ["fit", "DATA", "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.1,V=5", "--covariate", "CL"],
+        "--covariate",
+    ),
     ("cli warmup", ["warmup", "gpu"], "gpu"),
     ("cli demo", ["demo", "mnist"], "mnist"),
 ]
@@ -289,12 +349,14 @@ def test_cli_unwritable_out_fails_before_the_fit(tmp_path, monkeypatch):
 
 def test_missing_extra_is_named(monkeypatch):
     """Without pandas, the data functions and the command line name the extra to install."""
-    code = ("import sys; sys.modules['pandas'] = None\n"
-            "import smallchains as sc\n"
-            "try:\n    sc.pkdata.theophylline()\nexcept ImportError as e:\n    print('IMPORT', e)\n"
-            "from smallchains.cli import main\n"
-            "try:\n    main(['fit', 'x.csv', '--model', 'one_cpt_oral', '--theta', 'ka=1,CL=0.1,V=5'])\n"
-            "except SystemExit as e:\n    print('EXIT', e)\n")
+    code = (
+        "import sys; sys.modules['pandas'] = None\n"
+        "import smallchains as sc\n"
+        "try:\n    sc.pkdata.theophylline()\nexcept ImportError as e:\n    print('IMPORT', e)\n"
+        "from smallchains.cli import main\n"
+        "try:\n    main(['fit', 'x.csv', '--model', 'one_cpt_oral', '--theta', 'ka=1,CL=0.1,V=5'])\n"
+        "except SystemExit as e:\n    print('EXIT', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "IMPORT" in r.stdout and "smallchains[data]" in r.stdout, r.stdout

@@ -32,7 +32,7 @@ def test_unbound_program_is_refused_by_status(dtype):
     X = np.random.default_rng(0).standard_normal((7, 3)).astype(dtype)
     Y = np.empty((7, 2), dtype)
     prog = chain.program.copy()
-    prog[0, H_ADDR:H_PID + 1] = 0
+    prog[0, H_ADDR : H_PID + 1] = 0
     work = np.zeros((1, chain.work_size(7)), dtype)
     stats = np.zeros(1, np.int64)
     assert E.forward(prog, p, X, Y, work, stats) == E.NOT_BOUND
@@ -46,21 +46,21 @@ def test_unbound_program_is_refused_by_status(dtype):
 def test_bind_is_per_dtype_and_per_process():
     chain = _chain()
     prog = chain.program.copy()
-    prog[0, H_ADDR:H_PID + 1] = 0
+    prog[0, H_ADDR : H_PID + 1] = 0
     E.bind(prog, np.float32)
     assert prog[0, H_PID] == os.getpid()
-    assert (prog[0, H_ADDR:H_ADDR + 4] != 0).all()  # float32 forward and backward
-    assert (prog[0, H_ADDR + 4:H_ADDR + 12] == 0).all()  # no tangent, nothing for float64
+    assert (prog[0, H_ADDR : H_ADDR + 4] != 0).all()  # float32 forward and backward
+    assert (prog[0, H_ADDR + 4 : H_ADDR + 12] == 0).all()  # no tangent, nothing for float64
     E.bind(prog, np.float64, tangent=True)
-    assert (prog[0, H_ADDR + 6:H_ADDR + 12] != 0).all()
+    assert (prog[0, H_ADDR + 6 : H_ADDR + 12] != 0).all()
     # addresses written by another process (a pickled program) are dropped and rebound
     prog[0, H_PID] = -1
-    prog[0, H_ADDR:H_ADDR + 12] = 12345
+    prog[0, H_ADDR : H_ADDR + 12] = 12345
     E.bind(prog, np.float32)
     assert prog[0, H_PID] == os.getpid()
     fresh = E.bind(chain.program.copy(), np.float32)
-    np.testing.assert_array_equal(prog[0, H_ADDR:H_ADDR + 4], fresh[0, H_ADDR:H_ADDR + 4])
-    assert (prog[0, H_ADDR + 4:H_ADDR + 12] == 0).all()
+    np.testing.assert_array_equal(prog[0, H_ADDR : H_ADDR + 4], fresh[0, H_ADDR : H_ADDR + 4])
+    assert (prog[0, H_ADDR + 4 : H_ADDR + 12] == 0).all()
     with pytest.raises(TypeError, match="float32 or float64"):
         E.bind(prog, np.int32)
 
@@ -95,7 +95,7 @@ def test_public_kernels_need_no_binding():
     chain = _chain()
     p = chain.init_params(seed=2, dtype=np.float64)
     prog = chain.program.copy()
-    prog[0, H_ADDR:H_PID + 1] = 0
+    prog[0, H_ADDR : H_PID + 1] = 0
     X = np.random.default_rng(1).standard_normal((4, 3))
     Y = np.empty((4, 2))
     assert K.forward_batch_into(prog, Y, X, p, np.zeros(chain.work_size(4))) == E.OK

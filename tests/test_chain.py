@@ -99,7 +99,8 @@ def test_reference_backward_matches_finite_differences(name):
     dX = np.random.default_rng(4).standard_normal(X.shape)
     dp = np.random.default_rng(5).standard_normal(p.shape)
     fd = central_diff_dir(lambda x: ref_forward(chain, p, x), X, dX) + central_diff_dir(
-        lambda q: ref_forward(chain, q, X), p, dp)
+        lambda q: ref_forward(chain, q, X), p, dp
+    )
     np.testing.assert_allclose(ref_jvp(chain, p, X, dX, dp), fd, **FD)
 
 
@@ -422,8 +423,9 @@ def chain_specs(draw):
         if draw(st.integers(0, 4)) == 0:
             layers.append(("act", draw(st.sampled_from(ACTIVATION_IDS))))
         else:
-            layers.append(("dense", draw(st.integers(1, 9)), draw(st.sampled_from(ACTIVATION_IDS)),
-                           draw(st.booleans())))
+            layers.append(
+                ("dense", draw(st.integers(1, 9)), draw(st.sampled_from(ACTIVATION_IDS)), draw(st.booleans()))
+            )
     n = draw(st.sampled_from([1, 2, 5, 128, 129, BLOCK, BLOCK + 1, 2 * BLOCK + 4]))
     seed = draw(st.integers(0, 2**16))
     return d, layers, n, seed
@@ -439,8 +441,7 @@ def _build(d, specs):
     return sc.SimpleChain(d, *layers)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chain_specs())
 def test_hypothesis_forward_vjp_jvp(spec):
     d, specs, n, seed = spec
@@ -466,8 +467,7 @@ def test_hypothesis_forward_vjp_jvp(spec):
     np.testing.assert_allclose(o, rj, **_scaled_atol(rj, GTOL[np.float64]))
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chain_specs())
 def test_hypothesis_float32_forward(spec):
     d, specs, n, seed = spec
@@ -521,8 +521,9 @@ def test_init_params_seeded_dtype_glorot_zero_bias(dtype):
 def test_init_params_default_and_bad_dtype():
     chain = make_chain("tanh_3_5_2")
     assert chain.init_params().dtype == np.float32
-    np.testing.assert_array_equal(chain.init_params(seed=1), chain.init_params(seed=1, dtype=np.float64)
-                                  .astype(np.float32))
+    np.testing.assert_array_equal(
+        chain.init_params(seed=1), chain.init_params(seed=1, dtype=np.float64).astype(np.float32)
+    )
     for bad in (np.float16, np.int64, np.complex128):
         with pytest.raises(TypeError, match="dtype"):
             chain.init_params(dtype=bad)

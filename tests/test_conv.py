@@ -23,7 +23,7 @@ def ref_conv(layer, x, Wt, b):
     n, C, H, W = x.shape
     (ph0, ph1), (pw0, pw1) = _pads(layer, H, W)
     xp = np.zeros((n, C, H + ph0 + ph1, W + pw0 + pw1))
-    xp[:, :, ph0:ph0 + H, pw0:pw0 + W] = x
+    xp[:, :, ph0 : ph0 + H, pw0 : pw0 + W] = x
     KH, KW = Wt.shape[2:]
     SH, SW = layer.stride
     OH = (xp.shape[2] - KH) // SH + 1
@@ -32,7 +32,7 @@ def ref_conv(layer, x, Wt, b):
     for o in range(Wt.shape[0]):
         for i in range(OH):
             for j in range(OW):
-                patch = xp[:, :, i * SH:i * SH + KH, j * SW:j * SW + KW]
+                patch = xp[:, :, i * SH : i * SH + KH, j * SW : j * SW + KW]
                 y[:, o, i, j] = np.einsum("nckl,ckl->n", patch, Wt[o]) + (b[o] if b is not None else 0.0)
     return layer.activation(y)
 
@@ -46,7 +46,7 @@ def ref_pool(layer, x, is_max):
     y = np.zeros((x.shape[0], C, OH, OW))
     for i in range(OH):
         for j in range(OW):
-            win = x[:, :, i * SH:i * SH + KH, j * SW:j * SW + KW].reshape(x.shape[0], C, -1)
+            win = x[:, :, i * SH : i * SH + KH, j * SW : j * SW + KW].reshape(x.shape[0], C, -1)
             y[:, :, i, j] = win.max(axis=2) if is_max else win.mean(axis=2)
     return y[:, :, 0, :] if one_d else y
 
@@ -86,16 +86,31 @@ def ref_forward(chain, X, p):
 
 CHAINS = {
     "conv_pool_dense": lambda: sc.SimpleChain((2, 7, 6), Conv(3, 3, sc.tanh), MaxPool(2), Flatten(), sc.Dense(3)),
-    "padded_strided": lambda: sc.SimpleChain((1, 9, 8), Conv(5, (3, 2), sc.softplus, stride=(2, 1), padding=(1, 2)),
-                                             Conv(2, 2, stride=2), Flatten(), sc.Dense(2, sc.tanh)),
-    "same_even": lambda: sc.SimpleChain((3, 6, 5), Conv(4, (2, 4), sc.silu, padding="same"), AvgPool(2),
-                                        Conv(6, 1, bias=False), Flatten(), sc.Dense(4)),
-    "overlap_pool": lambda: sc.SimpleChain((2, 8, 8), Conv(7, 3, sc.relu, padding=1), MaxPool(3, stride=2),
-                                           Flatten(), Dropout(0.3), sc.Dense(5, sc.gelu), sc.Dense(2)),
-    "conv1d": lambda: sc.SimpleChain((3, 17), Conv1D(4, 3, sc.tanh, padding="same"), MaxPool(2),
-                                     Conv1D(2, 2, stride=2), Flatten(), sc.Dense(3)),
-    "single_channel_wide": lambda: sc.SimpleChain((1, 5, 13), Conv(9, (5, 3), sc.elu, stride=(1, 3)), Flatten(),
-                                                  sc.Dense(2)),
+    "padded_strided": lambda: sc.SimpleChain(
+        (1, 9, 8),
+        Conv(5, (3, 2), sc.softplus, stride=(2, 1), padding=(1, 2)),
+        Conv(2, 2, stride=2),
+        Flatten(),
+        sc.Dense(2, sc.tanh),
+    ),
+    "same_even": lambda: sc.SimpleChain(
+        (3, 6, 5), Conv(4, (2, 4), sc.silu, padding="same"), AvgPool(2), Conv(6, 1, bias=False), Flatten(), sc.Dense(4)
+    ),
+    "overlap_pool": lambda: sc.SimpleChain(
+        (2, 8, 8),
+        Conv(7, 3, sc.relu, padding=1),
+        MaxPool(3, stride=2),
+        Flatten(),
+        Dropout(0.3),
+        sc.Dense(5, sc.gelu),
+        sc.Dense(2),
+    ),
+    "conv1d": lambda: sc.SimpleChain(
+        (3, 17), Conv1D(4, 3, sc.tanh, padding="same"), MaxPool(2), Conv1D(2, 2, stride=2), Flatten(), sc.Dense(3)
+    ),
+    "single_channel_wide": lambda: sc.SimpleChain(
+        (1, 5, 13), Conv(9, (5, 3), sc.elu, stride=(1, 3)), Flatten(), sc.Dense(2)
+    ),
 }
 IDS = sorted(CHAINS)
 
@@ -131,8 +146,17 @@ def test_output_shapes_match_pytorch_rules():
     assert MaxPool(2).output_shape((6, 24, 24)) == (6, 12, 12)
     assert MaxPool(3, stride=2).output_shape((7, 8, 8)) == (7, 3, 3)
     assert Conv1D(4, 3, stride=2).output_shape((3, 17)) == (4, 8)
-    chain = sc.SimpleChain((1, 28, 28), Conv(6, 5, sc.relu), MaxPool(2), Conv(16, 5, sc.relu), MaxPool(2),
-                           Flatten(), sc.Dense(120, sc.relu), sc.Dense(84, sc.relu), sc.Dense(10))
+    chain = sc.SimpleChain(
+        (1, 28, 28),
+        Conv(6, 5, sc.relu),
+        MaxPool(2),
+        Conv(16, 5, sc.relu),
+        MaxPool(2),
+        Flatten(),
+        sc.Dense(120, sc.relu),
+        sc.Dense(84, sc.relu),
+        sc.Dense(10),
+    )
     assert chain.output_dim == 10
     assert chain.num_params == 6 * 25 + 6 + 16 * 150 + 16 + 256 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
 
@@ -300,6 +324,7 @@ def test_dropout_in_training_is_seeded_and_thread_invariant():
 
 def test_dropout_mask_rate_and_scale():
     from smallchains import _engine as E
+
     w = np.zeros(200 * 64)
     E.dropout_mask(w, 0, 200, 64, 12345, 0, 7, int(0.3 * 2**32))
     kept = w != 0
@@ -313,8 +338,17 @@ def test_lenet_learns_fashion_mnist_in_one_pass():
         Xtr, ytr, Xte, yte = sc.datasets.fashion_mnist()
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)")
-    chain = sc.SimpleChain((1, 28, 28), Conv(6, 5, sc.relu), MaxPool(2), Conv(16, 5, sc.relu), MaxPool(2),
-                           Flatten(), sc.Dense(120, sc.relu), sc.Dense(84, sc.relu), sc.Dense(10))
+    chain = sc.SimpleChain(
+        (1, 28, 28),
+        Conv(6, 5, sc.relu),
+        MaxPool(2),
+        Conv(16, 5, sc.relu),
+        MaxPool(2),
+        Flatten(),
+        sc.Dense(120, sc.relu),
+        sc.Dense(84, sc.relu),
+        sc.Dense(10),
+    )
     p = chain.init_params(seed=0)
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(ytr[:10_000]))
     hist = sc.train_batched(loss, Xtr[:10_000], p, sc.Adam(1e-3), epochs=1, batch_size=32, seed=0)

@@ -34,8 +34,9 @@ def write_idx(path: Path, arr: np.ndarray, gz: bool) -> Path:
     return path
 
 
-def make_dataset(directory: Path, gz: bool = False, n_train: int = 7, n_test: int = 3, rows: int = 28,
-                 cols: int = 28, seed: int = 0):
+def make_dataset(
+    directory: Path, gz: bool = False, n_train: int = 7, n_test: int = 3, rows: int = 28, cols: int = 28, seed: int = 0
+):
     """Write a tiny synthetic data set (the four IDX files) into ``directory``; return the raw arrays."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)

@@ -217,8 +217,9 @@ def test_labels_out_of_range(setup, bad_label):
         sc.accuracy_and_loss(ok, X, lab, p)
 
 
-@pytest.mark.parametrize("labels", [np.zeros(20), np.zeros(20, np.float32), np.array(["a"] * 20),
-                                    np.zeros(20, np.bool_)])
+@pytest.mark.parametrize(
+    "labels", [np.zeros(20), np.zeros(20, np.float32), np.array(["a"] * 20), np.zeros(20, np.bool_)]
+)
 def test_non_integer_labels(labels):
     with pytest.raises(TypeError, match="`labels`"):
         sc.LogitCrossEntropyLoss(labels)

@@ -16,9 +16,14 @@ ACTS = ["identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "silu", "elu"
 
 
 @SETTINGS
-@given(d=st.integers(1, 9), widths=st.lists(st.integers(1, 17), min_size=1, max_size=3),
-       acts=st.lists(st.sampled_from(ACTS), min_size=3, max_size=3), n=st.integers(1, 70),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
+@given(
+    d=st.integers(1, 9),
+    widths=st.lists(st.integers(1, 17), min_size=1, max_size=3),
+    acts=st.lists(st.sampled_from(ACTS), min_size=3, max_size=3),
+    n=st.integers(1, 70),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**31),
+)
 def test_chain_forward_and_gradient(d, widths, acts, n, dtype, seed):
     layers = [sc.Dense(w, sc.ACTIVATIONS[a]) for w, a in zip(widths, acts)]
     chain = sc.SimpleChain(d, *layers)
@@ -56,21 +61,22 @@ def test_solve_and_gradient_of_random_linear_systems(n, seed, t1):
     sol = sc.solve(linear, u0, (0.0, t1), A.ravel(), saveat=ts, rtol=1e-9, atol=1e-11)
     exact = np.array([scipy.linalg.expm(A * t) @ u0 for t in ts])
     np.testing.assert_allclose(sol.u, exact, rtol=1e-6, atol=1e-8)
-    value, gp, gu0 = sc.value_and_grad(exact + 0.1, linear, u0, (0.0, t1), A.ravel(), saveat=ts, rtol=1e-8,
-                                       atol=1e-10)
+    value, gp, gu0 = sc.value_and_grad(exact + 0.1, linear, u0, (0.0, t1), A.ravel(), saveat=ts, rtol=1e-8, atol=1e-10)
     assert np.isfinite(value) and np.all(np.isfinite(gp)) and np.all(np.isfinite(gu0))
 
 
 pd = pytest.importorskip("pandas")
 
-row = st.fixed_dictionaries({
-    "TIME": st.one_of(st.floats(-1, 50, allow_nan=False), st.just(np.nan)),
-    "AMT": st.one_of(st.just(0.0), st.floats(0, 100, allow_nan=False), st.just(np.nan)),
-    "DV": st.one_of(st.floats(-5, 50, allow_nan=False), st.just(np.nan)),
-    "EVID": st.sampled_from([0, 0, 1, 2, 3, 4, 5]),
-    "MDV": st.sampled_from([0, 1, np.nan]),
-    "CMT": st.sampled_from([1, 2, 0, np.nan]),
-})
+row = st.fixed_dictionaries(
+    {
+        "TIME": st.one_of(st.floats(-1, 50, allow_nan=False), st.just(np.nan)),
+        "AMT": st.one_of(st.just(0.0), st.floats(0, 100, allow_nan=False), st.just(np.nan)),
+        "DV": st.one_of(st.floats(-5, 50, allow_nan=False), st.just(np.nan)),
+        "EVID": st.sampled_from([0, 0, 1, 2, 3, 4, 5]),
+        "MDV": st.sampled_from([0, 1, np.nan]),
+        "CMT": st.sampled_from([1, 2, 0, np.nan]),
+    }
+)
 
 
 @SETTINGS

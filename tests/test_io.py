@@ -148,13 +148,16 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- bad arguments to save
 
 
-@pytest.mark.parametrize("bad_p, error, match", [
-    (np.zeros(5, np.float32), ValueError, "has 32 parameters"),
-    (np.zeros((32, 1), np.float32), ValueError, "shape"),
-    (np.zeros(32, np.int64), TypeError, "float32 or float64"),
-    (np.zeros(32, np.float16), TypeError, "float32 or float64"),
-    ([0.0] * 32, TypeError, "NumPy array"),
-])
+@pytest.mark.parametrize(
+    "bad_p, error, match",
+    [
+        (np.zeros(5, np.float32), ValueError, "has 32 parameters"),
+        (np.zeros((32, 1), np.float32), ValueError, "shape"),
+        (np.zeros(32, np.int64), TypeError, "float32 or float64"),
+        (np.zeros(32, np.float16), TypeError, "float32 or float64"),
+        ([0.0] * 32, TypeError, "NumPy array"),
+    ],
+)
 def test_wrong_p_writes_nothing(tmp_path, bad_p, error, match):
     with pytest.raises(error, match=match):
         sc.save(tmp_path / "m.npz", small_chain(), bad_p)
@@ -279,12 +282,15 @@ def test_load_params(tmp_path):
     assert sc.load_params(path, chain, with_metadata=True)[1] == {"seed": 4}
 
 
-@pytest.mark.parametrize("other, match", [
-    (sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(3)), "layer 1.*key 'out': 2 vs 3"),
-    (sc.SimpleChain(3, sc.Dense(5, sc.relu), sc.Dense(2)), "layer 0.*key 'activation': 'tanh' vs 'relu'"),
-    (sc.SimpleChain(4, sc.Dense(5, sc.tanh), sc.Dense(2)), "input shape: file has \\[3\\], chain has \\[4\\]"),
-    (sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(2), sc.Activation("relu")), "number of layers"),
-])
+@pytest.mark.parametrize(
+    "other, match",
+    [
+        (sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(3)), "layer 1.*key 'out': 2 vs 3"),
+        (sc.SimpleChain(3, sc.Dense(5, sc.relu), sc.Dense(2)), "layer 0.*key 'activation': 'tanh' vs 'relu'"),
+        (sc.SimpleChain(4, sc.Dense(5, sc.tanh), sc.Dense(2)), "input shape: file has \\[3\\], chain has \\[4\\]"),
+        (sc.SimpleChain(3, sc.Dense(5, sc.tanh), sc.Dense(2), sc.Activation("relu")), "number of layers"),
+    ],
+)
 def test_load_params_different_chain(tmp_path, other, match):
     _, _, path = saved(tmp_path)
     with pytest.raises(ValueError, match=match):

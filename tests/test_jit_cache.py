@@ -35,8 +35,13 @@ def _env(cache):
 
 
 def run(cache, jobs=ALL, timeout=1800):
-    r = subprocess.run([sys.executable, "-W", "always::UserWarning", JOB, jobs], env=_env(cache),
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-W", "always::UserWarning", JOB, jobs],
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return r.returncode, r.stdout, r.stderr
 
 
@@ -83,9 +88,16 @@ def entries(cache, prefix):
     return found
 
 
-@pytest.mark.parametrize("kernel", [
-    "_train.train_full-", "_train.train_minibatch-", "_engine._valgrad_threads-", "_engine.vjp-", "problem._neural",
-])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "_train.train_full-",
+        "_train.train_minibatch-",
+        "_engine._valgrad_threads-",
+        "_engine.vjp-",
+        "problem._neural",
+    ],
+)
 def test_one_kernels_entries_deleted_then_every_entry_point_twice(warm, tmp_path, kernel):
     ref, root = warm
     cache = copy_cache(root, tmp_path)
@@ -124,8 +136,9 @@ def test_first_compiles_killed_at_several_points(warm, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     for delay in (2.0, 8.0, 20.0):
-        p = subprocess.Popen([sys.executable, JOB, "dense32"], env=_env(cache),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, JOB, "dense32"], env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()

@@ -168,8 +168,12 @@ def test_penalty_applies_to_weights_only(kind, dtype):
     sc.valgrad(g1, pen, X, p)
     np.testing.assert_array_equal(g1[~mask], g0[~mask])  # biases: no penalty gradient
     _, pg = ref_penalty(chain, p, kind, lam)
-    np.testing.assert_allclose((g1 - g0)[mask], pg[mask], rtol=1e-5 if dtype == np.float32 else 1e-12,
-                               atol=1e-6 if dtype == np.float32 else 1e-14)
+    np.testing.assert_allclose(
+        (g1 - g0)[mask],
+        pg[mask],
+        rtol=1e-5 if dtype == np.float32 else 1e-12,
+        atol=1e-6 if dtype == np.float32 else 1e-14,
+    )
     # changing the biases does not change the penalty
     q = p.copy()
     q[~mask] += 3.0

@@ -33,10 +33,13 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
     spec_dir.parent.mkdir(parents=True)  # write_kernel_spec creates spec_dir itself
     from ipykernel.kernelspec import write_kernel_spec
 
-    write_kernel_spec(spec_dir, overrides={
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "env": {"MPLBACKEND": "Agg"},
-    })
+    write_kernel_spec(
+        spec_dir,
+        overrides={
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "env": {"MPLBACKEND": "Agg"},
+        },
+    )
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")], ensure_native_kernel=False)
     assert ksm.get_kernel_spec("python3").argv[0] == sys.executable
     return KernelManager(kernel_name="python3", kernel_spec_manager=ksm)
@@ -74,5 +77,6 @@ def test_notebooks_are_saved_without_outputs():
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert not cell.get("outputs") and cell.get("execution_count") is None, \
+                assert not cell.get("outputs") and cell.get("execution_count") is None, (
                     f"{path.name}: clear the outputs before saving (Kernel > Restart & Clear Output)"
+                )

@@ -92,37 +92,64 @@ def check_method(make, sens, p, u0, dt):
 
 
 def dosing():
-    return (sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1).infusion(0.5, 1, 1.0, 1.3).set(2.2, 1, 0.4)
-            .bolus(1.5, 1, -0.3))
+    return sc.Jumps().bolus(1.0, 0, 2.0, scale_param=1).infusion(0.5, 1, 1.0, 1.3).set(2.2, 1, 0.4).bolus(1.5, 1, -0.3)
 
 
 # --------------------------------------------------------------------------- the discrete adjoint
 
-FIXED = [(sc.Tsit5(), 0.05), (sc.DP5(), 0.1), (sc.BS3(), 0.05), (sc.Vern7(), 0.1), (sc.RK4(), 0.07),
-         (sc.Heun(), 0.02), (sc.Euler(), 0.01)]
+FIXED = [
+    (sc.Tsit5(), 0.05),
+    (sc.DP5(), 0.1),
+    (sc.BS3(), 0.05),
+    (sc.Vern7(), 0.1),
+    (sc.RK4(), 0.07),
+    (sc.Heun(), 0.02),
+    (sc.Euler(), 0.01),
+]
 
 
 @pytest.mark.parametrize("solver,dt", FIXED, ids=[s.name for s, _ in FIXED])
 @pytest.mark.parametrize("store", ["stages", "states"])
 def test_discrete_adjoint_is_the_gradient_of_the_discrete_solution(solver, dt, store):
     """Fixed steps: finite differences see the same step sequence, so the agreement is ~1e-9."""
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, solver=solver, dt=dt,
-                              jumps=dosing(), sensitivity=sc.DiscreteAdjoint(store=store))
+    gf = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        solver=solver,
+        dt=dt,
+        jumps=dosing(),
+        sensitivity=sc.DiscreteAdjoint(store=store),
+    )
     check_against_fd(gf, P, U0, 1e-7)
 
 
 @pytest.mark.parametrize("solver,dt", FIXED, ids=[s.name for s, _ in FIXED])
 def test_forward_sensitivity_is_the_gradient_of_the_discrete_solution(solver, dt):
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, solver=solver, dt=dt,
-                              jumps=dosing(), sensitivity=sc.ForwardSensitivity())
+    gf = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        solver=solver,
+        dt=dt,
+        jumps=dosing(),
+        sensitivity=sc.ForwardSensitivity(),
+    )
     check_against_fd(gf, P, U0, 1e-7)
 
 
 def test_store_modes_agree_to_rounding():
     out = []
     for store in ("stages", "states"):
-        gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(),
-                                  sensitivity=sc.DiscreteAdjoint(store=store))
+        gf = sc.gradient_function(
+            DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=sc.DiscreteAdjoint(store=store)
+        )
         out.append(gf(P))
     assert out[0][0] == out[1][0]
     np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-13, atol=1e-14)
@@ -130,36 +157,64 @@ def test_store_modes_agree_to_rounding():
 
 
 def test_auto_store_falls_back_to_states_under_a_small_budget():
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS,
-                              sensitivity=sc.DiscreteAdjoint(max_memory=2000))
+    gf = sc.gradient_function(
+        DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint(max_memory=2000)
+    )
     v, gp, gu = gf(P)
     assert gf._mode == RK.STORE_STATES
     ref = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint())(P)
     assert ref[0] == v
     np.testing.assert_allclose(gp, ref[1], rtol=1e-13)
     with pytest.raises(MemoryError, match="max_memory"):
-        sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS,
-                             sensitivity=sc.DiscreteAdjoint(max_memory=100))(P)
+        sc.gradient_function(
+            DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint(max_memory=100)
+        )(P)
 
 
 @pytest.mark.parametrize("solver", [sc.Tsit5(), sc.DP5(), sc.BS3(), sc.Vern7()], ids=lambda s: s.name)
 @pytest.mark.parametrize("sens", ALL, ids=lambda s: type(s).__name__)
 def test_adaptive_gradients_match_the_exact_gradient(solver, sens):
     """Adaptive steps: against finite differences of a tight-tolerance solve (the true gradient)."""
-    tight = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=sc.Vern7(),
-                                 rtol=1e-12, atol=1e-12, sensitivity=sc.DiscreteAdjoint())
+    tight = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        jumps=dosing(),
+        solver=sc.Vern7(),
+        rtol=1e-12,
+        atol=1e-12,
+        sensitivity=sc.DiscreteAdjoint(),
+    )
     fp = central_fd(lambda q: tight.value(q), P, 1e-5)
     fu = central_fd(lambda q: tight.value(P, q), U0, 1e-5)
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), solver=solver,
-                              rtol=1e-9, atol=1e-9, sensitivity=sens)
+    gf = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        jumps=dosing(),
+        solver=solver,
+        rtol=1e-9,
+        atol=1e-9,
+        sensitivity=sens,
+    )
     _, gp, gu = gf(P)
     assert rel(gp, fp) < 1e-5
     assert rel(gu, fu) < 1e-5
 
 
 def test_methods_agree_with_each_other():
-    out = [sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-10,
-                                atol=1e-10, sensitivity=s)(P) for s in ALL]
+    out = [
+        sc.gradient_function(
+            DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-10, atol=1e-10, sensitivity=s
+        )(P)
+        for s in ALL
+    ]
     for v, gp, gu in out[1:]:
         assert v == pytest.approx(out[0][0], rel=1e-8)
         assert rel(gp, out[0][1]) < 1e-6
@@ -183,9 +238,16 @@ def test_reset_zeroes_the_sensitivity_to_the_past(sens):
     p = np.array([1.2, 0.8, 0.5])
 
     def make(**kw):
-        return sc.gradient_function(sc.SquaredError(np.ones((3, 1)), states=[1]), pk2, [0.0, 0.0], (0.0, 3.0), p,
-                                    saveat=ts, jumps=sc.Jumps().bolus(0.0, 0, 5.0).reset(1.5)
-                                    .bolus(1.5, 0, 3.0, scale_param=2), **kw)
+        return sc.gradient_function(
+            sc.SquaredError(np.ones((3, 1)), states=[1]),
+            pk2,
+            [0.0, 0.0],
+            (0.0, 3.0),
+            p,
+            saveat=ts,
+            jumps=sc.Jumps().bolus(0.0, 0, 5.0).reset(1.5).bolus(1.5, 0, 3.0, scale_param=2),
+            **kw,
+        )
 
     _, gp, gu = make(sensitivity=sens, dt=0.01)(p)
     np.testing.assert_array_equal(gu, 0.0)  # nothing before the reset matters
@@ -198,8 +260,15 @@ def test_everything_at_once(sens):
     p = np.array([1.2, 0.8, 0.5])
     u0 = np.array([0.3, 0.1])
     ts = np.array([0.0, 0.7, 1.5, 2.0, 2.5, 3.0])
-    jumps = (sc.Jumps().bolus(0.0, 0, 5.0, scale_param=2).bolus(0.7, 1, 1.0).reset(1.5)
-             .bolus(1.5, 0, 3.0, scale_param=2).infusion(1.0, 1, 2.0, 1.5).bolus(3.0, 0, 1.0))
+    jumps = (
+        sc.Jumps()
+        .bolus(0.0, 0, 5.0, scale_param=2)
+        .bolus(0.7, 1, 1.0)
+        .reset(1.5)
+        .bolus(1.5, 0, 3.0, scale_param=2)
+        .infusion(1.0, 1, 2.0, 1.5)
+        .bolus(3.0, 0, 1.0)
+    )
 
     def make(**kw):
         return sc.gradient_function(np.ones((6, 2)), pk2, u0, (0.0, 3.0), p, saveat=ts, jumps=jumps, **kw)
@@ -234,7 +303,7 @@ def test_user_loss_callable():
 
     def loss(u, t):
         r = u[:, 0] * np.cos(t)
-        return float(np.sum(w * r ** 2)), np.stack([2 * w * r * np.cos(t), np.zeros_like(r)], axis=1)
+        return float(np.sum(w * r**2)), np.stack([2 * w * r * np.cos(t), np.zeros_like(r)], axis=1)
 
     gf = sc.gradient_function(loss, nonlin, U0, (0.0, 3.0), P, saveat=TS, dt=0.05)
     check_against_fd(gf, P, U0, 1e-7)
@@ -320,13 +389,22 @@ def test_ude_with_mechanistic_parameters_and_doses():
     def feat(x, u, pm, t):
         x[0] = u[1] * pm[2]
 
-    ude = sc.UDE(pk, sc.SimpleChain(1, sc.Dense(6, sc.tanh), sc.Dense(1)), n_states=2,
-                 params=["ka", "ke", "s"], features=feat)
+    ude = sc.UDE(
+        pk, sc.SimpleChain(1, sc.Dense(6, sc.tanh), sc.Dense(1)), n_states=2, params=["ka", "ke", "s"], features=feat
+    )
     p = ude.init_params(seed=2, ka=1.1, ke=0.3, s=0.5)
     assert ude.unpack(p)["ka"] == 1.1 and ude.slices["network"].start == 3
     ts = np.linspace(0.5, 10, 12)
-    gf = sc.gradient_function(sc.SquaredError(np.ones((12, 1)), states=[1]), ude, [0.0, 0.0], (0, 10), p,
-                              saveat=ts, dt=0.05, jumps=sc.Jumps().bolus(0, 0, 10.0).bolus(5, 0, 10.0))
+    gf = sc.gradient_function(
+        sc.SquaredError(np.ones((12, 1)), states=[1]),
+        ude,
+        [0.0, 0.0],
+        (0, 10),
+        p,
+        saveat=ts,
+        dt=0.05,
+        jumps=sc.Jumps().bolus(0, 0, 10.0).bolus(5, 0, 10.0),
+    )
     check_against_fd(gf, p, np.zeros(2), 1e-7)
     with pytest.raises(KeyError, match="unknown parameter"):
         ude.pack(p, kk=1.0)
@@ -345,11 +423,22 @@ def test_no_allocation_in_the_forward_and_reverse_kernels():
     from smallchains.ode import _user as UK
 
     # compiled without Numba's runtime: an allocation inside would not even compile
-    for fn in (RK.rk_solve, ADJ.rk_discrete_adjoint, ADJ.augmented_rhs, ADJ.squared_error, UK.user_rhs,
-               UK.user_vjp, UK.user_jvp, UK.ude_rhs, UK.ude_vjp, UK.ude_jvp):
+    for fn in (
+        RK.rk_solve,
+        ADJ.rk_discrete_adjoint,
+        ADJ.augmented_rhs,
+        ADJ.squared_error,
+        UK.user_rhs,
+        UK.user_vjp,
+        UK.user_jvp,
+        UK.ude_rhs,
+        UK.ude_vjp,
+        UK.ude_jvp,
+    ):
         assert fn.targetoptions.get("_nrt") is False, fn
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(),
-                              sensitivity=sc.DiscreteAdjoint())
+    gf = sc.gradient_function(
+        DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=sc.DiscreteAdjoint()
+    )
     gf(P)
     P_ = gf.P
     g = np.ones_like(gf.us)  # a loss gradient
@@ -357,12 +446,64 @@ def test_no_allocation_in_the_forward_and_reverse_kernels():
     lam = np.zeros(2)
 
     def kernels():
-        RK.rk_solve(gf.fa, P_.fn.iw, gf.fw, P_.ga, P_.tab.A, P_.tab.b, P_.tab.c, P_.tab.b_err_or_zero, P_.tab.D,
-                    P_.opt, P_.iopt, P_.rtol, P_.atol, P_.u0, P_.p, P_.ts, gf.us, P_.tstops, *P_.jumps, gf.st_t,
-                    gf.st_h, gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend)
-        ADJ.rk_discrete_adjoint(gf.fa, gf.va, P_.fn.iw, gf.fw, P_.tab.A, P_.tab.b, P_.tab.c, P_.tab.D, gf.aopt,
-                                float(gf.fres[RK.R_T]), P_.p, gf.st_t, gf.st_h, gf.st_u, gf.st_k, gf.st_j,
-                                *P_.jumps, P_.ts, g, lam, gp, gf.W, gf.K, gf.awk, gf.jg)  # (jump derivatives too)
+        RK.rk_solve(
+            gf.fa,
+            P_.fn.iw,
+            gf.fw,
+            P_.ga,
+            P_.tab.A,
+            P_.tab.b,
+            P_.tab.c,
+            P_.tab.b_err_or_zero,
+            P_.tab.D,
+            P_.opt,
+            P_.iopt,
+            P_.rtol,
+            P_.atol,
+            P_.u0,
+            P_.p,
+            P_.ts,
+            gf.us,
+            P_.tstops,
+            *P_.jumps,
+            gf.st_t,
+            gf.st_h,
+            gf.st_u,
+            gf.st_k,
+            gf.st_j,
+            gf.K,
+            gf.wk,
+            gf.stats_arr,
+            gf.fres,
+            gf.uend,
+        )
+        ADJ.rk_discrete_adjoint(
+            gf.fa,
+            gf.va,
+            P_.fn.iw,
+            gf.fw,
+            P_.tab.A,
+            P_.tab.b,
+            P_.tab.c,
+            P_.tab.D,
+            gf.aopt,
+            float(gf.fres[RK.R_T]),
+            P_.p,
+            gf.st_t,
+            gf.st_h,
+            gf.st_u,
+            gf.st_k,
+            gf.st_j,
+            *P_.jumps,
+            P_.ts,
+            g,
+            lam,
+            gp,
+            gf.W,
+            gf.K,
+            gf.awk,
+            gf.jg,
+        )  # (jump derivatives too)
 
     kernels()
     enabled = _nrt_python.memsys_stats_enabled()
@@ -429,8 +570,9 @@ def test_derivative_check_catches_abs_and_a_wrong_vjp():
         lp[2] += 0.1 * v[1]
 
     with pytest.raises(ValueError, match=r"du/dp\[2\]"):
-        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS,
-                             sensitivity=sc.DiscreteAdjoint())
+        sc.gradient_function(
+            DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint()
+        )
 
     @numba.njit
     def wrong_jvp(out, u, p, t, du, dp):
@@ -438,11 +580,19 @@ def test_derivative_check_catches_abs_and_a_wrong_vjp():
         out[1] = du[1] + dp[0]
 
     with pytest.raises(ValueError, match="Jacobian-vector product of nonlin from the supplied jvp"):
-        sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=wrong_jvp), U0, (0.0, 3.0), P, saveat=TS,
-                             sensitivity=sc.ForwardSensitivity())
+        sc.gradient_function(
+            DATA,
+            sc.ODEFunction(nonlin, jvp=wrong_jvp),
+            U0,
+            (0.0, 3.0),
+            P,
+            saveat=TS,
+            sensitivity=sc.ForwardSensitivity(),
+        )
     # the check can be skipped
-    sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS,
-                         check_derivatives=False)
+    sc.gradient_function(
+        DATA, sc.ODEFunction(nonlin, vjp=wrong_vjp), U0, (0.0, 3.0), P, saveat=TS, check_derivatives=False
+    )
 
 
 @numba.njit
@@ -455,8 +605,9 @@ def nonlin_jvp(out, u, p, t, du, dp):
 def test_user_jvp_equals_complex_step():
     fs = sc.ForwardSensitivity()
     a = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=fs)(P)
-    b = sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=nonlin_jvp), U0, (0.0, 3.0), P, saveat=TS,
-                             jumps=dosing(), sensitivity=fs)(P)
+    b = sc.gradient_function(
+        DATA, sc.ODEFunction(nonlin, jvp=nonlin_jvp), U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=fs
+    )(P)
     assert a[0] == pytest.approx(b[0], rel=1e-13)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-11)
     np.testing.assert_allclose(a[2], b[2], rtol=1e-11)
@@ -533,8 +684,15 @@ def test_derivative_check_enforces_overwrite_and_accumulate():
         lu[1] = lu[1] + 0.0 * e
 
     with pytest.raises(ValueError, match="add to lp"):
-        sc.gradient_function(DATA, sc.ODEFunction(nonlin, vjp=overwriting_vjp), U0, (0.0, 3.0), P, saveat=TS,
-                             sensitivity=sc.DiscreteAdjoint())
+        sc.gradient_function(
+            DATA,
+            sc.ODEFunction(nonlin, vjp=overwriting_vjp),
+            U0,
+            (0.0, 3.0),
+            P,
+            saveat=TS,
+            sensitivity=sc.DiscreteAdjoint(),
+        )
 
     @numba.njit
     def accumulating_jvp(out, u, p, t, du, dp):  # out += ... where it must overwrite
@@ -544,8 +702,15 @@ def test_derivative_check_enforces_overwrite_and_accumulate():
         out[1] += tmp[1]
 
     with pytest.raises(ValueError, match="Jacobian-vector"):
-        sc.gradient_function(DATA, sc.ODEFunction(nonlin, jvp=accumulating_jvp), U0, (0.0, 3.0), P, saveat=TS,
-                             sensitivity=sc.ForwardSensitivity())
+        sc.gradient_function(
+            DATA,
+            sc.ODEFunction(nonlin, jvp=accumulating_jvp),
+            U0,
+            (0.0, 3.0),
+            P,
+            saveat=TS,
+            sensitivity=sc.ForwardSensitivity(),
+        )
 
 
 @pytest.mark.parametrize("sens", ALL[1:], ids=lambda s: type(s).__name__)
@@ -556,18 +721,21 @@ def test_jumps_before_t0_in_every_method(sens):
     p = np.array([1.2, 0.8, 0.5])
     jumps = sc.Jumps().infusion(0.5, 0, 3.0, 2.0)  # on from 0.5 to 2.5
     kw = dict(saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
-    ref = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sc.DiscreteAdjoint(),
-                               **kw)(p)
+    ref = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sc.DiscreteAdjoint(), **kw)(
+        p
+    )
     got = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens, **kw)(p)
-    plain = sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens,
-                                 **dict(kw, jumps=None))(p)
+    plain = sc.gradient_function(
+        np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens, **dict(kw, jumps=None)
+    )(p)
     assert abs(got[0] - plain[0]) > 1e-3  # the infusion counts
     assert rel(got[1], ref[1]) < 1e-6
     assert rel(got[2], ref[2]) < 1e-6
     for early in (sc.Jumps().bolus(0.5, 0, 10.0, scale_param=2), sc.Jumps().set(0.7, 1, 0.3)):
         with pytest.raises(ValueError, match="at t = 0.[57] lies before the start of the solve, t0 = 1"):
-            sc.gradient_function(np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens,
-                                 **dict(kw, jumps=early))
+            sc.gradient_function(
+                np.ones((6, 2)), pk2, [0.3, 0.1], (1.0, 4.0), p, sensitivity=sens, **dict(kw, jumps=early)
+            )
 
 
 def test_default_u0_is_not_a_view_of_the_callers_array():
@@ -579,8 +747,9 @@ def test_default_u0_is_not_a_view_of_the_callers_array():
 
 
 def test_interpolating_adjoint_with_an_empty_span():
-    gf = sc.gradient_function(np.ones((1, 2)), nonlin, U0, (1.0, 1.0), P, saveat=[1.0],
-                              sensitivity=sc.InterpolatingAdjoint())
+    gf = sc.gradient_function(
+        np.ones((1, 2)), nonlin, U0, (1.0, 1.0), P, saveat=[1.0], sensitivity=sc.InterpolatingAdjoint()
+    )
     v, gp, gu = gf(P)
     np.testing.assert_allclose(gu, 2 * (U0 - 1.0))
     np.testing.assert_array_equal(gp, 0.0)
@@ -607,8 +776,18 @@ def test_pullbacks_and_directional_sensitivities_agree(solver):
     ts = np.linspace(0.5, 20, 12)
     jumps = sc.Jumps().bolus(0.0, 0, 4.0, scale_param=3).bolus(6.0, 0, 2.0).set(9.0, 1, 0.5)
     p = np.array([1.3, 0.5, 2.0, 0.8])
-    gf = sc.gradient_function(lambda u, t: (0.0, np.zeros_like(u)), _sat, np.zeros(2), (0, 20), p, saveat=ts,
-                              jumps=jumps, rtol=1e-8, atol=1e-10, solver=solver)
+    gf = sc.gradient_function(
+        lambda u, t: (0.0, np.zeros_like(u)),
+        _sat,
+        np.zeros(2),
+        (0, 20),
+        p,
+        saveat=ts,
+        jumps=jumps,
+        rtol=1e-8,
+        atol=1e-10,
+        solver=solver,
+    )
     gf.value(p)
     us, steps = gf.us.copy(), gf.stats["naccept"]
     Dp = np.array([[1, 0, 0, 0], [0, 1, 0.5, 0], [0, 0, 0, 1.0]])
@@ -634,8 +813,19 @@ def test_pullbacks_and_directional_sensitivities_agree(solver):
 def test_jump_value_and_time_derivatives_match_central_differences():
     """dL/d(value) and dL/d(time) of every jump (a scaled bolus, an infusion's start and end, a set, a
     bolus) from one reverse pass, against central differences of the loss with the jump moved."""
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-12,
-                              atol=1e-12, sensitivity=sc.DiscreteAdjoint(), solver=sc.Vern7())
+    gf = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        jumps=dosing(),
+        rtol=1e-12,
+        atol=1e-12,
+        sensitivity=sc.DiscreteAdjoint(),
+        solver=sc.Vern7(),
+    )
     t0 = np.array([1.1, 0.6, 1.9, 2.2, 1.4])  # as added; off the save points (a save at a jump sees before it)
     v0 = np.array([2.0, 1.0, -1.0, 0.4, -0.3])
     gf.move_jumps(t0, v0)
@@ -661,8 +851,19 @@ def test_jump_value_and_time_derivatives_match_central_differences():
 def test_forward_sensitivities_along_moving_jumps():
     """directional_sensitivities with jump tangents (values and times depending on the direction)
     against central differences of the saved states."""
-    gf = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), rtol=1e-12,
-                              atol=1e-12, sensitivity=sc.DiscreteAdjoint(), solver=sc.Vern7())
+    gf = sc.gradient_function(
+        DATA,
+        nonlin,
+        U0,
+        (0.0, 3.0),
+        P,
+        saveat=TS,
+        jumps=dosing(),
+        rtol=1e-12,
+        atol=1e-12,
+        sensitivity=sc.DiscreteAdjoint(),
+        solver=sc.Vern7(),
+    )
     t0 = np.array([1.1, 0.6, 1.9, 2.2, 1.4])
     v0 = np.array([2.0, 1.0, -1.0, 0.4, -0.3])
     Dp = np.array([[0.3, -0.2, 0.1, 0.5]])

@@ -87,7 +87,7 @@ def test_tableau_is_consistent(name):
         assert abs(tab.b_err.sum()) < 1e-14
     # the dense weights end at b (slot s, f at the step's end, has weight 0 at θ = 1)
     ends = tab.D.sum(axis=1)
-    np.testing.assert_allclose(ends[:tab.stages], tab.b, atol=1e-12)
+    np.testing.assert_allclose(ends[: tab.stages], tab.b, atol=1e-12)
     assert abs(ends[tab.stages]) < 1e-14
     assert tab.fsal == (name in ("Tsit5", "DP5", "BS3"))
 
@@ -161,8 +161,11 @@ def test_dense_output_order(name):
 @pytest.mark.parametrize("name", ADAPTIVE)
 @pytest.mark.parametrize("problem", ["lotka", "vdp"])
 def test_adaptive_against_dop853(name, problem):
-    f, fpy, u0, p, T = ((lotka, lotka_py, [1.0, 1.0], P_LV, 10.0) if problem == "lotka"
-                        else (vdp, vdp_py, [2.0, 0.0], np.array([1.0]), 10.0))
+    f, fpy, u0, p, T = (
+        (lotka, lotka_py, [1.0, 1.0], P_LV, 10.0)
+        if problem == "lotka"
+        else (vdp, vdp_py, [2.0, 0.0], np.array([1.0]), 10.0)
+    )
     ts = np.linspace(0, T, 41)
     ref = reference(fpy, u0, (0, T), p, ts)
     tol = 1e-5 if name == "Heun" else 1e-8
@@ -393,12 +396,12 @@ def test_neural_ode_matches_scipy_with_the_chain_in_python():
     p = chain.init_params(seed=3, dtype=np.float64)
     ts = np.linspace(0, 1.5, 30)
     sol = sc.solve(sc.NeuralODE(chain), [2.0, 0.0], (0, 1.5), p, rtol=1e-10, atol=1e-10, saveat=ts)
-    ref = solve_ivp(lambda t, u: chain(u, p), (0, 1.5), [2.0, 0.0], method="DOP853", rtol=1e-13, atol=1e-13,
-                    t_eval=ts).y.T
+    ref = solve_ivp(
+        lambda t, u: chain(u, p), (0, 1.5), [2.0, 0.0], method="DOP853", rtol=1e-13, atol=1e-13, t_eval=ts
+    ).y.T
     np.testing.assert_allclose(sol.u, ref, atol=1e-8)
     # a chain passed directly is a neural ODE too
-    np.testing.assert_array_equal(sc.solve(chain, [2.0, 0.0], (0, 1.5), p, rtol=1e-10, atol=1e-10,
-                                           saveat=ts).u, sol.u)
+    np.testing.assert_array_equal(sc.solve(chain, [2.0, 0.0], (0, 1.5), p, rtol=1e-10, atol=1e-10, saveat=ts).u, sol.u)
     with pytest.raises(ValueError, match="init_params"):
         sc.solve(sc.NeuralODE(chain), [2.0, 0.0], (0, 1.5), p[:-1])
     with pytest.raises(ValueError, match="outputs as inputs"):

@@ -53,24 +53,27 @@ def test_csv_path_and_lowercase_columns(tmp_path):
         read_data(str(tmp_path / "missing.csv"))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,0,2,0,70"), r"row 1: II must be > 0 when ADDL > 0"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,7,100,1,0,12,2,0,70"), r"row 1: EVID must be 0, 1, 2, 3 or 4"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,0,1,0,12,2,0,70"), r"row 1: AMT must be > 0 on a dose record"),
-    (("1,30,2.0", "1,0.5,2.0"), r"row 3: TIME decreases within ID 1"),
-    (("2,4,3.0", "1,4,3.0"), r"ID 1 appears in two separate blocks"),
-    (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-3"), r"row 4: RATE must be >= 0, -2 \(with DUR\) or -1"),
-    (("1,1,5.0,0", "1,1,.,0"), r"row 2: DV is missing on an observation record"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,2,4,70"), r"row 1: SS must be 0, 1, 2 or 3"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,.,.,1,70"), r"row 1: a steady-state dose .* needs II > 0"),
-    (("1,1,5.0,0,0,.,2,.,.,.,.,70", "1,1,5.0,0,0,.,2,.,.,.,1,70"), r"row 2: SS = 1 on a record that is not a dose"),
-    (("2,0,.,1,1,50,2,25,.,.,.,60", "2,0,.,1,1,0,2,25,12,.,1,60"), r"row 4: AMT = 0 with RATE > 0 .* needs II = 0"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,1.5,0,70"), r"row 1: ADDL must be a whole number"),
-    (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,0,0,12,2,0,70"), r"row 1: CMT must be a whole number >= 1"),
-    (("1,1,5.0,0,0", "1,1,5.0,1,1"), r"row 2: AMT must be > 0 on a dose record"),
-    (("1,1,5.0,0,0,.", "1,1,5.0,0,0,3"), r"row 2: AMT must be 0 or missing when EVID is 0"),
-    (("1,1,5.0,0,0,.,2,.", "1,1,abc,0,0,.,2,."), r"row 2: DV must be a number, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,0,2,0,70"), r"row 1: II must be > 0 when ADDL > 0"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,7,100,1,0,12,2,0,70"), r"row 1: EVID must be 0, 1, 2, 3 or 4"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,0,1,0,12,2,0,70"), r"row 1: AMT must be > 0 on a dose record"),
+        (("1,30,2.0", "1,0.5,2.0"), r"row 3: TIME decreases within ID 1"),
+        (("2,4,3.0", "1,4,3.0"), r"ID 1 appears in two separate blocks"),
+        (("2,0,.,1,1,50,2,25", "2,0,.,1,1,50,2,-3"), r"row 4: RATE must be >= 0, -2 \(with DUR\) or -1"),
+        (("1,1,5.0,0", "1,1,.,0"), r"row 2: DV is missing on an observation record"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,2,4,70"), r"row 1: SS must be 0, 1, 2 or 3"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,.,.,1,70"), r"row 1: a steady-state dose .* needs II > 0"),
+        (("1,1,5.0,0,0,.,2,.,.,.,.,70", "1,1,5.0,0,0,.,2,.,.,.,1,70"), r"row 2: SS = 1 on a record that is not a dose"),
+        (("2,0,.,1,1,50,2,25,.,.,.,60", "2,0,.,1,1,0,2,25,12,.,1,60"), r"row 4: AMT = 0 with RATE > 0 .* needs II = 0"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,1,0,12,1.5,0,70"), r"row 1: ADDL must be a whole number"),
+        (("1,0,.,1,1,100,1,0,12,2,0,70", "1,0,.,1,1,100,0,0,12,2,0,70"), r"row 1: CMT must be a whole number >= 1"),
+        (("1,1,5.0,0,0", "1,1,5.0,1,1"), r"row 2: AMT must be > 0 on a dose record"),
+        (("1,1,5.0,0,0,.", "1,1,5.0,0,0,3"), r"row 2: AMT must be 0 or missing when EVID is 0"),
+        (("1,1,5.0,0,0,.,2,.", "1,1,abc,0,0,.,2,."), r"row 2: DV must be a number, got 'abc'"),
+    ],
+)
 def test_validation_errors_name_row_column_and_rule(edit, message):
     with pytest.raises(DataError, match=message):
         read_data(frame(BASE.replace(*edit)))
@@ -162,8 +165,7 @@ def test_addl_doses_solved_against_superposition():
     s = read_data(frame("ID,TIME,DV,EVID,AMT,CMT,II,ADDL\n1,0,.,1,100,1,12,3\n1,50,1,0,.,2,.,.\n"))[0]
     jumps, t0 = s.schedule(n_states=2)
     ts = np.linspace(0.5, 50, 60)
-    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (t0, 50.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10,
-                   atol=1e-10)
+    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (t0, 50.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
     exact = oral_closed_form(ts, [(0, 100), (12, 100), (24, 100), (36, 100)], 1.3, 0.2)
     np.testing.assert_allclose(sol.u[:, 1], exact, rtol=1e-7, atol=1e-8)
 
@@ -174,8 +176,10 @@ def test_infusion_by_rate_and_by_duration_against_closed_form():
         du[0] = -p[0] * u[0]
 
     k = 0.3
-    for text in ("ID,TIME,DV,EVID,AMT,CMT,RATE\n1,0,.,1,60,1,20\n1,10,1,0,.,1,.\n",
-                 "ID,TIME,DV,EVID,AMT,CMT,RATE,DUR\n1,0,.,1,60,1,-2,3\n1,10,1,0,.,1,.,.\n"):
+    for text in (
+        "ID,TIME,DV,EVID,AMT,CMT,RATE\n1,0,.,1,60,1,20\n1,10,1,0,.,1,.\n",
+        "ID,TIME,DV,EVID,AMT,CMT,RATE,DUR\n1,0,.,1,60,1,-2,3\n1,10,1,0,.,1,.,.\n",
+    ):
         jumps, t0 = read_data(frame(text))[0].schedule(n_states=1)
         ts = np.linspace(0.1, 10, 40)
         sol = sc.solve(iv, [0.0], (0.0, 10.0), [k], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
@@ -188,8 +192,7 @@ def test_evid_4_reset_and_dose_restarts_the_system():
     text = "ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,100,1\n1,5,.,4,40,1\n1,20,1,0,.,2\n"
     jumps, t0 = read_data(frame(text))[0].schedule(n_states=2)
     ts = np.linspace(5.5, 20, 30)
-    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (0.0, 20.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10,
-                   atol=1e-10)
+    sol = sc.solve(one_cpt_oral, [0.0, 0.0], (0.0, 20.0), [1.3, 0.2], saveat=ts, jumps=jumps, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(sol.u[:, 1], oral_closed_form(ts, [(5.0, 40.0)], 1.3, 0.2), rtol=1e-7, atol=1e-8)
 
 
@@ -208,8 +211,16 @@ def test_steady_state_dose_cuts_the_schedule_naming_the_row():
 
 
 def test_dot_and_blank_cells_are_missing_in_a_dataframe_too():
-    df = pd.DataFrame({"ID": [1, 1, 1], "TIME": [0, 1, 2], "AMT": [100, ".", ""], "DV": [".", "5.0", " 4 "],
-                       "EVID": [1, 0, 0], "MDV": [".", ".", ""]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 1],
+            "TIME": [0, 1, 2],
+            "AMT": [100, ".", ""],
+            "DV": [".", "5.0", " 4 "],
+            "EVID": [1, 0, 0],
+            "MDV": [".", ".", ""],
+        }
+    )
     s = read_data(df)[0]
     assert [d.amount for d in s.doses] == [100.0]
     np.testing.assert_array_equal(s.dv, [5.0, 4.0])
@@ -223,8 +234,9 @@ def test_negative_amount_without_evid_is_refused():
 
 
 def test_text_columns_left_out_are_named():
-    df = pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [5.0, 0], "DV": [np.nan, 3.0], "SEX": ["M", "M"],
-                       "WT": [70, 70]})
+    df = pd.DataFrame(
+        {"ID": [1, 1], "TIME": [0, 1], "AMT": [5.0, 0], "DV": [np.nan, 3.0], "SEX": ["M", "M"], "WT": [70, 70]}
+    )
     with pytest.warns(sc.DataWarning, match=r"\['SEX'\] hold text"):
         pop = read_data(df)
     assert pop.covariate_names == ["WT"]
@@ -293,21 +305,26 @@ def test_ignore_and_accept_conditions_as_nonmem():
     assert [s.dv.tolist() for s in pop] == [[4.0, 0.0], []] and [len(s.doses) for s in pop] == [1, 1]
     # text compares as text
     with pytest.warns(sc.DataWarning, match=r"1 record\(s\)"):
-        pop = read_data(pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [1, 0], "DV": [np.nan, 2.0],
-                                      "STUDY": ["A", "B"]}), ignore={"STUDY": ("==", "B")})
+        pop = read_data(
+            pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [1, 0], "DV": [np.nan, 2.0], "STUDY": ["A", "B"]}),
+            ignore={"STUDY": ("==", "B")},
+        )
     assert pop.n_obs == 0
 
 
-@pytest.mark.parametrize("kw,error,match", [
-    (dict(ignore={"DV": ("=", 0)}), TypeError, r"operator among"),
-    (dict(ignore={"XX": ("==", 0)}), DataError, r"column 'XX'"),
-    (dict(ignore={"DV": (">", "a")}), TypeError, r"text .* '==' or '!='"),
-    (dict(ignore=lambda df: df["DV"]), TypeError, r"boolean array"),
-    (dict(ignore={"DV": ("==", 0)}, accept={"OCC": ("==", 1)}), ValueError, r"not both"),
-    (dict(accept="#"), TypeError, r"`accept`"),
-    (dict(ignore=["#", "C"]), TypeError, r"at most one comment character"),
-    (dict(ignore=[3]), TypeError, r"`ignore`"),
-])
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(ignore={"DV": ("=", 0)}), TypeError, r"operator among"),
+        (dict(ignore={"XX": ("==", 0)}), DataError, r"column 'XX'"),
+        (dict(ignore={"DV": (">", "a")}), TypeError, r"text .* '==' or '!='"),
+        (dict(ignore=lambda df: df["DV"]), TypeError, r"boolean array"),
+        (dict(ignore={"DV": ("==", 0)}, accept={"OCC": ("==", 1)}), ValueError, r"not both"),
+        (dict(accept="#"), TypeError, r"`accept`"),
+        (dict(ignore=["#", "C"]), TypeError, r"at most one comment character"),
+        (dict(ignore=[3]), TypeError, r"`ignore`"),
+    ],
+)
 def test_bad_filters_are_named(kw, error, match):
     with pytest.raises(error, match=match):
         read_data(io.StringIO(FILTERED), **kw)
@@ -333,8 +350,15 @@ def test_files_pandas_cannot_read_plainly_get_named_errors(tmp_path):
 
 
 def test_categorical_covariates():
-    df = pd.DataFrame({"ID": [1, 1, 2, 2], "TIME": [0, 1, 0, 1], "AMT": [5.0, 0, 5.0, 0],
-                       "DV": [np.nan, 3.0, np.nan, 2.0], "SEX": ["M", "M", " F", "F"]})
+    df = pd.DataFrame(
+        {
+            "ID": [1, 1, 2, 2],
+            "TIME": [0, 1, 0, 1],
+            "AMT": [5.0, 0, 5.0, 0],
+            "DV": [np.nan, 3.0, np.nan, 2.0],
+            "SEX": ["M", "M", " F", "F"],
+        }
+    )
     pop = read_data(df, categorical={"SEX": {"M": 0, "F": 1}})
     assert pop.covariate_names == ["SEX"] and [s.covariate("SEX") for s in pop] == [0.0, 1.0]
     with pytest.raises(DataError, match=r"row 3: SEX is ' F'.*maps \['M'\]"):
@@ -347,8 +371,9 @@ def test_categorical_covariates():
     with pytest.warns(sc.DataWarning, match=r"categorical=\{'SEX'"):
         pop = read_data(df)
     assert pop.text_columns == ["SEX"]
-    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["CL"], error="additive",
-                              covariates={"CL": {"SEX": "exp"}})
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["CL"], error="additive", covariates={"CL": {"SEX": "exp"}}
+    )
     with pytest.raises(ValueError, match=r"'SEX' is a text column .*categorical="):
         sc.pk.fit(m, pop, "pooled", se=False)
 
@@ -357,8 +382,7 @@ def test_review_fixes_first_column_dot_columns_and_text_columns():
     # a "." in a numeric DataFrame column leaves it numeric (a covariate), as in a CSV
     with warnings.catch_warnings():
         warnings.simplefilter("error", sc.DataWarning)
-        pop = read_data(pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [100, 0], "DV": [".", 5],
-                                      "WT": [70, "."]}))
+        pop = read_data(pd.DataFrame({"ID": [1, 1], "TIME": [0, 1], "AMT": [100, 0], "DV": [".", 5], "WT": [70, "."]}))
     assert pop.covariate_names == ["WT"] and pop.text_columns == []
     # legitimate text in a first column is a text column (named), not a comment record
     with pytest.warns(sc.DataWarning, match=r"\['STUDY'\] hold text"):

@@ -221,7 +221,12 @@ def test_dose_is_available_to_the_parameter_model_without_a_dose_column():
     m = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=25.0), individual=individual, eta=["CL"])
     Problem(m, data).map_objective(m.x0, np.zeros((2, 1)), 0)
     assert {100.0, 300.0} <= set(seen)
-    m2 = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=25.0), eta=["CL"],
-                            covariates={"CL": {"DOSE": "power"}}, covariate_ref={"DOSE": 100.0})
+    m2 = pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.0, CL=3.0, V=25.0),
+        eta=["CL"],
+        covariates={"CL": {"DOSE": "power"}},
+        covariate_ref={"DOSE": 100.0},
+    )
     P = Problem(m2, data)
     np.testing.assert_allclose([s.C[1, 0] for s in P.subjects], [0.0, np.log(3.0)])

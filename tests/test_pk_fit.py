@@ -43,16 +43,24 @@ def fd_grad(fun, z, h=1e-6):
 
 def rich_model():
     """Covariates of both forms, a covariate network, a full Omega, combined error, individual(q, cov)."""
-    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["DOSE"],
-                                 targets=["ka"])
+    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["DOSE"], targets=["ka"])
 
     def individual(q, cov):
         return {"ka": q["ka"], "CL": q["CL"], "V": q["V"] * (cov["WT"] / 70.0) ** 0.1}
 
-    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL", "V"], omega="full",
-                              omega_init=np.array([[0.3, 0.02, 0.0], [0.02, 0.1, 0.01], [0.0, 0.01, 0.05]]),
-                              covariates={"CL": {"WT": "power"}, "V": {"WT": "exp"}}, individual=individual,
-                              error="combined", sigma=[0.3, 0.1], covariate_network=net, weight_prior=2.0)
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.3, CL=0.04, V=0.5),
+        eta=["ka", "CL", "V"],
+        omega="full",
+        omega_init=np.array([[0.3, 0.02, 0.0], [0.02, 0.1, 0.01], [0.0, 0.01, 0.05]]),
+        covariates={"CL": {"WT": "power"}, "V": {"WT": "exp"}},
+        individual=individual,
+        error="combined",
+        sigma=[0.3, 0.1],
+        covariate_network=net,
+        weight_prior=2.0,
+    )
     x = m.x0.copy()
     rng = np.random.default_rng(1)
     x[m.blocks["beta"]] = [0.75, 0.01]
@@ -92,8 +100,12 @@ def test_foce_objective_is_the_linearised_marginal_likelihood(theoph):
     total = 0.0
     for s, eta_hat, r in zip(P.subjects, etas, res):
         # the mode, independently (Nelder-Mead on values only)
-        nm = minimize(lambda e, s=s: s.data_term(x, e, 0) + e @ Oinv @ e, np.zeros(2), method="Nelder-Mead",
-                      options=dict(xatol=1e-9, fatol=1e-12, maxiter=2000))
+        nm = minimize(
+            lambda e, s=s: s.data_term(x, e, 0) + e @ Oinv @ e,
+            np.zeros(2),
+            method="Nelder-Mead",
+            options=dict(xatol=1e-9, fatol=1e-12, maxiter=2000),
+        )
         np.testing.assert_allclose(eta_hat, nm.x, atol=2e-5)
         f = s.predict(x, eta_hat)[2]
         G = np.empty((s.n_obs, 2))
@@ -178,12 +190,18 @@ def test_diagnostics_on_theophylline(theoph_foce):
 
 def test_simulation_and_recovery_mechanistic(theoph):
     """Data simulated from known values (Theophylline's design, 60 subjects) are fitted back."""
-    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.45), eta=["ka", "CL", "V"],
-                              omega_init=[0.2, 0.05, 0.03], error="combined", sigma=[0.2, 0.08])
-    design = sc.pk.Population([s for _ in range(5) for s in theoph.subjects], theoph.covariate_names,
-                              theoph.columns)
-    design = sc.pk.Population([_renumber(s, i) for i, s in enumerate(design.subjects)], design.covariate_names,
-                              design.columns)
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.5, CL=0.04, V=0.45),
+        eta=["ka", "CL", "V"],
+        omega_init=[0.2, 0.05, 0.03],
+        error="combined",
+        sigma=[0.2, 0.08],
+    )
+    design = sc.pk.Population([s for _ in range(5) for s in theoph.subjects], theoph.covariate_names, theoph.columns)
+    design = sc.pk.Population(
+        [_renumber(s, i) for i, s in enumerate(design.subjects)], design.covariate_names, design.columns
+    )
     (sim,), etas = sc.pk.simulate_data(m, design, seed=3)
     start = m.x0.copy()
     start[m.blocks["theta"]] += 0.3  # away from the truth
@@ -258,8 +276,9 @@ def test_save_is_atomic_and_builtin_models_reload(tmp_path, theoph, monkeypatch)
     assert back.model.theta_names == ["ka", "CL", "V"] and back.theta == pytest.approx(r.theta)
     # a covariate network is code too: a clear request for the model, not a layout mismatch
     net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(2, sc.tanh), sc.Dense(1)), inputs=["WT"], targets=["CL"])
-    mn = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["CL"], sigma=0.7,
-                               covariate_network=net)
+    mn = sc.pk.PopulationModel(
+        "one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["CL"], sigma=0.7, covariate_network=net
+    )
     sc.pk.fit(mn, theoph, "pooled", se=False, maxiter=3).save(path)
     with pytest.raises(ValueError, match="pass model="):
         sc.pk.load(path)
@@ -296,8 +315,14 @@ def test_neural_elimination_model_gradients(theoph):
 
     ude = sc.UDE(rhs, chain, n_states=2, params=["ka", "CL", "V"], features=feats)
     st = sc.pk.CompartmentModel("nn_elim", ude, ["ka", "CL", "V"], ["depot", "central"], [sc.pk.Ratio(1, 2)])
-    m = sc.pk.PopulationModel(st, dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "V"], error="proportional",
-                              sigma=0.2, weights=chain.init_params(seed=1, dtype=np.float64) * 0.5)
+    m = sc.pk.PopulationModel(
+        st,
+        dict(ka=1.5, CL=0.04, V=0.5),
+        eta=["ka", "V"],
+        error="proportional",
+        sigma=0.2,
+        weights=chain.init_params(seed=1, dtype=np.float64) * 0.5,
+    )
     data = sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns)
     # (proportional error: drop the time-0 samples, predicted exactly 0)
     data = sc.pk.Population([_drop_first(s) for s in data.subjects], data.covariate_names, data.columns)
@@ -314,8 +339,9 @@ def _drop_first(s):
     import dataclasses
 
     keep = s.obs_time > 0
-    return dataclasses.replace(s, obs_time=s.obs_time[keep], dv=s.dv[keep], dvid=s.dvid[keep],
-                               obs_cmt=s.obs_cmt[keep], blq=s.blq[keep])
+    return dataclasses.replace(
+        s, obs_time=s.obs_time[keep], dv=s.dv[keep], dvid=s.dvid[keep], obs_cmt=s.obs_cmt[keep], blq=s.blq[keep]
+    )
 
 
 # --------------------------------------------------------------------------- bad input
@@ -345,8 +371,13 @@ def test_bad_input_is_named(theoph):
     with pytest.raises(ValueError, match="'power' or 'exp'"):
         sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"WT": "linear"}})
     with pytest.raises(ValueError, match="positive definite"):
-        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["ka", "CL"], omega="full",
-                              omega_init=[[1.0, 2.0], [2.0, 1.0]])
+        sc.pk.PopulationModel(
+            "one_cpt_oral",
+            dict(ka=1.0, CL=0.1, V=1.0),
+            eta=["ka", "CL"],
+            omega="full",
+            omega_init=[[1.0, 2.0], [2.0, 1.0]],
+        )
     with pytest.raises(ValueError, match="sigma"):
         sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), error="combined", sigma=0.3)
     m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"AGE": "power"}})
@@ -365,10 +396,15 @@ def test_bad_input_is_named(theoph):
 def test_compiled_data_term_equals_the_numpy_path(theoph, error, sigma):
     from smallchains.pk.estimation import SubjectEval
 
-    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL"],
-                              covariates={"CL": {"WT": "power"}}, error=error, sigma=sigma)
-    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:4]], theoph.covariate_names,
-                            theoph.columns)
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.3, CL=0.04, V=0.5),
+        eta=["ka", "CL"],
+        covariates={"CL": {"WT": "power"}},
+        error=error,
+        sigma=sigma,
+    )
+    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:4]], theoph.covariate_names, theoph.columns)
     P = Problem(m, data)
     assert all(s._fast is not None for s in P.subjects)
     etas = np.random.default_rng(2).normal(0, 0.2, (P.N, 2))
@@ -395,8 +431,7 @@ def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theo
     from smallchains.pk.estimation import SubjectEval
 
     m, x = rich_model()
-    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:6]], theoph.covariate_names,
-                            theoph.columns)
+    data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:6]], theoph.covariate_names, theoph.columns)
     P = Problem(m, data, threads=2)
     etas = np.random.default_rng(5).normal(0, 0.2, (P.N, m.n_eta))
     try:
@@ -417,8 +452,9 @@ def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theo
     np.testing.assert_allclose(pg[1], pref[1], rtol=1e-11, atol=1e-11 * np.abs(pref[1]).max())
     # a subject whose objective is not finite inside the compiled call (proportional error, a
     # predose sample predicted exactly 0): inf from both paths, not an exception
-    mp = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL"],
-                               error="proportional", sigma=0.2)
+    mp = sc.pk.PopulationModel(
+        "one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL"], error="proportional", sigma=0.2
+    )
     Pp = Problem(mp, sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns), threads=2)
     e3 = np.zeros((Pp.N, 2))
     assert Pp._compiled_terms(mp.x0, e3, 1)[0] == np.inf
@@ -446,11 +482,18 @@ def test_network_of_concentration_and_a_covariate_in_the_dynamics(theoph):
 
     chain = sc.SimpleChain(2, sc.Dense(4, sc.tanh), sc.Dense(1))
     ude = sc.UDE(_theo_ude_rhs, chain, n_states=2, params=["ka", "CL", "V", "WT"], features=_wt_ude_features)
-    st = sc.pk.CompartmentModel("nn_elimination_of_c_and_wt", ude, ["ka", "CL", "V", "WT"], ["depot", "central"],
-                                [sc.pk.Ratio(1, 2)])
-    m = sc.pk.PopulationModel(st, dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="additive", sigma=0.7,
-                              individual=lambda q, cov: dict(ka=q["ka"], CL=q["CL"], V=q["V"], WT=cov["WT"]),
-                              weight_prior=1.0)
+    st = sc.pk.CompartmentModel(
+        "nn_elimination_of_c_and_wt", ude, ["ka", "CL", "V", "WT"], ["depot", "central"], [sc.pk.Ratio(1, 2)]
+    )
+    m = sc.pk.PopulationModel(
+        st,
+        dict(ka=1.5, CL=0.04, V=0.5),
+        eta=["ka", "CL"],
+        error="additive",
+        sigma=0.7,
+        individual=lambda q, cov: dict(ka=q["ka"], CL=q["CL"], V=q["V"], WT=cov["WT"]),
+        weight_prior=1.0,
+    )
     data = sc.pk.Population(theoph.subjects[:4], theoph.covariate_names, theoph.columns)
     P = Problem(m, data, rtol=1e-11, atol=1e-13, solver=sc.Vern7())
     x = m.x0.copy()
@@ -516,8 +559,7 @@ def test_foce_gradient_matches_central_differences_of_the_ofv(theoph):
 def test_foce_fits_network_weights_with_the_other_parameters(theoph):
     """A covariate network under FOCE-I: its weights leave the MAP stage's values and the FOCE-I
     objective (OFV + the weights' prior) ends below the MAP stage's, at a stationary point."""
-    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["WT"],
-                                 targets=["CL"])
+    net = sc.pk.CovariateNetwork(sc.SimpleChain(1, sc.Dense(3, sc.tanh), sc.Dense(1)), inputs=["WT"], targets=["CL"])
     m = theo_model(covariate_network=net, weight_prior=2.0)
     stage = sc.pk.fit(m, theoph, "map", se=False)
     r = sc.pk.fit(m, theoph, "foce", se=False)

@@ -20,8 +20,9 @@ def subject(text):
     return pk.read_data(pd.read_csv(io.StringIO(text), na_values=["."]))[0]
 
 
-ORAL = subject("ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,320,1\n" + "".join(f"1,{t},1,0,.,2\n" for t in
-                                                                   (0.5, 1, 2, 4, 8, 12, 24)))
+ORAL = subject(
+    "ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,320,1\n" + "".join(f"1,{t},1,0,.,2\n" for t in (0.5, 1, 2, 4, 8, 12, 24))
+)
 
 
 def test_one_compartment_oral_against_the_bateman_function():
@@ -34,8 +35,9 @@ def test_one_compartment_oral_against_the_bateman_function():
 
 
 def test_one_compartment_iv_infusion():
-    s = subject("ID,TIME,DV,EVID,AMT,CMT,RATE\n1,0,.,1,100,1,50\n" + "".join(f"1,{t},1,0,.,1,.\n" for t in
-                                                                         (0.5, 1, 2, 3, 6)))
+    s = subject(
+        "ID,TIME,DV,EVID,AMT,CMT,RATE\n1,0,.,1,100,1,50\n" + "".join(f"1,{t},1,0,.,1,.\n" for t in (0.5, 1, 2, 3, 6))
+    )
     CL, V = 3.0, 20.0
     t, y = pk.one_cpt_iv().simulate(s, [CL, V])
     k = CL / V
@@ -46,8 +48,11 @@ def test_one_compartment_iv_infusion():
 @pytest.mark.parametrize("name", ["two_cpt_oral", "one_cpt_oral_mm", "one_cpt_oral_emax"])
 def test_models_against_scipy(name):
     m = pk.MODELS[name]()
-    p = {"two_cpt_oral": [1.2, 3.0, 20.0, 5.0, 40.0], "one_cpt_oral_mm": [1.2, 30.0, 2.0, 25.0],
-         "one_cpt_oral_emax": [1.2, 3.0, 20.0, 0.4, 5.0, 60.0, 4.0]}[name]
+    p = {
+        "two_cpt_oral": [1.2, 3.0, 20.0, 5.0, 40.0],
+        "one_cpt_oral_mm": [1.2, 30.0, 2.0, 25.0],
+        "one_cpt_oral_emax": [1.2, 3.0, 20.0, 0.4, 5.0, 60.0, 4.0],
+    }[name]
     p = np.array(p)
     ts = np.array([0.5, 1, 2, 4, 8, 12, 24.0])
     t, Y = m.simulate(ORAL, p, times=ts)
@@ -73,8 +78,8 @@ def test_output_jacobians_are_exact():
     assert y[0] == pytest.approx(50 / 20) and y[1] == pytest.approx(5 + 60 * 2.5 / 6.5)
     np.testing.assert_allclose(ju[0], [0, 1 / 20, 0])
     np.testing.assert_allclose(jp[0, 2], -50 / 400)
-    np.testing.assert_allclose(ju[1], [0, 0, 60 * 4 / 6.5 ** 2])
-    np.testing.assert_allclose(jp[1, 4:], [1.0, 2.5 / 6.5, -60 * 2.5 / 6.5 ** 2])
+    np.testing.assert_allclose(ju[1], [0, 0, 60 * 4 / 6.5**2])
+    np.testing.assert_allclose(jp[1, 4:], [1.0, 2.5 / 6.5, -60 * 2.5 / 6.5**2])
     with pytest.raises(ValueError, match="DVID 3"):
         m.output(u, p, [1, 3])
 
@@ -108,8 +113,9 @@ def test_builtin_models_get_symbolic_derivatives_equal_to_complex_step():
     for make in sc.pk.MODELS.values():
         model = make()
         assert model.derivatives == "symbolic", model.name
-        cs = sc.pk.CompartmentModel(model.name, model.ode.py, model.params, model.states, model.outputs,
-                                    derivatives="complex step")
+        cs = sc.pk.CompartmentModel(
+            model.name, model.ode.py, model.params, model.states, model.outputs, derivatives="complex step"
+        )
         assert cs.derivatives == "complex step"
         n, m = model.n_states, model.n_params
         u, p, v = rng.uniform(0.1, 3, n), rng.uniform(0.1, 3, m), rng.normal(size=n)
@@ -182,10 +188,12 @@ def test_ude_generated_derivatives_give_the_complex_step_gradient():
         assert ude.derivatives == kind
         p = ude.init_params(seed=3, ka=1.3, CL=0.4, V=2.0)
         data = np.random.default_rng(0).uniform(0, 1, (8, 2))
-        grads[kind] = sc.value_and_grad(data, ude, np.zeros(2), (0.0, 12.0), p, saveat=ts, jumps=jumps, rtol=1e-9,
-                                        atol=1e-9)
+        grads[kind] = sc.value_and_grad(
+            data, ude, np.zeros(2), (0.0, 12.0), p, saveat=ts, jumps=jumps, rtol=1e-9, atol=1e-9
+        )
     assert grads["symbolic"][0] == grads["complex step"][0]
     np.testing.assert_allclose(grads["symbolic"][1], grads["complex step"][1], rtol=1e-10, atol=1e-12)
-    ude = sc.UDE(_ude_branchy, sc.SimpleChain(2, sc.Dense(3, sc.tanh), sc.Dense(1)), n_states=2,
-                 params=["ka", "CL", "V"])
+    ude = sc.UDE(
+        _ude_branchy, sc.SimpleChain(2, sc.Dense(3, sc.tanh), sc.Dense(1)), n_states=2, params=["ka", "CL", "V"]
+    )
     assert ude.derivatives == "complex step" and "truth value" in ude.symbolic_error

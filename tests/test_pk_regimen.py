@@ -39,8 +39,9 @@ def test_simulated_subjects_follow_the_closed_form():
     for _, g in df.groupby("ID"):
         eta = g["ETA_CL"].iloc[0]
         k = th["CL"] * np.exp(eta) / th["V"]
-        want = _closed_form(g["TIME"].to_numpy(), th["ka"], k, th["V"], [(0, 100), (12, 100), (24, 100)],
-                            [(6, 50, 1.0)])
+        want = _closed_form(
+            g["TIME"].to_numpy(), th["ka"], k, th["V"], [(0, 100), (12, 100), (24, 100)], [(6, 50, 1.0)]
+        )
         np.testing.assert_allclose(g["IPRED"].to_numpy(), want, rtol=1e-6)
     assert df["ETA_CL"].nunique() == 4
     assert not np.allclose(df["DV"], df["IPRED"])  # residual error is added
@@ -56,10 +57,14 @@ def test_regimens_compose_and_refuse_bad_arguments():
     assert len(r) == 2 and r.dose_times() == [0.0, 12.0, 24.0, 36.0]
     assert r.rows()[1]["RATE"] == 50 and repr(r).startswith("regimen(200, time=0")
     bad = [
-        (dict(amt=0), ValueError, "`amt`"), (dict(amt="x"), TypeError, "`amt`"),
-        (dict(amt=1, cmt=0), ValueError, "`cmt`"), (dict(amt=1, addl=2), ValueError, "`ii`"),
-        (dict(amt=1, addl=-1), ValueError, "`addl`"), (dict(amt=1, rate=1, duration=2), ValueError, "not both"),
-        (dict(amt=1, ss=3, ii=12), ValueError, "`ss`"), (dict(amt=1, ss=1), ValueError, "`ii`"),
+        (dict(amt=0), ValueError, "`amt`"),
+        (dict(amt="x"), TypeError, "`amt`"),
+        (dict(amt=1, cmt=0), ValueError, "`cmt`"),
+        (dict(amt=1, addl=2), ValueError, "`ii`"),
+        (dict(amt=1, addl=-1), ValueError, "`addl`"),
+        (dict(amt=1, rate=1, duration=2), ValueError, "not both"),
+        (dict(amt=1, ss=3, ii=12), ValueError, "`ss`"),
+        (dict(amt=1, ss=1), ValueError, "`ii`"),
         (dict(amt=1, time=float("nan")), ValueError, "`time`"),
     ]
     for kw, err, match in bad:

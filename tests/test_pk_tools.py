@@ -55,14 +55,37 @@ def test_cli_fit(tmp_path, capsys):
     csv = tmp_path / "theo.csv"
     sc.pkdata.theophylline(as_frame=True).to_csv(csv, index=False)
     out = tmp_path / "out"
-    rc = cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1.5,CL=0.04,V=0.5", "--eta", "ka,CL",
-                   "--method", "map", "--out", str(out), "--vpc-sims", "20"])
+    rc = cli.main(
+        [
+            "fit",
+            str(csv),
+            "--model",
+            "one_cpt_oral",
+            "--theta",
+            "ka=1.5,CL=0.04,V=0.5",
+            "--eta",
+            "ka,CL",
+            "--method",
+            "map",
+            "--out",
+            str(out),
+            "--vpc-sims",
+            "20",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "MAP fit of one_cpt_oral" in text and "omega2(ka)" in text
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["diagnostics.csv", "fit.json", "goodness_of_fit.png", "individual_fits.png", "parameters.csv",
-                     "summary.txt", "vpc.png"]
+    assert names == [
+        "diagnostics.csv",
+        "fit.json",
+        "goodness_of_fit.png",
+        "individual_fits.png",
+        "parameters.csv",
+        "summary.txt",
+        "vpc.png",
+    ]
     back = sc.pk.load(out / "fit.json")  # a built-in model: no code needed
     assert back.model.eta_names == ["ka", "CL"]
     import pandas as pd
@@ -83,8 +106,9 @@ def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="no data file"):
         cli.main(["fit", str(tmp_path / "nope.csv"), "--model", "one_cpt_oral", "--theta", "ka=1,CL=1,V=1"])
     with pytest.raises(SystemExit, match="use error='combined'"):
-        cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5",
-                  "--error", "proportional"])
+        cli.main(
+            ["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--error", "proportional"]
+        )
     with pytest.raises(SystemExit, match="needs random effects"):
         cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--method", "map"])
 
@@ -119,8 +143,7 @@ def test_ude_recovers_michaelis_menten_elimination():
     conc = np.concatenate([s.dv for s in data])
     cs = np.linspace(max(conc.min(), 0.05), conc.max(), 100)
     t = V.MM_TRUTH
-    np.testing.assert_allclose(V.mm_elimination_rates(chain, r.weights, cs), t["Vmax"] * cs / (t["Km"] + cs),
-                               rtol=0.10)
+    np.testing.assert_allclose(V.mm_elimination_rates(chain, r.weights, cs), t["Vmax"] * cs / (t["Km"] + cs), rtol=0.10)
     np.testing.assert_allclose(np.diag(r.omega), t["omega2"], rtol=0.25)
     assert r.theta["V"] == pytest.approx(t["V"], rel=0.1) and r.theta["ka"] == pytest.approx(t["ka"], rel=0.1)
 

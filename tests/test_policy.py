@@ -11,14 +11,25 @@ from smallchains import _jit
 
 
 def test_strict_mode_switches_fastmath_and_cache_off():
-    code = ("import smallchains._jit as J, smallchains._activations as A; "
-            "print(sorted(J.FASTMATH_FLAGS), J.CACHE, sorted(A.FASTMATH_FLAGS))")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SMALLCHAINS_STRICT="1"),
-                         capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import smallchains._jit as J, smallchains._activations as A; "
+        "print(sorted(J.FASTMATH_FLAGS), J.CACHE, sorted(A.FASTMATH_FLAGS))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, SMALLCHAINS_STRICT="1"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == "[] False []"
-    out = subprocess.run([sys.executable, "-c", code], env={k: v for k, v in os.environ.items()
-                                                            if k != "SMALLCHAINS_STRICT"},
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={k: v for k, v in os.environ.items() if k != "SMALLCHAINS_STRICT"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.startswith("['afn', 'arcp', 'contract', 'nsz', 'reassoc'] True")
     assert "nnan" not in out and "ninf" not in out
 
@@ -51,8 +62,16 @@ def test_progress_bar_and_callback(capsys):
     loss = sc.add_loss(chain, sc.SquaredLoss(X[:, :1] * X[:, 1:]))
     p = chain.init_params(dtype=np.float64)
     seen = []
-    h = sc.train_unbatched(loss, X, p, sc.Adam(1e-2), 40, progress=True,
-                           callback=lambda e, v, q: seen.append((e, v, q is p)), callback_every=10)
+    h = sc.train_unbatched(
+        loss,
+        X,
+        p,
+        sc.Adam(1e-2),
+        40,
+        progress=True,
+        callback=lambda e, v, q: seen.append((e, v, q is p)),
+        callback_every=10,
+    )
     assert [e for e, _, _ in seen] == [10, 20, 30, 40]
     assert all(same for _, _, same in seen)
     assert [v for _, v, _ in seen] == [h[9], h[19], h[29], h[39]]
@@ -62,6 +81,7 @@ def test_progress_bar_and_callback(capsys):
 
 def test_purge_reaches_numba_cache_dir(tmp_path, monkeypatch):
     import hashlib
+
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "mod.py").write_text("x = 1\n")

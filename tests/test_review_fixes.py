@@ -92,6 +92,7 @@ def test_train_batched_generator_seed_resumes_the_stream(net):
     sc.train_batched(loss, X, b, sc.SGD(0.01), 2, batch_size=8, seed=3)
     np.testing.assert_array_equal(a, b)  # an int seed is reproducible
     from smallchains.training import _stream_state
+
     g1, g2 = np.random.default_rng(5), np.random.default_rng(5)
     s1 = [_stream_state(g1) for _ in range(3)]
     assert len(set(s1)) == 3  # a Generator advances between calls ...

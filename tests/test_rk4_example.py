@@ -36,8 +36,18 @@ def test_adjoint_matches_central_differences(problem):
     assert np.max(np.abs(adj - fd)) < 1e-6 * np.max(np.abs(fd))
     # the loss reported with the gradient is the loss of the forward solve alone
     b = buf
-    again = ex.loss_only(prob["chain"].program, prob["p"], prob["u0"], prob["h"], prob["data"],
-                         prob["save_every"], b["U"], b["stages"], b["k"], b["work"])
+    again = ex.loss_only(
+        prob["chain"].program,
+        prob["p"],
+        prob["u0"],
+        prob["h"],
+        prob["data"],
+        prob["save_every"],
+        b["U"],
+        b["stages"],
+        b["k"],
+        b["work"],
+    )
     assert again == loss
 
 
@@ -70,8 +80,23 @@ def _allocates(n):
 def test_solve_and_adjoint_allocate_nothing(problem):
     prob, buf = problem
     b = buf
-    args = (prob["chain"].program, prob["p"], prob["u0"], prob["h"], prob["data"], prob["save_every"],
-            b["gp"], b["gu0"], b["U"], b["stages"], b["k"], b["lam"], b["kbar"], b["xbar"], b["work"])
+    args = (
+        prob["chain"].program,
+        prob["p"],
+        prob["u0"],
+        prob["h"],
+        prob["data"],
+        prob["save_every"],
+        b["gp"],
+        b["gu0"],
+        b["U"],
+        b["stages"],
+        b["k"],
+        b["lam"],
+        b["kbar"],
+        b["xbar"],
+        b["work"],
+    )
 
     def count(fn, *a):
         fn(*a)  # warm: compiled, caches loaded

@@ -74,18 +74,26 @@ def np_rmsprop(p, grads, lr, alpha, eps, momentum, wd):
 
 OPT_CASES = {
     "adam": (lambda: sc.Adam(1e-2), lambda p, gs: np_adam(p, gs, 1e-2, (0.9, 0.999), 1e-8, 0.0, False)),
-    "adam_wd": (lambda: sc.Adam(3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
-                lambda p, gs: np_adam(p, gs, 3e-3, (0.8, 0.99), 1e-6, 0.1, False)),
-    "adamw": (lambda: sc.AdamW(1e-2, weight_decay=0.05),
-              lambda p, gs: np_adam(p, gs, 1e-2, (0.9, 0.999), 1e-8, 0.05, True)),
+    "adam_wd": (
+        lambda: sc.Adam(3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+        lambda p, gs: np_adam(p, gs, 3e-3, (0.8, 0.99), 1e-6, 0.1, False),
+    ),
+    "adamw": (
+        lambda: sc.AdamW(1e-2, weight_decay=0.05),
+        lambda p, gs: np_adam(p, gs, 1e-2, (0.9, 0.999), 1e-8, 0.05, True),
+    ),
     "sgd": (lambda: sc.SGD(0.1), lambda p, gs: np_sgd(p, gs, 0.1, 0.0, False, 0.0)),
     "sgd_wd": (lambda: sc.SGD(0.1, weight_decay=0.01), lambda p, gs: np_sgd(p, gs, 0.1, 0.0, False, 0.01)),
     "sgd_momentum": (lambda: sc.SGD(0.05, momentum=0.9), lambda p, gs: np_sgd(p, gs, 0.05, 0.9, False, 0.0)),
-    "sgd_nesterov": (lambda: sc.SGD(0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
-                     lambda p, gs: np_sgd(p, gs, 0.05, 0.8, True, 0.02)),
+    "sgd_nesterov": (
+        lambda: sc.SGD(0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
+        lambda p, gs: np_sgd(p, gs, 0.05, 0.8, True, 0.02),
+    ),
     "rmsprop": (lambda: sc.RMSProp(1e-2), lambda p, gs: np_rmsprop(p, gs, 1e-2, 0.99, 1e-8, 0.0, 0.0)),
-    "rmsprop_momentum_wd": (lambda: sc.RMSProp(5e-3, alpha=0.9, eps=1e-6, momentum=0.7, weight_decay=0.03),
-                            lambda p, gs: np_rmsprop(p, gs, 5e-3, 0.9, 1e-6, 0.7, 0.03)),
+    "rmsprop_momentum_wd": (
+        lambda: sc.RMSProp(5e-3, alpha=0.9, eps=1e-6, momentum=0.7, weight_decay=0.03),
+        lambda p, gs: np_rmsprop(p, gs, 5e-3, 0.9, 1e-6, 0.7, 0.03),
+    ),
 }
 OPT_IDS = list(OPT_CASES)
 
@@ -249,8 +257,9 @@ def test_callback_epochs_and_arguments():
     chain, p, X, Y, loss = _regression()
     p0 = p.copy()
     calls = []
-    hist = sc.train_unbatched(loss, X, p, sc.Adam(1e-2), 10, callback=lambda e, l, q: calls.append(
-        (e, l, q is p, q.copy())), callback_every=3)
+    hist = sc.train_unbatched(
+        loss, X, p, sc.Adam(1e-2), 10, callback=lambda e, l, q: calls.append((e, l, q is p, q.copy())), callback_every=3
+    )
     assert [c[0] for c in calls] == [3, 6, 9, 10]
     for e, l, same, _q in calls:
         assert same
@@ -297,8 +306,9 @@ def test_train_batched_callback_chunks_do_not_change_result():
     p1 = p0.copy()
     h1 = sc.train_batched(loss, X, p1, sc.Adam(1e-2), 6, batch_size=8, seed=3)
     p2 = p0.copy()
-    h2 = sc.train_batched(loss, X, p2, sc.Adam(1e-2), 6, batch_size=8, seed=3, callback=lambda *a: None,
-                          callback_every=1)
+    h2 = sc.train_batched(
+        loss, X, p2, sc.Adam(1e-2), 6, batch_size=8, seed=3, callback=lambda *a: None, callback_every=1
+    )
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(p1, p2)
 
@@ -380,8 +390,11 @@ def test_train_classification_with_penalty():
 def test_training_diverged_error(dtype, batched):
     chain, p, X, Y, loss = _regression(n=50, dtype=dtype)
     p0 = p.copy()
-    train = (lambda q, opt, ep: sc.train_batched(loss, X, q, opt, ep, batch_size=50, seed=0)) if batched else (
-        lambda q, opt, ep: sc.train_unbatched(loss, X, q, opt, ep))
+    train = (
+        (lambda q, opt, ep: sc.train_batched(loss, X, q, opt, ep, batch_size=50, seed=0))
+        if batched
+        else (lambda q, opt, ep: sc.train_unbatched(loss, X, q, opt, ep))
+    )
     with pytest.raises(sc.TrainingDivergedError) as info:
         train(p, sc.SGD(1e6), 200)
     err = info.value
@@ -397,7 +410,7 @@ def test_training_diverged_error(dtype, batched):
     q = p0.copy()
     h = train(q, sc.SGD(1e6), e - 1)
     np.testing.assert_array_equal(p, q)
-    np.testing.assert_array_equal(err.history[:e - 1], h)
+    np.testing.assert_array_equal(err.history[: e - 1], h)
     assert np.isfinite(loss(X, p))
 
 
@@ -453,8 +466,11 @@ def test_validation_curves_equal_evaluation_after_each_epoch(batched):
     chain, p0, X, y = _classification()
     Xv, yv = X[:40] + 0.1, y[:40]
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
-    train = (lambda lo, p, e, **kw: sc.train_batched(lo, X, p, sc.Adam(1e-2), e, batch_size=32, seed=3, **kw)) \
-        if batched else (lambda lo, p, e, **kw: sc.train_unbatched(lo, X, p, sc.Adam(1e-2), e, **kw))
+    train = (
+        (lambda lo, p, e, **kw: sc.train_batched(lo, X, p, sc.Adam(1e-2), e, batch_size=32, seed=3, **kw))
+        if batched
+        else (lambda lo, p, e, **kw: sc.train_unbatched(lo, X, p, sc.Adam(1e-2), e, **kw))
+    )
     p = p0.copy()
     h = train(loss, p, 3, validation=(Xv, yv))
     assert isinstance(h, sc.History) and h.shape == (3,)
@@ -497,6 +513,7 @@ def test_validation_bad_input():
 
 def test_progress_bar_without_tqdm(monkeypatch, capsys):
     import sys
+
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails as if tqdm were missing
     chain, p, X, y = _classification()
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))

@@ -23,9 +23,19 @@ def population(n=4, blq_row=False, varying_wt=False, no_obs_subject=False):
         wt = 60.0 + 5 * i
         rows.append(dict(ID=i, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1, WT=wt, BLQ=0))
         for k, (t, c) in enumerate(((0.5, 4.0), (1.0, 6.0), (2.0, 6.5), (4.0, 5.5), (8.0, 4.0), (24.0, 1.0))):
-            rows.append(dict(ID=i, TIME=t, AMT=0.0, DV=c * (1 + 0.07 * i), EVID=0, MDV=0, CMT=2,
-                             WT=wt + (5.0 if varying_wt and k > 2 else 0.0),
-                             BLQ=1 if (blq_row and i == 1 and k == 5) else 0))
+            rows.append(
+                dict(
+                    ID=i,
+                    TIME=t,
+                    AMT=0.0,
+                    DV=c * (1 + 0.07 * i),
+                    EVID=0,
+                    MDV=0,
+                    CMT=2,
+                    WT=wt + (5.0 if varying_wt and k > 2 else 0.0),
+                    BLQ=1 if (blq_row and i == 1 and k == 5) else 0,
+                )
+            )
     if no_obs_subject:
         rows.append(dict(ID=n + 1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1, WT=70.0, BLQ=0))
     return sc.pk.read_data(pd.DataFrame(rows), covariates=["WT"])
@@ -45,7 +55,7 @@ def test_data_left_out_or_changed_warns():
     with pytest.warns(sc.DataWarning) as rec:
         sc.pk.fit(model(covariates={"CL": {"WT": "power"}}), data, "pooled", se=False, time_varying="baseline")
     text = " ".join(str(w.message) for w in rec if issubclass(w.category, sc.DataWarning))
-    assert "ID 5" in text and "no observation" in text          # the subject without observations
+    assert "ID 5" in text and "no observation" in text  # the subject without observations
     assert "1 observation(s) flagged BLQ" in text and "ID 1" in text
     assert "'WT' changes within subject(s) 1, 2, 3, 4" in text  # held at baseline: said
 
@@ -82,9 +92,11 @@ def test_converged_fit_is_at_a_minimum_and_does_not_warn():
 
 
 def test_fewer_observations_than_parameters_warns():
-    rows = [dict(ID=1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1),
-            dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2),
-            dict(ID=1, TIME=2.0, AMT=0.0, DV=4.0, EVID=0, MDV=0, CMT=2)]
+    rows = [
+        dict(ID=1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1),
+        dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2),
+        dict(ID=1, TIME=2.0, AMT=0.0, DV=4.0, EVID=0, MDV=0, CMT=2),
+    ]
     data = sc.pk.read_data(pd.DataFrame(rows))
     with pytest.warns(sc.DoubtfulResultWarning, match="estimates 4 parameters from 2 observations"):
         sc.pk.fit(model(), data, "pooled", se=False, maxiter=50)
@@ -92,8 +104,10 @@ def test_fewer_observations_than_parameters_warns():
 
 def test_nan_standard_errors_warn():
     """V and CL from one early sample each: the Hessian is singular, the SEs NaN, and it is said."""
-    rows = [dict(ID=1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1),
-            dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2)]
+    rows = [
+        dict(ID=1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1),
+        dict(ID=1, TIME=1.0, AMT=0.0, DV=5.0, EVID=0, MDV=0, CMT=2),
+    ]
     data = sc.pk.read_data(pd.DataFrame(rows))
     with pytest.warns(sc.DoubtfulResultWarning) as rec:
         r = sc.pk.fit(model(), data, "pooled", maxiter=50)
@@ -202,9 +216,11 @@ def test_killed_writer_leaves_no_temporary_file_after_the_next_save(tmp_path, sa
     target = tmp_path / "fit.json"
     r.save(target)
     before = target.read_text()
-    code = ("import os, signal, smallchains._atomic as A\n"
-            f"A.atomic_write({str(target)!r}, lambda fh: (fh.write('partial'), fh.flush(), "
-            "os.kill(os.getpid(), signal.SIGKILL)))\n")
+    code = (
+        "import os, signal, smallchains._atomic as A\n"
+        f"A.atomic_write({str(target)!r}, lambda fh: (fh.write('partial'), fh.flush(), "
+        "os.kill(os.getpid(), signal.SIGKILL)))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert target.read_text() == before

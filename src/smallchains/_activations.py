@@ -106,7 +106,15 @@ ACT_SILU = 6
 ACT_ELU = 7
 ACT_RBF = 8
 ACTIVATION_NAMES = (
-    "identity", "tanh", "relu", "sigmoid", "softplus", "gelu", "silu", "elu", "rbf",
+    "identity",
+    "tanh",
+    "relu",
+    "sigmoid",
+    "softplus",
+    "gelu",
+    "silu",
+    "elu",
+    "rbf",
 )
 
 _JIT = dict(fastmath=FASTMATH_FLAGS or False, error_model="numpy", boundscheck=False, _nrt=False)
@@ -204,8 +212,7 @@ def _scale_expm1(typingctx, s, p):
         sv, pv = args
         fl = ("contract",)
         one = context.get_constant(s, 1.0)
-        return builder.fadd(builder.fmul(sv, pv, flags=fl),
-                            builder.fsub(sv, one, flags=fl), flags=fl)
+        return builder.fadd(builder.fmul(sv, pv, flags=fl), builder.fsub(sv, one, flags=fl), flags=fl)
 
     return s(s, p), codegen
 
@@ -231,21 +238,45 @@ def _atanh_tail(nterms):
 # (Chebyshev truncation at the given number of terms; _erfcx_poly_coefficients).
 _ERFCX_K32 = 3.0
 _ERFCX_C32 = (
-    1.2530080563677553423, -1.3562106940027360270e-1, -4.7562156927520074100e-2,
-    1.2964411434408139391e-1, -1.1927527528224089297e-1, 6.8316567771140853377e-2,
-    -2.3763576439495039671e-2, 2.4991168696069475641e-3, 1.8750791237723530031e-3,
-    -7.2645367903404842363e-4, -9.2545166869239659643e-5, 7.7310242240768950556e-5,
+    1.2530080563677553423,
+    -1.3562106940027360270e-1,
+    -4.7562156927520074100e-2,
+    1.2964411434408139391e-1,
+    -1.1927527528224089297e-1,
+    6.8316567771140853377e-2,
+    -2.3763576439495039671e-2,
+    2.4991168696069475641e-3,
+    1.8750791237723530031e-3,
+    -7.2645367903404842363e-4,
+    -9.2545166869239659643e-5,
+    7.7310242240768950556e-5,
 )
 _ERFCX_K64 = 3.5
 _ERFCX_C64 = (
-    1.2423492448711543912, -1.4000918013761970353e-1, -1.0555596332221669558e-2,
-    9.7519095153287059882e-2, -1.1508959816003075410e-1, 8.7983153824036781638e-2,
-    -4.8823325830884018773e-2, 1.9099330953271164727e-2, -4.2150198797741863684e-3,
-    -3.0226795343332385638e-4, 5.6438426687051022574e-4, -1.2151212091980101384e-4,
-    -4.2781739959539996647e-5, 2.4260300984917993603e-5, 2.3273309537791424688e-6,
-    -3.8140125844906949918e-6, -4.3092373983166659552e-8, 6.0148238499504253971e-7,
-    -8.6115715711137188457e-9, -9.6400425314438302842e-8, 6.6518943823765315883e-10,
-    1.3624442778701047257e-8, 6.0403900993429910098e-11, -1.1656687889203665052e-9,
+    1.2423492448711543912,
+    -1.4000918013761970353e-1,
+    -1.0555596332221669558e-2,
+    9.7519095153287059882e-2,
+    -1.1508959816003075410e-1,
+    8.7983153824036781638e-2,
+    -4.8823325830884018773e-2,
+    1.9099330953271164727e-2,
+    -4.2150198797741863684e-3,
+    -3.0226795343332385638e-4,
+    5.6438426687051022574e-4,
+    -1.2151212091980101384e-4,
+    -4.2781739959539996647e-5,
+    2.4260300984917993603e-5,
+    2.3273309537791424688e-6,
+    -3.8140125844906949918e-6,
+    -4.3092373983166659552e-8,
+    6.0148238499504253971e-7,
+    -8.6115715711137188457e-9,
+    -9.6400425314438302842e-8,
+    6.6518943823765315883e-10,
+    1.3624442778701047257e-8,
+    6.0403900993429910098e-11,
+    -1.1656687889203665052e-9,
 )
 
 
@@ -272,8 +303,7 @@ def _erfcx_poly_coefficients(K, nterms, nodes=80, dps=50):
         vals = [g(y) for y in xs]
         cheb = []
         for j in range(nodes):
-            s = mp.fsum(vals[k] * mp.cos(mp.pi * j * (k + mp.mpf(1) / 2) / nodes)
-                        for k in range(nodes))
+            s = mp.fsum(vals[k] * mp.cos(mp.pi * j * (k + mp.mpf(1) / 2) / nodes) for k in range(nodes))
             cheb.append(2 * s / nodes)
         cheb[0] /= 2
         T = [[mp.mpf(1)], [mp.mpf(0), mp.mpf(1)]]
@@ -368,11 +398,19 @@ def _build(ft):
     # derivative (measured), which matters because tanh is ~30% of a small MLP's
     # training time.  Derivative 1 - t*t (training does not need relative accuracy
     # of tanh' in the far tails; its absolute error stays below 6e-7).
-    TA = [ft(v) for v in (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
-                          5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
-                          -2.76076847742355e-16)]
-    TB = [ft(v) for v in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
-                          1.19825839466702e-06)]
+    TA = [
+        ft(v)
+        for v in (
+            4.89352455891786e-03,
+            6.37261928875436e-04,
+            1.48572235717979e-05,
+            5.12229709037114e-08,
+            -8.60467152213735e-11,
+            2.00018790482477e-13,
+            -2.76076847742355e-16,
+        )
+    ]
+    TB = [ft(v) for v in (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)]
     ta1, ta3, ta5, ta7, ta9, ta11, ta13 = TA
     tb0, tb2, tb4, tb6 = TB
     TCLAMP = ft(7.90531110763549805)
@@ -469,9 +507,17 @@ def _build(ft):
         return _scale_expm1(s, p)
 
     return dict(
-        identity=identity_yd, tanh=tanh_rational_yd if f32 else tanh_yd, relu=relu_yd, sigmoid=sigmoid_yd,
-        softplus=softplus_yd, gelu=gelu_yd, silu=silu_yd, elu=elu_yd, rbf=rbf_yd,
-        exp=exp_, expm1=expm1_,
+        identity=identity_yd,
+        tanh=tanh_rational_yd if f32 else tanh_yd,
+        relu=relu_yd,
+        sigmoid=sigmoid_yd,
+        softplus=softplus_yd,
+        gelu=gelu_yd,
+        silu=silu_yd,
+        elu=elu_yd,
+        rbf=rbf_yd,
+        exp=exp_,
+        expm1=expm1_,
     )
 
 
@@ -577,9 +623,9 @@ def act_forward_to(code, z, off, y, yoff, n, d, doff, want_d):
     (IndexError).  Dispatches on ``code`` once, then runs one vectorised loop.
     """
     _check(z, off, y, yoff, n, d, doff, want_d)
-    zs = z[off:off + n]
-    ys = y[yoff:yoff + n]
-    ds = d[doff:doff + n]
+    zs = z[off : off + n]
+    ys = y[yoff : yoff + n]
+    ds = d[doff : doff + n]
     same = zs.ctypes.data == ys.ctypes.data
     if code == ACT_IDENTITY:
         if want_d:
@@ -693,8 +739,17 @@ def rbf_inplace(zs, ds, want_d):
 
 
 #: the in-place kernel of each activation code (identity has none: the interpreter skips it)
-INPLACE = (None, tanh_inplace, relu_inplace, sigmoid_inplace, softplus_inplace, gelu_inplace, silu_inplace,
-           elu_inplace, rbf_inplace)
+INPLACE = (
+    None,
+    tanh_inplace,
+    relu_inplace,
+    sigmoid_inplace,
+    softplus_inplace,
+    gelu_inplace,
+    silu_inplace,
+    elu_inplace,
+    rbf_inplace,
+)
 
 
 @njit(cache=_CACHE, **_JIT)

@@ -21,11 +21,15 @@ def check_target(path) -> str:
     if os.path.isdir(target):
         raise IsADirectoryError(f"cannot save to {os.fspath(path)!r}: it is a directory; give a file name")
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save to {os.fspath(path)!r}: the folder {directory!r} does not exist; "
-                                "create it first (os.makedirs)")
+        raise FileNotFoundError(
+            f"cannot save to {os.fspath(path)!r}: the folder {directory!r} does not exist; "
+            "create it first (os.makedirs)"
+        )
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot save to {os.fspath(path)!r}: the folder {directory!r} is not writable; "
-                              "choose another folder or change its permissions")
+        raise PermissionError(
+            f"cannot save to {os.fspath(path)!r}: the folder {directory!r} is not writable; "
+            "choose another folder or change its permissions"
+        )
     if os.path.exists(target) and not os.access(target, os.W_OK) and os.name != "posix":
         raise PermissionError(f"cannot save to {os.fspath(path)!r}: the file is read-only")
     return target
@@ -39,7 +43,7 @@ def _remove_stale(target):
     """Delete temporary files of ``target`` whose writing process no longer exists."""
     pattern = os.path.join(glob.escape(os.path.dirname(target)), glob.escape(f".{os.path.basename(target)}.") + "*.tmp")
     for tmp in glob.glob(pattern):
-        pid = os.path.basename(tmp)[len(os.path.basename(target)) + 2:].split(".", 1)[0]
+        pid = os.path.basename(tmp)[len(os.path.basename(target)) + 2 :].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

@@ -111,7 +111,7 @@ def gather_block(X, idx, use_idx, i0, nb, w, B, wo):
     if use_idx:
         while s0 + 8 <= nb:
             for k in range(d):
-                wk = w[wo + k * B + s0:wo + k * B + s0 + 8]
+                wk = w[wo + k * B + s0 : wo + k * B + s0 + 8]
                 for i in range(8):
                     v = X[idx[i0 + s0 + i], k]
                     bad += not (abs(v) <= FMAX)
@@ -119,9 +119,9 @@ def gather_block(X, idx, use_idx, i0, nb, w, B, wo):
             s0 += 8
     else:
         while s0 + 8 <= nb:
-            Xt = X[i0 + s0:i0 + s0 + 8]
+            Xt = X[i0 + s0 : i0 + s0 + 8]
             for k in range(d):
-                wk = w[wo + k * B + s0:wo + k * B + s0 + 8]
+                wk = w[wo + k * B + s0 : wo + k * B + s0 + 8]
                 for i in range(8):
                     v = Xt[i, k]
                     bad += not (abs(v) <= FMAX)
@@ -135,7 +135,7 @@ def gather_block(X, idx, use_idx, i0, nb, w, B, wo):
             w[wo + k * B + s] = v
     if nb < B:
         for k in range(d):
-            wk = w[wo + k * B:wo + (k + 1) * B]
+            wk = w[wo + k * B : wo + (k + 1) * B]
             for s in range(nb, B):
                 wk[s] = 0
     return bad
@@ -159,7 +159,7 @@ def dropout_mask(d, do, n, B, key, s0, unit0, thresh):
     keep = 1.0 / (1.0 - thresh / 4294967296.0)
     kk = _mix64(np.uint64(key) + np.uint64(0x9E3779B97F4A7C15))
     for u in range(n):
-        dr = d[do + u * B:do + (u + 1) * B]
+        dr = d[do + u * B : do + (u + 1) * B]
         ku = _mix64(kk ^ (np.uint64(unit0 + u) * np.uint64(0xD1B54A32D192ED03)))
         one = dr[0] - dr[0] + keep
         zero = dr[0] - dr[0]
@@ -181,38 +181,40 @@ def _forward_blocks(prog, p, w, B, want_d, key, s0, via):
         do = prog[l, F_D] * B
         if kind == KIND_DENSE:
             if B == 1:
-                dense_forward_1(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                                prog[l, F_NIN], nout, w, xo, w, yo)
+                dense_forward_1(
+                    p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, prog[l, F_NIN], nout, w, xo, w, yo
+                )
             else:
-                dense_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                              prog[l, F_NIN], nout, w, xo, w, yo, B)
+                dense_forward(
+                    p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, prog[l, F_NIN], nout, w, xo, w, yo, B
+                )
         elif kind == KIND_CONV:
             layer_op(via, LAYER_CONV_FORWARD, prog, l, p, w, B)
         elif kind == KIND_MAXPOOL or kind == KIND_AVGPOOL:
             layer_op(via, LAYER_POOL_FORWARD, prog, l, w, B, want_d)
         elif kind == KIND_DROPOUT:
-            src = w[xo:xo + nout * B]
-            dst = w[yo:yo + nout * B]
+            src = w[xo : xo + nout * B]
+            dst = w[yo : yo + nout * B]
             if key >= 0:
                 dropout_mask(w, do, nout, B, key, s0, l * 1000003, prog[l, F_AUX])
-                dv = w[do:do + nout * B]
+                dv = w[do : do + nout * B]
                 for t in range(nout * B):
                     dst[t] = src[t] * dv[t]
             else:
                 if want_d:
-                    dv = w[do:do + nout * B]
+                    dv = w[do : do + nout * B]
                     for t in range(nout * B):
                         dv[t] = 1
                 for t in range(nout * B):
                     dst[t] = src[t]
         elif kind == KIND_ACTIVATION:
-            src = w[xo:xo + nout * B]
-            dst = w[yo:yo + nout * B]
+            src = w[xo : xo + nout * B]
+            dst = w[yo : yo + nout * B]
             for t in range(nout * B):
                 dst[t] = src[t]
         # KIND_FLATTEN: the output buffer is the input buffer
         if act != 0:
-            activate(via, prog, act, w[yo:yo + nout * B], w[do:do + nout * B], want_d)
+            activate(via, prog, act, w[yo : yo + nout * B], w[do : do + nout * B], want_d)
     return yo
 
 
@@ -229,17 +231,32 @@ def _backward_blocks(prog, p, gp, w, B, need_input, via):
         need_gx = l > 1 or need_input
         if act != 0 or kind == KIND_DROPOUT:
             do = prog[l, F_D] * B
-            gv = w[cur:cur + nout * B]
-            dv = w[do:do + nout * B]
+            gv = w[cur : cur + nout * B]
+            dv = w[do : do + nout * B]
             for t in range(nout * B):
                 gv[t] *= dv[t]
         if kind == KIND_DENSE and B == 1:
-            dense_pullback_1(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                             nin, nout, w, prog[l, F_X], w, cur, w, other, need_gx)
+            dense_pullback_1(
+                p,
+                gp,
+                prog[l, F_WOFF],
+                prog[l, F_BOFF],
+                prog[l, F_BIAS] != 0,
+                nin,
+                nout,
+                w,
+                prog[l, F_X],
+                w,
+                cur,
+                w,
+                other,
+                need_gx,
+            )
         elif kind == KIND_DENSE:
             xo = prog[l, F_X] * B
-            dense_pullback_params(p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                                  nin, nout, w, xo, w, cur, B)
+            dense_pullback_params(
+                p, gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, nin, nout, w, xo, w, cur, B
+            )
             if need_gx:
                 dense_pullback_input(p, prog[l, F_WOFF], nin, nout, w, cur, w, other, B)
         elif kind == KIND_CONV:
@@ -263,7 +280,7 @@ def _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, via):
     have_dx = use_dx
     if not use_dx:  # a zero input tangent (read by layers before the first with parameters)
         d = prog[0, H_NIN]
-        t0 = w[cur:cur + d * B]
+        t0 = w[cur : cur + d * B]
         for t in range(d * B):
             t0[t] = 0
     for l in range(1, L + 1):
@@ -273,8 +290,24 @@ def _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, via):
         swap = False
         if kind == KIND_DENSE:
             xo = prog[l, F_X] * B
-            dense_tangent(p, dp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0,
-                          prog[l, F_NIN], nout, w, xo, w, cur, have_dx, use_dp, w, other, B)
+            dense_tangent(
+                p,
+                dp,
+                prog[l, F_WOFF],
+                prog[l, F_BOFF],
+                prog[l, F_BIAS] != 0,
+                prog[l, F_NIN],
+                nout,
+                w,
+                xo,
+                w,
+                cur,
+                have_dx,
+                use_dp,
+                w,
+                other,
+                B,
+            )
             swap = True
             have_dx = True
         elif kind == KIND_CONV:
@@ -290,8 +323,8 @@ def _tangent_blocks(prog, p, dp, w, B, use_dx, use_dp, via):
             other = tmp
         if act != 0 or kind == KIND_DROPOUT:
             do = prog[l, F_D] * B
-            gv = w[cur:cur + nout * B]
-            dv = w[do:do + nout * B]
+            gv = w[cur : cur + nout * B]
+            dv = w[do : do + nout * B]
             for t in range(nout * B):
                 gv[t] *= dv[t]
     return cur
@@ -382,9 +415,11 @@ _PROG_T = types.Array(types.int64, 2, "C")
 def _block_signatures(dt):
     a = types.Array(dt, 1, "C")
     i8, b1 = types.int64, types.boolean
-    return (i8(_PROG_T, a, a, i8, b1, i8, i8),  # forward_bound(prog, p, w, B, want_d, key, s0)
-            i8(_PROG_T, a, a, a, i8, b1),  # backward_bound(prog, p, gp, w, B, need_input)
-            i8(_PROG_T, a, a, a, i8, b1, b1))  # tangent_bound(prog, p, dp, w, B, use_dx, use_dp)
+    return (
+        i8(_PROG_T, a, a, i8, b1, i8, i8),  # forward_bound(prog, p, w, B, want_d, key, s0)
+        i8(_PROG_T, a, a, a, i8, b1),  # backward_bound(prog, p, gp, w, B, need_input)
+        i8(_PROG_T, a, a, a, i8, b1, b1),
+    )  # tangent_bound(prog, p, dp, w, B, use_dx, use_dp)
 
 
 _SIGS = tuple(_block_signatures(dt) for dt in _FLOATS)
@@ -394,19 +429,27 @@ _BLOCK_FUNCTIONS = (forward_bound, backward_bound, tangent_bound)
 # the image layers' protocol (``layers.conv``) and the activations, as the bound blocks call them
 LAYER_CONV_FORWARD, LAYER_CONV_BACKWARD, LAYER_CONV_TANGENT = 0, 1, 2
 LAYER_POOL_FORWARD, LAYER_POOL_BACKWARD, LAYER_POOL_TANGENT = 3, 4, 5
-_LAYER_FUNCTIONS = (conv_layer_forward, conv_layer_backward, conv_layer_tangent, pool_layer_forward,
-                    pool_layer_backward, pool_layer_tangent)
+_LAYER_FUNCTIONS = (
+    conv_layer_forward,
+    conv_layer_backward,
+    conv_layer_tangent,
+    pool_layer_forward,
+    pool_layer_backward,
+    pool_layer_tangent,
+)
 
 
 def _layer_signatures(dt):
     a = types.Array(dt, 1, "C")
     i8, b1 = types.int64, types.boolean
-    return (i8(_PROG_T, i8, a, a, i8),  # conv_layer_forward(prog, l, p, w, B)
-            i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1),  # conv_layer_backward(prog, l, p, gp, w, B, cur, other, need_gx)
-            i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1, b1),  # conv_layer_tangent(.., have_dx, use_dp)
-            i8(_PROG_T, i8, a, i8, b1),  # pool_layer_forward(prog, l, w, B, want_d)
-            i8(_PROG_T, i8, a, i8, i8, i8, b1),  # pool_layer_backward(prog, l, w, B, cur, other, need_gx)
-            i8(_PROG_T, i8, a, i8, i8, i8))  # pool_layer_tangent(prog, l, w, B, cur, other)
+    return (
+        i8(_PROG_T, i8, a, a, i8),  # conv_layer_forward(prog, l, p, w, B)
+        i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1),  # conv_layer_backward(prog, l, p, gp, w, B, cur, other, need_gx)
+        i8(_PROG_T, i8, a, a, a, i8, i8, i8, b1, b1),  # conv_layer_tangent(.., have_dx, use_dp)
+        i8(_PROG_T, i8, a, i8, b1),  # pool_layer_forward(prog, l, w, B, want_d)
+        i8(_PROG_T, i8, a, i8, i8, i8, b1),  # pool_layer_backward(prog, l, w, B, cur, other, need_gx)
+        i8(_PROG_T, i8, a, i8, i8, i8),
+    )  # pool_layer_tangent(prog, l, w, B, cur, other)
 
 
 _LAYER_SIGS = tuple(_layer_signatures(dt) for dt in _FLOATS)
@@ -515,8 +558,7 @@ def _ol_ready(prog, p, via):
 def _ol_fwd_block(prog, p, w, B, want_d, key, s0, via):
     if not _by_address(via):
         return lambda prog, p, w, B, want_d, key, s0, via: block_forward_train(prog, p, w, B, want_d, key, s0)
-    return lambda prog, p, w, B, want_d, key, s0, via: bound_fn(prog, p, FN_FORWARD)(prog, p, w, B, want_d, key,
-                                                                                      s0)
+    return lambda prog, p, w, B, want_d, key, s0, via: bound_fn(prog, p, FN_FORWARD)(prog, p, w, B, want_d, key, s0)
 
 
 @overload(bwd_block, inline="always")
@@ -547,6 +589,7 @@ def _ol_layer_op(via, k, *args):
         return None
     direct = _LAYER_FUNCTIONS[k]
     if not _by_address(via):
+
         def impl(via, k, *args):
             return direct(*args)
 
@@ -614,15 +657,18 @@ def bind(prog, dtype, tangent=False):
 
 def _is_bound(head, pid, d, tangent):
     # the block slots are written last, backward after forward and the tangent last of all
-    return head[H_PID] == pid and head[_slot(d, FN_BACKWARD) + 1] != 0 and (
-        not tangent or head[_slot(d, FN_TANGENT) + 1] != 0)
+    return (
+        head[H_PID] == pid
+        and head[_slot(d, FN_BACKWARD) + 1] != 0
+        and (not tangent or head[_slot(d, FN_TANGENT) + 1] != 0)
+    )
 
 
 def _write_addresses(prog, head, pid, d, tangent):
     if head[H_PID] != pid:
         head[H_ADDR:] = 0
         head[H_PID] = pid
-    rows = prog[1:head[H_NLAYERS] + 1]
+    rows = prog[1 : head[H_NLAYERS] + 1]
     for code in sorted({int(c) for c in rows[:, F_ACT]} - {0}):
         s = _act_slot(d, code)
         head[s], head[s + 1] = _address(("act", d, code), INPLACE[code], _ACT_SIGS[d])
@@ -683,9 +729,9 @@ def block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i0, sc
         w[go] = 0.5 * lpar[0]
         half_delta = w[go]
         for j in range(m):
-            yr = w[yo + j * B:yo + j * B + nb]
-            tr = w[to + j * B:to + j * B + nb]
-            gr = w[go + j * B:go + j * B + nb]
+            yr = w[yo + j * B : yo + j * B + nb]
+            tr = w[to + j * B : to + j * B + nb]
+            gr = w[go + j * B : go + j * B + nb]
             acc = yr[0] - yr[0]
             if code == LOSS_SQUARED:
                 for s in range(nb):
@@ -710,7 +756,7 @@ def block_loss(code, lpar, w, yo, go, to, m, B, nb, labels, idx, use_idx, i0, sc
             total += acc
     if want_grad and nb < B:
         for j in range(m):
-            gr = w[go + j * B:go + (j + 1) * B]
+            gr = w[go + j * B : go + (j + 1) * B]
             for s in range(nb, B):
                 gr[s] = 0
     return total, OK
@@ -726,8 +772,8 @@ def copy_cols(XT, i0, nb, w, wo, B):
     Returns the number of non-finite values met."""
     bad = 0
     for k in range(XT.shape[0]):
-        src = XT[k, i0:i0 + nb]
-        wk = w[wo + k * B:wo + (k + 1) * B]
+        src = XT[k, i0 : i0 + nb]
+        wk = w[wo + k * B : wo + (k + 1) * B]
         for s in range(nb):
             v = src[s]
             bad += not (abs(v) <= FMAX)
@@ -806,8 +852,9 @@ def valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g
 
 
 @parallel_kernel
-def _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
-                     losses, stats, want_grad, key):
+def _valgrad_threads(
+    prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B, losses, stats, want_grad, key
+):
     nt = slabs.shape[0]
     n = i1 - i0
     chunk = (n + nt - 1) // nt
@@ -819,13 +866,13 @@ def _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale
         losses[t] = 0.0
         stats[t] = OK
         if a < b:
-            losses[t], stats[t] = valgrad_range(prog, p, X, idx, mode, a, b, T, labels, code, lpar,
-                                                scale, slab, work[t], B, want_grad, key)
+            losses[t], stats[t] = valgrad_range(
+                prog, p, X, idx, mode, a, b, T, labels, code, lpar, scale, slab, work[t], B, want_grad, key
+            )
 
 
 @kernel
-def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
-            want_grad, key):
+def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats, want_grad, key):
     """Mean loss over samples [i0, i1) and, when ``want_grad``, its gradient written into ``g``.
 
     ``mode``: ROWS (X (n, d), T (n, m)), ROWS_IDX (the same through the permutation
@@ -843,11 +890,13 @@ def valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work
     if nt == 1 or n <= B:
         if want_grad:
             g[:] = 0
-        total, st = valgrad_range(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g,
-                                  work[0], B, want_grad, key)
+        total, st = valgrad_range(
+            prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, g, work[0], B, want_grad, key
+        )
         return total * scale, st
-    _valgrad_threads(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B,
-                     losses, stats, want_grad, key)
+    _valgrad_threads(
+        prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, scale, slabs, work, B, losses, stats, want_grad, key
+    )
     total = 0.0
     for t in range(nt):
         if stats[t] != OK:

@@ -26,16 +26,16 @@ class TrainingDivergedError(FloatingPointError):
 
 _MESSAGES = {
     E.NONFINITE_INPUT: "`{x}` contains NaN or Inf; clean or impute the data first "
-                       "(e.g. X[~np.isfinite(X)] = 0, or drop those rows)",
+    "(e.g. X[~np.isfinite(X)] = 0, or drop those rows)",
     E.NONFINITE_LOSS: "the loss is not finite; check the targets for NaN/Inf or lower the learning rate",
     E.NONFINITE_GRAD: "the gradient is not finite; lower the learning rate or rescale the data",
     E.NONFINITE_PARAMS: "the update made the parameters non-finite; lower the learning rate",
     E.WORK_TOO_SMALL: "the workspace is too small; allocate chain.work_size(batch) elements",
     E.BAD_SHAPE: "an array passed to a compiled kernel has the wrong length or shape for the chain "
-                 "(see the shapes in smallchains.kernels)",
+    "(see the shapes in smallchains.kernels)",
     E.LABEL_OUT_OF_RANGE: "a label is outside 0..{k}; labels must be integers in 0..K-1 for K outputs",
     E.NOT_BOUND: "internal error: a chain's program reached a compiled driver without being bound to its "
-                 "dtype (smallchains._engine.bind); please report this",
+    "dtype (smallchains._engine.bind); please report this",
 }
 
 

@@ -130,8 +130,9 @@ def default_num_threads() -> int:
 
 def _package_dirs():
     top = os.path.dirname(os.path.abspath(__file__))
-    return [root for root, _, files in os.walk(top) if any(f.endswith(".py") for f in files)
-            and "__pycache__" not in root]
+    return [
+        root for root, _, files in os.walk(top) if any(f.endswith(".py") for f in files) and "__pycache__" not in root
+    ]
 
 
 def _cache_dirs(pkg_dirs):
@@ -153,7 +154,7 @@ def cache_folders() -> list[str]:
     """
     dirs = _cache_dirs(_package_dirs())
     if os.environ.get("NUMBA_CACHE_DIR"):
-        return dirs[len(dirs) // 2:]
+        return dirs[len(dirs) // 2 :]
     return dirs
 
 
@@ -332,8 +333,10 @@ def compile_notice(py_func) -> None:
     name = f"{py_func.__module__}.{py_func.__qualname__}"
     if not stack and not _announced_plain:  # outside any named feature: one notice per process
         _announced_plain = True
-        _compile_log.info("compiling smallchains kernels on first use (once per install; about 15-30 s per "
-                          "feature on 2 cores; `smallchains warmup` does it ahead of time)")
+        _compile_log.info(
+            "compiling smallchains kernels on first use (once per install; about 15-30 s per "
+            "feature on 2 cores; `smallchains warmup` does it ahead of time)"
+        )
     if stack:
         ctx = stack[-1]
         if not ctx["announced"]:
@@ -362,9 +365,12 @@ def feature(name: str, seconds: float | None = None):
     finally:
         stack.pop()
         if ctx["announced"]:
-            _compile_log.info("compiled %d smallchains kernels for %s in %.1f s (cached on disk for later runs)",
-                              ctx["kernels"], name, time.perf_counter() - ctx["t0"])
+            _compile_log.info(
+                "compiled %d smallchains kernels for %s in %.1f s (cached on disk for later runs)",
+                ctx["kernels"],
+                name,
+                time.perf_counter() - ctx["t0"],
+            )
 
 
 purge_stale_caches()
-

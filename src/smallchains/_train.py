@@ -39,8 +39,8 @@ def opt_update(code, hyper, state, step, p, g):
         b2 = hyper[2]
         eps = hyper[3]
         wd = hyper[4]
-        bc1 = 1.0 - b1 ** t
-        bc2 = 1.0 - b2 ** t
+        bc1 = 1.0 - b1**t
+        bc2 = 1.0 - b2**t
         step_size = lr / bc1
         rb2 = 1.0 / math.sqrt(bc2)
         decay = 1.0 - lr * wd
@@ -113,15 +113,38 @@ def _guarded_update(val, opt_code, hyper, state, step, p, g, backup):
 
 
 @kernel
-def _step(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-          g, slabs, work, losses, stats, backup, key):
+def _step(
+    prog,
+    p,
+    X,
+    idx,
+    mode,
+    i0,
+    i1,
+    T,
+    labels,
+    code,
+    lpar,
+    pen_code,
+    pen_lam,
+    opt_code,
+    hyper,
+    state,
+    step,
+    g,
+    slabs,
+    work,
+    losses,
+    stats,
+    backup,
+    key,
+):
     """One optimizer step on samples [i0, i1): gradient, penalty, checked update.
 
     ``key``: this step's dropout key (training mode).
     Returns (loss with penalty before the step, status).
     """
-    val, st = E.valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats,
-                        True, key)
+    val, st = E.valgrad(prog, p, X, idx, mode, i0, i1, T, labels, code, lpar, g, slabs, work, losses, stats, True, key)
     if st != E.OK:
         return val, st
     val += E.penalty(prog, p, g, pen_code, pen_lam, True)
@@ -152,8 +175,31 @@ def _step_key(rng, i):
 
 
 @kernel
-def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-               epochs, hist, h0, g, slabs, work, losses, stats, backup, rng):
+def train_full(
+    prog,
+    p,
+    XT,
+    TT,
+    labels,
+    code,
+    lpar,
+    pen_code,
+    pen_lam,
+    opt_code,
+    hyper,
+    state,
+    step,
+    epochs,
+    hist,
+    h0,
+    g,
+    slabs,
+    work,
+    losses,
+    stats,
+    backup,
+    rng,
+):
     """``epochs`` full-batch steps.  hist[h0+e] <- loss (with penalty) before step e.
 
     ``XT`` (d, n) and ``TT`` (m, n, or any 2-D array for cross-entropy) are the data
@@ -167,8 +213,32 @@ def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
     idx = prog[0]
     for e in range(epochs):
         rng[0] += np.uint64(0x9E3779B97F4A7C15)  # one dropout key per epoch
-        val, st = _step(prog, p, XT, idx, E.COLUMNS, 0, n, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
-                        hyper, state, step, g, slabs, work, losses, stats, backup, _step_key(rng, 0))
+        val, st = _step(
+            prog,
+            p,
+            XT,
+            idx,
+            E.COLUMNS,
+            0,
+            n,
+            TT,
+            labels,
+            code,
+            lpar,
+            pen_code,
+            pen_lam,
+            opt_code,
+            hyper,
+            state,
+            step,
+            g,
+            slabs,
+            work,
+            losses,
+            stats,
+            backup,
+            _step_key(rng, 0),
+        )
         if st != E.OK:
             return st, e
         hist[h0 + e] = val
@@ -176,8 +246,33 @@ def train_full(prog, p, XT, TT, labels, code, lpar, pen_code, pen_lam, opt_code,
 
 
 @kernel
-def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_code, hyper, state, step,
-                    epochs, batch, perm, rng, hist, h0, g, slabs, work, losses, stats, backup):
+def train_minibatch(
+    prog,
+    p,
+    X,
+    T,
+    labels,
+    code,
+    lpar,
+    pen_code,
+    pen_lam,
+    opt_code,
+    hyper,
+    state,
+    step,
+    epochs,
+    batch,
+    perm,
+    rng,
+    hist,
+    h0,
+    g,
+    slabs,
+    work,
+    losses,
+    stats,
+    backup,
+):
     """``epochs`` passes of shuffled minibatches of size ``batch`` (the last partial batch used).
 
     hist[h0+e] <- mean over the epoch's samples of the minibatch losses (each taken
@@ -190,8 +285,32 @@ def train_minibatch(prog, p, X, T, labels, code, lpar, pen_code, pen_lam, opt_co
         i = 0
         while i < n:
             j = min(n, i + batch)
-            val, st = _step(prog, p, X, perm, E.ROWS_IDX, i, j, T, labels, code, lpar, pen_code, pen_lam,
-                            opt_code, hyper, state, step, g, slabs, work, losses, stats, backup, _step_key(rng, i))
+            val, st = _step(
+                prog,
+                p,
+                X,
+                perm,
+                E.ROWS_IDX,
+                i,
+                j,
+                T,
+                labels,
+                code,
+                lpar,
+                pen_code,
+                pen_lam,
+                opt_code,
+                hyper,
+                state,
+                step,
+                g,
+                slabs,
+                work,
+                losses,
+                stats,
+                backup,
+                _step_key(rng, i),
+            )
             if st != E.OK:
                 return st, e
             total += val * (j - i)
@@ -220,8 +339,7 @@ def evaluate(prog, p, X, T, labels, code, lpar, work):
         if code != E.LOSS_LOGITCE:
             E.gather_block(T, idx, False, i, nb, work, B, to)
         yo = E.fwd_block(prog, p, work, B, False, -1, 0, E.BOUND)
-        val, st = E.block_loss(code, lpar, work, yo, prog[0, H_G1] * B, to, m, B, nb, labels, idx, False, i, 1.0,
-                               False)
+        val, st = E.block_loss(code, lpar, work, yo, prog[0, H_G1] * B, to, m, B, nb, labels, idx, False, i, 1.0, False)
         if st != E.OK:
             return 0.0, 0.0, st
         total += val

@@ -21,17 +21,24 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def check_params(p, num_params: int, name: str = "p") -> np.ndarray:
     if not isinstance(p, np.ndarray):
-        raise TypeError(f"`{name}` must be a NumPy array of length {num_params} (from chain.init_params()), "
-                        f"got {type(p).__name__}")
+        raise TypeError(
+            f"`{name}` must be a NumPy array of length {num_params} (from chain.init_params()), got {type(p).__name__}"
+        )
     if p.dtype not in FLOATS:
-        raise TypeError(f"`{name}` has dtype {p.dtype}; parameters must be float32 or float64 "
-                        f"(use chain.init_params(dtype=np.float32) or p.astype(np.float32))")
+        raise TypeError(
+            f"`{name}` has dtype {p.dtype}; parameters must be float32 or float64 "
+            f"(use chain.init_params(dtype=np.float32) or p.astype(np.float32))"
+        )
     if p.ndim != 1 or p.shape[0] != num_params:
-        raise ValueError(f"`{name}` has shape {p.shape} but the chain has {num_params} parameters; "
-                         f"pass a 1-D vector of length {num_params} (chain.init_params())")
+        raise ValueError(
+            f"`{name}` has shape {p.shape} but the chain has {num_params} parameters; "
+            f"pass a 1-D vector of length {num_params} (chain.init_params())"
+        )
     if not p.flags.c_contiguous:
-        raise ValueError(f"`{name}` is not contiguous; parameters are updated in place, so pass "
-                         f"np.ascontiguousarray({name}) and keep that array")
+        raise ValueError(
+            f"`{name}` is not contiguous; parameters are updated in place, so pass "
+            f"np.ascontiguousarray({name}) and keep that array"
+        )
     return p
 
 
@@ -48,8 +55,10 @@ def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, wh
         except Exception as exc:  # pragma: no cover - exotic inputs
             raise TypeError(f"`{name}` must be an array, got {type(a).__name__}") from exc
     if a.dtype.kind != "f" or a.dtype.itemsize < 4 or a.dtype.itemsize > 8:
-        raise TypeError(f"`{name}` has dtype {a.dtype}; pass float32 or float64 data "
-                        f"(e.g. {name}.astype(np.{np.dtype(dtype).name}))")
+        raise TypeError(
+            f"`{name}` has dtype {a.dtype}; pass float32 or float64 data "
+            f"(e.g. {name}.astype(np.{np.dtype(dtype).name}))"
+        )
     if shape is not None and len(shape) > 1:  # image / sequence samples: (n, *shape) or one sample
         shape = tuple(shape)
         k = len(shape)
@@ -58,20 +67,25 @@ def as_data(name: str, a, dtype, ncols: int | None, *, allow_1d: bool = True, wh
         elif a.ndim == k and a.shape == shape and allow_1d:
             a = a.reshape(-1)
         else:
-            raise ValueError(f"`{name}` has shape {a.shape}; the chain takes samples of shape {shape}, so pass "
-                             f"an array of shape (n, {', '.join(map(str, shape))})"
-                             + (f" or one sample of shape {shape}" if allow_1d else ""))
+            raise ValueError(
+                f"`{name}` has shape {a.shape}; the chain takes samples of shape {shape}, so pass "
+                f"an array of shape (n, {', '.join(map(str, shape))})"
+                + (f" or one sample of shape {shape}" if allow_1d else "")
+            )
     was_1d = a.ndim == 1
     if was_1d and allow_1d:
         a = a.reshape(1, -1)
     if a.ndim != 2:
         shape = f"(n, {ncols})" if ncols is not None else "(n, k)"
-        raise ValueError(f"`{name}` has shape {a.shape}; pass an array of shape {shape}"
-                         + (f" or one sample of shape ({ncols},)" if allow_1d and ncols else ""))
+        raise ValueError(
+            f"`{name}` has shape {a.shape}; pass an array of shape {shape}"
+            + (f" or one sample of shape ({ncols},)" if allow_1d and ncols else "")
+        )
     if ncols is not None and a.shape[1] != ncols:
         side = "input" if what == "features" else "output"
-        raise ValueError(f"`{name}` has {a.shape[1]} {what} but the chain's {side} "
-                         f"is {ncols}; pass an array of shape (n, {ncols})")
+        raise ValueError(
+            f"`{name}` has {a.shape[1]} {what} but the chain's {side} is {ncols}; pass an array of shape (n, {ncols})"
+        )
     if a.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {a.shape}); pass at least one sample")
     if a.dtype != dtype or not a.flags.c_contiguous:

@@ -41,5 +41,9 @@ def warn_unconverged(res, who: str) -> None:
     """A ConvergenceWarning when SciPy's optimizer stopped without success (iteration cap, failed
     line search); ``res`` is SciPy's ``OptimizeResult``."""
     if not res.success:
-        warnings.warn(f"{who} stopped without converging after {getattr(res, 'nit', '?')} iterations: {res.message} "
-                      "(raise maxiter, or check the loss and the starting point)", ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f"{who} stopped without converging after {getattr(res, 'nit', '?')} iterations: {res.message} "
+            "(raise maxiter, or check the loss and the starting point)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )

@@ -44,8 +44,10 @@ class SimpleChain:
     def __init__(self, input_dim, *layers):
         if isinstance(input_dim, (tuple, list)):
             if len(input_dim) not in (1, 2, 3):
-                raise ValueError(f"`input_dim` must be a feature count, (channels, length) or (channels, height, "
-                                 f"width), got {input_dim!r}")
+                raise ValueError(
+                    f"`input_dim` must be a feature count, (channels, length) or (channels, height, "
+                    f"width), got {input_dim!r}"
+                )
             shape = tuple(positive_int("input_dim", v) for v in input_dim)
         else:
             shape = (positive_int("input_dim", input_dim),)
@@ -73,9 +75,11 @@ class SimpleChain:
         n_params = sum(int(layer.num_params_shape(ins)) for layer, ins in zip(self.layers, shapes))
         widest = max(int(np.prod(sh, dtype=object)) for sh in shapes)
         if n_params > MAX_COUNT or widest > MAX_COUNT:
-            raise ValueError(f"this chain would have {n_params:,} parameters and {widest:,} values per sample in its "
-                             f"widest layer; at most {MAX_COUNT:,} of each are supported (a float32 vector that "
-                             "long is 8 GiB): use smaller layers")
+            raise ValueError(
+                f"this chain would have {n_params:,} parameters and {widest:,} values per sample in its "
+                f"widest layer; at most {MAX_COUNT:,} of each are supported (a float32 vector that "
+                "long is 8 GiB): use smaller layers"
+            )
         self._shapes = tuple(shapes)
         #: the shape of one output sample
         self.output_shape = shapes[-1]
@@ -106,7 +110,7 @@ class SimpleChain:
         off = 0
         for layer, ins in zip(self.layers, self._shapes):
             k = layer.num_params_shape(ins)
-            layer.init_params_shape(p[off:off + k], ins, rng)
+            layer.init_params_shape(p[off : off + k], ins, rng)
             off += k
         return p
 
@@ -120,7 +124,7 @@ class SimpleChain:
             k = layer.num_params_shape(ins)
             if k:
                 counts[layer.kind_name] = counts.get(layer.kind_name, 0) + 1
-                views[f"{layer.kind_name}{counts[layer.kind_name]}"] = layer.param_views_shape(p[off:off + k], ins)
+                views[f"{layer.kind_name}{counts[layer.kind_name]}"] = layer.param_views_shape(p[off : off + k], ins)
             off += k
         return views
 
@@ -152,8 +156,12 @@ class SimpleChain:
             if len(self._work_cache) > 16:
                 self._work_cache.clear()
             units = int(self.program[0, H_UNITS])
-            ws = (np.zeros((nt, units * B), dtype=dtype), np.zeros((nt, self.num_params), dtype=dtype),
-                  np.zeros(nt, dtype=np.float64), np.zeros(nt, dtype=np.int64))
+            ws = (
+                np.zeros((nt, units * B), dtype=dtype),
+                np.zeros((nt, self.num_params), dtype=dtype),
+                np.zeros(nt, dtype=np.float64),
+                np.zeros(nt, dtype=np.int64),
+            )
             self._work_cache[key] = ws
         return ws
 
@@ -207,8 +215,10 @@ class SimpleChain:
         n = X2.shape[0]
         V2, vone = as_data("v", v, p.dtype, self.output_dim, what="outputs")
         if V2.shape[0] != n or vone != one:
-            raise ValueError(f"`v` has shape {np.shape(v)} but `x` has shape {np.shape(x)}; "
-                             f"pass v of shape {(self.output_dim,) if one else (n, self.output_dim)}")
+            raise ValueError(
+                f"`v` has shape {np.shape(v)} but `x` has shape {np.shape(x)}; "
+                f"pass v of shape {(self.output_dim,) if one else (n, self.output_dim)}"
+            )
         want_x = out_x is not None
         if want_x:
             check_out("out_x", out_x, self.input_shape if one else (n, *self.input_shape), p.dtype)
@@ -218,8 +228,9 @@ class SimpleChain:
             GX = X2
         nt = self._threads(n, num_threads)
         work, slabs, _, stats = self._workspace(p.dtype, nt, n)
-        raise_for_status(E.vjp(self.bound_program(p.dtype), writable(p), V2, X2, out, GX, want_x, slabs, work,
-                               stats), "x` or `v")
+        raise_for_status(
+            E.vjp(self.bound_program(p.dtype), writable(p), V2, X2, out, GX, want_x, slabs, work, stats), "x` or `v"
+        )
         return out
 
     def jvp_into(self, out, p, x, dx=None, dp=None):
@@ -253,8 +264,9 @@ class SimpleChain:
         work, _, _, _ = self._workspace(p.dtype, 1, n)
         Y = np.empty((n, self.output_dim), dtype=p.dtype)
         prog = self.bound_program(p.dtype, tangent=True)
-        raise_for_status(E.jvp(prog, writable(p), X2, DX, DP, use_dx, use_dp, Y, out.reshape(n, self.output_dim),
-                               work[0]), "x")
+        raise_for_status(
+            E.jvp(prog, writable(p), X2, DX, DP, use_dx, use_dp, Y, out.reshape(n, self.output_dim), work[0]), "x"
+        )
         return out
 
     def kernels(self):
@@ -267,6 +279,7 @@ class SimpleChain:
     def add_loss(self, loss, penalty=None):
         """Attach a loss (and optionally a penalty): the same as ``sc.add_loss(chain, loss)``."""
         from .losses import ChainLoss
+
         return ChainLoss(self, loss, penalty)
 
     # ------------------------------------------------------------------ description

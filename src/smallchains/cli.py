@@ -1,8 +1,8 @@
 """The ``smallchains`` command line.
 
-    smallchains fit DATA.csv --model one_cpt_oral --theta ka=1.5,CL=0.04,V=0.5 --eta ka,CL --out DIR
-    smallchains demo theophylline [--out DIR]
-    smallchains warmup [training cnn ode pk]     (compile the kernels now, once per install)
+smallchains fit DATA.csv --model one_cpt_oral --theta ka=1.5,CL=0.04,V=0.5 --eta ka,CL --out DIR
+smallchains demo theophylline [--out DIR]
+smallchains warmup [training cnn ode pk]     (compile the kernels now, once per install)
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def _numbers(text, what):
         try:
             out.append(float(item))
         except ValueError:
-            raise SystemExit(f"error: {what}: {item!r} is not a number ({what} takes numbers separated by "
-                             "commas, e.g. 0.5 or 0.5,0.1)") from None
+            raise SystemExit(
+                f"error: {what}: {item!r} is not a number ({what} takes numbers separated by "
+                "commas, e.g. 0.5 or 0.5,0.1)"
+            ) from None
     if not out:
         raise SystemExit(f"error: {what} is empty; give numbers separated by commas")
     return out
@@ -90,17 +92,25 @@ def cmd_fit(a):
         raise SystemExit(f"error: unknown model {a.model!r}; the built-in models are {', '.join(sorted(pk.MODELS))}")
     st = pk.MODELS[a.model]()
     if not a.theta:
-        raise SystemExit(f"error: --theta is required: initial values for {', '.join(st.params)}, e.g. "
-                         f"--theta {','.join(p + '=1.0' for p in st.params)}")
+        raise SystemExit(
+            f"error: --theta is required: initial values for {', '.join(st.params)}, e.g. "
+            f"--theta {','.join(p + '=1.0' for p in st.params)}"
+        )
     sigma = None if a.sigma is None else _numbers(a.sigma, "--sigma")
     if a.out:  # before the fit: an unwritable --out must not cost the fit's work
         _check_out(a.out)
     try:
         data = pk.read_data(a.data)
-        model = pk.PopulationModel(st, _pairs(a.theta, "--theta"),
-                                   eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
-                                   omega=a.omega, omega_init=a.omega_init, covariates=_covariates(a.covariate),
-                                   error=a.error, sigma=sigma)
+        model = pk.PopulationModel(
+            st,
+            _pairs(a.theta, "--theta"),
+            eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
+            omega=a.omega,
+            omega_init=a.omega_init,
+            covariates=_covariates(a.covariate),
+            error=a.error,
+            sigma=sigma,
+        )
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"data: {data}")
@@ -122,8 +132,10 @@ def cmd_fit(a):
         r.to_frame("diagnostics").to_csv(os.path.join(a.out, "diagnostics.csv"), index=False)
         if not a.no_plots:
             pk.plots.save_report(r, data, a.out, n_sim=a.vpc_sims)
-        print(f"written to {a.out}: fit.json, summary.txt, parameters.csv, diagnostics.csv"
-              + ("" if a.no_plots else ", individual_fits.png, goodness_of_fit.png, vpc.png"))
+        print(
+            f"written to {a.out}: fit.json, summary.txt, parameters.csv, diagnostics.csv"
+            + ("" if a.no_plots else ", individual_fits.png, goodness_of_fit.png, vpc.png")
+        )
     return 0
 
 
@@ -144,8 +156,9 @@ def cmd_warmup(a):
     features = warmup.FEATURES if a.features == ["all"] else a.features
     unknown = [f for f in features if f not in warmup.FEATURES]
     if unknown:
-        raise SystemExit(f"error: unknown feature(s) {', '.join(unknown)}; choose from: all, "
-                         f"{', '.join(warmup.FEATURES)}")
+        raise SystemExit(
+            f"error: unknown feature(s) {', '.join(unknown)}; choose from: all, {', '.join(warmup.FEATURES)}"
+        )
     warmup.warmup(features, progress=not a.quiet)
     return 0
 
@@ -175,8 +188,12 @@ def main(argv=None):
     d.add_argument("--out", default=None, help="folder for fits and plots")
     d.set_defaults(run=cmd_demo)
     w = sub.add_parser("warmup", help="compile smallchains' kernels now (once per install), with a progress bar")
-    w.add_argument("features", nargs="*", default=["all"],
-                   help="which: all (default), training, cnn, ode, pk (several may be given)")
+    w.add_argument(
+        "features",
+        nargs="*",
+        default=["all"],
+        help="which: all (default), training, cnn, ode, pk (several may be given)",
+    )
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.set_defaults(run=cmd_warmup)
     a = ap.parse_args(argv)
@@ -189,8 +206,10 @@ def main(argv=None):
         missing = (getattr(e, "name", None) or "").split(".")[0]
         if missing not in EXTRAS:
             raise
-        raise SystemExit(f"error: `smallchains {a.command}` needs the optional package {missing!r}: "
-                         f"pip install 'smallchains[{EXTRAS[missing]}]'") from None
+        raise SystemExit(
+            f"error: `smallchains {a.command}` needs the optional package {missing!r}: "
+            f"pip install 'smallchains[{EXTRAS[missing]}]'"
+        ) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

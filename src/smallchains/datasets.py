@@ -75,14 +75,17 @@ def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
         if path.suffix == ".gz":
-            raise ValueError(f"IDX file {str(path)!r} has a .gz suffix but is not gzip-compressed "
-                             f"(its first bytes are {raw[:4]!r}); re-download or decompress it again")
+            raise ValueError(
+                f"IDX file {str(path)!r} has a .gz suffix but is not gzip-compressed "
+                f"(its first bytes are {raw[:4]!r}); re-download or decompress it again"
+            )
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"IDX file {str(path)!r} is a corrupt or truncated gzip file ({exc}); "
-                         "re-download or reinstall it") from exc
+        raise ValueError(
+            f"IDX file {str(path)!r} is a corrupt or truncated gzip file ({exc}); re-download or reinstall it"
+        ) from exc
 
 
 def _parse_idx(data: bytes, name: str) -> np.ndarray:
@@ -90,28 +93,38 @@ def _parse_idx(data: bytes, name: str) -> np.ndarray:
     if len(data) < 4:
         raise ValueError(f"IDX file {name!r} is truncated: {len(data)} bytes, fewer than the 4-byte magic number")
     if data[0] != 0 or data[1] != 0:
-        raise ValueError(f"IDX file {name!r} has a bad magic number 0x{data[:4].hex()}: the first two bytes must be "
-                         "zero; it is not an IDX file (or it is gzipped under a name without .gz)")
+        raise ValueError(
+            f"IDX file {name!r} has a bad magic number 0x{data[:4].hex()}: the first two bytes must be "
+            "zero; it is not an IDX file (or it is gzipped under a name without .gz)"
+        )
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise ValueError(f"IDX file {name!r} has a bad magic number 0x{data[:4].hex()}: unknown element type code "
-                         f"0x{code:02X} (the IDX format defines {known})")
+        raise ValueError(
+            f"IDX file {name!r} has a bad magic number 0x{data[:4].hex()}: unknown element type code "
+            f"0x{code:02X} (the IDX format defines {known})"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"IDX file {name!r} is truncated: the header announces {ndim} dimensions "
-                         f"({header} header bytes) but the file has only {len(data)} bytes")
+        raise ValueError(
+            f"IDX file {name!r} is truncated: the header announces {ndim} dimensions "
+            f"({header} header bytes) but the file has only {len(data)} bytes"
+        )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
     count = int(np.prod(dims, dtype=np.int64))
     expected = count * dtype.itemsize
     have = len(data) - header
     if have < expected:
-        raise ValueError(f"IDX file {name!r} is truncated: its dimensions {dims} of {dtype.name} need "
-                         f"{expected} data bytes but only {have} follow the header; re-download or reinstall it")
+        raise ValueError(
+            f"IDX file {name!r} is truncated: its dimensions {dims} of {dtype.name} need "
+            f"{expected} data bytes but only {have} follow the header; re-download or reinstall it"
+        )
     if have > expected:
-        raise ValueError(f"IDX file {name!r} has {have - expected} unexpected trailing bytes after the "
-                         f"{expected} data bytes that its dimensions {dims} of {dtype.name} need; it is corrupt")
+        raise ValueError(
+            f"IDX file {name!r} has {have - expected} unexpected trailing bytes after the "
+            f"{expected} data bytes that its dimensions {dims} of {dtype.name} need; it is corrupt"
+        )
     return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
 
 
@@ -212,19 +225,27 @@ def _load(name: str, path: str | os.PathLike | None, dtype, install_hint: str):
         images = _parse_idx(_read_bytes(img_path), str(img_path))
         labels = _parse_idx(_read_bytes(lbl_path), str(lbl_path))
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(f"IDX file {str(img_path)!r} should hold uint8 images of shape (n, rows, cols), "
-                             f"got {images.dtype.name} of shape {images.shape}")
+            raise ValueError(
+                f"IDX file {str(img_path)!r} should hold uint8 images of shape (n, rows, cols), "
+                f"got {images.dtype.name} of shape {images.shape}"
+            )
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise ValueError(f"IDX file {str(lbl_path)!r} should hold integer labels of shape (n,), "
-                             f"got {labels.dtype.name} of shape {labels.shape}")
+            raise ValueError(
+                f"IDX file {str(lbl_path)!r} should hold integer labels of shape (n,), "
+                f"got {labels.dtype.name} of shape {labels.shape}"
+            )
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"image/label count mismatch: {str(img_path)!r} holds {images.shape[0]} images but "
-                             f"{str(lbl_path)!r} holds {labels.shape[0]} labels")
+            raise ValueError(
+                f"image/label count mismatch: {str(img_path)!r} holds {images.shape[0]} images but "
+                f"{str(lbl_path)!r} holds {labels.shape[0]} labels"
+            )
         bad = np.flatnonzero((labels < 0) | (labels >= _NUM_CLASSES))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"IDX file {str(lbl_path)!r} has {bad.size} label(s) outside 0..{_NUM_CLASSES - 1}, "
-                             f"the first is {int(labels[i])} at index {i}; the file is corrupt or not a label file")
+            raise ValueError(
+                f"IDX file {str(lbl_path)!r} has {bad.size} label(s) outside 0..{_NUM_CLASSES - 1}, "
+                f"the first is {int(labels[i])} at index {i}; the file is corrupt or not a label file"
+            )
         n, rows, cols = images.shape
         X = np.divide(images, 255, dtype=dt).reshape(n, 1, rows, cols)
         y = labels.astype(np.int64)
@@ -261,9 +282,13 @@ def fashion_mnist(path: str | os.PathLike | None = None, dtype=np.float32):
         ((60000, 1, 28, 28), dtype('float32'), np.int64(9))
         >>> X = X_train.reshape(len(X_train), -1).T  # features x samples, for a SimpleChain  # doctest: +SKIP
     """
-    return _load("fashion-mnist", path, dtype,
-                 "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in "
-                 "/usr/share/datasets/fashion-mnist), or ")
+    return _load(
+        "fashion-mnist",
+        path,
+        dtype,
+        "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs them in "
+        "/usr/share/datasets/fashion-mnist), or ",
+    )
 
 
 def mnist(path: str | os.PathLike | None = None, dtype=np.float32):
@@ -293,5 +318,6 @@ def mnist(path: str | os.PathLike | None = None, dtype=np.float32):
         >>> X_test.shape, y_test[:3]  # doctest: +SKIP
         ((10000, 1, 28, 28), array([7, 2, 1]))
     """
-    return _load("mnist", path, dtype,
-                 "obtain the four MNIST files yourself (Debian/Ubuntu has no package for them) and ")
+    return _load(
+        "mnist", path, dtype, "obtain the four MNIST files yourself (Debian/Ubuntu has no package for them) and "
+    )

@@ -126,18 +126,29 @@ def _load_path(path) -> str:
 def _layer_class(kind, where: str):
     cls = getattr(_layers, kind, None) if isinstance(kind, str) and not kind.startswith("_") else None
     if not (isinstance(cls, type) and issubclass(cls, _layers.Layer) and cls is not _layers.Layer):
-        known = sorted(n for n in dir(_layers) if not n.startswith("_") and isinstance(getattr(_layers, n), type)
-                       and issubclass(getattr(_layers, n), _layers.Layer) and getattr(_layers, n) is not _layers.Layer)
-        raise ValueError(f"{where}: unknown layer kind {kind!r}; this smallchains knows {', '.join(known)} "
-                         "(a file from a newer smallchains needs that version; a layer must be a class exported by "
-                         "smallchains.layers to be saved)")
+        known = sorted(
+            n
+            for n in dir(_layers)
+            if not n.startswith("_")
+            and isinstance(getattr(_layers, n), type)
+            and issubclass(getattr(_layers, n), _layers.Layer)
+            and getattr(_layers, n) is not _layers.Layer
+        )
+        raise ValueError(
+            f"{where}: unknown layer kind {kind!r}; this smallchains knows {', '.join(known)} "
+            "(a file from a newer smallchains needs that version; a layer must be a class exported by "
+            "smallchains.layers to be saved)"
+        )
     return cls
 
 
 def _rebuild(input_shape, layer_descriptions, where: str) -> SimpleChain:
     """The chain described by ``input_shape`` and the (JSON) layer descriptions."""
-    if (not isinstance(input_shape, list) or not input_shape
-            or not all(isinstance(n, int) and not isinstance(n, bool) for n in input_shape)):
+    if (
+        not isinstance(input_shape, list)
+        or not input_shape
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in input_shape)
+    ):
         raise ValueError(f"{where}: invalid input shape {input_shape!r} (a non-empty list of integers)")
     if not isinstance(layer_descriptions, list) or not layer_descriptions:
         raise ValueError(f"{where}: invalid layer list {layer_descriptions!r}")
@@ -167,8 +178,10 @@ def _first_difference(file_desc: dict, chain_desc: dict) -> str | None:
         if a != b:
             for k in list(a) + [k for k in b if k not in a]:
                 if a.get(k, "<missing>") != b.get(k, "<missing>"):
-                    return (f"layer {i}: file has {a}, chain has {b} "
-                            f"(key {k!r}: {a.get(k, '<missing>')!r} vs {b.get(k, '<missing>')!r})")
+                    return (
+                        f"layer {i}: file has {a}, chain has {b} "
+                        f"(key {k!r}: {a.get(k, '<missing>')!r} vs {b.get(k, '<missing>')!r})"
+                    )
     if len(fl) != len(cl):
         return f"number of layers: file has {len(fl)}, chain has {len(cl)}"
     return None
@@ -187,11 +200,12 @@ def _check_p(p, chain) -> np.ndarray:
     if not isinstance(p, np.ndarray):
         raise TypeError(f"`p` must be a NumPy array of length {n} (chain.init_params()), got {type(p).__name__}")
     if p.dtype.kind != "f" or p.dtype.itemsize not in (4, 8):
-        raise TypeError(f"`p` has dtype {p.dtype}; parameters must be float32 or float64 "
-                        "(e.g. p.astype(np.float32))")
+        raise TypeError(f"`p` has dtype {p.dtype}; parameters must be float32 or float64 (e.g. p.astype(np.float32))")
     if p.ndim != 1 or p.shape[0] != n:
-        raise ValueError(f"`p` has shape {p.shape} but `chain` has {n} parameters; pass the vector of this chain "
-                         f"(1-D, length {n}, as from chain.init_params())")
+        raise ValueError(
+            f"`p` has shape {p.shape} but `chain` has {n} parameters; pass the vector of this chain "
+            f"(1-D, length {n}, as from chain.init_params())"
+        )
     return np.ascontiguousarray(p, dtype=_DTYPES[f"float{8 * p.dtype.itemsize}"])
 
 
@@ -225,8 +239,10 @@ def save(path, chain, p, /, **metadata) -> pathlib.Path:
         try:
             _dumps(value)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"metadata `{key}`={value!r} cannot be stored: {exc}; pass JSON-able values "
-                            "(numbers, strings, bools, None, lists, dicts), e.g. float(x) or x.tolist()") from exc
+            raise TypeError(
+                f"metadata `{key}`={value!r} cannot be stored: {exc}; pass JSON-able values "
+                "(numbers, strings, bools, None, lists, dicts), e.g. float(x) or x.tolist()"
+            ) from exc
     layer_descs = [layer.describe() for layer in chain.layers]
     header = {
         "format": FORMAT,
@@ -247,8 +263,10 @@ def save(path, chain, p, /, **metadata) -> pathlib.Path:
     # The file must load back: rebuild the chain from what is written and compare.
     rebuilt = _rebuild(header["input"], header["layers"], "`chain`")
     if rebuilt.num_params != chain.num_params or _normalise(rebuilt.describe()) != _normalise(chain.describe()):
-        raise ValueError(f"`chain` {chain!r} does not rebuild from its layers' describe() (got {rebuilt!r}); "
-                         "a layer's describe() must list exactly its constructor's arguments")
+        raise ValueError(
+            f"`chain` {chain!r} does not rebuild from its layers' describe() (got {rebuilt!r}); "
+            "a layer's describe() must list exactly its constructor's arguments"
+        )
 
     meta = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     atomic_write(target, lambda fh: np.savez(fh, params=params, meta=meta), text=False)
@@ -291,30 +309,41 @@ def _read(path):
     except ValueError as exc:  # includes UnicodeDecodeError and json.JSONDecodeError
         raise ValueError(f"{bad}: unreadable 'meta' ({exc})") from exc
     if header.get("format") != FORMAT:
-        raise ValueError(f"{file!r} is not a smallchains chain file: its format tag is {header.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+        raise ValueError(
+            f"{file!r} is not a smallchains chain file: its format tag is {header.get('format')!r}, expected {FORMAT!r}"
+        )
     version = header.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{bad}: invalid format version {version!r}")
     if version > VERSION:
-        raise ValueError(f"{file!r} uses format version {version} (written by smallchains "
-                         f"{header.get('smallchains_version', '?')}); this smallchains reads up to version {VERSION}: "
-                         "upgrade smallchains to load it")
+        raise ValueError(
+            f"{file!r} uses format version {version} (written by smallchains "
+            f"{header.get('smallchains_version', '?')}); this smallchains reads up to version {VERSION}: "
+            "upgrade smallchains to load it"
+        )
     missing = [k for k in ("input", "layers", "num_params", "dtype", "sha256") if k not in header]
     if missing:
         raise ValueError(f"{bad}: 'meta' lacks {missing}")
-    if (not isinstance(header["input"], list) or not isinstance(header["layers"], list)
-            or not all(isinstance(d, dict) for d in header["layers"])):
-        raise ValueError(f"{bad}: invalid chain description in 'meta': input {header['input']!r}, "
-                         f"layers {header['layers']!r}")
+    if (
+        not isinstance(header["input"], list)
+        or not isinstance(header["layers"], list)
+        or not all(isinstance(d, dict) for d in header["layers"])
+    ):
+        raise ValueError(
+            f"{bad}: invalid chain description in 'meta': input {header['input']!r}, layers {header['layers']!r}"
+        )
     dtype = _DTYPES.get(header["dtype"])
     n = header["num_params"]
     if dtype is None or params.dtype != dtype or params.ndim != 1 or params.shape[0] != n:
-        raise ValueError(f"{bad}: 'params' has dtype {params.dtype} and shape {params.shape}, "
-                         f"but 'meta' says {header['dtype']} of length {n}")
+        raise ValueError(
+            f"{bad}: 'params' has dtype {params.dtype} and shape {params.shape}, "
+            f"but 'meta' says {header['dtype']} of length {n}"
+        )
     if _digest(params) != header["sha256"]:
-        raise ValueError(f"{file!r} is corrupted: the checksum of its parameters does not match "
-                         "(the file was modified or damaged after saving)")
+        raise ValueError(
+            f"{file!r} is corrupted: the checksum of its parameters does not match "
+            "(the file was modified or damaged after saving)"
+        )
     metadata = header.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ValueError(f"{bad}: 'metadata' is {type(metadata).__name__}, not a JSON object")
@@ -337,9 +366,11 @@ def load(path, with_metadata=False):
     file, header, params = _read(path)
     chain = _rebuild(header["input"], header["layers"], repr(file))
     if chain.num_params != header["num_params"]:
-        raise ValueError(f"{file!r}: the rebuilt chain {chain!r} has {chain.num_params} parameters but the file holds "
-                         f"{header['num_params']}: the file is from a different chain / incompatible version of "
-                         f"smallchains (written by {header.get('smallchains_version', '?')})")
+        raise ValueError(
+            f"{file!r}: the rebuilt chain {chain!r} has {chain.num_params} parameters but the file holds "
+            f"{header['num_params']}: the file is from a different chain / incompatible version of "
+            f"smallchains (written by {header.get('smallchains_version', '?')})"
+        )
     if with_metadata:
         return chain, params, header.get("metadata", {})
     return chain, params
@@ -357,11 +388,15 @@ def load_params(path, chain, with_metadata=False):
     mine = {"input": _chain_input(chain), "layers": _normalise([layer.describe() for layer in chain.layers])}
     diff = _first_difference({"input": header["input"], "layers": header["layers"]}, mine)
     if diff is not None:
-        raise ValueError(f"{file!r} holds parameters of a different chain than `chain`={chain!r}: {diff}; "
-                         "load it with sc.load(path) to get its own chain")
+        raise ValueError(
+            f"{file!r} holds parameters of a different chain than `chain`={chain!r}: {diff}; "
+            "load it with sc.load(path) to get its own chain"
+        )
     if params.shape[0] != chain.num_params:
-        raise ValueError(f"{file!r} holds {params.shape[0]} parameters but `chain` has {chain.num_params}: "
-                         "the file is from a different chain / incompatible version")
+        raise ValueError(
+            f"{file!r} holds {params.shape[0]} parameters but `chain` has {chain.num_params}: "
+            "the file is from a different chain / incompatible version"
+        )
     if with_metadata:
         return params, header.get("metadata", {})
     return params

@@ -161,8 +161,12 @@ def forward_batch_into(prog, Y, X, p, work):
     if B < 1:
         return E.WORK_TOO_SMALL
     n = X.shape[0]
-    if (X.shape[1] != prog[0, H_NIN] or Y.shape[0] < n or Y.shape[1] != prog[0, H_NOUT]
-            or p.shape[0] < prog[0, H_NPARAMS]):
+    if (
+        X.shape[1] != prog[0, H_NIN]
+        or Y.shape[0] < n
+        or Y.shape[1] != prog[0, H_NOUT]
+        or p.shape[0] < prog[0, H_NPARAMS]
+    ):
         return E.BAD_SHAPE
     return E.forward_range(prog, p, X, Y, 0, X.shape[0], work, B, E.DIRECT)
 
@@ -174,8 +178,13 @@ def vjp_batch_into(prog, out, p, V, X, out_x, work):
     if B < 1:
         return E.WORK_TOO_SMALL
     n = X.shape[0]
-    if (X.shape[1] != prog[0, H_NIN] or V.shape[0] < n or V.shape[1] != prog[0, H_NOUT]
-            or p.shape[0] < prog[0, H_NPARAMS] or out.shape[0] < prog[0, H_NPARAMS]):
+    if (
+        X.shape[1] != prog[0, H_NIN]
+        or V.shape[0] < n
+        or V.shape[1] != prog[0, H_NOUT]
+        or p.shape[0] < prog[0, H_NPARAMS]
+        or out.shape[0] < prog[0, H_NPARAMS]
+    ):
         return E.BAD_SHAPE
     if out_x is not None:
         if out_x.shape[0] < n or out_x.shape[1] != prog[0, H_NIN]:

@@ -55,8 +55,10 @@ class _RegressionLoss(Loss):
 
     def _check_chain(self, chain):
         if self.Y.shape[1] != chain.output_dim:
-            raise ValueError(f"targets have {self.Y.shape[1]} columns but the chain has {chain.output_dim} "
-                             f"outputs; pass targets of shape (n, {chain.output_dim})")
+            raise ValueError(
+                f"targets have {self.Y.shape[1]} columns but the chain has {chain.output_dim} "
+                f"outputs; pass targets of shape (n, {chain.output_dim})"
+            )
 
     def _targets(self, dtype):
         T_ = self._cache.get(dtype.char)
@@ -91,8 +93,11 @@ class HuberLoss(_RegressionLoss):
 
     def __init__(self, Y, delta=1.0):
         super().__init__(Y)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) or not (
-                np.isfinite(delta) and delta > 0):
+        if (
+            isinstance(delta, bool)
+            or not isinstance(delta, (int, float, np.integer, np.floating))
+            or not (np.isfinite(delta) and delta > 0)
+        ):
             raise ValueError(f"`delta` must be a positive number, got {delta!r}")
         self.delta = float(delta)
 
@@ -108,8 +113,9 @@ class LogitCrossEntropyLoss(Loss):
     def __init__(self, labels):
         y = np.asarray(labels)
         if y.dtype.kind not in "iu":
-            raise TypeError(f"`labels` have dtype {y.dtype}; pass integer class labels 0..K-1 "
-                            f"(e.g. labels.astype(np.int64))")
+            raise TypeError(
+                f"`labels` have dtype {y.dtype}; pass integer class labels 0..K-1 (e.g. labels.astype(np.int64))"
+            )
         if y.ndim != 1 or y.shape[0] == 0:
             raise ValueError(f"`labels` have shape {y.shape}; pass a 1-D array of n integer labels")
         if y.dtype.kind == "u" and int(y.max()) > np.iinfo(np.int64).max:
@@ -125,8 +131,9 @@ class LogitCrossEntropyLoss(Loss):
         lo, hi = int(self.labels.min()), int(self.labels.max())
         if lo < 0 or hi >= K:
             bad = lo if lo < 0 else hi
-            raise ValueError(f"label {bad} is out of range for a chain with {K} outputs; "
-                             f"labels must be integers in 0..{K - 1}")
+            raise ValueError(
+                f"label {bad} is out of range for a chain with {K} outputs; labels must be integers in 0..{K - 1}"
+            )
 
     def _targets(self, dtype):
         d = self._dummy.get(dtype.char)
@@ -142,8 +149,11 @@ class Penalty:
     code = 0
 
     def __init__(self, lam):
-        if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) or not (
-                np.isfinite(lam) and lam >= 0):
+        if (
+            isinstance(lam, bool)
+            or not isinstance(lam, (int, float, np.integer, np.floating))
+            or not (np.isfinite(lam) and lam >= 0)
+        ):
             raise ValueError(f"penalty strength must be a non-negative number, got {lam!r}")
         self.lam = float(lam)
 
@@ -172,6 +182,7 @@ class ChainLoss:
 
     def __init__(self, chain, loss, penalty=None):
         from .chain import SimpleChain
+
         if not isinstance(chain, SimpleChain):
             raise TypeError(f"add_loss: `chain` must be a SimpleChain, got {type(chain).__name__}")
         if isinstance(loss, Penalty):
@@ -196,8 +207,10 @@ class ChainLoss:
         X2, _ = as_data("X", X, p.dtype, self.chain.input_dim, allow_1d=False, shape=self.chain.input_shape)
         n = self.loss.num_samples()
         if X2.shape[0] != n:
-            raise ValueError(f"`X` has {X2.shape[0]} samples but the loss has targets for {n}; "
-                             f"pass the X that matches the targets, or a new loss for new data")
+            raise ValueError(
+                f"`X` has {X2.shape[0]} samples but the loss has targets for {n}; "
+                f"pass the X that matches the targets, or a new loss for new data"
+            )
         T_, labels = self.loss._targets(p.dtype)
         return X2, T_, labels
 
@@ -222,8 +235,26 @@ def _value(closs, X2, T_, labels, p, g, num_threads):
     want = g is not None
     gg = g if want else slabs[0]
     prog = chain.bound_program(p.dtype)
-    val, st = E.valgrad(prog, writable(p), X2, prog[0], E.ROWS, 0, n, T_, labels, closs.loss.code,
-                        closs._lpar, gg, slabs, work, losses, stats, want, -1)
+    val, st = E.valgrad(
+        prog,
+        writable(p),
+        X2,
+        prog[0],
+        E.ROWS,
+        0,
+        n,
+        T_,
+        labels,
+        closs.loss.code,
+        closs._lpar,
+        gg,
+        slabs,
+        work,
+        losses,
+        stats,
+        want,
+        -1,
+    )
     raise_for_status(st, "X", chain.output_dim)
     code, lam = closs.pen
     if code:

@@ -43,15 +43,17 @@ class Optimizer:
         elif self.state.shape[1] != p.shape[0] or self.state.dtype != p.dtype:
             raise ValueError(
                 f"{type(self).__name__} holds state for {self.state.shape[1]} {self.state.dtype} parameters "
-                f"but `p` has {p.shape[0]} {p.dtype}; call opt.reset() or use a new optimizer for another model")
+                f"but `p` has {p.shape[0]} {p.dtype}; call opt.reset() or use a new optimizer for another model"
+            )
         return self.code, self._hyper(), self.state, self.step
 
     def update(self, p: np.ndarray, g: np.ndarray) -> None:
         """Apply one update to ``p`` in place from gradient ``g`` (for hand-written loops)."""
         check_params(p, np.shape(p)[0] if np.ndim(p) == 1 else -1)
         if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype.kind != "f":
-            raise ValueError(f"`g` must be a float array of the shape {p.shape} of `p`, "
-                             f"got {getattr(g, 'shape', type(g).__name__)}")
+            raise ValueError(
+                f"`g` must be a float array of the shape {p.shape} of `p`, got {getattr(g, 'shape', type(g).__name__)}"
+            )
         code, hyper, state, step = self._prepare(p)
         T.opt_update(code, hyper, state, step, p, np.ascontiguousarray(g, dtype=p.dtype))
 
@@ -107,8 +109,9 @@ class Adam(Optimizer):
         return np.array([self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay])
 
     def __repr__(self):
-        return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
-                f"weight_decay={self.weight_decay})")
+        return (
+            f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
+        )
 
 
 class AdamW(Adam):

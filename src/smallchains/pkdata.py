@@ -40,8 +40,7 @@ def theophylline_frame():
         wt, dose = float(g["Wt"].iloc[0]), float(g["Dose"].iloc[0])
         rows.append(dict(ID=int(sid), TIME=0.0, DV=float("nan"), MDV=1, EVID=1, AMT=dose, CMT=1, WT=wt, DOSE=dose))
         for t, c in zip(g["Time"], g["conc"]):
-            rows.append(dict(ID=int(sid), TIME=float(t), DV=float(c), MDV=0, EVID=0, AMT=0.0, CMT=2, WT=wt,
-                             DOSE=dose))
+            rows.append(dict(ID=int(sid), TIME=float(t), DV=float(c), MDV=0, EVID=0, AMT=0.0, CMT=2, WT=wt, DOSE=dose))
     return pd.DataFrame(rows)
 
 
@@ -67,8 +66,14 @@ def phenobarbital_frame():
     for sid, g in raw.groupby("Subject", sort=True):
         g = g.sort_values("time", kind="stable")
         for _, r in g.iterrows():
-            base = dict(ID=int(sid), TIME=float(r["time"]), CMT=1, WT=float(r["Wt"]), APGAR=float(r["Apgar"]),
-                        APGAR_LOW=float(str(r["ApgarInd"]).strip() == "< 5"))
+            base = dict(
+                ID=int(sid),
+                TIME=float(r["time"]),
+                CMT=1,
+                WT=float(r["Wt"]),
+                APGAR=float(r["Apgar"]),
+                APGAR_LOW=float(str(r["ApgarInd"]).strip() == "< 5"),
+            )
             if r["dose"] == r["dose"]:  # not NaN
                 rows.append(dict(base, DV=float("nan"), MDV=1, EVID=1, AMT=float(r["dose"])))
             if r["conc"] == r["conc"]:

@@ -88,6 +88,7 @@ class _TextBar:
 
     def __init__(self, total):
         import sys
+
         self.total, self.n, self.post, self.out = total, 0, "", sys.stderr
 
     def update(self, k):
@@ -111,6 +112,7 @@ def _chunks(epochs, callback, callback_every, progress, per_epoch):
     if progress:
         try:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=epochs, unit="epoch")
         except ImportError:
             bar = _TextBar(epochs)
@@ -132,8 +134,10 @@ def _validation_loss(loss, validation, p):
     if validation is None:
         return None, None
     if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-        raise TypeError("`validation` must be a pair (X_val, y_val): inputs and their labels "
-                        f"(or targets for regression losses), got {type(validation).__name__}")
+        raise TypeError(
+            "`validation` must be a pair (X_val, y_val): inputs and their labels "
+            f"(or targets for regression losses), got {type(validation).__name__}"
+        )
     Xv, yv = validation
     try:
         vloss = _rebind(loss, yv)
@@ -143,8 +147,19 @@ def _validation_loss(loss, validation, p):
     return vloss, Xv
 
 
-def _run(kernel_call, epochs, hist, callback, callback_every, progress, p, k_out=None, validation=(None, None),
-         what="training", images=False):
+def _run(
+    kernel_call,
+    epochs,
+    hist,
+    callback,
+    callback_every,
+    progress,
+    p,
+    k_out=None,
+    validation=(None, None),
+    what="training",
+    images=False,
+):
     seconds = COMPILE_SECONDS["cnn" if images else "training"]
     with feature(f"{np.dtype(p.dtype).name} {what}", seconds):
         if progress:  # compile (a zero-epoch call) before the bar starts: its rate must not include it
@@ -169,7 +184,10 @@ def _epochs(kernel_call, epochs, hist, callback, callback_every, progress, p, k_
                 if status in (E.NONFINITE_LOSS, E.NONFINITE_GRAD, E.NONFINITE_PARAMS):
                     raise TrainingDivergedError(
                         f"training stopped at epoch {e}: {status_message(status)}; `p` holds the last "
-                        f"parameters whose loss and update were finite", e, hist[:e].copy())
+                        f"parameters whose loss and update were finite",
+                        e,
+                        hist[:e].copy(),
+                    )
                 raise_for_status(status, "X", k_out)
             done += k
             post = f"loss={hist[done - 1]:.4g}"
@@ -189,8 +207,20 @@ def _epochs(kernel_call, epochs, hist, callback, callback_every, progress, p, k_
     return hist
 
 
-def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None, callback_every=None,
-                    progress=False, seed=0, validation=None) -> History:
+def train_unbatched(
+    loss,
+    X,
+    p,
+    opt,
+    epochs,
+    *,
+    num_threads=None,
+    callback=None,
+    callback_every=None,
+    progress=False,
+    seed=0,
+    validation=None,
+) -> History:
     """Full-batch training: one gradient step on all of ``X`` per epoch; ``p`` updated in place.
 
     Args:
@@ -229,12 +259,26 @@ def train_unbatched(loss, X, p, opt, epochs, *, num_threads=None, callback=None,
     def call(k, h0):
         return T.train_full(chain.bound_program(p.dtype), p, XT, TT, labels, *settings, k, hist, h0, *buffers, rng)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
-                images=chain.has_images)
+    return _run(
+        call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val, images=chain.has_images
+    )
 
 
-def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threads=None, callback=None,
-                  callback_every=None, progress=False, validation=None) -> History:
+def train_batched(
+    loss,
+    X,
+    p,
+    opt,
+    epochs,
+    *,
+    batch_size=None,
+    seed=0,
+    num_threads=None,
+    callback=None,
+    callback_every=None,
+    progress=False,
+    validation=None,
+) -> History:
     """Minibatch training: each epoch reshuffles the samples (seeded) and steps once per minibatch.
 
     The samples are read through the permutation (the data set is never copied or
@@ -260,6 +304,7 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
     n = X2.shape[0]
     if batch_size is None:
         from ._jit import default_num_threads
+
         batch_size = DEFAULT_BATCH_PER_THREAD * (num_threads or default_num_threads())
     batch = min(positive_int("batch_size", batch_size), n)
     settings, buffers, hist = _buffers(loss, p, opt, batch, num_threads, epochs)
@@ -270,8 +315,19 @@ def train_batched(loss, X, p, opt, epochs, *, batch_size=None, seed=0, num_threa
         prog = chain.bound_program(p.dtype)
         return T.train_minibatch(prog, p, X2, T_, labels, *settings, k, batch, perm, rng, hist, h0, *buffers)
 
-    return _run(call, epochs, hist, callback, callback_every, progress, p, chain.output_dim, val,
-                what="minibatch training", images=chain.has_images)
+    return _run(
+        call,
+        epochs,
+        hist,
+        callback,
+        callback_every,
+        progress,
+        p,
+        chain.output_dim,
+        val,
+        what="minibatch training",
+        images=chain.has_images,
+    )
 
 
 def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):

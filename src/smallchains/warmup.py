@@ -27,7 +27,6 @@ from ._jit import feature
 _log_compile = _log.get("compile")
 
 
-
 def _training():
     import smallchains as sc
 
@@ -55,8 +54,7 @@ def _cnn():
     rng = np.random.default_rng(0)
     X = rng.random((64, 1, 12, 12)).astype(np.float32)
     y = rng.integers(0, 3, 64)
-    chain = sc.SimpleChain((1, 12, 12), sc.Conv(4, (3, 3), sc.relu), sc.MaxPool((2, 2)), sc.Flatten(),
-                           sc.Dense(3))
+    chain = sc.SimpleChain((1, 12, 12), sc.Conv(4, (3, 3), sc.relu), sc.MaxPool((2, 2)), sc.Flatten(), sc.Dense(3))
     p = chain.init_params(seed=0)
     loss = sc.add_loss(chain, sc.LogitCrossEntropyLoss(y))
     h = sc.train_batched(loss, X, p, sc.Adam(1e-3), epochs=1, batch_size=16, num_threads=2)
@@ -118,8 +116,10 @@ def warmup(features=FEATURES, progress=True):
     times = {}
     for i, name in enumerate(features):
         if progress:
-            sys.stderr.write(f"[{i}/{len(features)}] compiling {name} (about {SECONDS[name]} s cold; "
-                             "seconds when already compiled)...\n")
+            sys.stderr.write(
+                f"[{i}/{len(features)}] compiling {name} (about {SECONDS[name]} s cold; "
+                "seconds when already compiled)...\n"
+            )
             sys.stderr.flush()
         t0 = time.perf_counter()
         with feature(name, SECONDS[name]):

@@ -18,8 +18,7 @@ def dense32():
     X = np.random.default_rng(0).standard_normal((600, 4)).astype(np.float32)
     chain = sc.SimpleChain(4, sc.Dense(8, sc.tanh), sc.Dense(4))
     p = chain.init_params(seed=0)
-    h = sc.train_unbatched(sc.add_loss(chain, sc.SquaredLoss(np.tanh(X))), X, p, sc.Adam(1e-3), epochs=3,
-                           num_threads=2)
+    h = sc.train_unbatched(sc.add_loss(chain, sc.SquaredLoss(np.tanh(X))), X, p, sc.Adam(1e-3), epochs=3, num_threads=2)
     return [h[-1], p.sum()]
 
 

@@ -6,5 +6,16 @@ from .conv import Conv, Conv1D
 from .dense import Dense
 from .pool import AvgPool, Dropout, Flatten, MaxPool
 
-__all__ = ["ACTIVATIONS", "Activation", "ActivationFunction", "AvgPool", "Conv", "Conv1D", "Dense", "Dropout",
-           "Flatten", "Layer", "MaxPool"]
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "ActivationFunction",
+    "AvgPool",
+    "Conv",
+    "Conv1D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "MaxPool",
+]

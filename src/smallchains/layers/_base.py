@@ -138,6 +138,5 @@ class ParameterFree(Layer):
 
 def _flat(in_shape, layer):
     if len(in_shape) != 1:
-        raise ValueError(f"{layer!r} needs flat input but receives shape {tuple(in_shape)}; "
-                         "put sc.Flatten() before it")
+        raise ValueError(f"{layer!r} needs flat input but receives shape {tuple(in_shape)}; put sc.Flatten() before it")
     return int(in_shape[0])

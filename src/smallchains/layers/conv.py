@@ -69,13 +69,13 @@ def _tap(k, KK, KW, H, W, row, col):
 def pad_copy(x, xo, C, H, W, xp, po, HP, WP, PH, PW, B):
     """xp (C, HP, WP) <- x (C, H, W) placed at row PH, column PW, zeros around (overwrites)."""
     n = C * HP * WP * B
-    z = xp[po:po + n]
+    z = xp[po : po + n]
     for t in range(n):
         z[t] = 0
     for c in range(C):
         for h in range(H):
-            src = x[xo + ((c * H + h) * W) * B:xo + ((c * H + h) * W + W) * B]
-            dst = xp[po + ((c * HP + h + PH) * WP + PW) * B:po + ((c * HP + h + PH) * WP + PW + W) * B]
+            src = x[xo + ((c * H + h) * W) * B : xo + ((c * H + h) * W + W) * B]
+            dst = xp[po + ((c * HP + h + PH) * WP + PW) * B : po + ((c * HP + h + PH) * WP + PW + W) * B]
             for t in range(W * B):
                 dst[t] = src[t]
 
@@ -85,8 +85,8 @@ def unpad_copy(xp, po, HP, WP, PH, PW, C, H, W, x, xo, B):
     """x (C, H, W) <- the interior of xp (C, HP, WP) at row PH, column PW (overwrites x)."""
     for c in range(C):
         for h in range(H):
-            src = xp[po + ((c * HP + h + PH) * WP + PW) * B:po + ((c * HP + h + PH) * WP + PW + W) * B]
-            dst = x[xo + ((c * H + h) * W) * B:xo + ((c * H + h) * W + W) * B]
+            src = xp[po + ((c * HP + h + PH) * WP + PW) * B : po + ((c * HP + h + PH) * WP + PW + W) * B]
+            dst = x[xo + ((c * H + h) * W) * B : xo + ((c * H + h) * W + W) * B]
             for t in range(W * B):
                 dst[t] = src[t]
 
@@ -103,7 +103,7 @@ def conv_forward(A, woff, boff, has_bias, init, C, H, W, OC, OH, OW, KH, KW, SH,
     if init:
         for o in range(OC):
             bv = A[boff + o] if has_bias else A[woff] - A[woff]
-            yr = y[yo + o * OH * OW * B:yo + (o + 1) * OH * OW * B]
+            yr = y[yo + o * OH * OW * B : yo + (o + 1) * OH * OW * B]
             for t in range(OH * OW * B):
                 yr[t] = bv
     if SW == 1:
@@ -125,21 +125,21 @@ def conv_forward(A, woff, boff, has_bias, init, C, H, W, OC, OH, OW, KH, KW, SH,
         o = 0
         while o < OC:
             four = o + 4 <= OC
-            y0 = y[ybase + o * OH * OW * B:ybase + o * OH * OW * B + run]
+            y0 = y[ybase + o * OH * OW * B : ybase + o * OH * OW * B + run]
             if four:
-                y1 = y[ybase + (o + 1) * OH * OW * B:ybase + (o + 1) * OH * OW * B + run]
-                y2 = y[ybase + (o + 2) * OH * OW * B:ybase + (o + 2) * OH * OW * B + run]
-                y3 = y[ybase + (o + 3) * OH * OW * B:ybase + (o + 3) * OH * OW * B + run]
+                y1 = y[ybase + (o + 1) * OH * OW * B : ybase + (o + 1) * OH * OW * B + run]
+                y2 = y[ybase + (o + 2) * OH * OW * B : ybase + (o + 2) * OH * OW * B + run]
+                y3 = y[ybase + (o + 3) * OH * OW * B : ybase + (o + 3) * OH * OW * B + run]
             k = 0
             while k < K:
                 # four taps k..k+3 (missing ones read tap k with weight 0)
                 m1 = k + 1 < K
                 m2 = k + 2 < K
                 m3 = k + 3 < K
-                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x1 = x[xo + _tap(k + 1 if m1 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x2 = x[xo + _tap(k + 2 if m2 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x3 = x[xo + _tap(k + 3 if m3 else k, KK, KW, H, W, xrow, xcol) * B:][:run]
+                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x1 = x[xo + _tap(k + 1 if m1 else k, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x2 = x[xo + _tap(k + 2 if m2 else k, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x3 = x[xo + _tap(k + 3 if m3 else k, KK, KW, H, W, xrow, xcol) * B :][:run]
                 zero = A[woff] - A[woff]
                 b = woff + o * K + k
                 a00 = A[b]
@@ -182,7 +182,7 @@ def conv_pullback_params(gp, woff, boff, has_bias, C, H, W, OC, OH, OW, KH, KW, 
     KK = KH * KW
     if has_bias:
         for o in range(OC):
-            gr = g[go + o * OH * OW * B:go + (o + 1) * OH * OW * B]
+            gr = g[go + o * OH * OW * B : go + (o + 1) * OH * OW * B]
             acc = gr[0] - gr[0]
             for t in range(OH * OW * B):
                 acc += gr[t]
@@ -219,15 +219,15 @@ def conv_pullback_params(gp, woff, boff, has_bias, C, H, W, OC, OH, OW, KH, KW, 
                 gbase = go + (i * OW + j) * B
                 xrow = i * SH
                 xcol = j * SW
-                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x1 = x[xo + _tap(kk1, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x2 = x[xo + _tap(kk2, KK, KW, H, W, xrow, xcol) * B:][:run]
-                x3 = x[xo + _tap(kk3, KK, KW, H, W, xrow, xcol) * B:][:run]
-                g0 = g[gbase + o * OH * OW * B:][:run]
+                x0 = x[xo + _tap(k, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x1 = x[xo + _tap(kk1, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x2 = x[xo + _tap(kk2, KK, KW, H, W, xrow, xcol) * B :][:run]
+                x3 = x[xo + _tap(kk3, KK, KW, H, W, xrow, xcol) * B :][:run]
+                g0 = g[gbase + o * OH * OW * B :][:run]
                 if four:
-                    g1 = g[gbase + (o + 1) * OH * OW * B:][:run]
-                    g2 = g[gbase + (o + 2) * OH * OW * B:][:run]
-                    g3 = g[gbase + (o + 3) * OH * OW * B:][:run]
+                    g1 = g[gbase + (o + 1) * OH * OW * B :][:run]
+                    g2 = g[gbase + (o + 2) * OH * OW * B :][:run]
+                    g3 = g[gbase + (o + 3) * OH * OW * B :][:run]
                     for t in range(run):
                         v0 = x0[t]
                         v1 = x1[t]
@@ -269,8 +269,9 @@ def conv_pullback_params(gp, woff, boff, has_bias, C, H, W, OC, OH, OW, KH, KW, 
             if m3:
                 gp[b + 3] += a03
             if four:
-                for r, (q0, q1, q2, q3) in enumerate(((a10, a11, a12, a13), (a20, a21, a22, a23),
-                                                      (a30, a31, a32, a33))):
+                for r, (q0, q1, q2, q3) in enumerate(
+                    ((a10, a11, a12, a13), (a20, a21, a22, a23), (a30, a31, a32, a33))
+                ):
                     bb = b + (r + 1) * K
                     gp[bb] += q0
                     if m1:
@@ -289,7 +290,7 @@ def conv_pullback_input(A, woff, C, H, W, OC, OH, OW, KH, KW, SH, SW, g, go, gx,
     K = C * KH * KW
     KK = KH * KW
     n = C * H * W * B
-    z = gx[gxo:gxo + n]
+    z = gx[gxo : gxo + n]
     for t in range(n):
         z[t] = 0
     if SW == 1:
@@ -310,17 +311,17 @@ def conv_pullback_input(A, woff, C, H, W, OC, OH, OW, KH, KW, SH, SW, g, go, gx,
         xrow = i * SH
         xcol = j * SW
         for k in range(K):
-            dst = gx[gxo + _tap(k, KK, KW, H, W, xrow, xcol) * B:][:run]
+            dst = gx[gxo + _tap(k, KK, KW, H, W, xrow, xcol) * B :][:run]
             o = 0
             while o < OC:
-                g0 = g[gbase + o * OH * OW * B:][:run]
+                g0 = g[gbase + o * OH * OW * B :][:run]
                 a0 = A[woff + o * K + k]
                 m1 = o + 1 < OC
                 m2 = o + 2 < OC
                 m3 = o + 3 < OC
-                g1 = g[gbase + (o + 1 if m1 else o) * OH * OW * B:][:run]
-                g2 = g[gbase + (o + 2 if m2 else o) * OH * OW * B:][:run]
-                g3 = g[gbase + (o + 3 if m3 else o) * OH * OW * B:][:run]
+                g1 = g[gbase + (o + 1 if m1 else o) * OH * OW * B :][:run]
+                g2 = g[gbase + (o + 2 if m2 else o) * OH * OW * B :][:run]
+                g3 = g[gbase + (o + 3 if m3 else o) * OH * OW * B :][:run]
                 a1 = A[woff + (o + 1) * K + k] if m1 else zero
                 a2 = A[woff + (o + 2) * K + k] if m2 else zero
                 a3 = A[woff + (o + 3) * K + k] if m3 else zero
@@ -338,17 +339,17 @@ def pool_forward(is_max, C, H, W, OH, OW, KH, KW, SH, SW, x, xo, y, yo, d, do, w
         for i in range(OH):
             for j in range(OW):
                 u = (c * OH + i) * OW + j
-                yr = y[yo + u * B:yo + (u + 1) * B]
-                x0 = x[xo + ((c * H + i * SH) * W + j * SW) * B:][:B]
+                yr = y[yo + u * B : yo + (u + 1) * B]
+                x0 = x[xo + ((c * H + i * SH) * W + j * SW) * B :][:B]
                 for s in range(B):
                     yr[s] = x0[s]
                 if is_max:
-                    dr = d[do + u * B:do + (u + 1) * B]
+                    dr = d[do + u * B : do + (u + 1) * B]
                     if want_d:
                         for s in range(B):
                             dr[s] = 0
                     for e in range(1, KK):
-                        xe = x[xo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B:][:B]
+                        xe = x[xo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B :][:B]
                         fe = yr[0] - yr[0] + e
                         if want_d:
                             for s in range(B):
@@ -362,7 +363,7 @@ def pool_forward(is_max, C, H, W, OH, OW, KH, KW, SH, SW, x, xo, y, yo, d, do, w
                                 yr[s] = v if not (v <= yr[s]) else yr[s]
                 else:
                     for e in range(1, KK):
-                        xe = x[xo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B:][:B]
+                        xe = x[xo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B :][:B]
                         for s in range(B):
                             yr[s] += xe[s]
                     sc = yr[0] - yr[0] + inv
@@ -376,18 +377,18 @@ def pool_pullback(is_max, C, H, W, OH, OW, KH, KW, SH, SW, g, go, d, do, gx, gxo
     KK = KH * KW
     inv = 1.0 / KK
     n = C * H * W * B
-    z = gx[gxo:gxo + n]
+    z = gx[gxo : gxo + n]
     for t in range(n):
         z[t] = 0
     for c in range(C):
         for i in range(OH):
             for j in range(OW):
                 u = (c * OH + i) * OW + j
-                gr = g[go + u * B:go + (u + 1) * B]
+                gr = g[go + u * B : go + (u + 1) * B]
                 if is_max:
-                    dr = d[do + u * B:do + (u + 1) * B]
+                    dr = d[do + u * B : do + (u + 1) * B]
                 for e in range(KK):
-                    ge = gx[gxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B:][:B]
+                    ge = gx[gxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B :][:B]
                     if is_max:
                         fe = gr[0] - gr[0] + e
                         zz = gr[0] - gr[0]
@@ -408,13 +409,13 @@ def pool_tangent(is_max, C, H, W, OH, OW, KH, KW, SH, SW, dx, dxo, d, do, t, to,
         for i in range(OH):
             for j in range(OW):
                 u = (c * OH + i) * OW + j
-                tr = t[to + u * B:to + (u + 1) * B]
+                tr = t[to + u * B : to + (u + 1) * B]
                 if is_max:
-                    dr = d[do + u * B:do + (u + 1) * B]
+                    dr = d[do + u * B : do + (u + 1) * B]
                     for s in range(B):
                         tr[s] = 0
                     for e in range(KK):
-                        xe = dx[dxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B:][:B]
+                        xe = dx[dxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B :][:B]
                         fe = tr[0] - tr[0] + e
                         for s in range(B):
                             tr[s] = xe[s] if dr[s] == fe else tr[s]
@@ -422,7 +423,7 @@ def pool_tangent(is_max, C, H, W, OH, OW, KH, KW, SH, SW, dx, dxo, d, do, t, to,
                     for s in range(B):
                         tr[s] = 0
                     for e in range(KK):
-                        xe = dx[dxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B:][:B]
+                        xe = dx[dxo + ((c * H + i * SH + e // KW) * W + j * SW + e % KW) * B :][:B]
                         for s in range(B):
                             tr[s] += xe[s]
                     sc = tr[0] - tr[0] + inv
@@ -440,8 +441,18 @@ def pool_tangent(is_max, C, H, W, OH, OW, KH, KW, SH, SW, dx, dxo, d, do, t, to,
 
 @kernel
 def conv_geometry(prog, l):
-    return (prog[l, F_C], prog[l, F_H], prog[l, F_W], prog[l, F_OC], prog[l, F_OH], prog[l, F_OW],
-            prog[l, F_KH], prog[l, F_KW], prog[l, F_SH], prog[l, F_SW])
+    return (
+        prog[l, F_C],
+        prog[l, F_H],
+        prog[l, F_W],
+        prog[l, F_OC],
+        prog[l, F_OH],
+        prog[l, F_OW],
+        prog[l, F_KH],
+        prog[l, F_KW],
+        prog[l, F_SH],
+        prog[l, F_SW],
+    )
 
 
 @kernel
@@ -455,11 +466,51 @@ def conv_layer_forward(prog, l, p, w, B):
         HP = prog[l, F_HP]
         WP = prog[l, F_WP]
         pad_copy(w, xo, C, H, W, w, po, HP, WP, prog[l, F_PH], prog[l, F_PW], B)
-        conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, HP, WP, OC, OH, OW, KH,
-                     KW, SH, SW, w, po, w, yo, B)
+        conv_forward(
+            p,
+            prog[l, F_WOFF],
+            prog[l, F_BOFF],
+            prog[l, F_BIAS] != 0,
+            True,
+            C,
+            HP,
+            WP,
+            OC,
+            OH,
+            OW,
+            KH,
+            KW,
+            SH,
+            SW,
+            w,
+            po,
+            w,
+            yo,
+            B,
+        )
     else:
-        conv_forward(p, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, True, C, H, W, OC, OH, OW, KH, KW,
-                     SH, SW, w, xo, w, yo, B)
+        conv_forward(
+            p,
+            prog[l, F_WOFF],
+            prog[l, F_BOFF],
+            prog[l, F_BIAS] != 0,
+            True,
+            C,
+            H,
+            W,
+            OC,
+            OH,
+            OW,
+            KH,
+            KW,
+            SH,
+            SW,
+            w,
+            xo,
+            w,
+            yo,
+            B,
+        )
     return 0
 
 
@@ -476,8 +527,27 @@ def conv_layer_backward(prog, l, p, gp, w, B, cur, other, need_gx):
         xin = prog[l, F_X] * B
         HP = H
         WP = W
-    conv_pullback_params(gp, prog[l, F_WOFF], prog[l, F_BOFF], prog[l, F_BIAS] != 0, C, HP, WP, OC, OH, OW, KH, KW,
-                         SH, SW, w, xin, w, cur, B)
+    conv_pullback_params(
+        gp,
+        prog[l, F_WOFF],
+        prog[l, F_BOFF],
+        prog[l, F_BIAS] != 0,
+        C,
+        HP,
+        WP,
+        OC,
+        OH,
+        OW,
+        KH,
+        KW,
+        SH,
+        SW,
+        w,
+        xin,
+        w,
+        cur,
+        B,
+    )
     if need_gx:
         if padded:
             pg = prog[l, F_PGX] * B
@@ -500,7 +570,7 @@ def conv_layer_tangent(prog, l, p, dp, w, B, cur, other, have_dx, use_dp):
     WP = prog[l, F_WP] if padded else W
     xin = prog[l, F_PAD] * B if padded else prog[l, F_X] * B
     for o in range(OC):
-        tr = w[other + o * OH * OW * B:other + (o + 1) * OH * OW * B]
+        tr = w[other + o * OH * OW * B : other + (o + 1) * OH * OW * B]
         bv = dp[boff + o] if (use_dp and hb) else dp[0] - dp[0]
         for t in range(OH * OW * B):
             tr[t] = bv
@@ -520,8 +590,26 @@ def conv_layer_tangent(prog, l, p, dp, w, B, cur, other, have_dx, use_dp):
 def pool_layer_forward(prog, l, w, B, want_d):
     """Pooling layer ``l``: output <- max or mean over each window (argmaxes saved when ``want_d``)."""
     C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
-    pool_forward(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, prog[l, F_X] * B, w,
-                 prog[l, F_Y] * B, w, prog[l, F_D] * B, want_d, B)
+    pool_forward(
+        prog[l, F_KIND] == KIND_MAXPOOL,
+        C,
+        H,
+        W,
+        OH,
+        OW,
+        KH,
+        KW,
+        SH,
+        SW,
+        w,
+        prog[l, F_X] * B,
+        w,
+        prog[l, F_Y] * B,
+        w,
+        prog[l, F_D] * B,
+        want_d,
+        B,
+    )
     return 0
 
 
@@ -530,8 +618,9 @@ def pool_layer_backward(prog, l, w, B, cur, other, need_gx):
     """Pooling layer ``l``: w[other..] <- its input cotangent when ``need_gx`` (pooling has no parameters)."""
     if need_gx:
         C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
-        pool_pullback(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B,
-                      w, other, B)
+        pool_pullback(
+            prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w, other, B
+        )
     return 0
 
 
@@ -539,8 +628,9 @@ def pool_layer_backward(prog, l, w, B, cur, other, need_gx):
 def pool_layer_tangent(prog, l, w, B, cur, other):
     """Pooling layer ``l``: w[other..] <- its output tangent from the input tangent at ``cur``."""
     C, H, W, OC, OH, OW, KH, KW, SH, SW = conv_geometry(prog, l)
-    pool_tangent(prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w,
-                 other, B)
+    pool_tangent(
+        prog[l, F_KIND] == KIND_MAXPOOL, C, H, W, OH, OW, KH, KW, SH, SW, w, cur, w, prog[l, F_D] * B, w, other, B
+    )
     return 0
 
 
@@ -550,8 +640,11 @@ def pool_layer_tangent(prog, l, w, B, cur, other):
 def _pair(name, v, allow_zero=False):
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         v = (int(v), int(v))
-    if (not isinstance(v, (tuple, list)) or len(v) != 2
-            or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in v)):
+    if (
+        not isinstance(v, (tuple, list))
+        or len(v) != 2
+        or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in v)
+    ):
         raise TypeError(f"`{name}` must be an int or a pair of ints, got {v!r}")
     lo = 0 if allow_zero else 1
     if any(a < lo for a in v):
@@ -563,8 +656,10 @@ def image_shape(in_shape, who):
     """(C, H, W) from a layer's input shape; a clear error for flat inputs."""
     if len(in_shape) == 3:
         return tuple(int(v) for v in in_shape)
-    raise ValueError(f"{who} needs image input (channels, height, width), got shape {tuple(in_shape)}; "
-                     "give the chain its input shape, e.g. sc.SimpleChain((1, 28, 28), ...)")
+    raise ValueError(
+        f"{who} needs image input (channels, height, width), got shape {tuple(in_shape)}; "
+        "give the chain its input shape, e.g. sc.SimpleChain((1, 28, 28), ...)"
+    )
 
 
 class Conv(Layer):
@@ -626,8 +721,10 @@ class Conv(Layer):
         KH, KW = self.kernel_size
         SH, SW = self.stride
         if HP < KH or WP < KW:
-            raise ValueError(f"Conv: the input image {H}x{W} (padded {HP}x{WP}) is smaller than the kernel "
-                             f"{KH}x{KW}; use a smaller kernel_size or more padding")
+            raise ValueError(
+                f"Conv: the input image {H}x{W} (padded {HP}x{WP}) is smaller than the kernel "
+                f"{KH}x{KW}; use a smaller kernel_size or more padding"
+            )
         OH = (HP - KH) // SH + 1
         OW = (WP - KW) // SW + 1
         return C, H, W, HP, WP, ph0, pw0, OH, OW
@@ -653,11 +750,32 @@ class Conv(Layer):
         padded = (HP, WP) != (H, W)
         nw = self.out_channels * C * KH * KW
         from .._program import F_ACT, F_BIAS, F_KIND, F_NOUT
-        return {F_KIND: KIND_CONV, F_NOUT: self.out_channels * OH * OW, F_ACT: self.activation.code,
-                F_BIAS: int(self.bias), F_NW: nw, F_C: C, F_H: H, F_W: W, F_OC: self.out_channels, F_OH: OH,
-                F_OW: OW, F_KH: KH, F_KW: KW, F_SH: SH, F_SW: SW, F_PH: ph0, F_PW: pw0, F_HP: HP, F_WP: WP,
-                "nparams": Conv.num_params_shape(self, in_shape), "d": self.activation.code != 0,
-                "pad": C * HP * WP if padded else 0, "pgx": C * HP * WP if padded else 0}
+
+        return {
+            F_KIND: KIND_CONV,
+            F_NOUT: self.out_channels * OH * OW,
+            F_ACT: self.activation.code,
+            F_BIAS: int(self.bias),
+            F_NW: nw,
+            F_C: C,
+            F_H: H,
+            F_W: W,
+            F_OC: self.out_channels,
+            F_OH: OH,
+            F_OW: OW,
+            F_KH: KH,
+            F_KW: KW,
+            F_SH: SH,
+            F_SW: SW,
+            F_PH: ph0,
+            F_PW: pw0,
+            F_HP: HP,
+            F_WP: WP,
+            "nparams": Conv.num_params_shape(self, in_shape),
+            "d": self.activation.code != 0,
+            "pad": C * HP * WP if padded else 0,
+            "pgx": C * HP * WP if padded else 0,
+        }
 
     def init_params_shape(self, view, in_shape, rng):
         C = image_shape(in_shape, "Conv")[0]
@@ -676,9 +794,15 @@ class Conv(Layer):
 
     def describe(self):
         pad = self.padding if isinstance(self.padding, str) else list(self.padding)
-        return {"kind": "Conv", "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
-                "activation": self.activation.name, "stride": list(self.stride), "padding": pad,
-                "bias": self.bias}
+        return {
+            "kind": "Conv",
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "activation": self.activation.name,
+            "stride": list(self.stride),
+            "padding": pad,
+            "bias": self.bias,
+        }
 
     def __repr__(self):
         act = "" if self.activation.code == 0 else f", {self.activation!r}"
@@ -726,8 +850,10 @@ class Conv1D(Conv):
     @staticmethod
     def _as2d(in_shape):
         if len(in_shape) != 2:
-            raise ValueError(f"Conv1D needs input (channels, length), got shape {tuple(in_shape)}; "
-                             "give the chain its input shape, e.g. sc.SimpleChain((3, 100), ...)")
+            raise ValueError(
+                f"Conv1D needs input (channels, length), got shape {tuple(in_shape)}; "
+                "give the chain its input shape, e.g. sc.SimpleChain((3, 100), ...)"
+            )
         return (in_shape[0], 1, in_shape[1])
 
     def output_shape(self, in_shape):
@@ -752,10 +878,19 @@ class Conv1D(Conv):
 
     def describe(self):
         pad = self.padding if isinstance(self.padding, str) else self.padding[1]
-        return {"kind": "Conv1D", "out_channels": self.out_channels, "kernel_size": self.kernel_size[1],
-                "activation": self.activation.name, "stride": self.stride[1], "padding": pad, "bias": self.bias}
+        return {
+            "kind": "Conv1D",
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size[1],
+            "activation": self.activation.name,
+            "stride": self.stride[1],
+            "padding": pad,
+            "bias": self.bias,
+        }
 
     def __repr__(self):
         act = "" if self.activation.code == 0 else f", {self.activation!r}"
-        return f"Conv1D({self.out_channels}, {self.kernel_size[1]}{act}, stride={self.stride[1]}, " \
-               f"padding={self.padding if isinstance(self.padding, str) else self.padding[1]!r})"
+        return (
+            f"Conv1D({self.out_channels}, {self.kernel_size[1]}{act}, stride={self.stride[1]}, "
+            f"padding={self.padding if isinstance(self.padding, str) else self.padding[1]!r})"
+        )

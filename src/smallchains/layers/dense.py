@@ -34,10 +34,10 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
     """
     r = 0
     while r + 4 <= R:
-        y0 = y[yo + r * B:yo + (r + 1) * B]
-        y1 = y[yo + (r + 1) * B:yo + (r + 2) * B]
-        y2 = y[yo + (r + 2) * B:yo + (r + 3) * B]
-        y3 = y[yo + (r + 3) * B:yo + (r + 4) * B]
+        y0 = y[yo + r * B : yo + (r + 1) * B]
+        y1 = y[yo + (r + 1) * B : yo + (r + 2) * B]
+        y2 = y[yo + (r + 2) * B : yo + (r + 3) * B]
+        y3 = y[yo + (r + 3) * B : yo + (r + 4) * B]
         a = aoff + r * sr
         c = 0
         while c + 4 <= C:
@@ -58,10 +58,10 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
             a31 = A[b + 3 * sr + sc]
             a32 = A[b + 3 * sr + 2 * sc]
             a33 = A[b + 3 * sr + 3 * sc]
-            x0 = x[xo + c * B:xo + (c + 1) * B]
-            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
-            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
-            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B : xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B : xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B : xo + (c + 4) * B]
             for s in range(B):
                 v0 = x0[s]
                 v1 = x1[s]
@@ -78,7 +78,7 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
             a10 = A[b + sr]
             a20 = A[b + 2 * sr]
             a30 = A[b + 3 * sr]
-            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
             for s in range(B):
                 v0 = x0[s]
                 y0[s] += a00 * v0
@@ -88,7 +88,7 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
             c += 1
         r += 4
     while r < R:
-        y0 = y[yo + r * B:yo + (r + 1) * B]
+        y0 = y[yo + r * B : yo + (r + 1) * B]
         a = aoff + r * sr
         c = 0
         while c + 4 <= C:
@@ -97,16 +97,16 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
             a01 = A[b + sc]
             a02 = A[b + 2 * sc]
             a03 = A[b + 3 * sc]
-            x0 = x[xo + c * B:xo + (c + 1) * B]
-            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
-            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
-            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B : xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B : xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B : xo + (c + 4) * B]
             for s in range(B):
                 y0[s] += a00 * x0[s] + a01 * x1[s] + a02 * x2[s] + a03 * x3[s]
             c += 4
         while c < C:
             a00 = A[a + c * sc]
-            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
             for s in range(B):
                 y0[s] += a00 * x0[s]
             c += 1
@@ -117,7 +117,7 @@ def gemm_acc(A, aoff, sr, sc, R, C, x, xo, y, yo, B):
 def fill_rows(y, yo, R, B, v, voff, use_v):
     """y[r, s] <- v[voff + r] (or 0 when not use_v) for r < R, s < B."""
     for r in range(R):
-        yr = y[yo + r * B:yo + (r + 1) * B]
+        yr = y[yo + r * B : yo + (r + 1) * B]
         if use_v:
             vr = v[voff + r]
             for s in range(B):
@@ -143,16 +143,16 @@ def gemm_nt_acc(g, go, R, x, xo, C, B, out, oo, ld):
     """
     r = 0
     while r + 4 <= R:
-        g0 = g[go + r * B:go + (r + 1) * B]
-        g1 = g[go + (r + 1) * B:go + (r + 2) * B]
-        g2 = g[go + (r + 2) * B:go + (r + 3) * B]
-        g3 = g[go + (r + 3) * B:go + (r + 4) * B]
+        g0 = g[go + r * B : go + (r + 1) * B]
+        g1 = g[go + (r + 1) * B : go + (r + 2) * B]
+        g2 = g[go + (r + 2) * B : go + (r + 3) * B]
+        g3 = g[go + (r + 3) * B : go + (r + 4) * B]
         c = 0
         while c + 4 <= C:
-            x0 = x[xo + c * B:xo + (c + 1) * B]
-            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
-            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
-            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B : xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B : xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B : xo + (c + 4) * B]
             z = x0[0] - x0[0]
             a00 = a01 = a02 = a03 = z
             a10 = a11 = a12 = a13 = z
@@ -205,7 +205,7 @@ def gemm_nt_acc(g, go, R, x, xo, C, B, out, oo, ld):
             out[o + 3] += a33
             c += 4
         while c < C:
-            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
             z = x0[0] - x0[0]
             a00 = a10 = a20 = a30 = z
             for s in range(B):
@@ -222,13 +222,13 @@ def gemm_nt_acc(g, go, R, x, xo, C, B, out, oo, ld):
             c += 1
         r += 4
     while r < R:
-        g0 = g[go + r * B:go + (r + 1) * B]
+        g0 = g[go + r * B : go + (r + 1) * B]
         c = 0
         while c + 4 <= C:
-            x0 = x[xo + c * B:xo + (c + 1) * B]
-            x1 = x[xo + (c + 1) * B:xo + (c + 2) * B]
-            x2 = x[xo + (c + 2) * B:xo + (c + 3) * B]
-            x3 = x[xo + (c + 3) * B:xo + (c + 4) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
+            x1 = x[xo + (c + 1) * B : xo + (c + 2) * B]
+            x2 = x[xo + (c + 2) * B : xo + (c + 3) * B]
+            x3 = x[xo + (c + 3) * B : xo + (c + 4) * B]
             z = x0[0] - x0[0]
             a00 = a01 = a02 = a03 = z
             for s in range(B):
@@ -244,7 +244,7 @@ def gemm_nt_acc(g, go, R, x, xo, C, B, out, oo, ld):
             out[o + 3] += a03
             c += 4
         while c < C:
-            x0 = x[xo + c * B:xo + (c + 1) * B]
+            x0 = x[xo + c * B : xo + (c + 1) * B]
             a00 = x0[0] - x0[0]
             for s in range(B):
                 a00 += g0[s] * x0[s]
@@ -262,7 +262,7 @@ def dense_pullback_params(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, 
     """
     if has_bias:
         for j in range(nout):
-            gr = g[go + j * B:go + (j + 1) * B]
+            gr = g[go + j * B : go + (j + 1) * B]
             acc = gr[0] - gr[0]
             for s in range(B):
                 acc += gr[s]
@@ -291,7 +291,6 @@ def dense_tangent(p, dp, woff, boff, has_bias, nin, nout, x, xo, dx, dxo, use_dx
         gemm_acc(dp, woff, nin, 1, nout, nin, x, xo, t, to, B)
 
 
-
 # --------------------------------------------------------------------------- one sample (B = 1)
 # Matrix-vector forms for the neural-ODE case (one state at a time): rows of W are
 # contiguous, so the forward is a dot product per output and the pullback one
@@ -301,11 +300,11 @@ def dense_tangent(p, dp, woff, boff, has_bias, nin, nout, x, xo, dx, dxo, use_dx
 @kernel
 def dense_forward_1(p, woff, boff, has_bias, nin, nout, x, xo, y, yo):
     """y[yo + j] <- sum_k W[j, k] x[xo + k] (+ b[j]) for one sample."""
-    xv = x[xo:xo + nin]
-    yv = y[yo:yo + nout]
-    W = p[woff:woff + nout * nin]
+    xv = x[xo : xo + nin]
+    yv = y[yo : yo + nout]
+    W = p[woff : woff + nout * nin]
     if has_bias:
-        b = p[boff:boff + nout]
+        b = p[boff : boff + nout]
         for j in range(nout):
             yv[j] = b[j]
     else:
@@ -328,12 +327,12 @@ def dense_forward_1(p, woff, boff, has_bias, nin, nout, x, xo, y, yo):
 @kernel
 def dense_pullback_1(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, gx, gxo, need_gx):
     """One sample: gp[W] += g x^T, gp[b] += g; gx <- W^T g (overwritten) when ``need_gx``."""
-    xv = x[xo:xo + nin]
-    gv = g[go:go + nout]
-    W = p[woff:woff + nout * nin]
-    GW = gp[woff:woff + nout * nin]
+    xv = x[xo : xo + nin]
+    gv = g[go : go + nout]
+    W = p[woff : woff + nout * nin]
+    GW = gp[woff : woff + nout * nin]
     if has_bias:
-        gb = gp[boff:boff + nout]
+        gb = gp[boff : boff + nout]
         for j in range(nout):
             gb[j] += gv[j]
     if nin <= 4:  # short rows: one long loop per column beats nout loops of nin iterations
@@ -348,7 +347,7 @@ def dense_pullback_1(p, gp, woff, boff, has_bias, nin, nout, x, xo, g, go, gx, g
             for k in range(nin):
                 GW[base + k] += gj * xv[k]
     if need_gx:
-        gxv = gx[gxo:gxo + nin]
+        gxv = gx[gxo : gxo + nin]
         if nin <= 4:
             for k in range(nin):
                 acc = gv[0] - gv[0]
@@ -414,12 +413,12 @@ class Dense(Layer):
     def init_params(self, view, nin, rng):
         limit = np.sqrt(6.0 / (nin + self.out))
         view[: self.out * nin] = rng.uniform(-limit, limit, size=self.out * nin)
-        view[self.out * nin:] = 0
+        view[self.out * nin :] = 0
 
     def param_views(self, view, nin):
         W = view[: self.out * nin].reshape(self.out, nin)
         if self.bias:
-            return (W, view[self.out * nin:])
+            return (W, view[self.out * nin :])
         return (W, None)
 
     def describe(self):

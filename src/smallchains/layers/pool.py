@@ -38,8 +38,10 @@ def _pool_shape(in_shape, who):
         return tuple(int(v) for v in in_shape), False
     if len(in_shape) == 2:  # (C, L): 1-D pooling
         return (int(in_shape[0]), 1, int(in_shape[1])), True
-    raise ValueError(f"{who} needs image input (channels, height, width) or (channels, length), got shape "
-                     f"{tuple(in_shape)}; give the chain its input shape, e.g. sc.SimpleChain((1, 28, 28), ...)")
+    raise ValueError(
+        f"{who} needs image input (channels, height, width) or (channels, length), got shape "
+        f"{tuple(in_shape)}; give the chain its input shape, e.g. sc.SimpleChain((1, 28, 28), ...)"
+    )
 
 
 class _Pool(ParameterFree):
@@ -72,12 +74,27 @@ class _Pool(ParameterFree):
 
     def program_fields(self, in_shape):
         C, H, W, KH, KW, SH, SW, OH, OW, _ = self._geometry(in_shape)
-        return {F_KIND: self.kind, F_NOUT: C * OH * OW, F_C: C, F_H: H, F_W: W, F_OC: C, F_OH: OH, F_OW: OW,
-                F_KH: KH, F_KW: KW, F_SH: SH, F_SW: SW, "nparams": 0, "d": self.kind == KIND_MAXPOOL}
+        return {
+            F_KIND: self.kind,
+            F_NOUT: C * OH * OW,
+            F_C: C,
+            F_H: H,
+            F_W: W,
+            F_OC: C,
+            F_OH: OH,
+            F_OW: OW,
+            F_KH: KH,
+            F_KW: KW,
+            F_SH: SH,
+            F_SW: SW,
+            "nparams": 0,
+            "d": self.kind == KIND_MAXPOOL,
+        }
 
     def describe(self):
         def js(v):
             return list(v) if isinstance(v, tuple) else v
+
         return {"kind": type(self).__name__, "k": js(self.k_given), "stride": js(self.stride_given)}
 
     def __repr__(self):
@@ -145,8 +162,13 @@ class Dropout(ParameterFree):
         return tuple(in_shape)
 
     def program_fields(self, in_shape):
-        return {F_KIND: KIND_DROPOUT, F_NOUT: int(np.prod(in_shape)), "nparams": 0, "d": True,
-                F_AUX: int(math.floor(self.p * 2.0**32))}
+        return {
+            F_KIND: KIND_DROPOUT,
+            F_NOUT: int(np.prod(in_shape)),
+            "nparams": 0,
+            "d": True,
+            F_AUX: int(math.floor(self.p * 2.0**32)),
+        }
 
     def describe(self):
         return {"kind": "Dropout", "p": self.p}

@@ -140,10 +140,37 @@ def _rate_before(njumps_applied, jkind, jidx, jval, rate):
 
 
 @kernel
-def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
-                        st_t, st_h, st_u, st_k, st_j,
-                        jt, jkind, jidx, jval, jpidx,
-                        ts_save, gsave, lam, gp, W, K, wk, jg):
+def rk_discrete_adjoint(
+    fa,
+    va,
+    iw,
+    fw,
+    A,
+    b,
+    c,
+    D,
+    aopt,
+    t_final,
+    p,
+    st_t,
+    st_h,
+    st_u,
+    st_k,
+    st_j,
+    jt,
+    jkind,
+    jidx,
+    jval,
+    jpidx,
+    ts_save,
+    gsave,
+    lam,
+    gp,
+    W,
+    K,
+    wk,
+    jg,
+):
     """Reverse pass over the stored steps.  On return ``lam`` = dL/du0 and ``gp`` += dL/dp.
 
     ``jg`` (n_jumps, 2 + n) or (0, ...): each jump's dL/d(value), dL/d(time) and F⁻ − F⁺
@@ -168,15 +195,15 @@ def rk_discrete_adjoint(fa, va, iw, fw, A, b, c, D, aopt, t_final, p,
     nsave = ts_save.shape[0]
 
     y = wk[0:n]
-    lu = wk[n:2 * n]
-    ubar = wk[2 * n:3 * n]
-    unew = wk[3 * n:4 * n]
-    rate = wk[4 * n:5 * n]
-    racc = wk[6 * n:7 * n]  # sum of the stage cotangents of the steps after the current point
-    wu = wk[7 * n:8 * n]
-    wr = wk[8 * n:9 * n]
-    fA = wk[9 * n:10 * n]
-    fB = wk[10 * n:11 * n]
+    lu = wk[n : 2 * n]
+    ubar = wk[2 * n : 3 * n]
+    unew = wk[3 * n : 4 * n]
+    rate = wk[4 * n : 5 * n]
+    racc = wk[6 * n : 7 * n]  # sum of the stage cotangents of the steps after the current point
+    wu = wk[7 * n : 8 * n]
+    wr = wk[8 * n : 9 * n]
+    fA = wk[9 * n : 10 * n]
+    fB = wk[10 * n : 11 * n]
     want = jg.shape[0] > 0 and jg.shape[0] == jt.shape[0]
     if want:
         _zero(racc)
@@ -365,38 +392,38 @@ def augmented_rhs(dz, z, p, t, iw, fw):
     deg = iw[X_DEG]
     li = iw[X_LI]
     lf = iw[X_LF]
-    miw = iw[NX:NX + li]
+    miw = iw[NX : NX + li]
     mfw = fw[0:lf]
     o = lf
-    st_t = fw[o:o + N]
+    st_t = fw[o : o + N]
     o += N
-    st_h = fw[o:o + N]
+    st_h = fw[o : o + N]
     o += N
-    st_u = fw[o:o + N * n].reshape((N, n))
+    st_u = fw[o : o + N * n].reshape((N, n))
     o += N * n
-    st_k = fw[o:o + N * S * n].reshape((N, S, n))
+    st_k = fw[o : o + N * S * n].reshape((N, S, n))
     o += N * S * n
-    D = fw[o:o + S * deg].reshape((S, deg))
+    D = fw[o : o + S * deg].reshape((S, deg))
     o += S * deg
-    utmp = fw[o:o + n]
+    utmp = fw[o : o + n]
     o += n
-    lu = fw[o:o + n]
+    lu = fw[o : o + n]
     o += n
     # (then m scratch entries, then the directions Dp of the forward sensitivities)
     if mode == M_FORWARD:
         jvp = as_jvp(iw[X_D], iw[X_D + 1])
         k = iw[X_K]
         o += m
-        Dp = fw[o:o + k * m].reshape((k, m))
+        Dp = fw[o : o + k * m].reshape((k, m))
         u = z[0:n]
         f(dz[0:n], u, p, t, miw, mfw)
         for d in range(k):
-            jvp(dz[n + d * n:n + (d + 1) * n], u, p, t, z[n + d * n:n + (d + 1) * n], Dp[d], miw, mfw)
+            jvp(dz[n + d * n : n + (d + 1) * n], u, p, t, z[n + d * n : n + (d + 1) * n], Dp[d], miw, mfw)
         return
     if mode == M_BACKSOLVE:
         u = z[0:n]
-        lam = z[n:2 * n]
-        dmu = dz[2 * n:2 * n + m]
+        lam = z[n : 2 * n]
+        dmu = dz[2 * n : 2 * n + m]
         f(dz[0:n], u, p, t, miw, mfw)
         _zero(dmu)
         vjp(lu, dmu, lam, u, p, t, miw, mfw)
@@ -404,7 +431,7 @@ def augmented_rhs(dz, z, p, t, iw, fw):
             dz[n + j] = -lu[j]
     else:
         lam = z[0:n]
-        dmu = dz[n:n + m]
+        dmu = dz[n : n + m]
         lo = int(z[n + m])
         hi = int(z[n + m + 1])
         dense_segment(D, st_t, st_h, st_u, st_k, lo, hi, t, utmp)

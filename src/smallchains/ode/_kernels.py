@@ -224,9 +224,41 @@ def _beyond(a, b, dirn):
 
 
 @kernel
-def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
-              ts_save, us_save, tstops, jt, jkind, jidx, jval, jpidx,
-              st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend):
+def rk_solve(
+    fa,
+    iw,
+    fw,
+    ga,
+    A,
+    b,
+    c,
+    e,
+    D,
+    opt,
+    iopt,
+    rtol,
+    atol,
+    u0,
+    p,
+    ts_save,
+    us_save,
+    tstops,
+    jt,
+    jkind,
+    jidx,
+    jval,
+    jpidx,
+    st_t,
+    st_h,
+    st_u,
+    st_k,
+    st_j,
+    K,
+    wk,
+    stats,
+    fres,
+    uend,
+):
     """Integrate from opt[O_T0] to opt[O_T1]; see the module docstring for the conventions.
 
     Writes the save points into ``us_save`` (nsave, n), the final state into ``uend``,
@@ -266,10 +298,10 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     cap = st_t.shape[0]
 
     u = wk[0:n]
-    unew = wk[n:2 * n]
-    ytmp = wk[2 * n:3 * n]
-    errv = wk[3 * n:4 * n]
-    rate = wk[4 * n:5 * n]
+    unew = wk[n : 2 * n]
+    ytmp = wk[2 * n : 3 * n]
+    errv = wk[3 * n : 4 * n]
+    rate = wk[4 * n : 5 * n]
     for j in range(n):
         u[j] = u0[j]
         rate[j] = 0.0
@@ -322,8 +354,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
     h = opt[O_DT0]
     if h <= 0.0:
         if adaptive and ok_start:
-            h = initial_step(f, iw, fw, u, K[0], p, t, dirn, order, rtol, atol, scalar_tol, ytmp, errv,
-                             rate, has_rate)
+            h = initial_step(f, iw, fw, u, K[0], p, t, dirn, order, rtol, atol, scalar_tol, ytmp, errv, rate, has_rate)
             nf += 1
             if not (h > 0.0 and h <= FMAX):  # a NaN or Inf at the trial point: start small, let rejection work
                 h = 1e-6 * abs(t1 - t0)
@@ -385,7 +416,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
             if not ok_values:
                 accept = False
             else:
-                q11 = err ** beta1
+                q11 = err**beta1
                 accept = err <= 1.0
             if not accept:
                 nreject += 1
@@ -494,7 +525,7 @@ def rk_solve(fa, iw, fw, ga, A, b, c, e, D, opt, iopt, rtol, atol, u0, p,
 
         # controller: next step size (PI, Söderlind's form as in OrdinaryDiffEq)
         if adaptive:
-            q = q11 / (errold ** beta2)
+            q = q11 / (errold**beta2)
             q = max(1.0 / qmax, min(1.0 / qmin, q / gamma))
             if last_rejected:
                 q = max(q, 1.0)  # no increase right after a rejection

@@ -59,8 +59,21 @@ U_FLAGS, U_F, U_FZ, U_VJP, U_JVP = 0, 1, 3, 5, 7
 NU = 9
 FLAG_VJP, FLAG_JVP = 1, 2
 # UDE context (D_SYM: 1 when fvjp (and gvjp, with features) are generated code, not complex steps)
-D_NM, D_IDENT, D_D, D_MO, D_ROWS, D_COLS, D_F, D_FZ, D_G, D_GZ, D_SYM, D_FV, D_GV = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12,
-                                                                                   14, 15, 17)
+D_NM, D_IDENT, D_D, D_MO, D_ROWS, D_COLS, D_F, D_FZ, D_G, D_GZ, D_SYM, D_FV, D_GV = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    8,
+    10,
+    12,
+    14,
+    15,
+    17,
+)
 ND = 19
 
 
@@ -124,10 +137,10 @@ def user_vjp(lu, lp, v, u, p, t, iw, fw):
     fz = as_f4z(iw[U_FZ], iw[U_FZ + 1])
     n = u.shape[0]
     m = p.shape[0]
-    z = fw[0:2 * (2 * n + m)].view(np.complex128)
+    z = fw[0 : 2 * (2 * n + m)].view(np.complex128)
     dz = z[0:n]
-    uz = z[n:2 * n]
-    pz = z[2 * n:2 * n + m]
+    uz = z[n : 2 * n]
+    pz = z[2 * n : 2 * n + m]
     _real_into(uz, u)
     _real_into(pz, p)
     _cs_pullback4(fz, lu, False, uz, u, v, dz, uz, pz, t)
@@ -144,10 +157,10 @@ def user_jvp(out, u, p, t, du, dp, iw, fw):
     fz = as_f4z(iw[U_FZ], iw[U_FZ + 1])
     n = u.shape[0]
     m = p.shape[0]
-    z = fw[0:2 * (2 * n + m)].view(np.complex128)
+    z = fw[0 : 2 * (2 * n + m)].view(np.complex128)
     dz = z[0:n]
-    uz = z[n:2 * n]
-    pz = z[2 * n:2 * n + m]
+    uz = z[n : 2 * n]
+    pz = z[2 * n : 2 * n + m]
     for j in range(n):
         uz[j] = complex(u[j], H * du[j])
     for k in range(m):
@@ -170,8 +183,8 @@ def ude_rhs(du, u, p, t, iw, fw):
     mo = iw[D_MO]
     prog = iw[ND:].reshape((iw[D_ROWS], iw[D_COLS]))
     x = fw[0:d]
-    y = fw[d:d + mo]
-    work = fw[2 * d + 2 * mo:]
+    y = fw[d : d + mo]
+    work = fw[2 * d + 2 * mo :]
     pm = p[0:nm]
     if iw[D_IDENT] != 0:
         for j in range(d):
@@ -196,17 +209,17 @@ def ude_vjp(lu, lp, v, u, p, t, iw, fw):
     mo = iw[D_MO]
     prog = iw[ND:].reshape((iw[D_ROWS], iw[D_COLS]))
     x = fw[0:d]
-    y = fw[d:d + mo]
-    xbar = fw[d + mo:2 * d + mo]
-    ybar = fw[2 * d + mo:2 * d + 2 * mo]
+    y = fw[d : d + mo]
+    xbar = fw[d + mo : 2 * d + mo]
+    ybar = fw[2 * d + mo : 2 * d + 2 * mo]
     nwork = fw.shape[0] - (2 * d + 2 * mo) - 2 * (2 * n + nm + mo + d)
-    work = fw[2 * d + 2 * mo:2 * d + 2 * mo + nwork]
-    z = fw[2 * d + 2 * mo + nwork:].view(np.complex128)
+    work = fw[2 * d + 2 * mo : 2 * d + 2 * mo + nwork]
+    z = fw[2 * d + 2 * mo + nwork :].view(np.complex128)
     dz = z[0:n]
-    uz = z[n:2 * n]
-    pz = z[2 * n:2 * n + nm]
-    yz = z[2 * n + nm:2 * n + nm + mo]
-    xz = z[2 * n + nm + mo:2 * n + nm + mo + d]
+    uz = z[n : 2 * n]
+    pz = z[2 * n : 2 * n + nm]
+    yz = z[2 * n + nm : 2 * n + nm + mo]
+    xz = z[2 * n + nm + mo : 2 * n + nm + mo + d]
     pm = p[0:nm]
     pn = p[nm:]
     if ident:
@@ -267,17 +280,17 @@ def ude_jvp(out, u, p, t, du, dp, iw, fw):
     mo = iw[D_MO]
     prog = iw[ND:].reshape((iw[D_ROWS], iw[D_COLS]))
     x = fw[0:d]
-    y = fw[d:d + mo]
-    dx = fw[d + mo:2 * d + mo]
-    dy = fw[2 * d + mo:2 * d + 2 * mo]
+    y = fw[d : d + mo]
+    dx = fw[d + mo : 2 * d + mo]
+    dy = fw[2 * d + mo : 2 * d + 2 * mo]
     nwork = fw.shape[0] - (2 * d + 2 * mo) - 2 * (2 * n + nm + mo + d)
-    work = fw[2 * d + 2 * mo:2 * d + 2 * mo + nwork]
-    z = fw[2 * d + 2 * mo + nwork:].view(np.complex128)
+    work = fw[2 * d + 2 * mo : 2 * d + 2 * mo + nwork]
+    z = fw[2 * d + 2 * mo + nwork :].view(np.complex128)
     dz = z[0:n]
-    uz = z[n:2 * n]
-    pz = z[2 * n:2 * n + nm]
-    yz = z[2 * n + nm:2 * n + nm + mo]
-    xz = z[2 * n + nm + mo:2 * n + nm + mo + d]
+    uz = z[n : 2 * n]
+    pz = z[2 * n : 2 * n + nm]
+    yz = z[2 * n + nm : 2 * n + nm + mo]
+    xz = z[2 * n + nm + mo : 2 * n + nm + mo + d]
     for j in range(n):
         uz[j] = complex(u[j], H * du[j])
     for k in range(nm):

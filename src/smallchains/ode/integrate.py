@@ -41,8 +41,13 @@ class NonFiniteStateError(ODESolveError):
     pass
 
 
-_RETCODES = {RK.OK: "success", RK.MAX_STEPS: "max_steps", RK.DT_UNDERFLOW: "dt_underflow",
-             RK.NONFINITE: "nonfinite", RK.TERMINATED: "terminated"}
+_RETCODES = {
+    RK.OK: "success",
+    RK.MAX_STEPS: "max_steps",
+    RK.DT_UNDERFLOW: "dt_underflow",
+    RK.NONFINITE: "nonfinite",
+    RK.TERMINATED: "terminated",
+}
 
 
 def _raise(status, sol, opts):
@@ -51,17 +56,29 @@ def _raise(status, sol, opts):
         raise MaxStepsError(
             f"the solver took max_steps={opts['max_steps']} steps and reached t = {t:.6g} of "
             f"{opts['t1']:.6g}; raise max_steps, loosen rtol/atol, or check for a stiff or fast-oscillating "
-            "problem", t, "max_steps", sol)
+            "problem",
+            t,
+            "max_steps",
+            sol,
+        )
     if status == RK.DT_UNDERFLOW:
         raise StepSizeUnderflowError(
             f"the step size fell below dtmin (or the floating-point resolution of t) at t = {t:.6g}; the "
             "problem is probably stiff (use looser tolerances, or rescale time), or the solution blows up "
-            "there (a finite-time singularity)", t, "dt_underflow", sol)
+            "there (a finite-time singularity)",
+            t,
+            "dt_underflow",
+            sol,
+        )
     if status == RK.NONFINITE:
         raise NonFiniteStateError(
             f"the state became NaN or Inf at t = {t:.6g} and smaller steps did not help; check the "
             "right-hand side and the parameters (an overflow, a log or sqrt of a negative value, "
-            "a division by zero)", t, "nonfinite", sol)
+            "a division by zero)",
+            t,
+            "nonfinite",
+            sol,
+        )
     raise RuntimeError(f"internal error: unknown solver status {status}")  # pragma: no cover
 
 
@@ -127,8 +144,9 @@ class Jumps:
         rows = sorted(self._rows, key=lambda r: (direction * r[0], r[5]))
         for r in rows:
             if r[1] != RK.J_RESET and not 0 <= r[2] < n_states:
-                raise ValueError(f"a jump at t = {r[0]:g} targets state {r[2]}, but there are {n_states} "
-                                 f"states (0..{n_states - 1})")
+                raise ValueError(
+                    f"a jump at t = {r[0]:g} targets state {r[2]}, but there are {n_states} states (0..{n_states - 1})"
+                )
             if r[4] >= n_params or r[4] < -1:
                 raise ValueError(f"a bolus at t = {r[0]:g} scales by p[{r[4]}], but p has {n_params} entries")
         t = np.array([r[0] for r in rows], dtype=np.float64)
@@ -170,8 +188,10 @@ class PIController:
         return b1, b2
 
     def __repr__(self):
-        return (f"PIController(beta1={self.beta1}, beta2={self.beta2}, safety={self.safety}, "
-                f"qmin={self.qmin}, qmax={self.qmax})")
+        return (
+            f"PIController(beta1={self.beta1}, beta2={self.beta2}, safety={self.safety}, "
+            f"qmin={self.qmin}, qmax={self.qmax})"
+        )
 
 
 # --------------------------------------------------------------------------- solution
@@ -205,8 +225,10 @@ class ODESolution:
 
     def __call__(self, t):
         if self._dense is None:
-            raise ValueError("this solution has no dense output: solve with dense=True (the default when "
-                             "no saveat is given) to evaluate it at arbitrary times")
+            raise ValueError(
+                "this solution has no dense output: solve with dense=True (the default when "
+                "no saveat is given) to evaluate it at arbitrary times"
+            )
         st_t, st_h, st_u, st_k, nst = self._dense
         tq = np.atleast_1d(np.asarray(t, dtype=np.float64))
         out = np.empty((tq.shape[0], st_u.shape[1]))
@@ -216,8 +238,10 @@ class ODESolution:
         return out[0] if np.ndim(t) == 0 else out
 
     def __repr__(self):
-        return (f"ODESolution(retcode={self.retcode!r}, t_final={self.t_final:g}, {len(self.t)} saved points, "
-                f"{self.stats['naccept']} steps, {self.stats['nreject']} rejected, {self.stats['nf']} f-evaluations)")
+        return (
+            f"ODESolution(retcode={self.retcode!r}, t_final={self.t_final:g}, {len(self.t)} saved points, "
+            f"{self.stats['naccept']} steps, {self.stats['nreject']} rejected, {self.stats['nf']} f-evaluations)"
+        )
 
 
 # --------------------------------------------------------------------------- solve
@@ -249,13 +273,52 @@ def _vector(name, v, n=None):
 class _Prepared:
     """Everything the kernel needs, checked once (reused by the sensitivities)."""
 
-    __slots__ = ("fn", "tab", "u0", "p", "t0", "t1", "ts", "opt", "iopt", "rtol", "atol", "tstops", "jumps", "jorder",
-                 "ga", "g", "n", "S", "max_steps")
+    __slots__ = (
+        "fn",
+        "tab",
+        "u0",
+        "p",
+        "t0",
+        "t1",
+        "ts",
+        "opt",
+        "iopt",
+        "rtol",
+        "atol",
+        "tstops",
+        "jumps",
+        "jorder",
+        "ga",
+        "g",
+        "n",
+        "S",
+        "max_steps",
+    )
 
 
-def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, dt=None, dt0=None, dtmin=0.0,
-            dtmax=None, max_steps=100_000, controller=None, jumps=None, tstops=None, event=None, event_direction=0,
-            store=False, check=True):
+def prepare(
+    f,
+    u0,
+    tspan,
+    p,
+    *,
+    solver=None,
+    rtol=1e-6,
+    atol=1e-6,
+    saveat=None,
+    dt=None,
+    dt0=None,
+    dtmin=0.0,
+    dtmax=None,
+    max_steps=100_000,
+    controller=None,
+    jumps=None,
+    tstops=None,
+    event=None,
+    event_direction=0,
+    store=False,
+    check=True,
+):
     fn = as_ode_function(f)
     tab = Tsit5() if solver is None else solver
     if not isinstance(tab, ButcherTableau):
@@ -268,8 +331,10 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         raise ValueError(f"`u0` has {n} entries but the right-hand side has {fn.n_states} states")
     p = np.zeros(0) if p is None else _vector("p", p)
     if fn.n_params is not None and p.shape[0] != fn.n_params:
-        raise ValueError(f"`p` has {p.shape[0]} entries but the right-hand side needs {fn.n_params} "
-                         "(for a neural ODE: chain.init_params(dtype=np.float64))")
+        raise ValueError(
+            f"`p` has {p.shape[0]} entries but the right-hand side needs {fn.n_params} "
+            "(for a neural ODE: chain.init_params(dtype=np.float64))"
+        )
     try:
         t0, t1 = (float(v) for v in tspan)
     except (TypeError, ValueError):
@@ -286,8 +351,10 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
         if not np.all(np.isfinite(ts)):
             raise ValueError("`saveat` contains NaN or Inf")
         if np.any(np.diff(ts) * dirn < 0):
-            raise ValueError("`saveat` must be sorted in the direction of integration "
-                             f"({'increasing' if dirn > 0 else 'decreasing'} for tspan={tspan})")
+            raise ValueError(
+                "`saveat` must be sorted in the direction of integration "
+                f"({'increasing' if dirn > 0 else 'decreasing'} for tspan={tspan})"
+            )
         lo, hi = min(t0, t1), max(t0, t1)
         if ts.size and (ts.min() < lo or ts.max() > hi):
             raise ValueError(f"`saveat` times must lie in the span [{lo:g}, {hi:g}]")
@@ -353,8 +420,10 @@ def prepare(f, u0, tspan, p, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, 
     if np.any(instant):
         k = int(np.flatnonzero(instant)[0])
         kinds = {RK.J_RESET: "reset", RK.J_SET: "set"}
-        raise ValueError(f"a {kinds.get(int(jarr[1][k]), 'bolus')} at t = {jarr[0][k]:g} lies before the start of the "
-                         f"solve, t0 = {t0:g}: start the solve at or before it (tspan), or leave it out")
+        raise ValueError(
+            f"a {kinds.get(int(jarr[1][k]), 'bolus')} at t = {jarr[0][k]:g} lies before the start of the "
+            f"solve, t0 = {t0:g}: start the solve at or before it (tspan), or leave it out"
+        )
     if np.any(before):
         jarr = (np.where(before, t0, jarr[0]),) + tuple(jarr[1:])
     if event is None:
@@ -409,9 +478,37 @@ def run(P, store, cap=None):
         st_u = np.empty((cap, n))
         st_k = np.empty((cap, S, n))
         st_j = np.empty(cap, dtype=np.int64)
-        status = RK.rk_solve(P.fn.addr, P.fn.iw, fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D,
-                             P.opt, P.iopt, P.rtol, P.atol, P.u0, P.p, P.ts, us, P.tstops, *P.jumps,
-                             st_t, st_h, st_u, st_k, st_j, K, wk, stats, fres, uend)
+        status = RK.rk_solve(
+            P.fn.addr,
+            P.fn.iw,
+            fw,
+            P.ga,
+            P.tab.A,
+            P.tab.b,
+            P.tab.c,
+            P.tab.b_err_or_zero,
+            P.tab.D,
+            P.opt,
+            P.iopt,
+            P.rtol,
+            P.atol,
+            P.u0,
+            P.p,
+            P.ts,
+            us,
+            P.tstops,
+            *P.jumps,
+            st_t,
+            st_h,
+            st_u,
+            st_k,
+            st_j,
+            K,
+            wk,
+            stats,
+            fres,
+            uend,
+        )
         if status != RK.STORAGE_FULL:
             break
         cap = min(max(2 * cap, 64), P.max_steps + 1)
@@ -430,9 +527,29 @@ def _stats(stats):
     return {"naccept": int(stats[RK.S_NACCEPT]), "nreject": int(stats[RK.S_NREJECT]), "nf": int(stats[RK.S_NF])}
 
 
-def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=None, dense=None, dt=None,
-          dt0=None, dtmin=0.0, dtmax=None, max_steps=100_000, controller=None, jumps=None, tstops=None, event=None,
-          event_direction=0, check=True) -> ODESolution:
+def solve(
+    f,
+    u0,
+    tspan,
+    p=None,
+    *,
+    solver=None,
+    rtol=1e-6,
+    atol=1e-6,
+    saveat=None,
+    dense=None,
+    dt=None,
+    dt0=None,
+    dtmin=0.0,
+    dtmax=None,
+    max_steps=100_000,
+    controller=None,
+    jumps=None,
+    tstops=None,
+    event=None,
+    event_direction=0,
+    check=True,
+) -> ODESolution:
     """Solve du/dt = f(u, p, t) from ``u0`` over ``tspan = (t0, t1)`` (t1 < t0 integrates backwards).
 
     Args:
@@ -467,9 +584,27 @@ def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=Non
         the time reached and a remedy, and carries the partial solution.
     """
     with feature("ODE solving", COMPILE_SECONDS["ode"]):
-        P = prepare(f, u0, tspan, p, solver=solver, rtol=rtol, atol=atol, saveat=saveat, dt=dt, dt0=dt0,
-                    dtmin=dtmin, dtmax=dtmax, max_steps=max_steps, controller=controller, jumps=jumps, tstops=tstops,
-                    event=event, event_direction=event_direction, check=check)
+        P = prepare(
+            f,
+            u0,
+            tspan,
+            p,
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            saveat=saveat,
+            dt=dt,
+            dt0=dt0,
+            dtmin=dtmin,
+            dtmax=dtmax,
+            max_steps=max_steps,
+            controller=controller,
+            jumps=jumps,
+            tstops=tstops,
+            event=event,
+            event_direction=event_direction,
+            check=check,
+        )
         if dense is None:
             dense = saveat is None
         store = bool(dense) or saveat is None
@@ -488,12 +623,20 @@ def solve(f, u0, tspan, p=None, *, solver=None, rtol=1e-6, atol=1e-6, saveat=Non
         u = np.concatenate([P.u0[None, :], ends])
     else:
         t, u = P.ts.copy(), us
-    sol = ODESolution(t, u, t_final, uend.copy(), _RETCODES.get(status, "failure"), _stats(stats),
-                      storage[:4] + (storage[5],) if (storage is not None and dense) else None, P.tab)
+    sol = ODESolution(
+        t,
+        u,
+        t_final,
+        uend.copy(),
+        _RETCODES.get(status, "failure"),
+        _stats(stats),
+        storage[:4] + (storage[5],) if (storage is not None and dense) else None,
+        P.tab,
+    )
     if status not in (RK.OK, RK.TERMINATED):
         _raise(status, sol, {"max_steps": P.max_steps, "t1": P.t1})
     return sol
 
 
 def _step_end(tab, u, h, K):
-    return u + h * (tab.b @ K[:tab.stages])
+    return u + h * (tab.b @ K[: tab.stages])

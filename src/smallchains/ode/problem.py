@@ -30,14 +30,20 @@ def _is_dispatcher(f):
 
 def _require_dispatcher(f, what, signature):
     if not _is_dispatcher(f):
-        raise TypeError(f"`{what}` must be a Numba-compiled function {signature}: decorate it with @numba.njit "
-                        f"(got {type(f).__name__})")
+        raise TypeError(
+            f"`{what}` must be a Numba-compiled function {signature}: decorate it with @numba.njit "
+            f"(got {type(f).__name__})"
+        )
 
 
 #: The argument lists smallchains calls users' functions with, by their number of arguments.
-_EXPECTED = {("f", 4): "f(du, u, p, t) writing du in place", ("f", 5): "f(du, u, pm, t, y) writing du in place",
-             ("vjp", 6): "vjp(lu, lp, v, u, p, t)", ("jvp", 6): "jvp(out, u, p, t, du, dp)",
-             ("features", 4): "features(x, u, pm, t) writing x in place"}
+_EXPECTED = {
+    ("f", 4): "f(du, u, p, t) writing du in place",
+    ("f", 5): "f(du, u, pm, t, y) writing du in place",
+    ("vjp", 6): "vjp(lu, lp, v, u, p, t)",
+    ("jvp", 6): "jvp(out, u, p, t, du, dp)",
+    ("features", 4): "features(x, u, pm, t) writing x in place",
+}
 
 
 def _compile_user(f, sig, what, name, hint):
@@ -54,23 +60,30 @@ def _compile_user(f, sig, what, name, hint):
             got = f"{py.__name__}{inspect.signature(py)}"
         except (TypeError, ValueError):
             got = name
-        raise TypeError(f"{what} of {name} has the wrong arguments: it is {got}, but smallchains calls it with "
-                        f"{len(sig.args)} arguments, as {_EXPECTED.get((what, len(sig.args)), what)}") from None
+        raise TypeError(
+            f"{what} of {name} has the wrong arguments: it is {got}, but smallchains calls it with "
+            f"{len(sig.args)} arguments, as {_EXPECTED.get((what, len(sig.args)), what)}"
+        ) from None
     except numba.core.errors.TypingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         useful = [ln for ln in lines if not ln.startswith(("Failed in", "During", "File", "^"))]
-        raise TypeError(f"{what} of {name} could not be compiled{hint}. Numba said: "
-                        f"{(useful or lines or [''])[0]}") from None
+        raise TypeError(
+            f"{what} of {name} could not be compiled{hint}. Numba said: {(useful or lines or [''])[0]}"
+        ) from None
 
 
-_COMPLEX_HINT = (" for complex arrays, which its complex-step derivatives need (no abs/min/max/comparisons on "
-                 "u or p, no writes of complex values into float arrays)")
+_COMPLEX_HINT = (
+    " for complex arrays, which its complex-step derivatives need (no abs/min/max/comparisons on "
+    "u or p, no writes of complex values into float arrays)"
+)
 
 
 def _adapt_event(g):
     if not _is_dispatcher(g):
-        raise TypeError("`event` must be a Numba-compiled function g(u, p, t) -> float: decorate it with "
-                        f"@numba.njit (got {type(g).__name__})")
+        raise TypeError(
+            "`event` must be a Numba-compiled function g(u, p, t) -> float: decorate it with "
+            f"@numba.njit (got {type(g).__name__})"
+        )
 
     @numba.njit(**dict(_OPTS, cache=False))
     def ev(u, p, t, iw, fw):
@@ -132,7 +145,7 @@ class ODEFunction:
         return np.zeros(max(2 * (2 * n + m), 1))
 
     def _set(self, slot, fn, sig, what, hint=""):
-        self.iw[slot:slot + 2] = _compile_user(fn, sig, what, self.name, hint)
+        self.iw[slot : slot + 2] = _compile_user(fn, sig, what, self.name, hint)
 
     def _kernel_addr(self, attr, disp, sig):
         a = getattr(self, attr, None)
@@ -210,7 +223,7 @@ def _neural_vjp(lu, lp, v, u, p, t, iw, fw):
 def _neural_jvp(out, u, p, t, du, dp, iw, fw):
     prog = iw[2:].reshape((iw[0], iw[1]))
     units = prog[0, H_UNITS]
-    E.sample_jvp(prog, fw[units:units + prog[0, H_NOUT]], out, p, u, du, dp, fw[0:units])
+    E.sample_jvp(prog, fw[units : units + prog[0, H_NOUT]], out, p, u, du, dp, fw[0:units])
 
 
 class NeuralODE(ODEFunction):
@@ -225,8 +238,10 @@ class NeuralODE(ODEFunction):
         if not isinstance(chain, SimpleChain):
             raise TypeError(f"`chain` must be a sc.SimpleChain, got {type(chain).__name__}")
         if chain.input_dim != chain.output_dim:
-            raise ValueError(f"a neural ODE needs as many outputs as inputs (du/dt has the shape of u): "
-                             f"the chain maps {chain.input_dim} -> {chain.output_dim}")
+            raise ValueError(
+                f"a neural ODE needs as many outputs as inputs (du/dt has the shape of u): "
+                f"the chain maps {chain.input_dim} -> {chain.output_dim}"
+            )
         self.chain = chain
         self.py = None
         self.rhs = _neural_rhs
@@ -344,8 +359,10 @@ class UDE(ODEFunction):
         if n < 1:
             raise ValueError(f"`n_states` must be >= 1, got {n_states!r}")
         if features is None and chain.input_dim != n:
-            raise ValueError(f"the chain takes {chain.input_dim} inputs but there are {n} states: give "
-                             "features=... mapping the state to the network's input")
+            raise ValueError(
+                f"the chain takes {chain.input_dim} inputs but there are {n} states: give "
+                "features=... mapping the state to the network's input"
+            )
         sizes = dict(params) if isinstance(params, dict) else {str(k): 1 for k in params}
         self.slices = {}
         off = 0
@@ -369,7 +386,13 @@ class UDE(ODEFunction):
         prog = chain.program
         head = np.zeros(UK.ND, dtype=np.int64)
         head[[UK.D_NM, UK.D_IDENT, UK.D_D, UK.D_MO, UK.D_ROWS, UK.D_COLS]] = (
-            off, int(features is None), d, mo, prog.shape[0], prog.shape[1])
+            off,
+            int(features is None),
+            d,
+            mo,
+            prog.shape[0],
+            prog.shape[1],
+        )
         self.iw = np.concatenate([head, prog.ravel()]).astype(np.int64)
         self._nwork = max(chain.work_size(1), 1)
         self.fw = np.zeros(2 * d + 2 * mo + self._nwork + 2 * (2 * n + off + mo + d))
@@ -381,8 +404,9 @@ class UDE(ODEFunction):
         # complex steps; the Jacobian-vector products stay complex steps
         from .symbolic import checked_ude_derivatives, choose
 
-        self._sym, self.derivatives, why = choose(derivatives,
-                                                  lambda: checked_ude_derivatives(f, features, n, off, d, mo))
+        self._sym, self.derivatives, why = choose(
+            derivatives, lambda: checked_ude_derivatives(f, features, n, off, d, mo)
+        )
         if why is not None:
             self.symbolic_error = why
         self.complex_step = self.derivatives == "complex step"  # (the VJP's method, for error messages)
@@ -392,7 +416,7 @@ class UDE(ODEFunction):
 
     def _bind(self, tangent=False):
         """Bind the chain's program packed in ``iw`` (the network's compiled block functions)."""
-        E.bind(self.iw[UK.ND:].reshape(self.iw[UK.D_ROWS], self.iw[UK.D_COLS]), np.float64, tangent)
+        E.bind(self.iw[UK.ND :].reshape(self.iw[UK.D_ROWS], self.iw[UK.D_COLS]), np.float64, tangent)
 
     @property
     def addr(self):

@@ -43,8 +43,9 @@ class SquaredError:
             raise ValueError(f"`states` lists {self.states.shape[0]} states but `data` has {d.shape[1]} columns")
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim > 1 or (w.ndim == 1 and w.shape[0] != d.shape[1]):
-            raise ValueError(f"`weights` must be a scalar or one per observed state ({d.shape[1]}), "
-                             f"got shape {w.shape}")
+            raise ValueError(
+                f"`weights` must be a scalar or one per observed state ({d.shape[1]}), got shape {w.shape}"
+            )
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError("`weights` must be finite and >= 0")
         self.weights = w
@@ -52,11 +53,14 @@ class SquaredError:
 
     def check(self, n_saves, n_states):
         if self.data.shape[0] != n_saves:
-            raise ValueError(f"`data` has {self.data.shape[0]} rows but there are {n_saves} save points "
-                             "(one row per saveat time)")
+            raise ValueError(
+                f"`data` has {self.data.shape[0]} rows but there are {n_saves} save points (one row per saveat time)"
+            )
         if self.states is None and self.data.shape[1] != n_states:
-            raise ValueError(f"`data` has {self.data.shape[1]} columns but the ODE has {n_states} states; "
-                             "pass states=[...] to name the observed ones")
+            raise ValueError(
+                f"`data` has {self.data.shape[1]} columns but the ODE has {n_states} states; "
+                "pass states=[...] to name the observed ones"
+            )
         cols = self.states if self.states is not None else np.arange(n_states, dtype=np.int64)
         if np.any(cols < 0) or np.any(cols >= n_states):
             raise ValueError(f"`states` {cols.tolist()} must lie in 0..{n_states - 1}")
@@ -85,8 +89,10 @@ def _as_loss(loss):
         return loss
     if isinstance(loss, np.ndarray) or isinstance(loss, (list, tuple)):
         return SquaredError(loss)
-    raise TypeError("`loss` must be sc.SquaredError(data), a data array (squared error), or a callable "
-                    f"loss(u, t) -> (value, dvalue/du) on the saved states; got {type(loss).__name__}")
+    raise TypeError(
+        "`loss` must be sc.SquaredError(data), a data array (squared error), or a callable "
+        f"loss(u, t) -> (value, dvalue/du) on the saved states; got {type(loss).__name__}"
+    )
 
 
 # --------------------------------------------------------------------------- methods
@@ -202,8 +208,13 @@ def _rows_to_arrays(rows):
         zi = np.zeros(0, dtype=np.int64)
         return z, zi, zi, z, zi
     t, kind, idx, val, pidx = zip(*rows)
-    return (np.array(t, dtype=np.float64), np.array(kind, dtype=np.int64), np.array(idx, dtype=np.int64),
-            np.array(val, dtype=np.float64), np.array(pidx, dtype=np.int64))
+    return (
+        np.array(t, dtype=np.float64),
+        np.array(kind, dtype=np.int64),
+        np.array(idx, dtype=np.int64),
+        np.array(val, dtype=np.float64),
+        np.array(pidx, dtype=np.int64),
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -229,11 +240,16 @@ def _check_jvp(fn, u0, p, t, fw, tol=1e-5):
     fd = (a - b) / (2 * e)
     scale = max(np.abs(fd).max(initial=0.0), 1e-8)
     if not np.all(np.isfinite(out)) or np.any(np.abs(out - fd) > tol * scale + 1e-7 * np.abs(fd)):
-        how = ("complex-step differentiation (is the code analytic?)" if getattr(fn, "complex_step_jvp", False)
-               else "the supplied jvp")
-        raise ValueError(f"the Jacobian-vector product of {fn.name} from {how} disagrees with finite "
-                         f"differences (jvp {out[:6]}, differences {fd[:6]}); fix it, pass jvp=..., or "
-                         "check_derivatives=False to skip this check")
+        how = (
+            "complex-step differentiation (is the code analytic?)"
+            if getattr(fn, "complex_step_jvp", False)
+            else "the supplied jvp"
+        )
+        raise ValueError(
+            f"the Jacobian-vector product of {fn.name} from {how} disagrees with finite "
+            f"differences (jvp {out[:6]}, differences {fd[:6]}); fix it, pass jvp=..., or "
+            "check_derivatives=False to skip this check"
+        )
 
 
 def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
@@ -279,20 +295,53 @@ def _check_vjp(fn, u0, p, t, fw, tol=1e-5):
     bad_u = np.abs(lu - fu) > tol * scale + 1e-7 * np.abs(fu)
     bad_p = np.abs(lp[ks] - fp) > tol * scale + 1e-7 * np.abs(fp)
     if np.any(bad_u) or np.any(bad_p) or not (np.all(np.isfinite(lu)) and np.all(np.isfinite(lp))):
-        how = ("complex-step differentiation (is the code analytic? abs(), min/max or branches on the state "
-               "break it)" if getattr(fn, "complex_step", False) else "the supplied vjp")
+        how = (
+            "complex-step differentiation (is the code analytic? abs(), min/max or branches on the state break it)"
+            if getattr(fn, "complex_step", False)
+            else "the supplied vjp"
+        )
         where = [f"du/du[{k}]" for k in np.flatnonzero(bad_u)] + [f"du/dp[{ks[k]}]" for k in np.flatnonzero(bad_p)]
-        raise ValueError(f"the derivatives of {fn.name} from {how} disagree with finite differences at "
-                         f"{', '.join(where[:6]) or 'non-finite values'} (vjp {np.r_[lu, lp[ks]][:6]}, "
-                         f"differences {np.r_[fu, fp][:6]}); a vjp must overwrite lu and add to lp; fix it "
-                         "or pass vjp=..., or check_derivatives=False to skip this check")
+        raise ValueError(
+            f"the derivatives of {fn.name} from {how} disagree with finite differences at "
+            f"{', '.join(where[:6]) or 'non-finite values'} (vjp {np.r_[lu, lp[ks]][:6]}, "
+            f"differences {np.r_[fu, fp][:6]}); a vjp must overwrite lu and add to lp; fix it "
+            "or pass vjp=..., or check_derivatives=False to skip this check"
+        )
 
 
 def _plain_forward(gf):
     P = gf.P
-    return RK.rk_solve(gf.fa, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero, P.tab.D, P.opt,
-                       P.iopt, P.rtol, P.atol, P.u0, P.p, gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h,
-                       gf.st_u, gf.st_k, gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend)
+    return RK.rk_solve(
+        gf.fa,
+        P.fn.iw,
+        gf.fw,
+        P.ga,
+        P.tab.A,
+        P.tab.b,
+        P.tab.c,
+        P.tab.b_err_or_zero,
+        P.tab.D,
+        P.opt,
+        P.iopt,
+        P.rtol,
+        P.atol,
+        P.u0,
+        P.p,
+        gf.ts_fwd,
+        gf.us_fwd,
+        P.tstops,
+        *P.jumps,
+        gf.st_t,
+        gf.st_h,
+        gf.st_u,
+        gf.st_k,
+        gf.st_j,
+        gf.K,
+        gf.wk,
+        gf.stats_arr,
+        gf.fres,
+        gf.uend,
+    )
 
 
 class GradientFunction:
@@ -309,8 +358,10 @@ class GradientFunction:
 
     def __init__(self, loss, f, u0, tspan, p, sensitivity, solve_kw, check_derivatives=True):
         if "event" in solve_kw and solve_kw["event"] is not None:
-            raise ValueError("gradients through terminating events are not supported (the event time would "
-                             "depend on the parameters); integrate to a fixed end instead")
+            raise ValueError(
+                "gradients through terminating events are not supported (the event time would "
+                "depend on the parameters); integrate to a fixed end instead"
+            )
         # (dense output is internal here: the adjoints record what they need)
         solve_kw = {k: v for k, v in solve_kw.items() if k not in ("event", "dense")}
         if solve_kw.get("saveat") is None:
@@ -318,8 +369,7 @@ class GradientFunction:
         if p is None:
             raise ValueError("`p` is required: the parameters to differentiate with respect to")
         if sensitivity is not None and not isinstance(sensitivity, SensitivityMethod):
-            raise TypeError(f"`sensitivity` must be a method object such as sc.DiscreteAdjoint(), "
-                            f"got {sensitivity!r}")
+            raise TypeError(f"`sensitivity` must be a method object such as sc.DiscreteAdjoint(), got {sensitivity!r}")
         P = prepare(f, u0, tspan, p, **solve_kw)
         self.sensitivity = auto_sensitivity(P.n, P.p.shape[0]) if sensitivity is None else sensitivity
         self.P = P
@@ -401,16 +451,21 @@ class GradientFunction:
         per_states = n * 8.0 + 24.0
         if isinstance(sens, BacksolveAdjoint):
             mode, cap = RK.STORE_NONE, 1
-        elif not isinstance(sens, DiscreteAdjoint) or sens.store == "stages" or (
-                sens.store == "auto" and want * per_all <= sens.max_memory):
+        elif (
+            not isinstance(sens, DiscreteAdjoint)
+            or sens.store == "stages"
+            or (sens.store == "auto" and want * per_all <= sens.max_memory)
+        ):
             mode, cap = RK.STORE_ALL, want
         else:
             mode = RK.STORE_STATES
             cap = min(want, int(sens.max_memory // per_states))
             if cap <= self._cap and self._mode == RK.STORE_STATES and cap < want:
-                raise MemoryError(f"recording more than {self._cap} steps needs more than {sens.max_memory:.3g} "
-                                  "bytes, the DiscreteAdjoint budget (max_memory); raise max_memory, loosen the "
-                                  "tolerances or lower max_steps")
+                raise MemoryError(
+                    f"recording more than {self._cap} steps needs more than {sens.max_memory:.3g} "
+                    "bytes, the DiscreteAdjoint budget (max_memory); raise max_memory, loosen the "
+                    "tolerances or lower max_steps"
+                )
             if cap < 1:
                 raise MemoryError(f"max_memory={sens.max_memory:.3g} bytes cannot hold even one step")
         if mode == self._mode and cap <= self._cap:
@@ -462,8 +517,14 @@ class GradientFunction:
         if self.rows is not None:
             self.us[:] = self.us_fwd[self.rows]
         if status != RK.OK:
-            sol = ODESolution(P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(),
-                              _RETCODES.get(status, "failure"), dict(self.stats))
+            sol = ODESolution(
+                P.ts.copy(),
+                self.us.copy(),
+                float(self.fres[RK.R_T]),
+                self.uend.copy(),
+                _RETCODES.get(status, "failure"),
+                dict(self.stats),
+            )
             _raise(status, sol, {"max_steps": P.max_steps, "t1": P.t1})
         return status
 
@@ -486,8 +547,10 @@ class GradientFunction:
             value, g = self.loss(self.us.copy(), self.P.ts.copy())  # copies: the buffers are reused
             g = np.ascontiguousarray(g, dtype=np.float64)
             if g.shape != self.us.shape:
-                raise ValueError(f"the loss's gradient has shape {g.shape}; expected {self.us.shape} (one row "
-                                 "per save point, one column per state)")
+                raise ValueError(
+                    f"the loss's gradient has shape {g.shape}; expected {self.us.shape} (one row "
+                    "per save point, one column per state)"
+                )
             if not np.all(np.isfinite(g)):
                 raise ValueError("the loss's gradient contains NaN or Inf")
         return float(value), g
@@ -537,8 +600,10 @@ class GradientFunction:
         derivatives through doses that depend on parameters.
         """
         if isinstance(self.sensitivity, ForwardSensitivity):
-            raise TypeError("pullback needs an adjoint method (DiscreteAdjoint, InterpolatingAdjoint or "
-                            "BacksolveAdjoint), not ForwardSensitivity")
+            raise TypeError(
+                "pullback needs an adjoint method (DiscreteAdjoint, InterpolatingAdjoint or "
+                "BacksolveAdjoint), not ForwardSensitivity"
+            )
         g = np.ascontiguousarray(g, dtype=np.float64)
         if g.shape != self.us.shape:
             raise ValueError(f"the cotangent has shape {g.shape}; expected {self.us.shape}")
@@ -551,10 +616,33 @@ class GradientFunction:
             self.aopt[ADJ.A_NJUMPS] = self.stats_arr[RK.S_NJUMPS]
             self.aopt[ADJ.A_STAGES] = int(self._mode == RK.STORE_ALL)
             P = self.P
-            ADJ.rk_discrete_adjoint(self.fa, self.va, P.fn.iw, self.fw, P.tab.A, P.tab.b, P.tab.c, P.tab.D,
-                                    self.aopt, float(self.fres[RK.R_T]), P.p, self.st_t, self.st_h, self.st_u,
-                                    self.st_k, self.st_j, *P.jumps, P.ts, g, lam, gp, self.W, self.K, self.awk,
-                                    self.jg if jumps else self.no_jg)
+            ADJ.rk_discrete_adjoint(
+                self.fa,
+                self.va,
+                P.fn.iw,
+                self.fw,
+                P.tab.A,
+                P.tab.b,
+                P.tab.c,
+                P.tab.D,
+                self.aopt,
+                float(self.fres[RK.R_T]),
+                P.p,
+                self.st_t,
+                self.st_h,
+                self.st_u,
+                self.st_k,
+                self.st_j,
+                *P.jumps,
+                P.ts,
+                g,
+                lam,
+                gp,
+                self.W,
+                self.K,
+                self.awk,
+                self.jg if jumps else self.no_jg,
+            )
             if jumps:
                 out = np.empty((self.jg.shape[0], 2))
                 out[P.jorder] = self.jg[:, :2]
@@ -573,24 +661,26 @@ class GradientFunction:
         miw = P.fn.iw
         da = self.va if da is None else da
         k = 0 if Dp is None else Dp.shape[0]
-        head = np.array([self.fa[0], self.fa[1], da[0], da[1], n, m, mode, N, S, deg, miw.shape[0],
-                         self.fw.shape[0], k], dtype=np.int64)
+        head = np.array(
+            [self.fa[0], self.fa[1], da[0], da[1], n, m, mode, N, S, deg, miw.shape[0], self.fw.shape[0], k],
+            dtype=np.int64,
+        )
         iw = np.concatenate([head, miw]).astype(np.int64)
         tail = 2 * N + N * n + N * S * n + S * deg + 2 * n + m
         fw = np.zeros(self.fw.shape[0] + tail + k * m)
         if k:
-            fw[self.fw.shape[0] + tail:] = Dp.ravel()
+            fw[self.fw.shape[0] + tail :] = Dp.ravel()
         if N:
             o = self.fw.shape[0]
-            fw[o:o + N] = self.st_t[:N]
+            fw[o : o + N] = self.st_t[:N]
             o += N
-            fw[o:o + N] = self.st_h[:N]
+            fw[o : o + N] = self.st_h[:N]
             o += N
-            fw[o:o + N * n] = self.st_u[:N].ravel()
+            fw[o : o + N * n] = self.st_u[:N].ravel()
             o += N * n
-            fw[o:o + N * S * n] = self.st_k[:N].ravel()
+            fw[o : o + N * S * n] = self.st_k[:N].ravel()
             o += N * S * n
-            fw[o:o + S * deg] = P.tab.D.ravel()
+            fw[o : o + S * deg] = P.tab.D.ravel()
         return iw, fw
 
     def _tolerances(self):
@@ -617,15 +707,42 @@ class GradientFunction:
         fres = np.zeros(2)
         zend = np.empty(nz)
         st1 = np.zeros(1)
-        status = RK.rk_solve(_augmented_addresses(), iw, fw, _no_event_addresses(), P.tab.A, P.tab.b, P.tab.c,
-                             P.tab.b_err_or_zero, P.tab.D, opt, iopt, rtol, atol, z0, P.p, ts, us,
-                             np.zeros(0) if tstops is None else tstops, *jumps,
-                             st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64),
-                             np.zeros((S, nz)), np.zeros(5 * nz + S), stats, fres, zend)
+        status = RK.rk_solve(
+            _augmented_addresses(),
+            iw,
+            fw,
+            _no_event_addresses(),
+            P.tab.A,
+            P.tab.b,
+            P.tab.c,
+            P.tab.b_err_or_zero,
+            P.tab.D,
+            opt,
+            iopt,
+            rtol,
+            atol,
+            z0,
+            P.p,
+            ts,
+            us,
+            np.zeros(0) if tstops is None else tstops,
+            *jumps,
+            st1,
+            st1,
+            np.zeros((1, nz)),
+            np.zeros((1, S, nz)),
+            np.zeros(1, dtype=np.int64),
+            np.zeros((S, nz)),
+            np.zeros(5 * nz + S),
+            stats,
+            fres,
+            zend,
+        )
         self.adjoint_stats = _stats(stats)
         if status != RK.OK:
-            sol = ODESolution(ts.copy(), us, float(fres[RK.R_T]), zend, _RETCODES.get(status, "failure"),
-                              dict(self.adjoint_stats))
+            sol = ODESolution(
+                ts.copy(), us, float(fres[RK.R_T]), zend, _RETCODES.get(status, "failure"), dict(self.adjoint_stats)
+            )
             what = "forward sensitivity" if isinstance(self.sensitivity, ForwardSensitivity) else "adjoint"
             try:
                 _raise(status, sol, {"max_steps": P.max_steps, "t1": t_to})
@@ -705,9 +822,10 @@ class GradientFunction:
         if not backsolve:  # the two stretch markers are bookkeeping, not state: out of the error norm
             rtol = np.r_[np.full(n + m, rtol[0]), 0.0, 0.0]
             atol = np.r_[np.full(n + m, atol[0]), 1e300, 1e300]
-        zend, _ = self._aug_solve(iw, fw, z0, t_end, P.t0, jumps, tstops=np.ascontiguousarray(P.tstops[::-1]),
-                                  tol=(rtol, atol))
-        return zend[mu_off:mu_off + m].copy(), zend[lam_off:lam_off + n].copy()
+        zend, _ = self._aug_solve(
+            iw, fw, z0, t_end, P.t0, jumps, tstops=np.ascontiguousarray(P.tstops[::-1]), tol=(rtol, atol)
+        )
+        return zend[mu_off : mu_off + m].copy(), zend[lam_off : lam_off + n].copy()
 
     def _forward_sensitivity_jumps(self, Dp):
         """The jumps of the forward-sensitivity system along the directions Dp (k, m)."""
@@ -718,8 +836,11 @@ class GradientFunction:
             t, kind, idx, val, pidx = float(jt[q]), int(jk[q]), int(ji[q]), float(jv[q]), int(jp[q])
             rows.append((t, kind, idx, val, pidx))
             if kind == RK.J_BOLUS and pidx >= 0:
-                rows.extend((t, RK.J_BOLUS, n + d * n + idx, val * Dp[d, pidx], -1)
-                            for d in range(Dp.shape[0]) if Dp[d, pidx] != 0.0)
+                rows.extend(
+                    (t, RK.J_BOLUS, n + d * n + idx, val * Dp[d, pidx], -1)
+                    for d in range(Dp.shape[0])
+                    if Dp[d, pidx] != 0.0
+                )
             elif kind == RK.J_SET:
                 rows.extend((t, RK.J_SET, n + d * n + idx, 0.0, -1) for d in range(Dp.shape[0]))
         return _rows_to_arrays(rows)
@@ -743,15 +864,19 @@ class GradientFunction:
             for d in range(k):
                 if dval[q, d] != 0.0:
                     if kind == RK.J_BOLUS:
-                        rows.append((t, RK.J_BOLUS, n + d * n + idx, dval[q, d] * (P.p[jp[q]] if jp[q] >= 0 else 1.0),
-                                     -1))
+                        rows.append(
+                            (t, RK.J_BOLUS, n + d * n + idx, dval[q, d] * (P.p[jp[q]] if jp[q] >= 0 else 1.0), -1)
+                        )
                     elif kind == RK.J_INPUT:
                         rows.append((t, RK.J_INPUT, n + d * n + idx, dval[q, d], -1))
                     else:
                         raise ValueError("only boluses and inputs can have values that depend on parameters")
                 if delta is not None and dtime[q, d] != 0.0:
-                    rows.extend((t, RK.J_BOLUS, n + d * n + j, delta[q, j] * dtime[q, d], -1)
-                                for j in range(n) if delta[q, j] != 0.0)
+                    rows.extend(
+                        (t, RK.J_BOLUS, n + d * n + j, delta[q, j] * dtime[q, d], -1)
+                        for j in range(n)
+                        if delta[q, j] != 0.0
+                    )
         rows.sort(key=lambda r: self.dirn * r[0])  # (stable: a jump's tangents stay after it)
         return _rows_to_arrays(rows)
 
@@ -805,15 +930,20 @@ class GradientFunction:
                 raise ValueError(f"`Du0` must be finite with shape ({k}, {n}), got {Du0.shape}")
             z0[n:] = Du0.ravel()
         scale = np.sqrt(n / nz)
-        rtol = np.r_[P.rtol * scale, np.zeros(n * k)] if P.rtol.shape[0] == n else np.r_[
-            np.full(n, P.rtol[0] * scale), np.zeros(n * k)]
-        atol = np.r_[P.atol * scale, np.full(n * k, 1e300)] if P.atol.shape[0] == n else np.r_[
-            np.full(n, P.atol[0] * scale), np.full(n * k, 1e300)]
+        rtol = (
+            np.r_[P.rtol * scale, np.zeros(n * k)]
+            if P.rtol.shape[0] == n
+            else np.r_[np.full(n, P.rtol[0] * scale), np.zeros(n * k)]
+        )
+        atol = (
+            np.r_[P.atol * scale, np.full(n * k, 1e300)]
+            if P.atol.shape[0] == n
+            else np.r_[np.full(n, P.atol[0] * scale), np.full(n * k, 1e300)]
+        )
         jumps = self._forward_sensitivity_jumps(Dp)
         if jump_tangents is not None:
             jumps = self._jump_tangent_rows(jumps, Dp, *jump_tangents)
-        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, jumps, P.ts, P.tstops,
-                                tol=(rtol, atol), keep_dt0=True)
+        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, jumps, P.ts, P.tstops, tol=(rtol, atol), keep_dt0=True)
         return zs[:, :n].copy(), zs[:, n:].reshape(zs.shape[0], k, n)
 
     def minimize(self, p, method="L-BFGS-B", *, u0=None, maxiter=1000, tol=None, options=None, callback=None):
@@ -855,12 +985,14 @@ class GradientFunction:
     def solution(self):
         """The last forward solve's save points, as an :class:`ODESolution` (no dense output)."""
         P = self.P
-        return ODESolution(P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(), "success",
-                           dict(self.stats))
+        return ODESolution(
+            P.ts.copy(), self.us.copy(), float(self.fres[RK.R_T]), self.uend.copy(), "success", dict(self.stats)
+        )
 
 
-def gradient_function(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_derivatives=True,
-                      **solve_kw) -> GradientFunction:
+def gradient_function(
+    loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_derivatives=True, **solve_kw
+) -> GradientFunction:
     """Prepare ``gf(p, u0=None) -> (value, grad_p, grad_u0)`` for repeated calls (training loops).
 
     Arguments as :func:`value_and_grad`; ``p`` and ``u0`` fix the sizes and the defaults.
@@ -888,5 +1020,6 @@ def value_and_grad(loss, f, u0, tspan, p, *, saveat, sensitivity=None, check_der
     For many calls with new parameters (training), build the function once with
     :func:`gradient_function`; this one checks and prepares everything on every call.
     """
-    return gradient_function(loss, f, u0, tspan, p, saveat=saveat, sensitivity=sensitivity,
-                             check_derivatives=check_derivatives, **solve_kw)(p)
+    return gradient_function(
+        loss, f, u0, tspan, p, saveat=saveat, sensitivity=sensitivity, check_derivatives=check_derivatives, **solve_kw
+    )(p)

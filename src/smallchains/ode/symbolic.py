@@ -24,8 +24,25 @@ class SymbolicError(ValueError):
     """The function could not be traced or differentiated symbolically."""
 
 
-_FUNCS = ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh", "arctan", "arcsin", "arccos",
-          "log1p", "expm1", "power", "pi", "e")
+_FUNCS = (
+    "exp",
+    "log",
+    "sqrt",
+    "sin",
+    "cos",
+    "tan",
+    "tanh",
+    "sinh",
+    "cosh",
+    "arctan",
+    "arcsin",
+    "arccos",
+    "log1p",
+    "expm1",
+    "power",
+    "pi",
+    "e",
+)
 
 
 def _shim(sympy):
@@ -78,12 +95,23 @@ def symbolic_derivatives(f, n_states, n_params):
     head = [f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = p[{k}]" for k in range(m)]
     vjp_out = [(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
     vjp_out += [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(m)]
-    vjp_src = _emit(sympy, ["def vjp(lu, lp, v, u, p, t):"] + head + [f"    v{j} = v[{j}]" for j in range(n)],
-                    vjp_out)
-    jvp_out = [(f"out[{i}] =", sum(sympy.diff(du[i], u[j]) * du_dir[j] for j in range(n))
-                + sum(sympy.diff(du[i], p[k]) * dp_dir[k] for k in range(m))) for i in range(n)]
-    jvp_src = _emit(sympy, ["def jvp(out, u, p, t, du, dp):"] + head + [f"    du{j} = du[{j}]" for j in range(n)]
-                    + [f"    dp{k} = dp[{k}]" for k in range(m)], jvp_out)
+    vjp_src = _emit(sympy, ["def vjp(lu, lp, v, u, p, t):"] + head + [f"    v{j} = v[{j}]" for j in range(n)], vjp_out)
+    jvp_out = [
+        (
+            f"out[{i}] =",
+            sum(sympy.diff(du[i], u[j]) * du_dir[j] for j in range(n))
+            + sum(sympy.diff(du[i], p[k]) * dp_dir[k] for k in range(m)),
+        )
+        for i in range(n)
+    ]
+    jvp_src = _emit(
+        sympy,
+        ["def jvp(out, u, p, t, du, dp):"]
+        + head
+        + [f"    du{j} = du[{j}]" for j in range(n)]
+        + [f"    dp{k} = dp[{k}]" for k in range(m)],
+        jvp_out,
+    )
     src = vjp_src + "\n\n\n" + jvp_src + "\n"
     ns = _compile_namespace(src, getattr(f, "__name__", "f"))
     return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
@@ -158,14 +186,21 @@ def ude_symbolic_derivatives(f, features, n, nm, d, mo):
     u, p, y = syms["u"], syms["p"], syms["y"]
     v = list(sympy.symbols(f"v0:{n}", real=True))
     s = sum(v[j] * du[j] for j in range(n))
-    head = ([f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = pm[{k}]" for k in range(nm)]
-            + [f"    y{k} = y[{k}]" for k in range(mo)] + [f"    v{j} = v[{j}]" for j in range(n)])
-    outs = ([(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
-            + [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(nm)]
-            + [(f"ly[{k}] =", sympy.diff(s, y[k])) for k in range(mo)])
+    head = (
+        [f"    u{j} = u[{j}]" for j in range(n)]
+        + [f"    p{k} = pm[{k}]" for k in range(nm)]
+        + [f"    y{k} = y[{k}]" for k in range(mo)]
+        + [f"    v{j} = v[{j}]" for j in range(n)]
+    )
+    outs = (
+        [(f"lu[{j}] =", sympy.diff(s, u[j])) for j in range(n)]
+        + [(f"lp[{k}] +=", sympy.diff(s, p[k])) for k in range(nm)]
+        + [(f"ly[{k}] =", sympy.diff(s, y[k])) for k in range(mo)]
+    )
     src = _emit(sympy, ["def fvjp(lu, lp, ly, v, u, pm, t, y):"] + head, outs) + "\n"
     gsrc = ""
     if features is not None:
+
         def g_args(sympy):
             x = [sympy.Integer(0)] * d
             return (x, syms["u"], syms["p"], syms["t"]), x
@@ -173,10 +208,14 @@ def ude_symbolic_derivatives(f, features, n, nm, d, mo):
         _, xs = _trace_with(features, g_args)
         xb = list(sympy.symbols(f"xb0:{d}", real=True))
         sg = sum(xb[j] * xs[j] for j in range(d))
-        ghead = ([f"    u{j} = u[{j}]" for j in range(n)] + [f"    p{k} = pm[{k}]" for k in range(nm)]
-                 + [f"    xb{j} = xbar[{j}]" for j in range(d)])
-        gouts = ([(f"lu[{j}] +=", sympy.diff(sg, u[j])) for j in range(n)]
-                 + [(f"lp[{k}] +=", sympy.diff(sg, p[k])) for k in range(nm)])
+        ghead = (
+            [f"    u{j} = u[{j}]" for j in range(n)]
+            + [f"    p{k} = pm[{k}]" for k in range(nm)]
+            + [f"    xb{j} = xbar[{j}]" for j in range(d)]
+        )
+        gouts = [(f"lu[{j}] +=", sympy.diff(sg, u[j])) for j in range(n)] + [
+            (f"lp[{k}] +=", sympy.diff(sg, p[k])) for k in range(nm)
+        ]
         gsrc = _emit(sympy, ["def gvjp(lu, lp, xbar, u, pm, t):"] + ghead, gouts) + "\n"
     full = src + ("\n\n" + gsrc if gsrc else "")
     ns = _compile_namespace(full, getattr(f, "__name__", "f"))
@@ -212,8 +251,9 @@ def _verified(compare):
     except Exception as e:  # noqa: BLE001
         raise SymbolicError(f"the generated derivatives could not be checked ({type(e).__name__}: {e})") from None
     if not np.allclose(got, ref, rtol=1e-10, atol=1e-12):
-        raise SymbolicError("the generated derivatives disagree with complex step (the traced code differs from "
-                            "the compiled one?)")
+        raise SymbolicError(
+            "the generated derivatives disagree with complex step (the traced code differs from the compiled one?)"
+        )
 
 
 def checked_derivatives(f, n, m):
@@ -238,8 +278,12 @@ def checked_ude_derivatives(f, features, n, nm, d, mo):
     fv, gv, _ = ude_symbolic_derivatives(f, features, n, nm, d, mo)
 
     def compare(rng):
-        u, pm, y, v = (rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, nm), rng.uniform(-1.0, 1.0, mo),
-                       rng.normal(size=n))
+        u, pm, y, v = (
+            rng.uniform(0.5, 2.0, n),
+            rng.uniform(0.5, 2.0, nm),
+            rng.uniform(-1.0, 1.0, mo),
+            rng.normal(size=n),
+        )
         lu, lp, ly = np.zeros(n), np.zeros(nm), np.zeros(mo)
         fv(lu, lp, ly, v, u, pm, 0.5, y)
         got = np.r_[lu, lp, ly]
@@ -249,8 +293,7 @@ def checked_ude_derivatives(f, features, n, nm, d, mo):
             lu2, lp2 = np.zeros(n), np.zeros(nm)
             gv(lu2, lp2, xb, u, pm, 0.5)
             got = np.r_[got, lu2, lp2]
-            ref = np.r_[ref, xb @ complex_step_jacobian(lambda o, uz, pz: features.py_func(o, uz, pz, 0.5), d,
-                                                        [u, pm])]
+            ref = np.r_[ref, xb @ complex_step_jacobian(lambda o, uz, pz: features.py_func(o, uz, pz, 0.5), d, [u, pm])]
         return got, ref
 
     _verified(compare)

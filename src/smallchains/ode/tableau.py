@@ -49,16 +49,16 @@ class ButcherTableau:
     Raises ``ValueError`` naming the condition that fails (tolerance 1e-12).
     """
 
-    def __init__(self, A, b, c, order, *, b_err=None, err_order=None, dense=None, dense_order=None,
-                 name="ButcherTableau"):
+    def __init__(
+        self, A, b, c, order, *, b_err=None, err_order=None, dense=None, dense_order=None, name="ButcherTableau"
+    ):
         A = np.array(A, dtype=np.float64)
         b = np.array(b, dtype=np.float64)
         c = np.array(c, dtype=np.float64)
         s = b.shape[0]
         self.name = name
         if A.shape != (s, s) or c.shape != (s,):
-            raise ValueError(f"{name}: A must be ({s}, {s}) and c ({s},) for {s} weights, "
-                             f"got A {A.shape}, c {c.shape}")
+            raise ValueError(f"{name}: A must be ({s}, {s}) and c ({s},) for {s} weights, got A {A.shape}, c {c.shape}")
         if np.any(np.triu(A) != 0):
             raise ValueError(f"{name}: A must be strictly lower triangular (an explicit method)")
         tol = 1e-12
@@ -111,8 +111,12 @@ class ButcherTableau:
         return f"sc.{self.name}()"
 
     def __eq__(self, other):
-        return isinstance(other, ButcherTableau) and self.name == other.name and np.array_equal(self.A, other.A) \
+        return (
+            isinstance(other, ButcherTableau)
+            and self.name == other.name
+            and np.array_equal(self.A, other.A)
             and np.array_equal(self.b, other.b)
+        )
 
     def __hash__(self):
         return hash((self.name, self.stages, self.order))
@@ -120,8 +124,17 @@ class ButcherTableau:
 
 def _make(name):
     d = TABLEAUS[name]
-    return ButcherTableau(d["A"], d["b"], d["c"], d["order"], b_err=d.get("b_err"), err_order=d.get("err_order"),
-                          dense=d.get("dense"), dense_order=d.get("dense_order"), name=name)
+    return ButcherTableau(
+        d["A"],
+        d["b"],
+        d["c"],
+        d["order"],
+        b_err=d.get("b_err"),
+        err_order=d.get("err_order"),
+        dense=d.get("dense"),
+        dense_order=d.get("dense_order"),
+        name=name,
+    )
 
 
 def Tsit5():

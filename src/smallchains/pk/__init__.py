@@ -27,7 +27,31 @@ from .population import CovariateNetwork, ErrorModel, PopulationModel
 from .regimen import Regimen, regimen
 from .simulate import simulate_data, simulate_regimen
 
-__all__ = ["DataError", "Dose", "Population", "Subject", "read_data", "MODELS", "CompartmentModel", "Ratio",
-           "one_cpt_iv", "one_cpt_oral", "one_cpt_oral_emax", "one_cpt_oral_mm", "two_cpt_iv", "two_cpt_oral",
-           "CovariateNetwork", "ErrorModel", "PopulationModel", "simulate_data", "fit", "load", "FitResult",
-           "FitError", "IndividualFits", "Regimen", "regimen", "simulate_regimen"]
+__all__ = [
+    "DataError",
+    "Dose",
+    "Population",
+    "Subject",
+    "read_data",
+    "MODELS",
+    "CompartmentModel",
+    "Ratio",
+    "one_cpt_iv",
+    "one_cpt_oral",
+    "one_cpt_oral_emax",
+    "one_cpt_oral_mm",
+    "two_cpt_iv",
+    "two_cpt_oral",
+    "CovariateNetwork",
+    "ErrorModel",
+    "PopulationModel",
+    "simulate_data",
+    "fit",
+    "load",
+    "FitResult",
+    "FitError",
+    "IndividualFits",
+    "Regimen",
+    "regimen",
+    "simulate_regimen",
+]

@@ -46,8 +46,27 @@ import numpy as np
 from .._optional import require
 from .._warnings import DataWarning
 
-STANDARD = ("ID", "TIME", "DV", "MDV", "EVID", "AMT", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "DVID", "BLQ",
-            "CENS", "DATE", "DAT1", "DAT2", "DAT3")
+STANDARD = (
+    "ID",
+    "TIME",
+    "DV",
+    "MDV",
+    "EVID",
+    "AMT",
+    "CMT",
+    "RATE",
+    "DUR",
+    "II",
+    "ADDL",
+    "SS",
+    "DVID",
+    "BLQ",
+    "CENS",
+    "DATE",
+    "DAT1",
+    "DAT2",
+    "DAT3",
+)
 
 
 class DataError(ValueError):
@@ -147,13 +166,17 @@ class Subject:
 
         pieces = timeline(self.doses, self.first_time, n_states, cmt_to_state)
         if len(pieces) > 1:
-            raise DataError(f"row {pieces[1].steady.row}: a steady-state dose starts a new piece of the solve, "
-                            "which one Jumps schedule cannot express; use smallchains.pk.steady_state.plan")
+            raise DataError(
+                f"row {pieces[1].steady.row}: a steady-state dose starts a new piece of the solve, "
+                "which one Jumps schedule cannot express; use smallchains.pk.steady_state.plan"
+            )
         return pieces[0].jumps(), self.first_time
 
     def __repr__(self):
-        return (f"Subject(id={self.id!r}, {self.n_obs} observations, {len(self.doses)} doses, "
-                f"covariates={list(self.covariates)})")
+        return (
+            f"Subject(id={self.id!r}, {self.n_obs} observations, {len(self.doses)} doses, "
+            f"covariates={list(self.covariates)})"
+        )
 
 
 class Population:
@@ -184,8 +207,10 @@ class Population:
         return [s.id for s in self.subjects]
 
     def __repr__(self):
-        return (f"Population({len(self)} subjects, {self.n_obs} observations, "
-                f"{sum(len(s.doses) for s in self)} dose events, covariates={self.covariate_names})")
+        return (
+            f"Population({len(self)} subjects, {self.n_obs} observations, "
+            f"{sum(len(s.doses) for s in self)} dose events, covariates={self.covariate_names})"
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -214,13 +239,17 @@ def _frame(data):
     except FileNotFoundError:
         raise FileNotFoundError(f"no data file at {data!r}") from None
     except UnicodeDecodeError as exc:
-        raise DataError(f"the data file is not UTF-8 text ({exc.reason} at byte {exc.start}; a UTF-16 file from "
-                        f"Excel?): save it as 'CSV UTF-8', or read it yourself, e.g. pd.read_csv(path, "
-                        f"encoding='utf-16'), and pass the DataFrame") from None
+        raise DataError(
+            f"the data file is not UTF-8 text ({exc.reason} at byte {exc.start}; a UTF-16 file from "
+            f"Excel?): save it as 'CSV UTF-8', or read it yourself, e.g. pd.read_csv(path, "
+            f"encoding='utf-16'), and pass the DataFrame"
+        ) from None
     if df.shape[1] == 1 and ";" in str(df.columns[0]):
-        raise DataError(f"the data file's header {str(df.columns[0])!r} is separated by ';' (a CSV with decimal "
-                        f"commas?): read it with pd.read_csv(path, sep=';', decimal=',', na_values=['.']) and pass "
-                        f"the DataFrame")
+        raise DataError(
+            f"the data file's header {str(df.columns[0])!r} is separated by ';' (a CSV with decimal "
+            f"commas?): read it with pd.read_csv(path, sep=';', decimal=',', na_values=['.']) and pass "
+            f"the DataFrame"
+        )
     return df
 
 
@@ -252,8 +281,7 @@ def _numeric(df, col, rows):
     return np.array(v.to_numpy(dtype=float))  # a writable copy (pandas may hand out a read-only view)
 
 
-_OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-        ">=": operator.ge}
+_OPS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 def _split_ignore(ignore):
@@ -264,12 +292,15 @@ def _split_ignore(ignore):
     chars = [x for x in items if isinstance(x, str)]
     filters = [x for x in items if not isinstance(x, str)]
     if len(chars) > 1 or any(len(c) != 1 for c in chars):
-        raise TypeError(f"`ignore`: at most one comment character such as '#', 'C' or '@' (NONMEM's IGNORE=c), "
-                        f"got {chars}")
+        raise TypeError(
+            f"`ignore`: at most one comment character such as '#', 'C' or '@' (NONMEM's IGNORE=c), got {chars}"
+        )
     for f in filters:
         if not (callable(f) or isinstance(f, dict)):
-            raise TypeError(f"`ignore`: a comment character, a dict of conditions such as {{'DV': ('==', 0)}} "
-                            f"or a function of the data frame, got {f!r}")
+            raise TypeError(
+                f"`ignore`: a comment character, a dict of conditions such as {{'DV': ('==', 0)}} "
+                f"or a function of the data frame, got {f!r}"
+            )
     return (chars[0] if chars else "#"), filters
 
 
@@ -279,20 +310,25 @@ def _condition_mask(df, rule, which):
     if callable(rule):
         mask = np.asarray(rule(df))
         if mask.shape != (n,) or mask.dtype != bool:
-            raise TypeError(f"`{which}`: the function must return a boolean array of one value per record "
-                            f"({n}), got {mask.dtype} of shape {mask.shape}")
+            raise TypeError(
+                f"`{which}`: the function must return a boolean array of one value per record "
+                f"({n}), got {mask.dtype} of shape {mask.shape}"
+            )
         return mask
     mask = np.zeros(n, dtype=bool)
     for column, conds in rule.items():
         name = str(column).upper() if str(column).upper() in STANDARD else str(column)
         if name not in df.columns:
-            raise DataError(f"`{which}` names column {column!r}, which is not in the data "
-                            f"(columns: {list(df.columns)})")
+            raise DataError(
+                f"`{which}` names column {column!r}, which is not in the data (columns: {list(df.columns)})"
+            )
         conds = [conds] if isinstance(conds, tuple) and len(conds) == 2 and isinstance(conds[0], str) else conds
         for cond in conds:
             if not (isinstance(cond, tuple) and len(cond) == 2 and cond[0] in _OPS):
-                raise TypeError(f"`{which}`: a condition is (operator, value) with an operator among "
-                                f"{list(_OPS)}, e.g. ('==', 0); got {cond!r} for {column!r}")
+                raise TypeError(
+                    f"`{which}`: a condition is (operator, value) with an operator among "
+                    f"{list(_OPS)}, e.g. ('==', 0); got {cond!r} for {column!r}"
+                )
             op, value = cond
             if isinstance(value, str):
                 if op not in ("==", "!="):
@@ -308,15 +344,20 @@ def _condition_mask(df, rule, which):
 def _drop(df, file_rows, drop, why):
     if drop.any():
         where = file_rows[drop]
-        warnings.warn(f"{int(drop.sum())} record(s) dropped by {why}: row(s) {', '.join(map(str, where[:8]))}"
-                      f"{' ...' if len(where) > 8 else ''}", DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{int(drop.sum())} record(s) dropped by {why}: row(s) {', '.join(map(str, where[:8]))}"
+            f"{' ...' if len(where) > 8 else ''}",
+            DataWarning,
+            stacklevel=3,
+        )
         df = df.loc[~drop].reset_index(drop=True)
         file_rows = file_rows[~drop]
     return df, file_rows
 
 
-def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, categorical=None,
-              last20=50) -> Population:
+def read_data(
+    data, *, covariates=None, rename=None, ignore="#", accept=None, categorical=None, last20=50
+) -> Population:
     """Read a NONMEM-style data set (a CSV path or a pandas DataFrame) into a :class:`Population`.
 
     Args:
@@ -360,18 +401,20 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
     accepts = [] if accept is None else (list(accept) if isinstance(accept, (list, tuple)) else [accept])
     for f in accepts:
         if not (callable(f) or isinstance(f, dict)):
-            raise TypeError(f"`accept`: a dict of conditions such as {{'DV': ('>', 0)}} or a function of the data "
-                            f"frame, got {f!r}")
+            raise TypeError(
+                f"`accept`: a dict of conditions such as {{'DV': ('>', 0)}} or a function of the data frame, got {f!r}"
+            )
     if filters and accepts:
-        raise ValueError("give conditions in `ignore` or in `accept`, not both (NONMEM refuses IGNORE=(list) "
-                         "with ACCEPT=(list)); a comment character in `ignore` is fine")
+        raise ValueError(
+            "give conditions in `ignore` or in `accept`, not both (NONMEM refuses IGNORE=(list) "
+            "with ACCEPT=(list)); a comment character in `ignore` is fine"
+        )
     df = _frame(data)
     file_rows = _frame_rows_read = np.arange(1, len(df) + 1)  # 1-based, as in the file (header excluded)
     if comment is not None and len(df) and df.shape[1]:
         drop = _comment_rows(df, comment)
         if drop.any():
-            df, file_rows = _drop(df, file_rows, drop, f"the comment character {comment!r} (NONMEM's IGNORE="
-                                                       f"{comment})")
+            df, file_rows = _drop(df, file_rows, drop, f"the comment character {comment!r} (NONMEM's IGNORE={comment})")
             pd = _pd()
             for c in df.columns:  # columns that were text only because of the comments: numbers again
                 if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
@@ -385,8 +428,10 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
     upper = {}
     for c in df.columns:
         if c.upper() in upper:
-            raise DataError(f"the data have columns {upper[c.upper()]!r} and {c!r}, which differ only by case: "
-                            f"column names are read case-insensitively (NONMEM's items); rename or drop one")
+            raise DataError(
+                f"the data have columns {upper[c.upper()]!r} and {c!r}, which differ only by case: "
+                f"column names are read case-insensitively (NONMEM's items); rename or drop one"
+            )
         upper[c.upper()] = c
     for std in STANDARD:
         if std in upper and upper[std] != std:
@@ -398,19 +443,24 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
         raise DataError("the data have neither a DV nor an AMT column: nothing to fit or to dose")
     for column, mapping in (categorical or {}).items():
         if column not in df.columns:
-            raise DataError(f"`categorical` names column {column!r}, which is not in the data "
-                            f"(columns: {list(df.columns)})")
+            raise DataError(
+                f"`categorical` names column {column!r}, which is not in the data (columns: {list(df.columns)})"
+            )
         if not isinstance(mapping, dict) or not all(isinstance(v, (int, float)) for v in mapping.values()):
-            raise TypeError(f"`categorical[{column!r}]` must map each text value to a number, e.g. "
-                            f"{{'M': 0, 'F': 1}}; got {mapping!r}")
+            raise TypeError(
+                f"`categorical[{column!r}]` must map each text value to a number, e.g. "
+                f"{{'M': 0, 'F': 1}}; got {mapping!r}"
+            )
         present = df[column].notna()
         text = df[column].where(present, "").astype(str).str.strip()
         keys = {str(k).strip(): float(v) for k, v in mapping.items()}
         unknown = present.to_numpy() & ~text.isin(list(keys)).to_numpy()
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
-            raise DataError(f"row {file_rows[i]}: {column} is {df[column].iloc[i]!r}, which `categorical` does not "
-                            f"map (it maps {list(keys)})")
+            raise DataError(
+                f"row {file_rows[i]}: {column} is {df[column].iloc[i]!r}, which `categorical` does not "
+                f"map (it maps {list(keys)})"
+            )
         df[column] = np.where(present.to_numpy(), text.map(keys).to_numpy(dtype=float, na_value=np.nan), np.nan)
     for rule in filters:
         df, file_rows = _drop(df, file_rows, _condition_mask(df, rule, "ignore"), f"ignore={_describe(rule)}")
@@ -426,14 +476,17 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
         lettered = text.str.match(r"[A-Za-z@#]").to_numpy()
         if lettered.any():
             i = int(np.flatnonzero(lettered)[0])
-            raise DataError(f"row {file_rows[i]}: the first column ({first}) holds {df[first].iloc[i]!r}: a NONMEM "
-                            f"comment record? pass ignore={text.iloc[i][0]!r} (NONMEM's IGNORE="
-                            f"{text.iloc[i][0]}) to drop such records, or remove them")
+            raise DataError(
+                f"row {file_rows[i]}: the first column ({first}) holds {df[first].iloc[i]!r}: a NONMEM "
+                f"comment record? pass ignore={text.iloc[i][0]!r} (NONMEM's IGNORE="
+                f"{text.iloc[i][0]}) to drop such records, or remove them"
+            )
     n = len(df)
     if n == 0:
         dropped = len(_frame_rows_read) - len(file_rows)
-        raise DataError("the data set is empty" + (f" once {dropped} record(s) are dropped by `ignore`/`accept`"
-                                                   if dropped else ""))
+        raise DataError(
+            "the data set is empty" + (f" once {dropped} record(s) are dropped by `ignore`/`accept`" if dropped else "")
+        )
     rows = file_rows
 
     def col(name, default):
@@ -472,13 +525,18 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
     if covariates is None:
         import pandas as pd
 
-        covariates = [c for c in df.columns if c not in STANDARD and pd.api.types.is_numeric_dtype(df[c])
-                      and df[c].notna().any()]  # (an empty column, e.g. NONMEM's C column once comments go)
+        covariates = [
+            c for c in df.columns if c not in STANDARD and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()
+        ]  # (an empty column, e.g. NONMEM's C column once comments go)
         text_cols = [c for c in df.columns if c not in STANDARD and c not in covariates and df[c].notna().any()]
         if text_cols:
-            warnings.warn(f"column(s) {text_cols} hold text, not numbers, and are left out of the covariates "
-                          f"(map them to numbers with read_data(..., categorical={{{text_cols[0]!r}: {{...}}}}), "
-                          "e.g. {'M': 0, 'F': 1})", DataWarning, stacklevel=2)
+            warnings.warn(
+                f"column(s) {text_cols} hold text, not numbers, and are left out of the covariates "
+                f"(map them to numbers with read_data(..., categorical={{{text_cols[0]!r}: {{...}}}}), "
+                "e.g. {'M': 0, 'F': 1})",
+                DataWarning,
+                stacklevel=2,
+            )
     else:
         covariates = list(covariates)
         for c in covariates:
@@ -494,8 +552,7 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
         e = evid[i]
         if math.isnan(e):
             if amt[i] < 0:
-                raise DataError(f"row {r}: AMT must be > 0 on a dose record (or 0 / missing on others), got "
-                                f"{amt[i]:g}")
+                raise DataError(f"row {r}: AMT must be > 0 on a dose record (or 0 / missing on others), got {amt[i]:g}")
             constant = amt[i] == 0 and ss[i] != 0 and rate[i] > 0  # a constant infusion at steady state
             e = 1.0 if amt[i] > 0 or constant else 0.0
             evid[i] = e
@@ -505,14 +562,20 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
             raise DataError(f"row {r}: SS must be 0, 1, 2 or 3, got {ss[i]:g}")
         if ss[i] != 0.0:
             if e not in (1.0, 4.0):
-                raise DataError(f"row {r}: SS = {ss[i]:g} on a record that is not a dose (EVID {int(e)}); SS "
-                                "belongs on dose records (EVID 1 or 4)")
+                raise DataError(
+                    f"row {r}: SS = {ss[i]:g} on a record that is not a dose (EVID {int(e)}); SS "
+                    "belongs on dose records (EVID 1 or 4)"
+                )
             if ii[i] == 0.0 and not (amt[i] == 0.0 and rate[i] > 0):
-                raise DataError(f"row {r}: a steady-state dose (SS = {ss[i]:g}) needs II > 0 (the dosing interval), "
-                                "or AMT = 0 with RATE > 0 and II = 0 for a constant infusion at steady state")
+                raise DataError(
+                    f"row {r}: a steady-state dose (SS = {ss[i]:g}) needs II > 0 (the dosing interval), "
+                    "or AMT = 0 with RATE > 0 and II = 0 for a constant infusion at steady state"
+                )
             if ii[i] > 0 and rate[i] > 0 and amt[i] == 0.0:
-                raise DataError(f"row {r}: AMT = 0 with RATE > 0 is a constant infusion at steady state, which "
-                                f"needs II = 0 (got II = {ii[i]:g})")
+                raise DataError(
+                    f"row {r}: AMT = 0 with RATE > 0 is a constant infusion at steady state, which "
+                    f"needs II = 0 (got II = {ii[i]:g})"
+                )
         if e in (1.0, 4.0):
             if not (amt[i] > 0 or (amt[i] == 0 and ss[i] != 0 and rate[i] > 0 and ii[i] == 0)):
                 raise DataError(f"row {r}: AMT must be > 0 on a dose record (EVID {int(e)}), got {amt[i]:g}")
@@ -554,17 +617,28 @@ def read_data(data, *, covariates=None, rename=None, ignore="#", accept=None, ca
         b = starts[k + 1] if k + 1 < len(starts) else n
         sid = ids[a]
         if sid in seen:
-            raise DataError(f"row {rows[a]}: ID {sid} appears in two separate blocks (rows {seen[sid][0]}-"
-                            f"{seen[sid][1]} and from row {rows[a]}); keep each subject's records together")
+            raise DataError(
+                f"row {rows[a]}: ID {sid} appears in two separate blocks (rows {seen[sid][0]}-"
+                f"{seen[sid][1]} and from row {rows[a]}); keep each subject's records together"
+            )
         seen[sid] = (rows[a], rows[b - 1])
         for i in range(a + 1, b):
             if time[i] < time[i - 1]:
-                raise DataError(f"row {rows[i]}: TIME decreases within ID {sid} ({time[i]:g} after "
-                                f"{time[i - 1]:g}); sort each subject's records by TIME")
-        subjects.append(_subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss,
-                                 dvid, blq, cov))
-    text_columns = [c for c in df.columns if c not in STANDARD and c not in covariates
-                    and not _pd().api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
+                raise DataError(
+                    f"row {rows[i]}: TIME decreases within ID {sid} ({time[i]:g} after "
+                    f"{time[i - 1]:g}); sort each subject's records by TIME"
+                )
+        subjects.append(
+            _subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov)
+        )
+    text_columns = [
+        c
+        for c in df.columns
+        if c not in STANDARD
+        and c not in covariates
+        and not _pd().api.types.is_numeric_dtype(df[c])
+        and df[c].notna().any()
+    ]
     return Population(subjects, covariates, df.columns, text_columns)
 
 
@@ -588,12 +662,24 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
             else:
                 kind, d = "infusion", float(amt[i] / rate[i])
             if amt[i] == 0.0:  # (validated: SS with II = 0 and RATE > 0) a constant infusion at steady state
-                doses.append(Dose(time[i], "infusion", 0.0, c, math.inf, int(ss[i]), 0.0, int(rows[i]),
-                                  float(rate[i])))
+                doses.append(Dose(time[i], "infusion", 0.0, c, math.inf, int(ss[i]), 0.0, int(rows[i]), float(rate[i])))
                 continue
             for k in range(int(addl[i]) + 1):
-                doses.append(Dose(time[i] + k * ii[i], kind, float(amt[i]), c, d, int(ss[i]) if k == 0 else 0,
-                                  float(ii[i]), int(rows[i]), float(amt[i]) / d if d > 0 else math.nan, k, mode))
+                doses.append(
+                    Dose(
+                        time[i] + k * ii[i],
+                        kind,
+                        float(amt[i]),
+                        c,
+                        d,
+                        int(ss[i]) if k == 0 else 0,
+                        float(ii[i]),
+                        int(rows[i]),
+                        float(amt[i]) / d if d > 0 else math.nan,
+                        k,
+                        mode,
+                    )
+                )
     doses.sort(key=lambda d: d.time)  # stable: same-time events keep their record order
     covs, rec_cov = {}, {}
     for name, v in cov.items():
@@ -613,8 +699,15 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
         rec_cov[name] = filled
     return Subject(
         id=sid.item() if hasattr(sid, "item") else sid,
-        obs_time=time[obs].copy(), dv=dv[obs].copy(), dvid=dvid[obs].astype(np.int64),
-        obs_cmt=np.where(np.isnan(cmt[obs]), 0, cmt[obs]).astype(np.int64), blq=blq[obs] == 1.0,
-        doses=doses, covariates=covs, first_time=float(time[idx[0]]), record_time=time[idx].copy(),
-        record_row=np.asarray(rows)[idx].astype(np.int64), record_covariates=rec_cov,
+        obs_time=time[obs].copy(),
+        dv=dv[obs].copy(),
+        dvid=dvid[obs].astype(np.int64),
+        obs_cmt=np.where(np.isnan(cmt[obs]), 0, cmt[obs]).astype(np.int64),
+        blq=blq[obs] == 1.0,
+        doses=doses,
+        covariates=covs,
+        first_time=float(time[idx[0]]),
+        record_time=time[idx].copy(),
+        record_row=np.asarray(rows)[idx].astype(np.int64),
+        record_covariates=rec_cov,
     )

@@ -23,8 +23,13 @@ def theophylline_classic(**overrides):
     """Pinheiro & Bates' model (fm2Theo.nlme): one compartment, first-order absorption, in
     ka, ke and CL (V = CL / ke), random effects on ka and CL, additive error.  ``overrides``
     replace any of its :class:`PopulationModel` arguments (e.g. ``eta=["ka"]``)."""
-    args = dict(eta=["ka", "CL"], individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
-                error="additive", sigma=0.5, omega_init=0.2)
+    args = dict(
+        eta=["ka", "CL"],
+        individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
+        error="additive",
+        sigma=0.5,
+        omega_init=0.2,
+    )
     args.update(overrides)
     return PopulationModel("one_cpt_oral", dict(ka=1.0, ke=0.1, CL=0.04), **args)
 
@@ -48,12 +53,25 @@ def theophylline_ude(hidden=8, seed=0):
     from .. import tanh
 
     chain = SimpleChain(1, Dense(hidden, tanh), Dense(hidden, tanh), Dense(1))
-    ude = UDE(_theo_ude_rhs, chain, n_states=2, params=["ka", "CL", "V"], features=_theo_ude_features,
-              name="theophylline_nn_elimination")
-    st = CompartmentModel("one_cpt_oral_nn_elimination", ude, ["ka", "CL", "V"], ["depot", "central"],
-                          [Ratio(1, 2)])
-    return PopulationModel(st, dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="additive", sigma=0.7,
-                           omega_init=[0.4, 0.03], weight_prior=1.0, seed=seed)
+    ude = UDE(
+        _theo_ude_rhs,
+        chain,
+        n_states=2,
+        params=["ka", "CL", "V"],
+        features=_theo_ude_features,
+        name="theophylline_nn_elimination",
+    )
+    st = CompartmentModel("one_cpt_oral_nn_elimination", ude, ["ka", "CL", "V"], ["depot", "central"], [Ratio(1, 2)])
+    return PopulationModel(
+        st,
+        dict(ka=1.5, CL=0.04, V=0.5),
+        eta=["ka", "CL"],
+        error="additive",
+        sigma=0.7,
+        omega_init=[0.4, 0.03],
+        weight_prior=1.0,
+        seed=seed,
+    )
 
 
 def run(out=None, progress=True, say=print):
@@ -70,13 +88,14 @@ def run(out=None, progress=True, say=print):
     say(classic.summary())
     say(f"(FOCE-I fit: {t_classic:.1f} s; nlme, Pinheiro & Bates 2000: ka 1.57, ke 0.088, CL 0.040)")
     t0 = time.perf_counter()
-    ude = fit(theophylline_ude(), data, "map", optimizer="adam+lbfgs", adam_steps=300, adam_lr=0.02,
-              progress=progress)
+    ude = fit(theophylline_ude(), data, "map", optimizer="adam+lbfgs", adam_steps=300, adam_lr=0.02, progress=progress)
     t_ude = time.perf_counter() - t0
     say(ude.summary())
     say(f"(UDE fit, {ude.model.n_weights} network weights: {t_ude:.1f} s; OFV by FOCE-I at the MAP estimates)")
-    say(f"OFV classic {classic.ofv:.2f} vs UDE {ude.ofv:.2f}; AIC {classic.aic:.1f} vs {ude.aic:.1f} "
-        f"({'the classic model' if classic.aic <= ude.aic else 'the UDE'} is preferred by AIC)")
+    say(
+        f"OFV classic {classic.ofv:.2f} vs UDE {ude.ofv:.2f}; AIC {classic.aic:.1f} vs {ude.aic:.1f} "
+        f"({'the classic model' if classic.aic <= ude.aic else 'the UDE'} is preferred by AIC)"
+    )
     if out is not None:
         os.makedirs(out, exist_ok=True)
         for name, r in (("classic", classic), ("ude", ude)):

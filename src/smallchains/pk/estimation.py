@@ -63,8 +63,22 @@ class SubjectEval:
 
     compiled = True  # the one-call compiled data term when the outputs allow (False: the NumPy path)
 
-    def __init__(self, model, subject, X_row, Z_row, *, rtol, atol, solver, ss_tol, check, controller=None,
-                 time_varying="nocb", refs=None):
+    def __init__(
+        self,
+        model,
+        subject,
+        X_row,
+        Z_row,
+        *,
+        rtol,
+        atol,
+        solver,
+        ss_tol,
+        check,
+        controller=None,
+        time_varying="nocb",
+        refs=None,
+    ):
         st = model.structural
         self.model = model
         self.subject = subject
@@ -77,8 +91,9 @@ class SubjectEval:
             raise ValueError(f"subject {subject.id}: an observation's DV is missing (NaN); set MDV = 1 there")
         bad = (self.dvid < 1) | (self.dvid > len(st.outputs))
         if np.any(bad):
-            raise ValueError(f"subject {subject.id}: DVID {int(self.dvid[bad][0])}, but {st.name} has "
-                             f"{len(st.outputs)} output(s)")
+            raise ValueError(
+                f"subject {subject.id}: DVID {int(self.dvid[bad][0])}, but {st.name} has {len(st.outputs)} output(s)"
+            )
         self.t0 = t0 = subject.first_time
         t1 = max(float(self.t.max()), t0)
         # the covariate design: log q = log theta + C beta + E eta
@@ -95,9 +110,10 @@ class SubjectEval:
         self.n_mech = st.n_params
         #: doses that follow the model's dose parameters (pk/dosing.py), or None
         self.dosing = None
-        if model.dose_index and any(d.kind != "reset" and (d.mode != "rate" or any(c == d.cmt for _, c in
-                                                                                  model.dose_index))
-                                    for d in subject.doses):
+        if model.dose_index and any(
+            d.kind != "reset" and (d.mode != "rate" or any(c == d.cmt for _, c in model.dose_index))
+            for d in subject.doses
+        ):
             self.dosing = SubjectDosing(subject.doses, model.dose_index, st.n_states)
             self._dj = None  # the last evaluation's (d time / d pd, d value / d pd) of the jumps
         p0, _ = self.params(model.x0, np.zeros(model.n_eta))
@@ -130,12 +146,28 @@ class SubjectEval:
         #: (pk/steady_state.py); others in one solve
         self.piecewise = pieces is not None and (len(pieces) > 1 or pieces[0].steady is not None)
         if self.piecewise:
-            self.gf = PiecewiseSolve(st.ode, st.n_states, pieces, self.t, p0, solve_kw,
-                                     ss_tol=10 * rtol if ss_tol is None else ss_tol, check=check)
+            self.gf = PiecewiseSolve(
+                st.ode,
+                st.n_states,
+                pieces,
+                self.t,
+                p0,
+                solve_kw,
+                ss_tol=10 * rtol if ss_tol is None else ss_tol,
+                check=check,
+            )
         else:
             jumps = pieces[0].jumps() if self.dosing is None else self.dosing.jumps
-            self.gf = GradientFunction(_no_loss, st.ode, np.zeros(st.n_states), (t0, t1), p0, DiscreteAdjoint(),
-                                       dict(solve_kw, saveat=self.t, jumps=jumps), check_derivatives=check)
+            self.gf = GradientFunction(
+                _no_loss,
+                st.ode,
+                np.zeros(st.n_states),
+                (t0, t1),
+                p0,
+                DiscreteAdjoint(),
+                dict(solve_kw, saveat=self.t, jumps=jumps),
+                check_derivatives=check,
+            )
         self.n_mech = st.n_params
         self._ratio = None
         self._fast = None
@@ -146,8 +178,13 @@ class SubjectEval:
             # the one-call compiled data term and gradient (pk/_kernels.py)
             self._fast = dict(
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
-                g=np.zeros((self.n_obs, st.n_states)), gp=np.zeros(self.gf.m), lam=np.zeros(st.n_states),
-                f=np.zeros(self.n_obs), V=np.zeros(self.n_obs), res=np.zeros(1 + len(model.error.names)))
+                g=np.zeros((self.n_obs, st.n_states)),
+                gp=np.zeros(self.gf.m),
+                lam=np.zeros(st.n_states),
+                f=np.zeros(self.n_obs),
+                V=np.zeros(self.n_obs),
+                res=np.zeros(1 + len(model.error.names)),
+            )
 
     def logq(self, x, eta):
         return self.model.log_individual(x, self.C, self.z, eta)
@@ -156,8 +193,12 @@ class SubjectEval:
         """d/d(covariate network weights) from d/dlogq (at the network inputs ``z``, default the baseline)."""
         m = self.model
         cn = m.covariate_network
-        return cn.chain.vjp_into(self._gwc, np.ascontiguousarray(x[m.blocks["wc"]]),
-                                 np.ascontiguousarray(dlogq[m.cn_targets]), self.z if z is None else z).copy()
+        return cn.chain.vjp_into(
+            self._gwc,
+            np.ascontiguousarray(x[m.blocks["wc"]]),
+            np.ascontiguousarray(dlogq[m.cn_targets]),
+            self.z if z is None else z,
+        ).copy()
 
     def add_x_grad(self, g, x, dlogq, dw, dpsi=None):
         """g += the gradient over x (theta, beta, covariate network, weights, log sigmas) from the
@@ -221,7 +262,7 @@ class SubjectEval:
             return (gp[0] if gp.ndim == 2 else gp), 0.0  # (a PiecewiseSolve's one parameter set)
         gp, _, jd = self.gf.pullback(cot, jumps=True)
         Tj, Vj = self._dj
-        return gp, J[self.n_mech:].T @ (Tj.T @ jd[:, 1] + Vj.T @ jd[:, 0])
+        return gp, J[self.n_mech :].T @ (Tj.T @ jd[:, 1] + Vj.T @ jd[:, 0])
 
     def foce_gradient(self, x, fitted, Oinv, dOinv, h=1e-4):
         """d/dx of the subject's FOCE-I term l(eta*) + eta*' Omega^-1 eta* + log|M| (log|Omega|
@@ -289,8 +330,8 @@ class SubjectEval:
         m = self.model
         pm, J = m.structural_params(self.logq(x, eta), self.cov)
         if self.dosing is not None:  # (the dose parameters follow the mechanistic ones)
-            self._pd = pm[self.n_mech:]
-        return np.concatenate([pm[:self.n_mech], x[m.blocks["w"]]]), J
+            self._pd = pm[self.n_mech :]
+        return np.concatenate([pm[: self.n_mech], x[m.blocks["w"]]]), J
 
     def predict(self, x, eta, directions=False):
         """(p, dp/dlogq, f, df/du, df/dp_mech[, G]) at the observations, or None when the solve
@@ -377,14 +418,50 @@ class SubjectEval:
         def run(gf):
             if self._bound is not gf.st_t:  # (storage grown: bind the new buffers)
                 P = gf.P
-                self._args_a = (gf.fa, gf.va, P.fn.iw, gf.fw, P.ga, P.tab.A, P.tab.b, P.tab.c, P.tab.b_err_or_zero,
-                                P.tab.D, P.opt, P.iopt, P.rtol, P.atol, gf.u0)
-                self._args_b = (gf.ts_fwd, gf.us_fwd, P.tstops, *P.jumps, gf.st_t, gf.st_h, gf.st_u, gf.st_k,
-                                gf.st_j, gf.K, gf.wk, gf.stats_arr, gf.fres, gf.uend, gf.aopt, gf.W, gf.awk, gf.no_jg,
-                                self.y, *self._ratio, fz["ekind"])
+                self._args_a = (
+                    gf.fa,
+                    gf.va,
+                    P.fn.iw,
+                    gf.fw,
+                    P.ga,
+                    P.tab.A,
+                    P.tab.b,
+                    P.tab.c,
+                    P.tab.b_err_or_zero,
+                    P.tab.D,
+                    P.opt,
+                    P.iopt,
+                    P.rtol,
+                    P.atol,
+                    gf.u0,
+                )
+                self._args_b = (
+                    gf.ts_fwd,
+                    gf.us_fwd,
+                    P.tstops,
+                    *P.jumps,
+                    gf.st_t,
+                    gf.st_h,
+                    gf.st_u,
+                    gf.st_k,
+                    gf.st_j,
+                    gf.K,
+                    gf.wk,
+                    gf.stats_arr,
+                    gf.fres,
+                    gf.uend,
+                    gf.aopt,
+                    gf.W,
+                    gf.awk,
+                    gf.no_jg,
+                    self.y,
+                    *self._ratio,
+                    fz["ekind"],
+                )
                 self._bound = gf.st_t
-            return PK.subject_data_term(*self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"],
-                                        fz["V"], res, grad)
+            return PK.subject_data_term(
+                *self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"], fz["V"], res, grad
+            )
 
         return self.gf.record(run) == RK.OK
 
@@ -400,8 +477,14 @@ class SubjectEval:
             return (np.inf, None) if need else np.inf
         if not need:
             return float(res[0])
-        out = {"f": fz["f"].copy(), "V": fz["V"].copy(), "dpsi": res[1:].copy(), "J": J,
-               "dlogq": J.T @ gp[:self.n_mech], "dw": gp[self.n_mech:].copy()}
+        out = {
+            "f": fz["f"].copy(),
+            "V": fz["V"].copy(),
+            "dpsi": res[1:].copy(),
+            "J": J,
+            "dlogq": J.T @ gp[: self.n_mech],
+            "dw": gp[self.n_mech :].copy(),
+        }
         return float(res[0]), out
 
     def data_term(self, x, eta, need=0):
@@ -481,18 +564,29 @@ def warn_data_use(model, data, skipped, time_varying="nocb", kept_baseline=()):
     that change within a subject but are held at its first value (``time_varying="baseline"``, or
     the subjects ``kept_baseline``: dose parameters with time-varying covariates)."""
     if skipped:
-        warnings.warn(f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1 or BLQ = 1) "
-                      f"and are left out of the fit: ID {_ids(skipped)}", DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1 or BLQ = 1) "
+            f"and are left out of the fit: ID {_ids(skipped)}",
+            DataWarning,
+            stacklevel=3,
+        )
     n_blq = sum(int(np.sum(np.asarray(s.blq) != 0)) for s in data.subjects if s.id not in skipped)
     if n_blq:
         who = [s.id for s in data.subjects if s.id not in skipped and np.any(np.asarray(s.blq) != 0)]
-        warnings.warn(f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (smallchains has "
-                      f"no M3 method for censored data yet): ID {_ids(who)}", DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (smallchains has "
+            f"no M3 method for censored data yet): ID {_ids(who)}",
+            DataWarning,
+            stacklevel=3,
+        )
     if kept_baseline:
-        warnings.warn(f"covariates the model reads change within subject(s) {_ids(kept_baseline)}, which have "
-                      "doses with dose parameters (ALAGn, Fn, Rn, Dn): time-varying covariates and dose parameters "
-                      "together are not supported yet, so these subjects keep their first covariate values",
-                      DataWarning, stacklevel=3)
+        warnings.warn(
+            f"covariates the model reads change within subject(s) {_ids(kept_baseline)}, which have "
+            "doses with dose parameters (ALAGn, Fn, Rn, Dn): time-varying covariates and dose parameters "
+            "together are not supported yet, so these subjects keep their first covariate values",
+            DataWarning,
+            stacklevel=3,
+        )
     if time_varying != "baseline":
         return
     names = set().union(*(s.covariates for s in data.subjects)) if data.subjects else set()
@@ -505,16 +599,32 @@ def warn_data_use(model, data, skipped, time_varying="nocb", kept_baseline=()):
                 if v.size > 1 and np.any(v != v[0]):
                     varying.append(s.id)
         if varying:
-            warnings.warn(f"covariate {c!r} changes within subject(s) {_ids(varying)}; with time_varying="
-                          f"'baseline' the fit uses each subject's first value (the default 'nocb' changes the "
-                          f"parameters within the solve, as NONMEM does)", DataWarning, stacklevel=3)
+            warnings.warn(
+                f"covariate {c!r} changes within subject(s) {_ids(varying)}; with time_varying="
+                f"'baseline' the fit uses each subject's first value (the default 'nocb' changes the "
+                f"parameters within the solve, as NONMEM does)",
+                DataWarning,
+                stacklevel=3,
+            )
 
 
 class Problem:
     """A population model bound to a data set: one evaluator per subject with observations."""
 
-    def __init__(self, model, data, *, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None, threads=None,
-                 controller=None, inner_tol=1e-10, time_varying="nocb"):
+    def __init__(
+        self,
+        model,
+        data,
+        *,
+        rtol=1e-8,
+        atol=1e-10,
+        solver=None,
+        ss_tol=None,
+        threads=None,
+        controller=None,
+        inner_tol=1e-10,
+        time_varying="nocb",
+    ):
         from .data import Population
 
         if not isinstance(data, Population):
@@ -532,14 +642,26 @@ class Problem:
                 self.skipped.append(s.id)
                 continue
             kept.append(i)
-            self.subjects.append(SubjectEval(model, s, X[i], Z[i], rtol=rtol, atol=atol, solver=solver,
-                                             ss_tol=ss_tol, check=check, controller=controller,
-                                             time_varying=check_rule(time_varying), refs=self.covariate_refs))
+            self.subjects.append(
+                SubjectEval(
+                    model,
+                    s,
+                    X[i],
+                    Z[i],
+                    rtol=rtol,
+                    atol=atol,
+                    solver=solver,
+                    ss_tol=ss_tol,
+                    check=check,
+                    controller=controller,
+                    time_varying=check_rule(time_varying),
+                    refs=self.covariate_refs,
+                )
+            )
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
-        warn_data_use(model, data, self.skipped, time_varying,
-                      [s.subject.id for s in self.subjects if s.tv_baseline])
+        warn_data_use(model, data, self.skipped, time_varying, [s.subject.id for s in self.subjects if s.tv_baseline])
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
         # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled
@@ -569,8 +691,10 @@ class Problem:
             r = s.predict(x, np.zeros(m.n_eta))
             if r is None:
                 p, _ = s.params(x, np.zeros(m.n_eta))
-                return (f"subject {s.subject.id}: the ODE solve fails at the initial values "
-                        f"({dict(zip(m.structural.params, np.round(p[:s.n_mech], 6)))})")
+                return (
+                    f"subject {s.subject.id}: the ODE solve fails at the initial values "
+                    f"({dict(zip(m.structural.params, np.round(p[: s.n_mech], 6)))})"
+                )
             f = r[2]
             if not np.all(np.isfinite(f)):
                 j = int(np.flatnonzero(~np.isfinite(f))[0])
@@ -578,10 +702,12 @@ class Problem:
             V, _, _ = m.error.variance(f, psi)
             if np.any(V <= 0):
                 j = int(np.flatnonzero(V <= 0)[0])
-                return (f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]:g}, so the "
-                        f"{m.error.kind} error model gives it zero variance (an observation there has zero "
-                        "likelihood); use error='combined', or leave out observations where the model "
-                        "predicts exactly 0 (e.g. before the first dose)")
+                return (
+                    f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]:g}, so the "
+                    f"{m.error.kind} error model gives it zero variance (an observation there has zero "
+                    "likelihood); use error='combined', or leave out observations where the model "
+                    "predicts exactly 0 (e.g. before the first dose)"
+                )
         return None
 
     def each(self, fn, items=None):
@@ -629,7 +755,7 @@ class Problem:
         w = np.concatenate([x[m.blocks["w"]], x[m.blocks["wc"]]])
         if not w.size or m.weight_prior is None:
             return 0.0, np.zeros(w.size)
-        s2 = m.weight_prior ** 2
+        s2 = m.weight_prior**2
         return float(w @ w / s2), 2.0 * w / s2
 
     def _compiled_terms(self, x, etas, need):
@@ -683,8 +809,8 @@ class Problem:
             if not need:
                 return r + pen
             g = r[1]
-            g[m.blocks["w"]] += gw[:m.n_weights]
-            g[m.blocks["wc"]] += gw[m.n_weights:]
+            g[m.blocks["w"]] += gw[: m.n_weights]
+            g[m.blocks["wc"]] += gw[m.n_weights :]
             return r[0] + pen, g
         res = self.each(lambda s: s.data_term(x, eta, need))
         if not need:
@@ -696,8 +822,8 @@ class Problem:
                 return np.inf, g
             total += l
             s.add_x_grad(g, x, out["dlogq"], out["dw"], out["dpsi"])
-        g[m.blocks["w"]] += gw[:m.n_weights]
-        g[m.blocks["wc"]] += gw[m.n_weights:]
+        g[m.blocks["w"]] += gw[: m.n_weights]
+        g[m.blocks["wc"]] += gw[m.n_weights :]
         return total, g
 
     # ------------------------------------------------------------------ joint MAP
@@ -747,8 +873,8 @@ class Problem:
                 ge[i] = m.E.T @ np.atleast_2d(out["dlogq"]).sum(axis=0)
         if not np.isfinite(total):
             return np.inf, gx, ge
-        gx[m.blocks["w"]] += gw[:m.n_weights]
-        gx[m.blocks["wc"]] += gw[m.n_weights:]
+        gx[m.blocks["w"]] += gw[: m.n_weights]
+        gx[m.blocks["wc"]] += gw[m.n_weights :]
         # the Gaussian prior: d/deta_i = 2 L^-T z_i; d/dL = -2 L^-T Z Z^T, + N * 2 / L_kk on the diagonal
         LiT_Z = solve_triangular(L.T, Z, lower=False)  # (q, N): Omega^-1 eta_i
         ge += 2.0 * LiT_Z.T
@@ -761,9 +887,9 @@ class Problem:
         ob = m.blocks["omega"]
         if q:
             diag = np.diag(dL) * np.diag(L) + 2.0 * self.N
-            gx[ob.start:ob.start + q] = diag
+            gx[ob.start : ob.start + q] = diag
             if m.omega_kind == "full" and q > 1:
-                gx[ob.start + q:ob.stop] = dL[m.tril]
+                gx[ob.start + q : ob.stop] = dL[m.tril]
         return total, gx, ge
 
     # ------------------------------------------------------------------ FOCE-I
@@ -780,8 +906,11 @@ class Problem:
             return None
         Linv = solve_triangular(L, np.eye(q), lower=True)
         dOinv = np.empty((ob.stop - ob.start, q, q))
-        rows, cols = (np.arange(q), np.arange(q)) if m.omega_kind != "full" or q == 1 else (
-            np.r_[np.arange(q), m.tril[0]], np.r_[np.arange(q), m.tril[1]])
+        rows, cols = (
+            (np.arange(q), np.arange(q))
+            if m.omega_kind != "full" or q == 1
+            else (np.r_[np.arange(q), m.tril[0]], np.r_[np.arange(q), m.tril[1]])
+        )
         for r in range(dOinv.shape[0]):
             a, b = rows[r], cols[r]
             dL = np.zeros((q, q))
@@ -806,7 +935,7 @@ class Problem:
             return None
         g = np.sum(gs, axis=0)
         ob = m.blocks["omega"]
-        g[ob.start:ob.start + m.n_eta] += 2.0 * self.N  # log|Omega| = 2 sum log L_kk
+        g[ob.start : ob.start + m.n_eta] += 2.0 * self.N  # log|Omega| = 2 sum log L_kk
         return g if np.isfinite(g).all() else None
 
     def foce(self, x, etas0=None):

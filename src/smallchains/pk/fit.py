@@ -49,8 +49,10 @@ class _Progress:
         self.best = min(self.best, value)
         if self.cb is None:
             return
-        msg = (f"{self.label}: evaluation {self.n}, objective {value:.6g} (best {self.best:.6g}), "
-               f"{time.perf_counter() - self.t0:.1f} s")
+        msg = (
+            f"{self.label}: evaluation {self.n}, objective {value:.6g} (best {self.best:.6g}), "
+            f"{time.perf_counter() - self.t0:.1f} s"
+        )
         if self.cb is True:
             print(msg, flush=True)
         else:
@@ -61,8 +63,7 @@ class _Stalled(Exception):
     pass
 
 
-def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2,
-              stall_iters=50):
+def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2, stall_iters=50):
     """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
 
     L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
@@ -102,8 +103,14 @@ def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, rep
                 raise _Stalled
 
         try:
-            res = minimize(fg, z, jac=True, method="L-BFGS-B", callback=callback,
-                           options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20})
+            res = minimize(
+                fg,
+                z,
+                jac=True,
+                method="L-BFGS-B",
+                callback=callback,
+                options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20},
+            )
             converged = bool(res.success)
             message = str(res.message)
         except _Stalled:
@@ -173,8 +180,9 @@ class FitResult:
         """
         from .simulate import simulate_regimen
 
-        return simulate_regimen(self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed,
-                                dvid=dvid)
+        return simulate_regimen(
+            self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed, dvid=dvid
+        )
 
     def to_frame(self, what="table"):
         """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
@@ -187,12 +195,14 @@ class FitResult:
         raise ValueError(f"`what` must be 'table' or 'diagnostics', got {what!r}")
 
     def summary(self):
-        lines = [f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
-                 f"{self.n_obs} observations",
-                 f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
-                 f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
-                 f"{self.message})",
-                 f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}"]
+        lines = [
+            f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
+            f"{self.n_obs} observations",
+            f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
+            f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
+            f"{self.message})",
+            f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}",
+        ]
         for row in self.table:
             se = row["se"]
             rse = row["rse"]
@@ -210,18 +220,36 @@ class FitResult:
         """Write the fit as JSON, atomically (a temporary file in the same folder, then renamed)."""
         m = self.model
         doc = {
-            "format": "smallchains.pk.fit", "version": 2,
-            "method": self.method, "model": model_spec(m),
-            "names": m.names, "x": self.x.tolist(), "ids": [_jsonable(i) for i in self.ids],
-            "etas": self.etas.tolist(), "ofv": self.ofv, "loglik": self.loglik, "aic": self.aic, "bic": self.bic,
-            "objective": self.objective, "n_obs": self.n_obs, "n_subjects": self.n_subjects,
-            "n_estimated": self.n_estimated, "table": self.table, "shrinkage": self.shrinkage,
-            "converged": self.converged, "message": self.message, "elapsed": self.elapsed,
-            "starts": self.starts, "covariate_refs": self.covariate_refs,
-            "covariance": None if self.cov is None else self.cov.tolist(), "cov_names": self.cov_names,
+            "format": "smallchains.pk.fit",
+            "version": 2,
+            "method": self.method,
+            "model": model_spec(m),
+            "names": m.names,
+            "x": self.x.tolist(),
+            "ids": [_jsonable(i) for i in self.ids],
+            "etas": self.etas.tolist(),
+            "ofv": self.ofv,
+            "loglik": self.loglik,
+            "aic": self.aic,
+            "bic": self.bic,
+            "objective": self.objective,
+            "n_obs": self.n_obs,
+            "n_subjects": self.n_subjects,
+            "n_estimated": self.n_estimated,
+            "table": self.table,
+            "shrinkage": self.shrinkage,
+            "converged": self.converged,
+            "message": self.message,
+            "elapsed": self.elapsed,
+            "starts": self.starts,
+            "covariate_refs": self.covariate_refs,
+            "covariance": None if self.cov is None else self.cov.tolist(),
+            "cov_names": self.cov_names,
             "diagnostics": {k: [_jsonable(v) for v in np.asarray(a).tolist()] for k, a in self.diagnostics.items()},
-            "designs": [C.tolist() for C in self._designs], "z": [np.asarray(z).tolist() for z in self._z],
-            "cov": self._cov, "settings": self.settings,
+            "designs": [C.tolist() for C in self._designs],
+            "z": [np.asarray(z).tolist() for z in self._z],
+            "cov": self._cov,
+            "settings": self.settings,
         }
         doc["sha256"] = _doc_digest(doc)
         return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
@@ -234,22 +262,31 @@ class FitResult:
             with open(path, encoding="utf-8") as fh:
                 doc = json.load(fh)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable smallchains fit: it is truncated or damaged "
-                             f"({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a readable smallchains fit: it is truncated or damaged "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != "smallchains.pk.fit":
             raise ValueError(f"{os.fspath(path)!r} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
         if doc.get("version", 1) >= 2:
             if doc.get("sha256") != _doc_digest(doc):
-                raise ValueError(f"{os.fspath(path)!r} was edited or damaged after it was saved (its checksum does "
-                                 "not match its content); refit, or restore the file")
+                raise ValueError(
+                    f"{os.fspath(path)!r} was edited or damaged after it was saved (its checksum does "
+                    "not match its content); refit, or restore the file"
+                )
         else:
-            warnings.warn(f"{os.fspath(path)!r} was saved by an older smallchains without a checksum: its content "
-                          "cannot be verified", DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{os.fspath(path)!r} was saved by an older smallchains without a checksum: its content "
+                "cannot be verified",
+                DataWarning,
+                stacklevel=2,
+            )
         try:
             return cls._from_doc(doc, model)
         except (KeyError, TypeError) as exc:  # a field missing or of the wrong kind (ValueErrors say their own)
-            raise ValueError(f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})") \
-                from None
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})"
+            ) from None
 
     @classmethod
     def _from_doc(cls, doc, model):
@@ -258,18 +295,40 @@ class FitResult:
         if list(model.names) != list(doc["names"]):
             raise ValueError(f"the model's parameters {model.names} differ from the saved fit's {doc['names']}")
         cov = doc.get("covariance")
-        return cls(model=model, method=doc["method"], x=np.asarray(doc["x"], dtype=float), ids=doc["ids"],
-                   etas=np.asarray(doc["etas"], dtype=float).reshape(len(doc["ids"]), model.n_eta),
-                   ofv=doc["ofv"], loglik=doc["loglik"], aic=doc["aic"], bic=doc["bic"],
-                   objective=doc["objective"], n_obs=doc["n_obs"], n_subjects=doc["n_subjects"],
-                   n_estimated=doc["n_estimated"], table=doc["table"], shrinkage=doc["shrinkage"],
-                   converged=doc["converged"], message=doc["message"], elapsed=doc["elapsed"],
-                   starts=doc["starts"], covariate_refs=doc["covariate_refs"],
-                   cov=None if cov is None else np.asarray(cov, dtype=float), cov_names=doc["cov_names"],
-                   diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
-                   _designs=[np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
-                             for C in doc["designs"]], _z=doc["z"], _cov=doc["cov"], settings=doc["settings"],
-                   n_evaluations=None, skipped=[])
+        return cls(
+            model=model,
+            method=doc["method"],
+            x=np.asarray(doc["x"], dtype=float),
+            ids=doc["ids"],
+            etas=np.asarray(doc["etas"], dtype=float).reshape(len(doc["ids"]), model.n_eta),
+            ofv=doc["ofv"],
+            loglik=doc["loglik"],
+            aic=doc["aic"],
+            bic=doc["bic"],
+            objective=doc["objective"],
+            n_obs=doc["n_obs"],
+            n_subjects=doc["n_subjects"],
+            n_estimated=doc["n_estimated"],
+            table=doc["table"],
+            shrinkage=doc["shrinkage"],
+            converged=doc["converged"],
+            message=doc["message"],
+            elapsed=doc["elapsed"],
+            starts=doc["starts"],
+            covariate_refs=doc["covariate_refs"],
+            cov=None if cov is None else np.asarray(cov, dtype=float),
+            cov_names=doc["cov_names"],
+            diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
+            _designs=[
+                np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
+                for C in doc["designs"]
+            ],
+            _z=doc["z"],
+            _cov=doc["cov"],
+            settings=doc["settings"],
+            n_evaluations=None,
+            skipped=[],
+        )
 
 
 def _doc_digest(doc):
@@ -290,27 +349,48 @@ def model_spec(m):
     """A JSON description of a population model (enough to rebuild built-in ones)."""
     from .models import MODELS
 
-    builtin = (m.structural.name in MODELS and m.structural.n_weights == 0 and m.individual is None
-               and m.covariate_network is None)
-    return {"structural": m.structural.name, "builtin": builtin, "theta_names": m.theta_names,
-            "eta": m.eta_names, "omega": m.omega_kind,
-            "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
-            "covariate_ref": m.covariate_ref, "error": m.error.kind, "weight_prior": m.weight_prior,
-            "fixed": [n for n, f in zip(m.names, m.fixed) if f], "x0": m.x0.tolist()}
+    builtin = (
+        m.structural.name in MODELS
+        and m.structural.n_weights == 0
+        and m.individual is None
+        and m.covariate_network is None
+    )
+    return {
+        "structural": m.structural.name,
+        "builtin": builtin,
+        "theta_names": m.theta_names,
+        "eta": m.eta_names,
+        "omega": m.omega_kind,
+        "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
+        "covariate_ref": m.covariate_ref,
+        "error": m.error.kind,
+        "weight_prior": m.weight_prior,
+        "fixed": [n for n, f in zip(m.names, m.fixed) if f],
+        "x0": m.x0.tolist(),
+    }
 
 
 def model_from_spec(spec):
     if not spec.get("builtin"):
-        raise ValueError(f"this fit's model ({spec['structural']}, with a custom `individual` function or a "
-                         "network or a user-written model) cannot be rebuilt from the file: pass model=...")
+        raise ValueError(
+            f"this fit's model ({spec['structural']}, with a custom `individual` function or a "
+            "network or a user-written model) cannot be rebuilt from the file: pass model=..."
+        )
     x0 = np.asarray(spec["x0"])
-    theta = dict(zip(spec["theta_names"], np.exp(x0[:len(spec["theta_names"])])))
+    theta = dict(zip(spec["theta_names"], np.exp(x0[: len(spec["theta_names"])])))
     cov = {}
     for k, c, form in spec["covariates"]:
         cov.setdefault(k, {})[c] = form
-    m = PopulationModel(spec["structural"], theta, eta=spec["eta"], omega=spec["omega"], covariates=cov,
-                        covariate_ref=spec["covariate_ref"], error=spec["error"],
-                        weight_prior=spec["weight_prior"])
+    m = PopulationModel(
+        spec["structural"],
+        theta,
+        eta=spec["eta"],
+        omega=spec["omega"],
+        covariates=cov,
+        covariate_ref=spec["covariate_ref"],
+        error=spec["error"],
+        weight_prior=spec["weight_prior"],
+    )
     m.x0 = x0.copy()
     for name in spec["fixed"]:
         m.fixed[m.names.index(name)] = True
@@ -323,9 +403,29 @@ load = FitResult.load
 # --------------------------------------------------------------------------- the fit
 
 
-def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=None, maxiter=500, tol=1e-9,
-        adam_steps=500, adam_lr=0.02, threads=None, rtol=1e-8, atol=1e-10, solver=None, ss_tol=None,
-        se=True, progress=None, map_omega="em", time_varying="nocb"):
+def fit(
+    model,
+    data,
+    method="foce",
+    *,
+    optimizer="lbfgs",
+    starts=1,
+    seed=0,
+    x0=None,
+    maxiter=500,
+    tol=1e-9,
+    adam_steps=500,
+    adam_lr=0.02,
+    threads=None,
+    rtol=1e-8,
+    atol=1e-10,
+    solver=None,
+    ss_tol=None,
+    se=True,
+    progress=None,
+    map_omega="em",
+    time_varying="nocb",
+):
     """Estimate a population model's parameters from a data set.
 
     Args:
@@ -384,21 +484,30 @@ def fit(model, data, method="foce", *, optimizer="lbfgs", starts=1, seed=0, x0=N
     if method in ("map", "foce") and model.n_eta == 0:
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
     solver = Vern7() if solver is None else solver
-    settings = {"rtol": rtol, "atol": atol, "solver": type(solver).__name__, "ss_tol": ss_tol,
-                "time_varying": check_rule(time_varying),
-                "map_omega": map_omega,
-                "optimizer": optimizer, "starts": starts, "seed": seed}
+    settings = {
+        "rtol": rtol,
+        "atol": atol,
+        "solver": type(solver).__name__,
+        "ss_tol": ss_tol,
+        "time_varying": check_rule(time_varying),
+        "map_omega": map_omega,
+        "optimizer": optimizer,
+        "starts": starts,
+        "seed": seed,
+    }
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
     if xs.shape != (model.n_x,):
         raise ValueError(f"`x0` must have {model.n_x} entries ({model.names}), got {xs.shape}")
     t_start = time.perf_counter()
     opts = dict(optimizer=optimizer, maxiter=maxiter, tol=tol, adam_steps=adam_steps, adam_lr=adam_lr)
     if method == "individual":
-        return _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol,
-                               se, progress, settings, t_start)
+        return _fit_individual(
+            model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress, settings, t_start
+        )
     with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
-        P = Problem(model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1,
-                    time_varying=time_varying)
+        P = Problem(
+            model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1, time_varying=time_varying
+        )
         why = P.diagnose(xs)
     try:
         if why is not None:
@@ -462,8 +571,10 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
         runs.append(_run(P, method, x_init, opts, _Progress(progress, label), map_omega))
     best = min(runs, key=lambda r: r["objective"])
     if not np.isfinite(best["objective"]):
-        raise FitError(f"no start reached a finite objective ({method}); check the initial values, the units "
-                       "of the data and the error model")
+        raise FitError(
+            f"no start reached a finite objective ({method}); check the initial values, the units "
+            "of the data and the error model"
+        )
     return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start, map_omega)
 
 
@@ -497,14 +608,14 @@ def _set_omega(m, x, Om):
     """Write Omega into x (diagonal models keep the diagonal); returns the largest change of a log sd."""
     ob = m.blocks["omega"]
     q = m.n_eta
-    old = x[ob.start:ob.start + q].copy()
+    old = x[ob.start : ob.start + q].copy()
     if m.omega_kind == "diagonal":
         Om = np.diag(np.diag(Om))
     L = np.linalg.cholesky(Om)
-    x[ob.start:ob.start + q] = np.log(np.diag(L))
+    x[ob.start : ob.start + q] = np.log(np.diag(L))
     if m.omega_kind == "full" and q > 1:
-        x[ob.start + q:ob.stop] = L[m.tril]
-    return float(np.max(np.abs(x[ob.start:ob.start + q] - old)))
+        x[ob.start + q : ob.stop] = L[m.tril]
+    return float(np.max(np.abs(x[ob.start : ob.start + q] - old)))
 
 
 def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=1e-3):
@@ -512,7 +623,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     x = x_init.copy()
     if map_omega == "em" and np.any(m.fixed[m.blocks["omega"]]):
         map_omega = "fixed"  # the user holds (part of) Omega: no EM update
-    nets = np.r_[m.blocks["w"].start:m.blocks["w"].stop, m.blocks["wc"].start:m.blocks["wc"].stop]
+    nets = np.r_[m.blocks["w"].start : m.blocks["w"].stop, m.blocks["wc"].start : m.blocks["wc"].stop]
     stage = None
     if method == "foce" and nets.size and not np.all(m.fixed[nets]):
         stage = _run(P, "map", x, opts, report, map_omega)
@@ -520,6 +631,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     free = _free(m, method, map_omega)
     idx = np.flatnonzero(free)
     if method == "pooled":
+
         def fg(z):
             xx = x.copy()
             xx[idx] = z
@@ -528,8 +640,14 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
 
         z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **opts)
         x[idx] = z
-        return {"x": x, "etas": np.zeros((P.N, m.n_eta)), "objective": f, "converged": conv, "message": msg,
-                "n_evaluations": ne}
+        return {
+            "x": x,
+            "etas": np.zeros((P.N, m.n_eta)),
+            "objective": f,
+            "converged": conv,
+            "message": msg,
+            "n_evaluations": ne,
+        }
     if method == "map":
         q = m.n_eta
         nf = idx.shape[0]
@@ -564,8 +682,10 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             C = _posterior_cov(P, x, etas)
             if C is None:  # the modes' Laplace covariance failed: this round's estimate is not EM's fixed point
                 conv = False
-                em_note = f"; Omega's EM stopped after round {rnd + 1}: the random effects' posterior " \
-                          "covariance is not positive definite"
+                em_note = (
+                    f"; Omega's EM stopped after round {rnd + 1}: the random effects' posterior "
+                    "covariance is not positive definite"
+                )
                 break
             state["C"] = C
             opts = dict(opts, optimizer="lbfgs")  # later rounds start next to the optimum
@@ -577,9 +697,14 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             _set_omega(m, x, P.profiled_omega(z[nf:].reshape(P.N, q), state["C"]))
             if em_note:
                 conv = False
-        return {"x": x, "etas": z[nf:].reshape(P.N, q).copy(), "objective": f, "converged": conv,
-                "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else "") + em_note,
-                "n_evaluations": ne_total}
+        return {
+            "x": x,
+            "etas": z[nf:].reshape(P.N, q).copy(),
+            "objective": f,
+            "converged": conv,
+            "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else "") + em_note,
+            "n_evaluations": ne_total,
+        }
     # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
     # warm-started; network weights with their L2 prior
     state = {"etas": stage["etas"].copy() if method == "foce" and stage is not None else np.zeros((P.N, m.n_eta))}
@@ -595,8 +720,8 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             return np.inf, np.zeros_like(z)
         state["etas"] = etas
         pen, gw = P.weight_prior(xx)
-        g[m.blocks["w"]] += gw[:m.n_weights]
-        g[m.blocks["wc"]] += gw[m.n_weights:]
+        g[m.blocks["w"]] += gw[: m.n_weights]
+        g[m.blocks["wc"]] += gw[m.n_weights :]
         return v + pen, g[idx]
 
     o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after the MAP stage: L-BFGS)
@@ -606,8 +731,14 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     if stage is not None:
         msg = f"MAP stage ({stage['message']}), then FOCE-I: {msg}"
         ne += stage["n_evaluations"]
-    return {"x": x, "etas": etas, "objective": v + P.weight_prior(x)[0], "converged": conv, "message": msg,
-            "n_evaluations": ne}
+    return {
+        "x": x,
+        "etas": etas,
+        "objective": v + P.weight_prior(x)[0],
+        "converged": conv,
+        "message": msg,
+        "n_evaluations": ne,
+    }
 
 
 # --------------------------------------------------------------------------- after the fit
@@ -667,6 +798,7 @@ def _standard_errors(P, method, x, etas, map_omega="em"):
     if idx.size == 0:
         return None, idx
     if method == "pooled":
+
         def grad(z):
             xx = x.copy()
             xx[idx] = z
@@ -700,8 +832,12 @@ def _table(m, x, cov, idx, method):
     rows = []
 
     def row(name, est, se, log=None, log_se=None):
-        r = {"name": name, "estimate": float(est), "se": float(se),
-             "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan")}
+        r = {
+            "name": name,
+            "estimate": float(est),
+            "se": float(se),
+            "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan"),
+        }
         if log is not None:
             r["log_estimate"], r["log_se"] = float(log), float(log_se)
         r["fixed"] = False
@@ -727,9 +863,9 @@ def _table(m, x, cov, idx, method):
         for k in range(ob.stop - ob.start):
             xz = x.astype(complex)
             xz[ob.start + k] += 1e-30j
-            L = np.diag(np.exp(xz[ob.start:ob.start + q]))
+            L = np.diag(np.exp(xz[ob.start : ob.start + q]))
             if m.omega_kind == "full" and q > 1:
-                L[m.tril] = xz[ob.start + q:ob.stop]
+                L[m.tril] = xz[ob.start + q : ob.stop]
             J[:, k] = (L @ L.T).imag.ravel() / 1e-30
         Cw = None
         if cov is not None:
@@ -742,8 +878,7 @@ def _table(m, x, cov, idx, method):
                 if b != a and m.omega_kind == "diagonal":
                     continue
                 se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
-                name = (f"omega2({m.eta_names[a]})" if a == b
-                        else f"omega({m.eta_names[a]},{m.eta_names[b]})")
+                name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
                 rows.append(row(name, Om[a, b], se))
     return rows
 
@@ -795,8 +930,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         ofv, etas, _ = P.foce(x, etas)
     else:
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
-    cov, idx = (_standard_errors(P, method, x, etas, map_omega) if se
-                else (None, np.zeros(0, dtype=np.int64)))
+    cov, idx = _standard_errors(P, method, x, etas, map_omega) if se else (None, np.zeros(0, dtype=np.int64))
     n_est = int(np.sum(_free(m, method, "fixed")))
     if method == "map" and map_omega != "fixed":
         n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
@@ -807,15 +941,36 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         sd = etas.std(axis=0, ddof=1) if P.N > 1 else np.full(m.n_eta, np.nan)
         shrink = {k: float(1 - sd[j] / om[j]) for j, k in enumerate(m.eta_names)}
     result = FitResult(
-        model=m, method=method, x=x, ids=[s.subject.id for s in P.subjects], etas=etas, ofv=float(ofv),
-        loglik=-0.5 * m2ll, aic=m2ll + 2 * n_est, bic=m2ll + n_est * math.log(P.n_obs),
-        objective=float(run["objective"]), n_obs=P.n_obs, n_subjects=P.N, n_estimated=n_est,
-        table=_table(m, x, cov, idx, method), shrinkage=shrink, diagnostics=_diagnostics(P, x, etas),
-        converged=run["converged"], message=run["message"], n_evaluations=run["n_evaluations"],
-        elapsed=time.perf_counter() - t_start, starts=starts, covariate_refs=P.covariate_refs, cov=cov,
-        cov_names=[m.names[i] for i in idx], _designs=[s.C for s in P.subjects], _z=[s.z for s in P.subjects],
-        _cov=[s.cov for s in P.subjects], settings=settings,
-        skipped=P.skipped)
+        model=m,
+        method=method,
+        x=x,
+        ids=[s.subject.id for s in P.subjects],
+        etas=etas,
+        ofv=float(ofv),
+        loglik=-0.5 * m2ll,
+        aic=m2ll + 2 * n_est,
+        bic=m2ll + n_est * math.log(P.n_obs),
+        objective=float(run["objective"]),
+        n_obs=P.n_obs,
+        n_subjects=P.N,
+        n_estimated=n_est,
+        table=_table(m, x, cov, idx, method),
+        shrinkage=shrink,
+        diagnostics=_diagnostics(P, x, etas),
+        converged=run["converged"],
+        message=run["message"],
+        n_evaluations=run["n_evaluations"],
+        elapsed=time.perf_counter() - t_start,
+        starts=starts,
+        covariate_refs=P.covariate_refs,
+        cov=cov,
+        cov_names=[m.names[i] for i in idx],
+        _designs=[s.C for s in P.subjects],
+        _z=[s.z for s in P.subjects],
+        _cov=[s.cov for s in P.subjects],
+        settings=settings,
+        skipped=P.skipped,
+    )
     warn_doubtful(result, se)
     return result
 
@@ -829,33 +984,51 @@ def warn_doubtful(r, se_requested):
     """Warn about every reason not to trust a fit as it is (the package's warning classes)."""
     what = f"{r.method} fit"
     if not r.converged:
-        warnings.warn(f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
-                      "stopped: raise maxiter, try other starts or simplify the model", ConvergenceWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
+            "stopped: raise maxiter, try other starts or simplify the model",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     if r.n_obs < r.n_estimated:
-        warnings.warn(f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
-                      "estimates are not identified by the data", DoubtfulResultWarning, stacklevel=3)
+        warnings.warn(
+            f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
+            "estimates are not identified by the data",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
     if se_requested and len(r.cov_names) and r.cov is None:
-        warnings.warn(f"the {what}'s standard errors are NaN: the objective's Hessian at the estimate is not "
-                      "positive definite (a parameter is not identified, or the fit is not at a minimum)",
-                      DoubtfulResultWarning, stacklevel=3)
+        warnings.warn(
+            f"the {what}'s standard errors are NaN: the objective's Hessian at the estimate is not "
+            "positive definite (a parameter is not identified, or the fit is not at a minimum)",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
     m = r.model
     if m.n_eta and r.method in ("map", "foce"):
         sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
         low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
         if low:
-            warnings.warn(f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
-                          f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
-                          "random effect) or check the model", DoubtfulResultWarning, stacklevel=3)
+            warnings.warn(
+                f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
+                f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
+                "random effect) or check the model",
+                DoubtfulResultWarning,
+                stacklevel=3,
+            )
     low = [f"{k} = {v:.2g}" for k, v in r.sigma.items() if v < VARIANCE_FLOOR]
     if low:
-        warnings.warn(f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
-                      "do not support that error component (drop it, e.g. error='proportional')",
-                      DoubtfulResultWarning, stacklevel=3)
+        warnings.warn(
+            f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
+            "do not support that error component (drop it, e.g. error='proportional')",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
 
 
-def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress,
-                    settings, t_start):
+def _fit_individual(
+    model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress, settings, t_start
+):
     from .data import Population
 
     fits = []
@@ -865,9 +1038,23 @@ def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, so
         if np.any(np.asarray(s.blq) == 0):
             with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
                 warnings.simplefilter("always")
-                r = fit(model, pop, "pooled", x0=xs, starts=starts, seed=seed, threads=None, rtol=rtol, atol=atol,
-                        solver=solver, ss_tol=ss_tol, se=se, progress=progress,
-                        time_varying=settings["time_varying"], **opts)
+                r = fit(
+                    model,
+                    pop,
+                    "pooled",
+                    x0=xs,
+                    starts=starts,
+                    seed=seed,
+                    threads=None,
+                    rtol=rtol,
+                    atol=atol,
+                    solver=solver,
+                    ss_tol=ss_tol,
+                    se=se,
+                    progress=progress,
+                    time_varying=settings["time_varying"],
+                    **opts,
+                )
             for w in caught:
                 warnings.warn(f"ID {s.id}: {w.message}", w.category, stacklevel=3)
         fits.append((s.id, r))
@@ -875,19 +1062,33 @@ def _fit_individual(model, data, xs, opts, starts, seed, threads, rtol, atol, so
     if len(ok) < len(fits):
         from .estimation import _ids
 
-        warnings.warn(f"{len(fits) - len(ok)} subject(s) have no observation to fit (every record MDV = 1 or "
-                      f"BLQ = 1) and are left out: ID {_ids([i for i, r in fits if r is None])}",
-                      DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(fits) - len(ok)} subject(s) have no observation to fit (every record MDV = 1 or "
+            f"BLQ = 1) and are left out: ID {_ids([i for i, r in fits if r is None])}",
+            DataWarning,
+            stacklevel=3,
+        )
     ofv = float(sum(r.ofv for _, r in ok))
     n_obs = sum(r.n_obs for _, r in ok)
     n_est = sum(r.n_estimated for _, r in ok)
     m2ll = ofv + n_obs * math.log(2 * math.pi)
     diag = {k: np.concatenate([r.diagnostics[k] for _, r in ok]) for k in ok[0][1].diagnostics}
-    return IndividualFits(model=model, method="individual", fits=dict(ok), ofv=ofv, loglik=-0.5 * m2ll,
-                          aic=m2ll + 2 * n_est, bic=m2ll + n_est * math.log(n_obs), n_obs=n_obs,
-                          n_subjects=len(ok), n_estimated=n_est, diagnostics=diag,
-                          elapsed=time.perf_counter() - t_start, settings=settings,
-                          skipped=[i for i, r in fits if r is None])
+    return IndividualFits(
+        model=model,
+        method="individual",
+        fits=dict(ok),
+        ofv=ofv,
+        loglik=-0.5 * m2ll,
+        aic=m2ll + 2 * n_est,
+        bic=m2ll + n_est * math.log(n_obs),
+        n_obs=n_obs,
+        n_subjects=len(ok),
+        n_estimated=n_est,
+        diagnostics=diag,
+        elapsed=time.perf_counter() - t_start,
+        settings=settings,
+        skipped=[i for i, r in fits if r is None],
+    )
 
 
 class IndividualFits:
@@ -902,8 +1103,10 @@ class IndividualFits:
 
     def summary(self):
         names = self.model.theta_names + self.model.error.names
-        lines = [f"individual fits of {self.model.structural.name}: {self.n_subjects} subjects, OFV {self.ofv:.4f}",
-                 f"{'ID':<10}" + "".join(f"{n:>12}" for n in names)]
+        lines = [
+            f"individual fits of {self.model.structural.name}: {self.n_subjects} subjects, OFV {self.ofv:.4f}",
+            f"{'ID':<10}" + "".join(f"{n:>12}" for n in names),
+        ]
         for i, r in self.fits.items():
             vals = list(r.theta.values()) + list(r.sigma.values())
             lines.append(f"{str(i):<10}" + "".join(f"{v:>12.5g}" for v in vals))

@@ -86,8 +86,10 @@ class CompartmentModel:
         if isinstance(f, UDE):
             mech = [k for k in f.slices if k != "network"]
             if mech != self.params or f.n_mech != len(self.params):
-                raise ValueError(f"the UDE's mechanistic parameters {mech} must be `params` {self.params} "
-                                 "(scalars, in the same order)")
+                raise ValueError(
+                    f"the UDE's mechanistic parameters {mech} must be `params` {self.params} "
+                    "(scalars, in the same order)"
+                )
             if f.n_states != len(self.states):
                 raise ValueError(f"the UDE has {f.n_states} states but `states` names {len(self.states)}")
             self.ode = f
@@ -96,13 +98,13 @@ class CompartmentModel:
         elif isinstance(f, ODEFunction):
             raise TypeError("give the model's @njit function f(du, u, p, t) or a sc.UDE, not an ODEFunction")
         else:
-            sym, self.derivatives, why = choose(derivatives,
-                                                lambda: checked_derivatives(f, len(self.states), len(self.params)))
+            sym, self.derivatives, why = choose(
+                derivatives, lambda: checked_derivatives(f, len(self.states), len(self.params))
+            )
             if why is not None:
                 self.symbolic_error = why
             vjp, jvp = sym if sym is not None else (None, None)
-            self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name, vjp=vjp,
-                                   jvp=jvp)
+            self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name, vjp=vjp, jvp=jvp)
             self.n_weights = 0
         self._ratios = all(isinstance(o, Ratio) for o in self.outputs)
 
@@ -193,8 +195,10 @@ class CompartmentModel:
         bad = (dvid < 1) | (dvid > len(self.outputs))
         if np.any(bad):
             raise ValueError(f"{self.name} has {len(self.outputs)} output(s); DVID {int(dvid[bad][0])} does not exist")
-        return (np.array([o.state for o in self.outputs], dtype=np.int64)[dvid - 1],
-                np.array([o.param for o in self.outputs], dtype=np.int64)[dvid - 1])
+        return (
+            np.array([o.state for o in self.outputs], dtype=np.int64)[dvid - 1],
+            np.array([o.param for o in self.outputs], dtype=np.int64)[dvid - 1],
+        )
 
     def ratio_jacobians(self, u, p, st, pk):
         """(y, dy/du, dy/dp) of :class:`Ratio` outputs u[state] / p[param] at the rows of ``u``,
@@ -209,8 +213,9 @@ class CompartmentModel:
         jp[rows, pk] = -y / vol
         return y, ju, jp
 
-    def simulate(self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None,
-                 dosing=None):
+    def simulate(
+        self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None, dosing=None
+    ):
         """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
         at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs).  Steady-state doses
         follow NONMEM's rules (:mod:`smallchains.pk.steady_state`, tolerance ``ss_tol``,
@@ -233,15 +238,22 @@ class CompartmentModel:
             u[order] = self._simulate_dosing(subject, p, ts[order], dosing, solve_kw)
             return self._outputs(u, p, ts, dvid)
         pieces = plan(subject.doses, subject.first_time, ts[order], self.n_states)
-        u[order] = PiecewiseSolve(self.ode, self.n_states, pieces, ts[order], p, solve_kw,
-                                  ss_tol=10 * rtol if ss_tol is None else ss_tol, check=False).solve(p)
+        u[order] = PiecewiseSolve(
+            self.ode,
+            self.n_states,
+            pieces,
+            ts[order],
+            p,
+            solve_kw,
+            ss_tol=10 * rtol if ss_tol is None else ss_tol,
+            check=False,
+        ).solve(p)
         return self._outputs(u, p, ts, dvid)
 
     def _outputs(self, u, p, ts, dvid):
         if dvid is not None:
             return ts, self.output(u, p, dvid)
-        Y = np.stack([self.output(u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)],
-                     axis=1)
+        Y = np.stack([self.output(u, p, np.full(ts.shape[0], k)) for k in range(1, len(self.outputs) + 1)], axis=1)
         return ts, (Y[:, 0] if Y.shape[1] == 1 else Y)
 
     def _simulate_dosing(self, subject, p, ts, dosing, solve_kw):
@@ -255,8 +267,16 @@ class CompartmentModel:
         t0 = subject.first_time
         if ts[0] < t0:
             raise ValueError(f"`times` must not start before the subject's first record ({t0:g})")
-        gf = GradientFunction(_no_loss, self.ode, np.zeros(self.n_states), (t0, max(ts[-1], t0)), p,
-                              DiscreteAdjoint(), dict(solve_kw, saveat=ts, jumps=sd.jumps), check_derivatives=False)
+        gf = GradientFunction(
+            _no_loss,
+            self.ode,
+            np.zeros(self.n_states),
+            (t0, max(ts[-1], t0)),
+            p,
+            DiscreteAdjoint(),
+            dict(solve_kw, saveat=ts, jumps=sd.jumps),
+            check_derivatives=False,
+        )
         tj, vj, _, _ = sd.evaluate(pd)
         gf.move_jumps(tj, vj)
         gf.P.p = p
@@ -317,36 +337,59 @@ def _one_cpt_oral_emax(du, u, p, t):
 
 
 def one_cpt_iv(derivatives="auto"):
-    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)],
-                            derivatives=derivatives)
+    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)], derivatives=derivatives)
 
 
 def one_cpt_oral(derivatives="auto"):
-    return CompartmentModel("one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"],
-                            [Ratio(1, 2)], derivatives=derivatives)
+    return CompartmentModel(
+        "one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"], [Ratio(1, 2)], derivatives=derivatives
+    )
 
 
 def two_cpt_iv(derivatives="auto"):
-    return CompartmentModel("two_cpt_iv", _two_cpt_iv, ["CL", "V1", "Q", "V2"], ["central", "peripheral"],
-                            [Ratio(0, 1)], derivatives=derivatives)
+    return CompartmentModel(
+        "two_cpt_iv",
+        _two_cpt_iv,
+        ["CL", "V1", "Q", "V2"],
+        ["central", "peripheral"],
+        [Ratio(0, 1)],
+        derivatives=derivatives,
+    )
 
 
 def two_cpt_oral(derivatives="auto"):
-    return CompartmentModel("two_cpt_oral", _two_cpt_oral, ["ka", "CL", "V1", "Q", "V2"],
-                            ["depot", "central", "peripheral"], [Ratio(1, 2)], derivatives=derivatives)
+    return CompartmentModel(
+        "two_cpt_oral",
+        _two_cpt_oral,
+        ["ka", "CL", "V1", "Q", "V2"],
+        ["depot", "central", "peripheral"],
+        [Ratio(1, 2)],
+        derivatives=derivatives,
+    )
 
 
 def one_cpt_oral_mm(derivatives="auto"):
-    return CompartmentModel("one_cpt_oral_mm", _one_cpt_oral_mm, ["ka", "Vmax", "Km", "V"], ["depot", "central"],
-                            [Ratio(1, 3)], derivatives=derivatives)
+    return CompartmentModel(
+        "one_cpt_oral_mm",
+        _one_cpt_oral_mm,
+        ["ka", "Vmax", "Km", "V"],
+        ["depot", "central"],
+        [Ratio(1, 3)],
+        derivatives=derivatives,
+    )
 
 
 def one_cpt_oral_emax(derivatives="auto"):
-    return CompartmentModel("one_cpt_oral_emax", _one_cpt_oral_emax, ["ka", "CL", "V", "ke0", "E0", "Emax", "EC50"],
-                            ["depot", "central", "effect"],
-                            [Ratio(1, 2),
-                             lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])], derivatives=derivatives)
+    return CompartmentModel(
+        "one_cpt_oral_emax",
+        _one_cpt_oral_emax,
+        ["ka", "CL", "V", "ke0", "E0", "Emax", "EC50"],
+        ["depot", "central", "effect"],
+        [Ratio(1, 2), lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])],
+        derivatives=derivatives,
+    )
 
 
-MODELS = {f.__name__: f for f in (one_cpt_iv, one_cpt_oral, two_cpt_iv, two_cpt_oral, one_cpt_oral_mm,
-                                  one_cpt_oral_emax)}
+MODELS = {
+    f.__name__: f for f in (one_cpt_iv, one_cpt_oral, two_cpt_iv, two_cpt_oral, one_cpt_oral_mm, one_cpt_oral_emax)
+}

@@ -104,9 +104,15 @@ def vpc_data(result, data, n_sim=200, bins=8, percentiles=(5, 50, 95), seed=0, d
     """
     from .simulate import simulate_data
 
-    sims, _ = simulate_data(result.model, data, result.x, n=n_sim, seed=seed,
-                            ss_tol=result.settings.get("ss_tol"),
-                            time_varying=result.settings.get("time_varying", "nocb"))
+    sims, _ = simulate_data(
+        result.model,
+        data,
+        result.x,
+        n=n_sim,
+        seed=seed,
+        ss_tol=result.settings.get("ss_tol"),
+        time_varying=result.settings.get("time_varying", "nocb"),
+    )
 
     def collect(pop):
         t, y = [], []
@@ -123,13 +129,22 @@ def vpc_data(result, data, n_sim=200, bins=8, percentiles=(5, 50, 95), seed=0, d
     bin_time = np.array([np.median(t_obs[which == b]) if np.any(which == b) else np.nan for b in range(nb)])
 
     def pct(y):
-        return np.array([np.percentile(y[which == b], percentiles) if np.any(which == b)
-                         else np.full(len(percentiles), np.nan) for b in range(nb)])
+        return np.array(
+            [
+                np.percentile(y[which == b], percentiles) if np.any(which == b) else np.full(len(percentiles), np.nan)
+                for b in range(nb)
+            ]
+        )
 
     observed = pct(y_obs)
     simulated = np.stack([pct(collect(p)[1]) for p in sims])
-    return {"bin_time": bin_time, "edges": edges, "observed": observed, "simulated": simulated,
-            "percentiles": tuple(percentiles)}
+    return {
+        "bin_time": bin_time,
+        "edges": edges,
+        "observed": observed,
+        "simulated": simulated,
+        "percentiles": tuple(percentiles),
+    }
 
 
 def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1):
@@ -148,8 +163,7 @@ def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1):
         ax.plot(s.obs_time[m], s.dv[m], ".", color="0.6", ms=2)
     ax.set_xlabel("time")
     ax.set_ylabel("concentration")
-    ax.set_title(f"VPC ({n_sim} simulated data sets; bands: 90% intervals of the simulated percentiles)",
-                 fontsize=9)
+    ax.set_title(f"VPC ({n_sim} simulated data sets; bands: 90% intervals of the simulated percentiles)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -165,9 +179,11 @@ def save_report(result, data, folder, n_sim=200, seed=0):
     plt = _plt()
     os.makedirs(folder, exist_ok=True)
     out = []
-    for name, make in (("individual_fits.png", lambda: individual_fits(result, data)),
-                       ("goodness_of_fit.png", lambda: goodness_of_fit(result)),
-                       ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed))):
+    for name, make in (
+        ("individual_fits.png", lambda: individual_fits(result, data)),
+        ("goodness_of_fit.png", lambda: goodness_of_fit(result)),
+        ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed)),
+    ):
         fig = make()
         out.append(save_figure(fig, os.path.join(folder, name)))
         plt.close(fig)

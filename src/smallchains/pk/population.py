@@ -36,13 +36,15 @@ class ErrorModel:
         if kind not in ERRORS:
             raise ValueError(f"`error` must be one of {ERRORS}, got {kind!r}")
         self.kind = kind
-        self.names = {"additive": ["sigma_add"], "proportional": ["sigma_prop"],
-                      "combined": ["sigma_add", "sigma_prop"]}[kind]
+        self.names = {
+            "additive": ["sigma_add"],
+            "proportional": ["sigma_prop"],
+            "combined": ["sigma_add", "sigma_prop"],
+        }[kind]
         default = {"additive": [1.0], "proportional": [0.2], "combined": [0.5, 0.2]}[kind]
         s = default if sigma is None else np.atleast_1d(np.asarray(sigma, dtype=float)).tolist()
         if len(s) != len(self.names):
-            raise ValueError(f"a {kind} error model takes {len(self.names)} sigma value(s) {self.names}, "
-                             f"got {sigma!r}")
+            raise ValueError(f"a {kind} error model takes {len(self.names)} sigma value(s) {self.names}, got {sigma!r}")
         if not all(np.isfinite(v) and v > 0 for v in s):
             raise ValueError(f"`sigma` values must be positive and finite, got {sigma!r}")
         self.init = np.log(np.asarray(s, dtype=float))
@@ -143,9 +145,26 @@ class PopulationModel:
             them in ``theta`` instead (e.g. ``theta=dict(ka=1, CL=3, V=30, ALAG1=0.5)``).
     """
 
-    def __init__(self, structural, theta, *, eta=(), omega="diagonal", omega_init=0.1, covariates=None,
-                 covariate_ref=None, individual=None, error="additive", sigma=None, weights=None,
-                 weight_prior=1.0, fixed=(), seed=0, covariate_network=None, dosing=None):
+    def __init__(
+        self,
+        structural,
+        theta,
+        *,
+        eta=(),
+        omega="diagonal",
+        omega_init=0.1,
+        covariates=None,
+        covariate_ref=None,
+        individual=None,
+        error="additive",
+        sigma=None,
+        weights=None,
+        weight_prior=1.0,
+        fixed=(),
+        seed=0,
+        covariate_network=None,
+        dosing=None,
+    ):
         if isinstance(structural, str):
             if structural not in MODELS:
                 raise ValueError(f"unknown model {structural!r}; the built-in models are {sorted(MODELS)}")
@@ -158,21 +177,26 @@ class PopulationModel:
         self.theta_names = [str(k) for k in theta]
         t0 = np.array([float(v) for v in theta.values()])
         if not np.all(np.isfinite(t0)) or np.any(t0 <= 0):
-            raise ValueError(f"`theta` initial values must be positive and finite (they are estimated on the "
-                             f"log scale), got {theta}")
+            raise ValueError(
+                f"`theta` initial values must be positive and finite (they are estimated on the log scale), got {theta}"
+            )
         self.individual = individual
         self._individual_cov = False
         if individual is None:
             if dosing is not None:
-                raise ValueError("`dosing` names the dose parameters `individual` returns; without `individual`, "
-                                 "give them in `theta` (e.g. ALAG1=0.5, F1=0.8)")
+                raise ValueError(
+                    "`dosing` names the dose parameters `individual` returns; without `individual`, "
+                    "give them in `theta` (e.g. ALAG1=0.5, F1=0.8)"
+                )
             dosing = [k for k in self.theta_names if k not in structural.params and DOSE_PARAM.match(k)]
             missing = [k for k in structural.params if k not in theta]
             extra = [k for k in theta if k not in structural.params and k not in dosing]
             if missing or extra:
-                raise ValueError(f"{structural.name} takes parameters {structural.params} (and the dose parameters "
-                                 f"ALAGn, Fn, Rn, Dn); `theta` misses {missing} and has unknown {extra} (give "
-                                 "`individual=` to map other quantities to the model's parameters)")
+                raise ValueError(
+                    f"{structural.name} takes parameters {structural.params} (and the dose parameters "
+                    f"ALAGn, Fn, Rn, Dn); `theta` misses {missing} and has unknown {extra} (give "
+                    "`individual=` to map other quantities to the model's parameters)"
+                )
             self._perm = np.array([self.theta_names.index(k) for k in list(structural.params) + dosing])
             self._perm_rows = np.arange(self._perm.shape[0])
         elif not callable(individual):
@@ -197,8 +221,10 @@ class PopulationModel:
             raise ValueError(f"`dosing` names a parameter twice: {self.dose_params}")
         for kind, c in self.dose_index:
             if c > structural.n_states:
-                raise ValueError(f"dose parameter {kind}{c}: {structural.name} has {structural.n_states} "
-                                 f"compartments (CMT 1..{structural.n_states})")
+                raise ValueError(
+                    f"dose parameter {kind}{c}: {structural.name} has {structural.n_states} "
+                    f"compartments (CMT 1..{structural.n_states})"
+                )
         self.param_names = list(structural.params) + self.dose_params
         self.eta_names = [str(k) for k in eta]
         for k in self.eta_names:
@@ -287,12 +313,15 @@ class PopulationModel:
         if q:
             x0[self.blocks["omega"]] = np.concatenate([np.log(np.diag(L0)), L0[self.tril] if n_off else []])
         self.x0 = x0
-        self.names = (["log " + k for k in self.theta_names]
-                      + [f"beta {self.theta_names[k]}~{c}" for k, c, _ in self.covariates]
-                      + [f"w[{i}]" for i in range(n_w)] + [f"wc[{i}]" for i in range(n_wc)]
-                      + ["log " + s for s in self.error.names]
-                      + [f"log omega({k})" for k in self.eta_names]
-                      + [f"L({self.eta_names[a]},{self.eta_names[b]})" for a, b in zip(*self.tril)][:n_off])
+        self.names = (
+            ["log " + k for k in self.theta_names]
+            + [f"beta {self.theta_names[k]}~{c}" for k, c, _ in self.covariates]
+            + [f"w[{i}]" for i in range(n_w)]
+            + [f"wc[{i}]" for i in range(n_wc)]
+            + ["log " + s for s in self.error.names]
+            + [f"log omega({k})" for k in self.eta_names]
+            + [f"L({self.eta_names[a]},{self.eta_names[b]})" for a, b in zip(*self.tril)][:n_off]
+        )
         self.fixed = np.zeros(o, dtype=bool)
         for k in fixed:
             idx = self._name_index(k)
@@ -355,8 +384,10 @@ class PopulationModel:
         for s in subjects:
             if c not in s.covariates and c != "DOSE":  # (DOSE: the first dose's amount without a column)
                 if c in getattr(subjects, "text_columns", ()):
-                    raise ValueError(f"covariate {c!r} is a text column of the data, left out when it was read; map "
-                                     f"it to numbers with sc.pk.read_data(..., categorical={{{c!r}: {{...}}}}); {why}")
+                    raise ValueError(
+                        f"covariate {c!r} is a text column of the data, left out when it was read; map "
+                        f"it to numbers with sc.pk.read_data(..., categorical={{{c!r}: {{...}}}}); {why}"
+                    )
                 raise ValueError(f"subject {s.id} has no covariate {c!r} (it has {list(s.covariates)}); {why}")
             vals.append(float(s.covariate(c)))
         vals = np.asarray(vals)
@@ -376,8 +407,9 @@ class PopulationModel:
             refs[c] = ref
             if form == "power":
                 if np.any(vals <= 0) or ref <= 0:
-                    raise ValueError(f"a power covariate effect needs positive values: {c!r} has "
-                                     f"{vals.min():g} (use form 'exp')")
+                    raise ValueError(
+                        f"a power covariate effect needs positive values: {c!r} has {vals.min():g} (use form 'exp')"
+                    )
                 X[:, j] = np.log(vals / ref)
             else:
                 X[:, j] = vals - ref
@@ -400,8 +432,9 @@ class PopulationModel:
             v = float(cov[c])
             if form == "power":
                 if not v > 0:
-                    raise ValueError(f"a power covariate effect needs positive values: {c!r} is {v:g} on a record "
-                                     "(use form 'exp')")
+                    raise ValueError(
+                        f"a power covariate effect needs positive values: {c!r} is {v:g} on a record (use form 'exp')"
+                    )
                 X[j] = np.log(v / refs[c])
             else:
                 X[j] = v - refs[c]
@@ -460,10 +493,14 @@ class PopulationModel:
         try:
             return np.array([out[k] for k in self.param_names], dtype=q.dtype)
         except KeyError as e:
-            raise ValueError(f"`individual` must return every parameter of {self.structural.name} "
-                             f"{self.structural.params} and the dose parameters in `dosing` {self.dose_params}; "
-                             f"{e} is missing") from None
+            raise ValueError(
+                f"`individual` must return every parameter of {self.structural.name} "
+                f"{self.structural.params} and the dose parameters in `dosing` {self.dose_params}; "
+                f"{e} is missing"
+            ) from None
 
     def __repr__(self):
-        return (f"PopulationModel({self.structural.name}: theta {self.theta_names}, eta {self.eta_names} "
-                f"({self.omega_kind}), {self.error.kind} error, {self.n_weights} network weights)")
+        return (
+            f"PopulationModel({self.structural.name}: theta {self.theta_names}, eta {self.eta_names} "
+            f"({self.omega_kind}), {self.error.kind} error, {self.n_weights} network weights)"
+        )

@@ -26,8 +26,18 @@ class DoseRecord:
     ss: int = 0
 
     def as_row(self):
-        row = {"EVID": 1, "AMT": self.amt, "TIME": self.time, "CMT": self.cmt, "II": self.ii, "ADDL": self.addl,
-               "RATE": 0.0, "DUR": float("nan"), "MDV": 1, "SS": self.ss}
+        row = {
+            "EVID": 1,
+            "AMT": self.amt,
+            "TIME": self.time,
+            "CMT": self.cmt,
+            "II": self.ii,
+            "ADDL": self.addl,
+            "RATE": 0.0,
+            "DUR": float("nan"),
+            "MDV": 1,
+            "SS": self.ss,
+        }
         if self.rate > 0:
             row["RATE"] = self.rate
         elif self.duration > 0:

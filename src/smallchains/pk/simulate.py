@@ -10,8 +10,21 @@ from .data import Population
 from .estimation import Problem
 
 
-def simulate_data(model, data, x=None, *, seed=0, etas=None, n=1, rtol=1e-8, atol=1e-10, solver=None,
-                  ss_tol=None, residual=True, time_varying="nocb"):
+def simulate_data(
+    model,
+    data,
+    x=None,
+    *,
+    seed=0,
+    etas=None,
+    n=1,
+    rtol=1e-8,
+    atol=1e-10,
+    solver=None,
+    ss_tol=None,
+    residual=True,
+    time_varying="nocb",
+):
     """New data sets like ``data`` (same doses, times, covariates) with simulated observations.
 
     Each subject draws eta ~ N(0, Omega) (or uses the rows of ``etas``) and each observation
@@ -36,8 +49,9 @@ def simulate_data(model, data, x=None, *, seed=0, etas=None, n=1, rtol=1e-8, ato
         raise ValueError(f"`n` must be >= 1, got {n}")
     solver = Vern7() if solver is None else solver
     # every record of every subject is simulated: bind a copy with the BLQ flags cleared
-    plain = Population([dataclasses.replace(s, blq=np.zeros_like(s.blq)) for s in data.subjects],
-                       data.covariate_names, data.columns)
+    plain = Population(
+        [dataclasses.replace(s, blq=np.zeros_like(s.blq)) for s in data.subjects], data.covariate_names, data.columns
+    )
     P = Problem(model, plain, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, time_varying=time_varying)
     rng = np.random.default_rng(seed)
     q = model.n_eta
@@ -72,8 +86,9 @@ def simulate_data(model, data, x=None, *, seed=0, etas=None, n=1, rtol=1e-8, ato
     return out, all_etas
 
 
-def simulate_regimen(model, x, regimen, *, times, n=1, covariates=None, seed=0, dvid=1, rtol=1e-8, atol=1e-10,
-                     solver=None):
+def simulate_regimen(
+    model, x, regimen, *, times, n=1, covariates=None, seed=0, dvid=1, rtol=1e-8, atol=1e-10, solver=None
+):
     """``n`` new subjects on ``regimen`` (see :func:`smallchains.pk.regimen`), observed at ``times``.
 
     Each subject draws eta ~ N(0, Omega) at the parameters ``x``; the observations are the model's
@@ -107,8 +122,9 @@ def simulate_regimen(model, x, regimen, *, times, n=1, covariates=None, seed=0, 
         if arr.ndim == 0:
             arr = np.full(n, float(arr))
         if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-            raise ValueError(f"covariate {name!r} must be one finite number or {n} of them (one per subject), "
-                             f"got {v!r}")
+            raise ValueError(
+                f"covariate {name!r} must be one finite number or {n} of them (one per subject), got {v!r}"
+            )
         cov[name] = arr
     rows = []
     for i in range(n):

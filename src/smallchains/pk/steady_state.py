@@ -171,8 +171,10 @@ def timeline(doses, first_time, n_states, cmt_to_state=None):
             rate = d.mode == "model_rate"
             what = "rate" if rate else "duration"
             need = f"R{d.cmt}" if rate else f"D{d.cmt} and the data no DUR"
-            raise DataError(f"row {d.row}: RATE = {-1 if rate else -2} takes the infusion's {what} from the model, "
-                            f"which has no {need} (a dose parameter: see smallchains.pk.dosing)")
+            raise DataError(
+                f"row {d.row}: RATE = {-1 if rate else -2} takes the infusion's {what} from the model, "
+                f"which has no {need} (a dose parameter: see smallchains.pk.dosing)"
+            )
         if d.ss:
             ss = d.ss
             if ss == 2 and last_reset is not None and last_reset == d.time:
@@ -362,11 +364,22 @@ class PiecewiseSolve:
             if pc.end_save:
                 ts = np.r_[ts, pc.t1]
             t1 = max(float(ts.max()), pc.t0)
-            self.gfs.append(GradientFunction(_no_loss, ode, np.zeros(n), (pc.t0, t1), p0, DiscreteAdjoint(),
-                                             dict(solve_kw, saveat=ts, jumps=pc.jumps()), check_derivatives=check))
+            self.gfs.append(
+                GradientFunction(
+                    _no_loss,
+                    ode,
+                    np.zeros(n),
+                    (pc.t0, t1),
+                    p0,
+                    DiscreteAdjoint(),
+                    dict(solve_kw, saveat=ts, jumps=pc.jumps()),
+                    check_derivatives=check,
+                )
+            )
             check = False
-            self.steady.append(None if pc.steady is None else
-                               SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol))
+            self.steady.append(
+                None if pc.steady is None else SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol)
+            )
         self.m = self.gfs[0].m
         self.n_sets = 1 + max(max(pc.pset, pc.ss_pset) for pc in pieces)
         self._D = [None] * len(pieces)
@@ -439,8 +452,9 @@ class PiecewiseSolve:
                 Du0 += (self._D[k] @ Dp[pc.ss_pset].T).T
             if pc.add:
                 Du0 += prev_S
-            uk, Sk = gf.directional_sensitivities(np.ascontiguousarray(P[pc.pset]), np.ascontiguousarray(Dp[pc.pset]),
-                                                  u0=u0, Du0=Du0)
+            uk, Sk = gf.directional_sensitivities(
+                np.ascontiguousarray(P[pc.pset]), np.ascontiguousarray(Dp[pc.pset]), u0=u0, Du0=Du0
+            )
             k_obs = pc.obs.shape[0]
             us[pc.obs] = uk[:k_obs]
             S[pc.obs] = Sk[:k_obs]

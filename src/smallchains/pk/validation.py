@@ -37,12 +37,20 @@ def mm_recovery_data(seed=11):
         for _ in range(20):
             sid += 1
             rows.append(dict(ID=sid, TIME=0.0, DV=np.nan, MDV=1, EVID=1, AMT=dose, CMT=1))
-            rows += [dict(ID=sid, TIME=t, DV=0.0, MDV=0, EVID=0, AMT=0.0, CMT=2)
-                     for t in (0.5, 1, 2, 4, 6, 8, 12, 16, 24, 36, 48)]
+            rows += [
+                dict(ID=sid, TIME=t, DV=0.0, MDV=0, EVID=0, AMT=0.0, CMT=2)
+                for t in (0.5, 1, 2, 4, 6, 8, 12, 16, 24, 36, 48)
+            ]
     design = read_data(pd.DataFrame(rows))
     t = MM_TRUTH
-    truth = PopulationModel("one_cpt_oral_mm", dict(ka=t["ka"], Vmax=t["Vmax"], Km=t["Km"], V=t["V"]),
-                            eta=["ka", "V"], omega_init=list(t["omega2"]), error="combined", sigma=[0.05, 0.1])
+    truth = PopulationModel(
+        "one_cpt_oral_mm",
+        dict(ka=t["ka"], Vmax=t["Vmax"], Km=t["Km"], V=t["V"]),
+        eta=["ka", "V"],
+        omega_init=list(t["omega2"]),
+        error="combined",
+        sigma=[0.05, 0.1],
+    )
     (data,), etas = simulate_data(truth, design, seed=seed)
     return data, etas[0]
 
@@ -65,8 +73,15 @@ def mm_recovery_model():
     chain = SimpleChain(1, Dense(8, tanh), Dense(8, tanh), Dense(1))
     ude = UDE(_nn_elimination, chain, n_states=2, params=["ka", "V"], features=_concentration_over_10)
     st = CompartmentModel("nn_elimination", ude, ["ka", "V"], ["depot", "central"], [Ratio(1, 1)])
-    m = PopulationModel(st, dict(ka=0.7, V=15.0), eta=["ka", "V"], omega_init=0.2, error="combined",
-                        sigma=[0.1, 0.2], weights=chain.init_params(seed=0, dtype=np.float64))
+    m = PopulationModel(
+        st,
+        dict(ka=0.7, V=15.0),
+        eta=["ka", "V"],
+        omega_init=0.2,
+        error="combined",
+        sigma=[0.1, 0.2],
+        weights=chain.init_params(seed=0, dtype=np.float64),
+    )
     return m, chain
 
 
@@ -97,7 +112,9 @@ def phenobarbital_models():
     chain = SimpleChain(1, Dense(4, tanh), Dense(1))
     ude = UDE(_pheno_nn_elimination, chain, n_states=1, params=["CL", "V"], features=_pheno_concentration)
     st = CompartmentModel("one_cpt_iv_nn_elimination", ude, ["CL", "V"], ["central"], [Ratio(0, 1)])
-    return {"plain": PopulationModel("one_cpt_iv", theta, **base),
-            "weight": PopulationModel("one_cpt_iv", theta, covariates=wt, **base),
-            "covariate_network": PopulationModel("one_cpt_iv", theta, covariate_network=net, **base),
-            "ude": PopulationModel(st, theta, covariates=wt, **base)}
+    return {
+        "plain": PopulationModel("one_cpt_iv", theta, **base),
+        "weight": PopulationModel("one_cpt_iv", theta, covariates=wt, **base),
+        "covariate_network": PopulationModel("one_cpt_iv", theta, covariate_network=net, **base),
+        "ude": PopulationModel(st, theta, covariates=wt, **base),
+    }
