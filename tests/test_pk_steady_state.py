@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers import check_foce_derivatives, check_map_gradients
 
 import smallchains as sc
 from smallchains import pk
@@ -252,21 +253,13 @@ def ss_model():
     )
 
 
-def fd(f, x, h=1e-5):
-    return np.array([(f(x + h * e) - f(x - h * e)) / (2 * h) for e in np.eye(x.shape[0])])
-
-
 def test_map_gradient_through_steady_states_matches_central_differences():
     m = ss_model()
     P = Problem(m, ss_population(), rtol=1e-11, atol=1e-13, solver=sc.Vern7(), ss_tol=1e-13)
     assert all(s.piecewise for s in P.subjects)
     x = m.x0.copy()
     etas = np.random.default_rng(1).normal(0, 0.2, (P.N, m.n_eta))
-    v, gx, ge = P.map_objective(x, etas, 1)
-    assert np.isfinite(v)
-    np.testing.assert_allclose(gx, fd(lambda z: P.map_objective(z, etas, 0), x), rtol=1e-5, atol=1e-6)
-    gef = fd(lambda z: P.map_objective(x, z.reshape(etas.shape), 0), etas.ravel()).reshape(etas.shape)
-    np.testing.assert_allclose(ge, gef, rtol=1e-5, atol=1e-6)
+    check_map_gradients(P, x, etas)
     P.close()
 
 
@@ -275,17 +268,7 @@ def test_foce_sensitivities_and_gradient_through_steady_states():
     differences of the predictions; the FOCE-I gradient against central differences of the OFV."""
     m = ss_model()
     P = Problem(m, ss_population(), rtol=1e-11, atol=1e-13, solver=sc.Vern7(), ss_tol=1e-13, inner_tol=1e-24)
-    x = m.x0.copy()
-    eta = np.array([0.1, -0.2, 0.15])
-    for s in P.subjects:
-        G = s.predict(x, eta, directions=True)[5]
-        Gf = fd(lambda e, s=s: s.predict(x, e)[2], eta).T
-        np.testing.assert_allclose(G, Gf, rtol=1e-6, atol=1e-8)
-    v, etas, res = P.foce(x)
-    g = P.foce_gradient(x, res)
-    h = 1e-4
-    gf = np.array([(P.foce(x + h * e, etas)[0] - P.foce(x - h * e, etas)[0]) / (2 * h) for e in np.eye(m.n_x)])
-    np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
+    check_foce_derivatives(P, m.x0.copy(), np.array([0.1, -0.2, 0.15]))
     P.close()
 
 

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import check_foce_derivatives, check_map_gradients
 
 import smallchains as sc
 from smallchains import pk
@@ -156,23 +157,8 @@ def test_gradients_through_time_varying_covariates(rule):
     x[m.blocks["beta"]] = 0.8
     x[m.blocks["wc"]] = np.random.default_rng(0).normal(0, 0.3, m.blocks["wc"].stop - m.blocks["wc"].start)
     etas = np.random.default_rng(1).normal(0, 0.2, (P.N, m.n_eta))
-
-    def fd(f, z, h=1e-5):
-        return np.array([(f(z + h * e) - f(z - h * e)) / (2 * h) for e in np.eye(z.shape[0])])
-
-    v, gx, ge = P.map_objective(x, etas, 1)
-    np.testing.assert_allclose(gx, fd(lambda z: P.map_objective(z, etas, 0), x), rtol=1e-5, atol=1e-6)
-    gef = fd(lambda z: P.map_objective(x, z.reshape(etas.shape), 0), etas.ravel()).reshape(etas.shape)
-    np.testing.assert_allclose(ge, gef, rtol=1e-5, atol=1e-6)
-    eta = np.array([0.1, -0.2])
-    for s in P.subjects:
-        G = s.predict(x, eta, directions=True)[5]
-        np.testing.assert_allclose(G, fd(lambda e, s=s: s.predict(x, e)[2], eta).T, rtol=1e-6, atol=1e-8)
-    v, etas, res = P.foce(x)
-    g = P.foce_gradient(x, res)
-    h = 1e-4
-    gf = np.array([(P.foce(x + h * e, etas)[0] - P.foce(x - h * e, etas)[0]) / (2 * h) for e in np.eye(m.n_x)])
-    np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
+    check_map_gradients(P, x, etas)
+    check_foce_derivatives(P, x, np.array([0.1, -0.2]))
     P.close()
 
 
