@@ -73,6 +73,7 @@ bench: $(VENV)/.bench-installed bench-r
 	$(PY) benchmarks/pk.py
 	$(PY) benchmarks/model_derivatives.py
 	$(PY) benchmarks/pk_validation.py
+	$(PY) benchmarks/pk_analytic.py
 	$(PY) benchmarks/pk_nlme_steady_state.py
 
 lint: $(VENV)/.dev-installed

@@ -405,7 +405,7 @@ def test_compiled_data_term_equals_the_numpy_path(theoph, error, sigma):
         sigma=sigma,
     )
     data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:4]], theoph.covariate_names, theoph.columns)
-    P = Problem(m, data)
+    P = Problem(m, data, analytic=False)  # (the compiled data term is the ODE path's)
     assert all(s._fast is not None for s in P.subjects)
     etas = np.random.default_rng(2).normal(0, 0.2, (P.N, 2))
     try:
@@ -432,7 +432,7 @@ def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theo
 
     m, x = rich_model()
     data = sc.pk.Population([_drop_first(s) for s in theoph.subjects[:6]], theoph.covariate_names, theoph.columns)
-    P = Problem(m, data, threads=2)
+    P = Problem(m, data, threads=2, analytic=False)  # (the compiled data terms are the ODE path's)
     etas = np.random.default_rng(5).normal(0, 0.2, (P.N, m.n_eta))
     try:
         SubjectEval.compiled = False
@@ -455,7 +455,9 @@ def test_batched_compiled_terms_equal_the_per_subject_numpy_path_on_threads(theo
     mp = sc.pk.PopulationModel(
         "one_cpt_oral", dict(ka=1.3, CL=0.04, V=0.5), eta=["ka", "CL"], error="proportional", sigma=0.2
     )
-    Pp = Problem(mp, sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns), threads=2)
+    Pp = Problem(
+        mp, sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns), threads=2, analytic=False
+    )
     e3 = np.zeros((Pp.N, 2))
     assert Pp._compiled_terms(mp.x0, e3, 1)[0] == np.inf
     assert Pp.map_objective(mp.x0, e3, 0) == np.inf and Pp.pooled(mp.x0, 1)[0] == np.inf

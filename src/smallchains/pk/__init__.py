@@ -20,6 +20,8 @@ from .models import (
     one_cpt_oral,
     one_cpt_oral_emax,
     one_cpt_oral_mm,
+    three_cpt_iv,
+    three_cpt_oral,
     two_cpt_iv,
     two_cpt_oral,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "one_cpt_oral",
     "one_cpt_oral_emax",
     "one_cpt_oral_mm",
+    "three_cpt_iv",
+    "three_cpt_oral",
     "two_cpt_iv",
     "two_cpt_oral",
     "CovariateNetwork",

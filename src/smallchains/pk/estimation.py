@@ -24,6 +24,7 @@ release the GIL).
 from __future__ import annotations
 
 import itertools
+import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +36,7 @@ from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
+from .analytic import AnalyticSolve
 from .dosing import SubjectDosing
 from .steady_state import PiecewiseSolve, SteadyStateError, plan
 from .timevarying import CovariateTimeline, assign, check_rule
@@ -78,6 +80,7 @@ class SubjectEval:
         controller=None,
         time_varying="nocb",
         refs=None,
+        analytic=None,
     ):
         st = model.structural
         self.model = model
@@ -145,7 +148,11 @@ class SubjectEval:
         #: a subject with steady-state doses or time-varying covariates is solved in pieces
         #: (pk/steady_state.py); others in one solve
         self.piecewise = pieces is not None and (len(pieces) > 1 or pieces[0].steady is not None)
-        if self.piecewise:
+        #: solved exactly by matrix exponentials (a linear model: pk/analytic.py), not by an ODE solver
+        self.analytic = bool(analytic) and not self.piecewise and self.dosing is None
+        if self.analytic:
+            self.gf = AnalyticSolve(st, pieces[0].jumps(), t0, self.t, p0.shape[0])
+        elif self.piecewise:
             self.gf = PiecewiseSolve(
                 st.ode,
                 st.n_states,
@@ -174,7 +181,7 @@ class SubjectEval:
         self._bound = None
         if st._ratios:
             self._ratio = st.ratio_indices(self.dvid)
-        if st._ratios and not self.piecewise and self.dosing is None:
+        if st._ratios and not self.piecewise and self.dosing is None and not self.analytic:
             # the one-call compiled data term and gradient (pk/_kernels.py)
             self._fast = dict(
                 ekind=("additive", "proportional", "combined").index(model.error.kind),
@@ -357,7 +364,7 @@ class SubjectEval:
                 if self.dosing is not None:
                     tangents = (Vj @ JE[nm:], Tj @ JE[nm:])
                 us, S = self.gf.directional_sensitivities(p, Dp, jump_tangents=tangents)
-            elif self.piecewise:
+            elif self.piecewise or self.analytic:
                 us = self.gf.solve(p)
             else:
                 gf = self.gf
@@ -553,6 +560,22 @@ class SubjectEval:
         return eta, l + eta @ Oinv @ eta, information(out, Oinv), out
 
 
+_log = logging.getLogger("smallchains.pk")
+
+
+def _use_analytic(structural, analytic):
+    """Whether subjects are solved exactly (pk/analytic.py): ``analytic`` None means when the model is
+    linear; True requires it."""
+    if analytic is None:
+        return structural.linear is not None
+    if analytic and structural.linear is None:
+        raise ValueError(
+            f"analytic=True, but model {structural.name!r} declares no rate matrix (CompartmentModel(..., "
+            "linear=rates)): only linear models have exact solutions; leave `analytic` out"
+        )
+    return bool(analytic)
+
+
 def _ids(ids, k=8):
     ids = list(ids)
     return ", ".join(str(i) for i in ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
@@ -624,6 +647,7 @@ class Problem:
         controller=None,
         inner_tol=1e-10,
         time_varying="nocb",
+        analytic=None,
     ):
         from .data import Population
 
@@ -633,6 +657,7 @@ class Problem:
         self.data = data
         self.inner_tol = inner_tol  # FOCE-I's inner loop stops when the Fisher-scoring decrement is below it
         X, Z, self.covariate_refs = model.covariate_design(data)  # (a Population: its text columns name errors)
+        self.analytic = _use_analytic(model.structural, analytic)
         self.subjects = []
         self.skipped = []
         check = True
@@ -656,12 +681,22 @@ class Problem:
                     controller=controller,
                     time_varying=check_rule(time_varying),
                     refs=self.covariate_refs,
+                    analytic=self.analytic,
                 )
             )
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
         warn_data_use(model, data, self.skipped, time_varying, [s.subject.id for s in self.subjects if s.tv_baseline])
+        if self.analytic:
+            ode = [s.subject.id for s in self.subjects if not s.analytic]
+            if ode:
+                _log.info(
+                    "%d subject(s) (ID %s) solved by the ODE solver, not exactly: steady-state doses, "
+                    "time-varying covariates or dose parameters are not in the exact solutions yet",
+                    len(ode),
+                    _ids(ode),
+                )
         self.n_obs = sum(s.n_obs for s in self.subjects)
         self.N = len(self.subjects)
         # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled

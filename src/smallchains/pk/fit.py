@@ -425,6 +425,7 @@ def fit(
     progress=None,
     map_omega="em",
     time_varying="nocb",
+    analytic=None,
 ):
     """Estimate a population model's parameters from a data set.
 
@@ -452,6 +453,11 @@ def fit(
             solve: ``"nocb"`` (NONMEM's convention, the default: a record's values hold over the
             interval ending at it), ``"locf"``, or ``"baseline"`` (each subject's first values,
             with a DataWarning); see :mod:`smallchains.pk.timevarying`.
+        analytic: solve the subjects exactly by matrix exponentials (:mod:`smallchains.pk.analytic`)
+            rather than with the ODE solver: ``None`` (default) when the model is linear (declares
+            its rate matrix: every built-in linear model), ``True`` to require it, ``False`` for the
+            ODE solver.  Subjects with steady-state doses, time-varying covariates or dose
+            parameters use the ODE solver either way (logged).
         se: compute standard errors from the Hessian of the objective (conditional on network
             weights, whose own Hessian block is singular).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
@@ -490,6 +496,7 @@ def fit(
         "solver": type(solver).__name__,
         "ss_tol": ss_tol,
         "time_varying": check_rule(time_varying),
+        "analytic": analytic,
         "map_omega": map_omega,
         "optimizer": optimizer,
         "starts": starts,
@@ -506,8 +513,17 @@ def fit(
         )
     with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
         P = Problem(
-            model, data, rtol=rtol, atol=atol, solver=solver, ss_tol=ss_tol, threads=1, time_varying=time_varying
+            model,
+            data,
+            rtol=rtol,
+            atol=atol,
+            solver=solver,
+            ss_tol=ss_tol,
+            threads=1,
+            time_varying=time_varying,
+            analytic=analytic,
         )
+        settings["analytic"] = P.analytic
         why = P.diagnose(xs)
     try:
         if why is not None:
@@ -1053,6 +1069,7 @@ def _fit_individual(
                     se=se,
                     progress=progress,
                     time_varying=settings["time_varying"],
+                    analytic=settings["analytic"],
                     **opts,
                 )
             for w in caught:

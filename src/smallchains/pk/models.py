@@ -7,16 +7,18 @@ effect-compartment concentration).  Every model's right-hand side is an ``@njit`
 derivatives come from the package's complex-step kernels; outputs are NumPy expressions
 differentiated the same way.
 
-========================  =================================  ===========================
+========================  =================================  =========================================
 model                     parameters                         states (CMT = index + 1)
-========================  =================================  ===========================
+========================  =================================  =========================================
 ``one_cpt_iv()``          CL, V                              central
 ``one_cpt_oral()``        ka, CL, V                          depot, central
 ``two_cpt_iv()``          CL, V1, Q, V2                      central, peripheral
 ``two_cpt_oral()``        ka, CL, V1, Q, V2                  depot, central, peripheral
+``three_cpt_iv()``        CL, V1, Q2, V2, Q3, V3             central, peripheral1, peripheral2
+``three_cpt_oral()``      ka, CL, V1, Q2, V2, Q3, V3         depot, central, peripheral1, peripheral2
 ``one_cpt_oral_mm()``     ka, Vmax, Km, V                    depot, central
 ``one_cpt_oral_emax()``   ka, CL, V, ke0, E0, Emax, EC50     depot, central, effect
-========================  =================================  ===========================
+========================  =================================  =========================================
 
 Output 1 (DVID 1) is the central concentration; ``one_cpt_oral_emax`` has output 2, the
 effect E0 + Emax Ce / (EC50 + Ce), Ce the effect-compartment concentration (its amount
@@ -75,9 +77,14 @@ class CompartmentModel:
             (``benchmarks/model_derivatives.py``): generated vector-Jacobian products are 16-32x
             faster than complex steps on the built-in models, a subject's gradient 2.0-2.6x; both
             are exact to rounding.  ``model.derivatives`` says which was used.
+        linear: for a linear model du/dt = A(p) u (inputs aside), an ``@njit`` ``rates(A, p)``
+            filling A (n_states x n_states, every entry), written so that it also runs on
+            complex arrays: the model is then solved exactly by matrix exponentials
+            (:mod:`smallchains.pk.analytic`) instead of an ODE solver.  Checked here against
+            ``f`` at random states and parameters.
     """
 
-    def __init__(self, name, f, params, states, outputs, dose_cmt=1, derivatives="auto"):
+    def __init__(self, name, f, params, states, outputs, dose_cmt=1, derivatives="auto", linear=None):
         self.name = name
         self.params = list(params)
         self.states = list(states)
@@ -107,6 +114,28 @@ class CompartmentModel:
             self.ode = ODEFunction(f, n_states=len(self.states), n_params=len(self.params), name=name, vjp=vjp, jvp=jvp)
             self.n_weights = 0
         self._ratios = all(isinstance(o, Ratio) for o in self.outputs)
+        #: the rate-matrix function of a linear model (see ``linear``), or None
+        self.linear = None
+        if linear is not None:
+            if self.n_weights:
+                raise ValueError("`linear`: a model with a neural term is not linear; leave `linear` out")
+            _check_linear(linear, f, len(self.states), len(self.params), name)
+            self.linear = linear
+
+    def rate_matrix(self, p, dA=None):
+        """A(p) of a linear model; with ``dA`` (n_params, n, n) also fills dA/dp (complex steps)."""
+        n, m = self.n_states, self.n_params
+        A = np.zeros((n, n))
+        self.linear(A, np.asarray(p[:m], dtype=np.float64))
+        if dA is not None:
+            Ac = np.zeros((n, n), dtype=np.complex128)
+            pc = np.asarray(p[:m], dtype=np.complex128)
+            for k in range(m):
+                pc[k] += 1j * _H
+                self.linear(Ac, pc)
+                dA[k] = Ac.imag / _H
+                pc[k] = p[k]
+        return A
 
     def init_weights(self, seed=0):
         """The network's seeded initial weights, last layer zero (empty without a network).
@@ -291,6 +320,30 @@ def _no_loss(u, t):  # pragma: no cover - only the forward solve is used
     raise RuntimeError("unused")
 
 
+def _check_linear(rates, f, n, m, name):
+    """``rates`` must be a compiled function whose A(p) u is f(u, p) at random points (real and complex)."""
+    if not hasattr(rates, "py_func"):
+        raise TypeError(f"`linear` must be an @numba.njit function rates(A, p), got {type(rates).__name__}")
+    rng = np.random.default_rng(12345)
+    for _ in range(3):
+        p = rng.uniform(0.5, 2.0, m)
+        u = rng.uniform(0.5, 2.0, n)
+        A = np.zeros((n, n))
+        try:
+            rates(A, p)
+            Ac = np.zeros((n, n), dtype=np.complex128)
+            rates(Ac, p.astype(np.complex128))
+        except Exception as e:
+            raise ValueError(f"model {name!r}: `linear` rates(A, p) failed on real or complex arrays: {e}") from e
+        du = np.zeros(n)
+        f(du, u, p, 0.0)
+        if not np.allclose(A @ u, du, rtol=1e-12, atol=1e-12 * np.abs(du).max()):
+            raise ValueError(
+                f"model {name!r}: `linear` A(p) u = {A @ u} but f(u, p) = {du} at p = {p}, u = {u}: "
+                "the rate matrix must be the model's (f linear in u, without inputs)"
+            )
+
+
 # --------------------------------------------------------------------------- right-hand sides
 
 
@@ -336,13 +389,124 @@ def _one_cpt_oral_emax(du, u, p, t):
     du[2] = p[3] * (u[1] / p[2] - u[2])
 
 
+@numba.njit(cache=True)
+def _one_cpt_iv_rates(A, p):
+    A[0, 0] = -p[0] / p[1]
+
+
+@numba.njit(cache=True)
+def _one_cpt_oral_rates(A, p):
+    A[0, 0] = -p[0]
+    A[0, 1] = 0.0
+    A[1, 0] = p[0]
+    A[1, 1] = -p[1] / p[2]
+
+
+@numba.njit(cache=True)
+def _two_cpt_iv_rates(A, p):
+    A[0, 0] = -(p[0] + p[2]) / p[1]
+    A[0, 1] = p[2] / p[3]
+    A[1, 0] = p[2] / p[1]
+    A[1, 1] = -p[2] / p[3]
+
+
+@numba.njit(cache=True)
+def _two_cpt_oral_rates(A, p):
+    for i in range(3):
+        for j in range(3):
+            A[i, j] = 0.0
+    A[0, 0] = -p[0]
+    A[1, 0] = p[0]
+    A[1, 1] = -(p[1] + p[3]) / p[2]
+    A[1, 2] = p[3] / p[4]
+    A[2, 1] = p[3] / p[2]
+    A[2, 2] = -p[3] / p[4]
+
+
+@numba.njit
+def _three_cpt_iv(du, u, p, t):  # p = CL, V1, Q2, V2, Q3, V3
+    c1 = u[0] / p[1]
+    c2 = u[1] / p[3]
+    c3 = u[2] / p[5]
+    du[0] = -p[0] * c1 - p[2] * (c1 - c2) - p[4] * (c1 - c3)
+    du[1] = p[2] * (c1 - c2)
+    du[2] = p[4] * (c1 - c3)
+
+
+@numba.njit
+def _three_cpt_oral(du, u, p, t):  # p = ka, CL, V1, Q2, V2, Q3, V3
+    c1 = u[1] / p[2]
+    c2 = u[2] / p[4]
+    c3 = u[3] / p[6]
+    du[0] = -p[0] * u[0]
+    du[1] = p[0] * u[0] - p[1] * c1 - p[3] * (c1 - c2) - p[5] * (c1 - c3)
+    du[2] = p[3] * (c1 - c2)
+    du[3] = p[5] * (c1 - c3)
+
+
+@numba.njit(cache=True)
+def _three_cpt_iv_rates(A, p):
+    for i in range(3):
+        for j in range(3):
+            A[i, j] = 0.0
+    A[0, 0] = -(p[0] + p[2] + p[4]) / p[1]
+    A[0, 1] = p[2] / p[3]
+    A[0, 2] = p[4] / p[5]
+    A[1, 0] = p[2] / p[1]
+    A[1, 1] = -p[2] / p[3]
+    A[2, 0] = p[4] / p[1]
+    A[2, 2] = -p[4] / p[5]
+
+
+@numba.njit(cache=True)
+def _three_cpt_oral_rates(A, p):
+    for i in range(4):
+        for j in range(4):
+            A[i, j] = 0.0
+    A[0, 0] = -p[0]
+    A[1, 0] = p[0]
+    A[1, 1] = -(p[1] + p[3] + p[5]) / p[2]
+    A[1, 2] = p[3] / p[4]
+    A[1, 3] = p[5] / p[6]
+    A[2, 1] = p[3] / p[2]
+    A[2, 2] = -p[3] / p[4]
+    A[3, 1] = p[5] / p[2]
+    A[3, 3] = -p[5] / p[6]
+
+
+@numba.njit(cache=True)
+def _one_cpt_oral_emax_rates(A, p):
+    for i in range(3):
+        for j in range(3):
+            A[i, j] = 0.0
+    A[0, 0] = -p[0]
+    A[1, 0] = p[0]
+    A[1, 1] = -p[1] / p[2]
+    A[2, 1] = p[3] / p[2]
+    A[2, 2] = -p[3]
+
+
 def one_cpt_iv(derivatives="auto"):
-    return CompartmentModel("one_cpt_iv", _one_cpt_iv, ["CL", "V"], ["central"], [Ratio(0, 1)], derivatives=derivatives)
+    return CompartmentModel(
+        "one_cpt_iv",
+        _one_cpt_iv,
+        ["CL", "V"],
+        ["central"],
+        [Ratio(0, 1)],
+        derivatives=derivatives,
+        linear=_one_cpt_iv_rates,
+    )
 
 
 def one_cpt_oral(derivatives="auto"):
     return CompartmentModel(
-        "one_cpt_oral", _one_cpt_oral, ["ka", "CL", "V"], ["depot", "central"], [Ratio(1, 2)], derivatives=derivatives
+        "one_cpt_oral",
+        _one_cpt_oral,
+        ["ka", "CL", "V"],
+        ["depot", "central"],
+        [Ratio(1, 2)],
+        derivatives=derivatives,
+        linear=_one_cpt_oral_rates,
     )
 
 
@@ -354,6 +518,7 @@ def two_cpt_iv(derivatives="auto"):
         ["central", "peripheral"],
         [Ratio(0, 1)],
         derivatives=derivatives,
+        linear=_two_cpt_iv_rates,
     )
 
 
@@ -365,6 +530,31 @@ def two_cpt_oral(derivatives="auto"):
         ["depot", "central", "peripheral"],
         [Ratio(1, 2)],
         derivatives=derivatives,
+        linear=_two_cpt_oral_rates,
+    )
+
+
+def three_cpt_iv(derivatives="auto"):
+    return CompartmentModel(
+        "three_cpt_iv",
+        _three_cpt_iv,
+        ["CL", "V1", "Q2", "V2", "Q3", "V3"],
+        ["central", "peripheral1", "peripheral2"],
+        [Ratio(0, 1)],
+        derivatives=derivatives,
+        linear=_three_cpt_iv_rates,
+    )
+
+
+def three_cpt_oral(derivatives="auto"):
+    return CompartmentModel(
+        "three_cpt_oral",
+        _three_cpt_oral,
+        ["ka", "CL", "V1", "Q2", "V2", "Q3", "V3"],
+        ["depot", "central", "peripheral1", "peripheral2"],
+        [Ratio(1, 2)],
+        derivatives=derivatives,
+        linear=_three_cpt_oral_rates,
     )
 
 
@@ -387,9 +577,20 @@ def one_cpt_oral_emax(derivatives="auto"):
         ["depot", "central", "effect"],
         [Ratio(1, 2), lambda u, p: p[4] + p[5] * u[:, 2] / (p[6] + u[:, 2])],
         derivatives=derivatives,
+        linear=_one_cpt_oral_emax_rates,
     )
 
 
 MODELS = {
-    f.__name__: f for f in (one_cpt_iv, one_cpt_oral, two_cpt_iv, two_cpt_oral, one_cpt_oral_mm, one_cpt_oral_emax)
+    f.__name__: f
+    for f in (
+        one_cpt_iv,
+        one_cpt_oral,
+        two_cpt_iv,
+        two_cpt_oral,
+        three_cpt_iv,
+        three_cpt_oral,
+        one_cpt_oral_mm,
+        one_cpt_oral_emax,
+    )
 }

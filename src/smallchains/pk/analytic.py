@@ -1,0 +1,370 @@
+"""Exact solutions of linear compartment models, with exact derivatives.
+
+A linear compartment model (one, two or three compartments, IV or with first-order
+absorption: NONMEM's ADVAN1-4, 11 and 12) is du/dt = A(p) u + r(t), with r the zero-order
+inputs in force (infusions).  Between two events the exact solution is
+
+    u(t + dt) = e^{A dt} u(t) + (integral_0^dt e^{A s} ds) r,
+
+both terms read off one matrix exponential of the augmented matrix [[A, r], [0, 0]] dt
+(Van Loan 1978).  The exponential is computed by Higham's scaling and squaring with Pade
+approximants of degree 3 to 13 (Higham 2005, "The scaling and squaring method for the matrix
+exponential revisited", SIAM J. Matrix Anal. Appl. 26(4); the algorithm of SciPy's and
+MATLAB's expm), accurate to rounding, so these are the models' closed-form solutions, not an
+integration with a step-size control: no tolerance, and no special case when two rate
+constants coincide (ka = k, where the textbook sums of exponentials divide by zero).
+
+Derivatives with respect to the parameters are complex steps through the whole computation
+(A(p + ih e_k), h = 1e-30: exact to rounding, every operation being analytic), one complex
+pass per parameter, all in one compiled call without allocation.  Boluses, bolus scales
+(``Jumps.bolus(..., scale_param=)``), infusions as input switches, resets (EVID 3) and set
+values follow the :class:`smallchains.Jumps` schedule exactly as the ODE solvers read it: a
+save point at a jump's time sees the state just before the jump.
+
+:class:`AnalyticSolve` offers a subject's solve with the interface the population code uses
+for a solve (``solve``, ``pullback``, ``directional_sensitivities``); it is chosen for models
+that declare their rate matrix (``CompartmentModel(..., linear=rates)``, every built-in linear
+model does), and tested against the ODE path to 1e-10 (``tests/test_pk_analytic.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import kernel
+from ..ode import _kernels as RK
+
+#: the complex step (exact derivatives to rounding for analytic code)
+H = 1e-30
+
+# Higham (2005), table 2.3: the largest 1-norm for which the Pade approximant of degree m
+# meets double-precision accuracy, and the approximants' coefficients.
+_THETA = np.array([1.495585217958292e-2, 2.539398330063230e-1, 9.504178996162932e-1, 2.097847961257068e0])
+_B3 = np.array([120.0, 60.0, 12.0, 1.0])
+_B5 = np.array([30240.0, 15120.0, 3360.0, 420.0, 30.0, 1.0])
+_B7 = np.array([17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0])
+_B9 = np.array(
+    [17643225600.0, 8821612800.0, 2075673600.0, 302702400.0, 30270240.0, 2162160.0, 110880.0, 3960.0, 90.0, 1.0]
+)
+_B13 = np.array(
+    [
+        64764752532480000.0,
+        32382376266240000.0,
+        7771770303897600.0,
+        1187353796428800.0,
+        129060195264000.0,
+        10559470521600.0,
+        670442572800.0,
+        33522128640.0,
+        1323241920.0,
+        40840800.0,
+        960960.0,
+        16380.0,
+        182.0,
+        1.0,
+    ]
+)
+_THETA13 = 5.371920351148152
+
+#: workspace matrices an exponential needs (see :func:`expm`)
+N_WORK = 8
+
+
+@kernel
+def _mm(A, B, C, N):
+    """C <- A B on the leading N x N blocks."""
+    for i in range(N):
+        for j in range(N):
+            s = A[i, 0] * B[0, j]
+            for k in range(1, N):
+                s += A[i, k] * B[k, j]
+            C[i, j] = s
+
+
+@kernel
+def _solve_in_place(Q, R, N):
+    """R <- Q^-1 R (N x N each) by Gaussian elimination with partial pivoting on the real
+    parts (the pivots a complex-step pass chooses are the real pass's); Q is overwritten.
+    Returns False when Q is singular."""
+    for c in range(N):
+        piv = c
+        best = abs(Q[c, c].real)
+        for i in range(c + 1, N):
+            v = abs(Q[i, c].real)
+            if v > best:
+                best, piv = v, i
+        if best == 0.0:
+            return False
+        if piv != c:
+            for j in range(N):
+                Q[c, j], Q[piv, j] = Q[piv, j], Q[c, j]
+                R[c, j], R[piv, j] = R[piv, j], R[c, j]
+        for i in range(c + 1, N):
+            f = Q[i, c] / Q[c, c]
+            if f != 0.0:
+                for j in range(c, N):
+                    Q[i, j] -= f * Q[c, j]
+                for j in range(N):
+                    R[i, j] -= f * R[c, j]
+    for c in range(N - 1, -1, -1):
+        for j in range(N):
+            s = R[c, j]
+            for k in range(c + 1, N):
+                s -= Q[c, k] * R[k, j]
+            R[c, j] = s / Q[c, c]
+    return True
+
+
+@kernel
+def expm(M, N, W, out):
+    """out[:N, :N] <- e^M on the leading N x N block of M (left unchanged), by Higham's (2005)
+    scaling and squaring; W (N_WORK, >= N, >= N) is workspace of M's dtype.  The degree and
+    the scaling follow the 1-norm of M's real part, so a complex-step pass takes the real
+    pass's branches.  Returns False when the Pade denominator is singular (M not finite)."""
+    norm = 0.0
+    for j in range(N):
+        s = 0.0
+        for i in range(N):
+            s += abs(M[i, j].real)
+        if not s < np.inf:  # (NaN or Inf)
+            return False
+        norm = max(norm, s)
+    A2, A4, A6, U, V, T, X = W[0], W[1], W[2], W[3], W[4], W[5], W[6]
+    sq = 0
+    m = 13
+    for d in range(4):
+        if norm <= _THETA[d]:
+            m = 3 + 2 * d
+            break
+    scale = 1.0
+    if m == 13 and norm > _THETA13:
+        sq = int(np.ceil(np.log2(norm / _THETA13)))
+        scale = 0.5**sq
+    for i in range(N):
+        for j in range(N):
+            X[i, j] = M[i, j] * scale
+    _mm(X, X, A2, N)
+    if m == 13:
+        b = _B13
+        _mm(A2, A2, A4, N)
+        _mm(A4, A2, A6, N)
+        for i in range(N):
+            for j in range(N):
+                T[i, j] = b[13] * A6[i, j] + b[11] * A4[i, j] + b[9] * A2[i, j]
+        _mm(A6, T, U, N)
+        for i in range(N):
+            for j in range(N):
+                U[i, j] += b[7] * A6[i, j] + b[5] * A4[i, j] + b[3] * A2[i, j]
+            U[i, i] += b[1]
+        for i in range(N):
+            for j in range(N):
+                T[i, j] = b[12] * A6[i, j] + b[10] * A4[i, j] + b[8] * A2[i, j]
+        _mm(A6, T, V, N)
+        for i in range(N):
+            for j in range(N):
+                V[i, j] += b[6] * A6[i, j] + b[4] * A4[i, j] + b[2] * A2[i, j]
+            V[i, i] += b[0]
+    else:
+        b = _B3 if m == 3 else (_B5 if m == 5 else (_B7 if m == 7 else _B9))
+        # U' = sum b[2k+1] A^(2k), V = sum b[2k] A^(2k), powers of A2 built in turn (in A4)
+        for i in range(N):
+            for j in range(N):
+                U[i, j] = b[3] * A2[i, j]
+                V[i, j] = b[2] * A2[i, j]
+                A4[i, j] = A2[i, j]
+            U[i, i] += b[1]
+            V[i, i] += b[0]
+        for k in range(2, (m + 1) // 2):
+            _mm(A4, A2, T, N)
+            for i in range(N):
+                for j in range(N):
+                    A4[i, j] = T[i, j]
+                    U[i, j] += b[2 * k + 1] * T[i, j]
+                    V[i, j] += b[2 * k] * T[i, j]
+    _mm(X, U, T, N)  # U = A U'
+    for i in range(N):
+        for j in range(N):
+            U[i, j] = T[i, j]
+            X[i, j] = V[i, j] - U[i, j]  # the denominator
+            out[i, j] = V[i, j] + U[i, j]
+    if not _solve_in_place(X, out, N):
+        return False
+    for _ in range(sq):
+        _mm(out, out, T, N)
+        for i in range(N):
+            for j in range(N):
+                out[i, j] = T[i, j]
+    return True
+
+
+@kernel
+def _advance(A, u, r, dt, W, M, E, tmp):
+    """u <- u(dt) under du/dt = A u + r (exact: the augmented exponential).  False on failure."""
+    n = u.shape[0]
+    has_r = False
+    for i in range(n):
+        if r[i] != 0.0:
+            has_r = True
+    N = n + 1 if has_r else n
+    for i in range(N):
+        for j in range(N):
+            M[i, j] = 0.0
+    for i in range(n):
+        for j in range(n):
+            M[i, j] = A[i, j] * dt
+        if has_r:
+            M[i, n] = r[i] * dt
+    if not expm(M, N, W, E):
+        return False
+    for i in range(n):
+        s = E[i, n] if has_r else 0.0 * E[i, 0]
+        for j in range(n):
+            s += E[i, j] * u[j]
+        tmp[i] = s
+    for i in range(n):
+        u[i] = tmp[i]
+    return True
+
+
+@kernel
+def propagate(A, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, out, W, M, E, u, r, tmp):
+    """out[j] <- u(ts[j]) for du/dt = A u + r(t), u(t0) = u0, with the jumps (jt, jkind, jidx,
+    jval, jpidx) sorted by time (a save point at a jump's time sees the state before it).
+    Every array is of A's dtype except the schedule's; returns an RK status."""
+    n = u0.shape[0]
+    for i in range(n):
+        u[i] = u0[i]
+        r[i] = 0.0
+    t = t0
+    i, j = 0, 0
+    n_j, n_obs = jt.shape[0], ts.shape[0]
+    while j < n_obs:
+        jump = i < n_j and jt[i] < ts[j]
+        target = jt[i] if jump else ts[j]
+        if target > t:
+            if not _advance(A, u, r, target - t, W, M, E, tmp):
+                return RK.NONFINITE
+            t = target
+        if jump:
+            k, idx = jkind[i], jidx[i]
+            if k == RK.J_BOLUS:
+                if jpidx[i] >= 0:
+                    u[idx] += jval[i] * p[jpidx[i]]
+                else:
+                    u[idx] += jval[i]
+            elif k == RK.J_INPUT:
+                r[idx] += jval[i]
+            elif k == RK.J_RESET:
+                for q in range(n):
+                    u[q] = 0.0
+            else:  # J_SET
+                u[idx] = jval[i]
+            i += 1
+        else:
+            for q in range(n):
+                out[j, q] = u[q]
+            j += 1
+    return RK.OK
+
+
+@kernel
+def solve_with_jacobian(A, dA, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, dus, jac, wr, vr, wc, vc, pc, oc):
+    """us <- the states at ts; with ``jac``, dus[:, :, k] <- d us / d p_k by one complex step
+    along dA[k] = dA/dp_k (and e_k for the bolus scales) per parameter.  Workspaces: wr real
+    (N_WORK + 2, n + 1, n + 1), vr real (3, n), wc complex (N_WORK + 3, n + 1, n + 1), vc
+    complex (4, n), pc complex (len(p),), oc complex (n_obs, n).  Returns an RK status."""
+    n = u0.shape[0]
+    st = propagate(A, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, wr[2:], wr[0], wr[1], vr[0], vr[1], vr[2])
+    if st != RK.OK or not jac:
+        return st
+    Ac, u0c = wc[0], vc[3]
+    for q in range(n):
+        u0c[q] = u0[q]
+    for k in range(p.shape[0]):
+        for a in range(n):
+            for b in range(n):
+                Ac[a, b] = A[a, b] + 1j * H * dA[k, a, b]
+        for q in range(p.shape[0]):
+            pc[q] = p[q]
+        pc[k] += 1j * H
+        st = propagate(Ac, pc, u0c, t0, jt, jkind, jidx, jval, jpidx, ts, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2])
+        if st != RK.OK:
+            return st
+        for j in range(ts.shape[0]):
+            for q in range(n):
+                dus[j, q, k] = oc[j, q].imag / H
+    return RK.OK
+
+
+class AnalyticSolve:
+    """A subject's exact solve of a linear model (``model.linear``) from zero amounts at ``t0``
+    under the dose schedule ``jumps``, saved at ``obs_time``; the interface of a subject's solve
+    for :mod:`smallchains.pk.estimation`:
+
+    * ``solve(p)``: the amounts at the observation times (n_obs, n_states);
+    * ``pullback(cot)``: (d/dp of sum(cot * us), None) at the last ``solve``'s parameters;
+    * ``directional_sensitivities(p, Dp)``: (us, S) with S[j, d] = d us[j] / dp . Dp[d].
+
+    ``p`` may hold more entries than the model's parameters (they are ignored)."""
+
+    def __init__(self, model, jumps, t0, obs_time, m):
+        n, mm = model.n_states, model.n_params
+        self.model = model
+        self.n, self.m, self.mm = n, int(m), mm
+        self.t0 = float(t0)
+        self.ts = np.ascontiguousarray(obs_time, dtype=np.float64)
+        self.sched = jumps.arrays(n, mm)
+        n_obs = self.ts.shape[0]
+        N = n + 1
+        self.us = np.zeros((n_obs, n))
+        self.dus = np.zeros((n_obs, n, mm))
+        self.dA = np.zeros((mm, n, n))
+        self.u0 = np.zeros(n)
+        self._w = (
+            np.zeros((N_WORK + 2, N, N)),
+            np.zeros((3, n)),
+            np.zeros((N_WORK + 3, N, N), dtype=np.complex128),
+            np.zeros((4, n), dtype=np.complex128),
+            np.zeros(mm, dtype=np.complex128),
+            np.zeros((n_obs, n), dtype=np.complex128),
+        )
+        self._p = None
+        self._jac = False
+
+    def _run(self, p, jac):
+        p = np.ascontiguousarray(p[: self.mm], dtype=np.float64)
+        if not np.all(np.isfinite(p)):
+            raise ArithmeticError(f"non-finite parameters {p}")
+        A = self.model.rate_matrix(p, self.dA if jac else None)
+        st = solve_with_jacobian(
+            A, self.dA, p, self.u0, self.t0, *self.sched, self.ts, self.us, self.dus, jac, *self._w
+        )
+        if st != RK.OK or not np.all(np.isfinite(self.us)):
+            self._p = None
+            raise ArithmeticError(f"the exact solution is not finite at p = {p}")
+        self._p, self._jac = p, jac
+
+    def solve(self, p):
+        self._run(p, False)
+        return self.us
+
+    def jacobian(self, p=None):
+        """d us / dp (n_obs, n_states, n_params) at ``p`` (default: the last solve's)."""
+        if p is not None:
+            self._run(p, True)
+        elif self._p is None:
+            raise RuntimeError("jacobian() before a successful solve")
+        elif not self._jac:
+            self._run(self._p, True)
+        return self.dus
+
+    def pullback(self, cot):
+        g = np.zeros(self.m)
+        g[: self.mm] = np.einsum("js,jsk->k", cot, self.jacobian())
+        return g, None
+
+    def directional_sensitivities(self, p, Dp, jump_tangents=None):
+        if jump_tangents is not None:
+            raise NotImplementedError("the exact solution does not move doses (dose parameters use the ODE path)")
+        dus = self.jacobian(p)
+        return self.us, np.einsum("jsk,dk->jds", dus, np.asarray(Dp)[:, : self.mm])

