@@ -76,7 +76,8 @@ def test_exact_solution_equals_the_ode_path(name):
     r = sc.solve(m.ode, np.zeros(m.n_states), (0.0, 40.0), p, saveat=TS, jumps=J, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(us, r.u, rtol=1e-10, atol=1e-10 * np.abs(r.u).max())
     # derivatives: complex steps against central differences of the exact solution
-    dus = a.jacobian(p).copy()
+    a.run(p, jac=True)
+    dus = a.jacobian()[0].copy()
     for k in range(len(p)):
         h = 1e-6 * p[k]
         e = np.zeros_like(p)
@@ -172,22 +173,109 @@ def test_fits_choose_the_exact_solution_for_linear_models_and_say_so():
     assert not Problem(mm, data).analytic
 
 
-def test_subjects_the_exact_path_cannot_take_use_the_ode_path_and_it_is_logged(caplog):
-    """A steady-state dose: that subject is solved by the ODE path (logged), the others exactly."""
+def test_derivatives_in_the_initial_amounts():
+    m = pk.two_cpt_oral()
+    p = np.array(LINEAR["two_cpt_oral"])
+    u0 = np.array([5.0, 2.0, 1.0])
+    a = AN.AnalyticSolve(m, schedule(3), 0.0, TS, 5, u0_grad=True)
+    a.run(p, u0, jac=True)
+    dus0 = a.jacobian()[1].copy()
+    fd = np.stack([(a.run(p, u0 + 1e-6 * e).copy() - a.run(p, u0 - 1e-6 * e).copy()) / 2e-6 for e in np.eye(3)], -1)
+    np.testing.assert_allclose(dus0, fd, rtol=1e-7, atol=1e-9)
+    assert np.all(dus0[TS > 30.0] == 0.0) and np.abs(dus0[TS == 30.0]).max() > 0.1  # (the reset at 30 forgets it)
+
+
+def ss_data(text):
     import io
 
     pd = pytest.importorskip("pandas")
-    text = (
-        "ID,TIME,DV,EVID,AMT,CMT,II,SS\n"
-        "1,0,.,1,100,1,.,.\n1,2,3.0,0,.,2,.,.\n1,8,2.0,0,.,2,.,.\n"
-        "2,0,.,1,100,1,12,1\n2,2,5.0,0,.,2,.,.\n2,8,4.0,0,.,2,.,.\n"
+    return pk.read_data(pd.read_csv(io.StringIO(text)))
+
+
+def test_closed_form_steady_state_of_an_oral_dose():
+    """SS = 1 bolus into the depot every tau: the troughs of the Bateman sums in closed form
+    (as nlme's quinModel computes them), and the samples after the SS dose."""
+    D, tau, ka, CL, V = 100.0, 12.0, 1.3, 4.0, 30.0
+    ke = CL / V
+    data = ss_data(f"ID,TIME,DV,EVID,AMT,CMT,II,SS\n1,0,.,1,{D},1,{tau},1\n1,3,1,0,.,2,.,.\n1,{tau},1,0,.,2,.,.\n")
+    s = data.subjects[0]
+    from smallchains.pk.steady_state import PiecewiseSolve, plan
+
+    m = pk.one_cpt_oral()
+    ts = s.obs_time
+    pieces = plan(s.doses, s.first_time, ts, 2)
+    ps = PiecewiseSolve(m.ode, 2, pieces, ts, np.array([ka, CL, V]), {}, ss_tol=1e-12, exact=m)
+    us = ps.solve(np.array([ka, CL, V]))
+
+    def central(t):  # the central amount t after a dose at steady state
+        return (
+            D * ka / (ka - ke) * (np.exp(-ke * t) / (1 - np.exp(-ke * tau)) - np.exp(-ka * t) / (1 - np.exp(-ka * tau)))
+        )
+
+    np.testing.assert_allclose(us[:, 1], [central(3.0), central(tau)], rtol=1e-12)
+    np.testing.assert_allclose(us[1, 0], D * np.exp(-ka * tau) / (1 - np.exp(-ka * tau)), rtol=1e-12)
+
+
+SS_TEXT = (
+    "ID,TIME,DV,EVID,AMT,CMT,RATE,II,SS,ADDL\n"
+    "1,0,.,1,100,1,.,.,.,.\n1,2,3.0,0,.,2,.,.,.,.\n1,8,2.0,0,.,2,.,.,.,.\n"
+    "1,24,.,1,80,1,.,12,1,2\n1,26,4.0,0,.,2,.,.,.,.\n1,50,2.5,0,.,2,.,.,.,.\n"
+    "2,0,.,1,100,2,25,12,1,.\n2,2,5.0,0,.,2,.,.,.,.\n2,8,4.0,0,.,2,.,.,.,.\n"
+    "2,10,.,1,50,1,.,6,2,.\n2,11,4.5,0,.,2,.,.,.,.\n"
+    "3,0,.,1,0,2,10,0,1,.\n3,1,3.0,0,.,2,.,.,.,.\n3,5,.,1,60,1,.,.,.,.\n3,9,3.5,0,.,2,.,.,.,.\n"
+)
+
+
+def test_steady_states_exactly_equal_the_ode_paths_newton():
+    """SS = 1 (bolus, with ADDL; an infusion longer than II), SS = 2 and a constant infusion: the
+    closed-form steady states give the ODE path's MAP and FOCE-I values and gradients."""
+    data = ss_data(SS_TEXT)
+    model = pk.PopulationModel(
+        "two_cpt_oral", dict(ka=1.0, CL=3.0, V1=20.0, Q=4.0, V2=40.0), eta=["CL", "V1"], error="combined"
     )
-    data = pk.read_data(pd.read_csv(io.StringIO(text)))
-    model = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=20.0), eta=["CL"], error="additive")
+    P = {a: Problem(model, data, analytic=a, rtol=1e-11, atol=1e-13, ss_tol=1e-13) for a in (True, False)}
+    assert all(s.analytic and s.piecewise for s in P[True].subjects)
+    x = model.x0.copy()
+    etas = np.random.default_rng(4).normal(0, 0.2, (3, 2))
+    (va, gxa, gea), (vo, gxo, geo) = (P[a].map_objective(x, etas, 1) for a in (True, False))
+    assert va == pytest.approx(vo, rel=1e-9)
+    np.testing.assert_allclose(gxa, gxo, rtol=1e-6, atol=1e-7 * np.abs(gxo).max())
+    np.testing.assert_allclose(gea, geo, rtol=1e-6, atol=1e-7 * np.abs(geo).max())
+    (fa, _, ra), (fo, _, ro) = (P[a].foce(x) for a in (True, False))
+    assert fa == pytest.approx(fo, rel=1e-9)
+    np.testing.assert_allclose(P[True].foce_gradient(x, ra), P[False].foce_gradient(x, ro), rtol=1e-5, atol=1e-6)
+    for q in P.values():
+        q.close()
+
+
+def test_a_dose_that_is_never_eliminated_has_no_steady_state():
+    from smallchains.pk.steady_state import SteadyStateError
+
+    @numba.njit
+    def f(du, u, p, t):  # absorption into a compartment nothing leaves
+        du[0] = -p[0] * u[0]
+        du[1] = p[0] * u[0]
+
+    @numba.njit
+    def rates(A, p):
+        A[0, 0] = -p[0]
+        A[0, 1] = 0.0
+        A[1, 0] = p[0]
+        A[1, 1] = 0.0
+
+    st = pk.CompartmentModel("sink", f, ["ka", "V"], ["depot", "central"], [pk.Ratio(1, 1)], linear=rates)
+    data = ss_data("ID,TIME,DV,EVID,AMT,CMT,II,SS\n1,0,.,1,100,1,12,1\n1,3,1,0,.,2,.,.\n")
+    model = pk.PopulationModel(st, dict(ka=1.0, V=10.0), eta=["ka"], error="additive")
+    P = Problem(model, data)
+    with pytest.raises(SteadyStateError, match="row 1: this dose has no steady state"):
+        P.subjects[0].gf.solve(np.array([1.0, 10.0]))
+
+
+def test_subjects_the_exact_path_cannot_take_use_the_ode_path_and_it_is_logged(caplog):
+    """Doses that move with a lag time: that subject is solved by the ODE path (logged)."""
+    data = ss_data("ID,TIME,DV,EVID,AMT,CMT\n1,0,.,1,100,1\n1,2,3.0,0,.,2\n1,8,2.0,0,.,2\n")
+    model = pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=3.0, V=20.0, ALAG1=0.5), eta=["CL"], error="additive")
     with caplog.at_level(logging.INFO, logger="smallchains.pk"):
         P = Problem(model, data)
-    assert [s.analytic for s in P.subjects] == [True, False]
-    assert "1 subject(s) (ID 2) solved by the ODE solver" in caplog.text
-    Q = Problem(model, data, analytic=False)
-    x = model.x0.copy()
-    assert P.foce(x)[0] == pytest.approx(Q.foce(x)[0], rel=1e-8)
+    assert P.analytic and not P.subjects[0].analytic
+    assert "1 subject(s) (ID 1) solved by the ODE solver" in caplog.text

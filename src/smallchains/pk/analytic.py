@@ -268,58 +268,80 @@ def propagate(A, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, out, W, M, E, u, r
 
 
 @kernel
-def solve_with_jacobian(A, dA, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, dus, jac, wr, vr, wc, vc, pc, oc):
-    """us <- the states at ts; with ``jac``, dus[:, :, k] <- d us / d p_k by one complex step
-    along dA[k] = dA/dp_k (and e_k for the bolus scales) per parameter.  Workspaces: wr real
-    (N_WORK + 2, n + 1, n + 1), vr real (3, n), wc complex (N_WORK + 3, n + 1, n + 1), vc
-    complex (4, n), pc complex (len(p),), oc complex (n_obs, n).  Returns an RK status."""
+def solve_with_jacobian(
+    A, dA, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, dus, jac, dus0, jac_u0, wr, vr, wc, vc, pc, oc
+):
+    """us <- the states at ts from u0 at t0; with ``jac``, dus[:, :, k] <- d us / d p_k by one
+    complex step along dA[k] = dA/dp_k (and e_k for the bolus scales) per parameter; with
+    ``jac_u0``, dus0[:, :, i] <- d us / d u0_i likewise.  Workspaces: wr real (N_WORK + 2, n + 1,
+    n + 1), vr real (3, n), wc complex (N_WORK + 3, n + 1, n + 1), vc complex (4, n), pc complex
+    (len(p),), oc complex (n_obs, n).  Returns an RK status."""
     n = u0.shape[0]
     st = propagate(A, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, wr[2:], wr[0], wr[1], vr[0], vr[1], vr[2])
-    if st != RK.OK or not jac:
+    if st != RK.OK:
         return st
+    m = p.shape[0]
     Ac, u0c = wc[0], vc[3]
-    for q in range(n):
-        u0c[q] = u0[q]
-    for k in range(p.shape[0]):
+    for k in range(m + n):
+        if k < m and not jac:
+            continue
+        if k >= m and not jac_u0:
+            break
         for a in range(n):
+            u0c[a] = u0[a]
             for b in range(n):
-                Ac[a, b] = A[a, b] + 1j * H * dA[k, a, b]
-        for q in range(p.shape[0]):
+                Ac[a, b] = A[a, b]
+                if k < m:
+                    Ac[a, b] += 1j * H * dA[k, a, b]
+        for q in range(m):
             pc[q] = p[q]
-        pc[k] += 1j * H
+        if k < m:
+            pc[k] += 1j * H
+        else:
+            u0c[k - m] += 1j * H
         st = propagate(Ac, pc, u0c, t0, jt, jkind, jidx, jval, jpidx, ts, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2])
         if st != RK.OK:
             return st
         for j in range(ts.shape[0]):
             for q in range(n):
-                dus[j, q, k] = oc[j, q].imag / H
+                if k < m:
+                    dus[j, q, k] = oc[j, q].imag / H
+                else:
+                    dus0[j, q, k - m] = oc[j, q].imag / H
     return RK.OK
 
 
 class AnalyticSolve:
-    """A subject's exact solve of a linear model (``model.linear``) from zero amounts at ``t0``
-    under the dose schedule ``jumps``, saved at ``obs_time``; the interface of a subject's solve
-    for :mod:`smallchains.pk.estimation`:
+    """A subject's (or a piece's) exact solve of a linear model (``model.linear``) from the amounts
+    ``u0`` (default zero) at ``t0`` under the dose schedule ``jumps``, saved at ``save_times``;
+    the interface of a solve for :mod:`smallchains.pk.estimation` and
+    :class:`smallchains.pk.steady_state.PiecewiseSolve`:
 
-    * ``solve(p)``: the amounts at the observation times (n_obs, n_states);
-    * ``pullback(cot)``: (d/dp of sum(cot * us), None) at the last ``solve``'s parameters;
-    * ``directional_sensitivities(p, Dp)``: (us, S) with S[j, d] = d us[j] / dp . Dp[d].
+    * ``solve(p)`` / ``run(p, u0)``: the amounts at the save times (n_saves, n_states);
+    * ``pullback(cot)``: (d/dp, d/du0) of sum(cot * us) at the last run's parameters and start
+      (d/du0 only with ``u0_grad``, else None);
+    * ``directional_sensitivities(p, Dp, u0=None, Du0=None)``: (us, S) with S[j, d] the
+      derivative of us[j] along parameter direction Dp[d] and start direction Du0[d].
 
-    ``p`` may hold more entries than the model's parameters (they are ignored)."""
+    ``p`` may hold more entries than the model's parameters (they are ignored; their gradient
+    is 0)."""
 
-    def __init__(self, model, jumps, t0, obs_time, m):
+    def __init__(self, model, jumps, t0, save_times, m, u0_grad=False):
         n, mm = model.n_states, model.n_params
         self.model = model
         self.n, self.m, self.mm = n, int(m), mm
         self.t0 = float(t0)
-        self.ts = np.ascontiguousarray(obs_time, dtype=np.float64)
+        self.ts = np.ascontiguousarray(save_times, dtype=np.float64)
         self.sched = jumps.arrays(n, mm)
+        self.u0_grad = bool(u0_grad)
         n_obs = self.ts.shape[0]
         N = n + 1
         self.us = np.zeros((n_obs, n))
         self.dus = np.zeros((n_obs, n, mm))
+        self.dus0 = np.zeros((n_obs, n, n))
         self.dA = np.zeros((mm, n, n))
-        self.u0 = np.zeros(n)
+        self.zero = np.zeros(n)
+        self.u0 = self.zero
         self._w = (
             np.zeros((N_WORK + 2, N, N)),
             np.zeros((3, n)),
@@ -331,40 +353,87 @@ class AnalyticSolve:
         self._p = None
         self._jac = False
 
-    def _run(self, p, jac):
+    def run(self, p, u0=None, jac=False):
         p = np.ascontiguousarray(p[: self.mm], dtype=np.float64)
-        if not np.all(np.isfinite(p)):
-            raise ArithmeticError(f"non-finite parameters {p}")
+        u0 = self.zero if u0 is None else np.ascontiguousarray(u0, dtype=np.float64)
+        if not (np.all(np.isfinite(p)) and np.all(np.isfinite(u0))):
+            self._p = None
+            raise ArithmeticError(f"non-finite parameters {p} or initial amounts {u0}")
         A = self.model.rate_matrix(p, self.dA if jac else None)
+        ju0 = jac and self.u0_grad
         st = solve_with_jacobian(
-            A, self.dA, p, self.u0, self.t0, *self.sched, self.ts, self.us, self.dus, jac, *self._w
+            A, self.dA, p, u0, self.t0, *self.sched, self.ts, self.us, self.dus, jac, self.dus0, ju0, *self._w
         )
         if st != RK.OK or not np.all(np.isfinite(self.us)):
             self._p = None
             raise ArithmeticError(f"the exact solution is not finite at p = {p}")
-        self._p, self._jac = p, jac
-
-    def solve(self, p):
-        self._run(p, False)
+        self._p, self.u0, self._jac = p, u0, jac
         return self.us
 
-    def jacobian(self, p=None):
-        """d us / dp (n_obs, n_states, n_params) at ``p`` (default: the last solve's)."""
-        if p is not None:
-            self._run(p, True)
-        elif self._p is None:
+    def solve(self, p):
+        return self.run(p)
+
+    def jacobian(self):
+        """(d us / dp (n_saves, n_states, n_params), d us / du0 (n_saves, n_states, n_states) or
+        None) at the last run's parameters and start."""
+        if self._p is None:
             raise RuntimeError("jacobian() before a successful solve")
-        elif not self._jac:
-            self._run(self._p, True)
-        return self.dus
+        if not self._jac:
+            self.run(self._p, self.u0, jac=True)
+        return self.dus, (self.dus0 if self.u0_grad else None)
 
     def pullback(self, cot):
+        dus, dus0 = self.jacobian()
         g = np.zeros(self.m)
-        g[: self.mm] = np.einsum("js,jsk->k", cot, self.jacobian())
-        return g, None
+        g[: self.mm] = np.einsum("js,jsk->k", cot, dus)
+        return g, (None if dus0 is None else np.einsum("js,jsk->k", cot, dus0))
 
-    def directional_sensitivities(self, p, Dp, jump_tangents=None):
+    def directional_sensitivities(self, p, Dp, u0=None, Du0=None, jump_tangents=None):
         if jump_tangents is not None:
             raise NotImplementedError("the exact solution does not move doses (dose parameters use the ODE path)")
-        dus = self.jacobian(p)
-        return self.us, np.einsum("jsk,dk->jds", dus, np.asarray(Dp)[:, : self.mm])
+        if Du0 is not None and not self.u0_grad:
+            raise ValueError("directions in the initial amounts need AnalyticSolve(..., u0_grad=True)")
+        self.run(p, u0, jac=True)
+        S = np.einsum("jsk,dk->jds", self.dus, np.asarray(Dp)[:, : self.mm])
+        if Du0 is not None:
+            S += np.einsum("jsi,di->jds", self.dus0, np.asarray(Du0))
+        return self.us, S
+
+
+class AnalyticSteadyState:
+    """The steady state of a linear model under a periodic regimen, in closed form: over one
+    interval the amounts follow an affine map phi(u) = Phi u + c (Phi = e^{A II}, c the response
+    to one interval's doses from zero), so u* = (I - Phi)^-1 c, and du*/dp = (I - Phi)^-1
+    d phi/dp at u* (the implicit function theorem, exact).  The interface of
+    :class:`smallchains.pk.steady_state.SteadyState`: ``ss(p)`` -> (u*, du*/dp), u* the amounts
+    just before the dose at steady state."""
+
+    def __init__(self, model, periodic, t_end, m):
+        self.periodic = periodic
+        self.n = model.n_states
+        T = periodic.horizon
+        self.solve = AnalyticSolve(model, periodic.jumps(t_end), t_end - T, np.array([t_end]), m, u0_grad=True)
+        self.m = int(m)
+
+    def __call__(self, p):
+        from .steady_state import SteadyStateError
+
+        one = self.solve
+        try:
+            c = one.run(p, None, jac=True)[0].copy()
+            Phi = one.dus0[0].copy()
+            if np.linalg.cond(np.eye(self.n) - Phi) > 1e12:  # (Phi has an eigenvalue at 1, to rounding)
+                raise np.linalg.LinAlgError
+            ustar = np.linalg.solve(np.eye(self.n) - Phi, c)
+            one.run(p, ustar, jac=True)  # (d phi / dp at u*)
+            D = np.zeros((self.n, self.m))
+            D[:, : one.mm] = np.linalg.solve(np.eye(self.n) - Phi, one.dus[0])
+        except np.linalg.LinAlgError:
+            raise SteadyStateError(
+                f"row {self.periodic.row}: this dose has no steady state at these parameters (I - e^(A II) is "
+                "singular: a compartment the dose reaches is never eliminated)",
+                self.periodic.row,
+            ) from None
+        if not (np.all(np.isfinite(ustar)) and np.all(np.isfinite(D))):
+            raise SteadyStateError(f"row {self.periodic.row}: the steady state is not finite", self.periodic.row)
+        return ustar, D

@@ -149,10 +149,8 @@ class SubjectEval:
         #: (pk/steady_state.py); others in one solve
         self.piecewise = pieces is not None and (len(pieces) > 1 or pieces[0].steady is not None)
         #: solved exactly by matrix exponentials (a linear model: pk/analytic.py), not by an ODE solver
-        self.analytic = bool(analytic) and not self.piecewise and self.dosing is None
-        if self.analytic:
-            self.gf = AnalyticSolve(st, pieces[0].jumps(), t0, self.t, p0.shape[0])
-        elif self.piecewise:
+        self.analytic = bool(analytic) and self.dosing is None
+        if self.piecewise:
             self.gf = PiecewiseSolve(
                 st.ode,
                 st.n_states,
@@ -162,7 +160,10 @@ class SubjectEval:
                 solve_kw,
                 ss_tol=10 * rtol if ss_tol is None else ss_tol,
                 check=check,
+                exact=st if self.analytic else None,
             )
+        elif self.analytic:
+            self.gf = AnalyticSolve(st, pieces[0].jumps(), t0, self.t, p0.shape[0])
         else:
             jumps = pieces[0].jumps() if self.dosing is None else self.dosing.jumps
             self.gf = GradientFunction(
@@ -692,8 +693,8 @@ class Problem:
             ode = [s.subject.id for s in self.subjects if not s.analytic]
             if ode:
                 _log.info(
-                    "%d subject(s) (ID %s) solved by the ODE solver, not exactly: steady-state doses, "
-                    "time-varying covariates or dose parameters are not in the exact solutions yet",
+                    "%d subject(s) (ID %s) solved by the ODE solver, not exactly: doses that move with "
+                    "dose parameters (ALAG, F, R, D) are not in the exact solutions yet",
                     len(ode),
                     _ids(ode),
                 )

@@ -456,8 +456,8 @@ def fit(
         analytic: solve the subjects exactly by matrix exponentials (:mod:`smallchains.pk.analytic`)
             rather than with the ODE solver: ``None`` (default) when the model is linear (declares
             its rate matrix: every built-in linear model), ``True`` to require it, ``False`` for the
-            ODE solver.  Subjects with steady-state doses, time-varying covariates or dose
-            parameters use the ODE solver either way (logged).
+            ODE solver.  Subjects with doses that move with dose parameters (ALAGn, Fn, Rn, Dn)
+            use the ODE solver either way (logged).
         se: compute standard errors from the Hessian of the objective (conditional on network
             weights, whose own Hessian block is singular).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed

@@ -243,14 +243,30 @@ class CompartmentModel:
         return y, ju, jp
 
     def simulate(
-        self, subject, p, times=None, rtol=1e-8, atol=1e-8, solver=None, ss_tol=None, weights=None, dosing=None
+        self,
+        subject,
+        p,
+        times=None,
+        rtol=1e-8,
+        atol=1e-8,
+        solver=None,
+        ss_tol=None,
+        weights=None,
+        dosing=None,
+        analytic=None,
     ):
         """Predicted outputs for a subject: at its observation times (and DVIDs), or all outputs
         at ``times``.  Returns (times, y) with y (n,) or (n, n_outputs).  Steady-state doses
         follow NONMEM's rules (:mod:`smallchains.pk.steady_state`, tolerance ``ss_tol``,
         default 10 * rtol); ``dosing``: NONMEM's dose parameters, e.g. ``{"ALAG1": 0.5, "F1":
-        0.8}`` (:mod:`smallchains.pk.dosing`)."""
+        0.8}`` (:mod:`smallchains.pk.dosing`).  ``analytic``: solve exactly (a linear model:
+        :mod:`smallchains.pk.analytic`); default when the model is linear, ``False`` for the ODE
+        solver (dose parameters always take it)."""
         from .steady_state import PiecewiseSolve, plan
+
+        if analytic and self.linear is None:
+            raise ValueError(f"analytic=True, but model {self.name!r} is not linear (no `linear` rate matrix)")
+        exact = self if (self.linear is not None and analytic is not False) else None
 
         p = self.param_vector(p, weights)
         if times is None:
@@ -276,6 +292,7 @@ class CompartmentModel:
             solve_kw,
             ss_tol=10 * rtol if ss_tol is None else ss_tol,
             check=False,
+            exact=exact,
         ).solve(p)
         return self._outputs(u, p, ts, dvid)
 

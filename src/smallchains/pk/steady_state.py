@@ -252,6 +252,33 @@ def _no_loss(u, t):  # pragma: no cover - the callers pull back their own cotang
     raise RuntimeError("unused")
 
 
+class _ODEPiece:
+    """A piece's ODE solve (a recorded GradientFunction) with the interface of
+    :class:`smallchains.pk.analytic.AnalyticSolve`: ``run(p, u0)``, ``us``, ``pullback(g)`` ->
+    (dL/dp, dL/du0), ``directional_sensitivities(p, Dp, u0=, Du0=)``."""
+
+    def __init__(self, gf):
+        self.gf = gf
+        self.m = gf.m
+
+    @property
+    def us(self):
+        return self.gf.us
+
+    def run(self, p, u0):
+        gf = self.gf
+        gf.P.p = p
+        gf.P.u0 = u0
+        gf.forward()
+        return gf.us
+
+    def pullback(self, g):
+        return self.gf.pullback(g)
+
+    def directional_sensitivities(self, p, Dp, u0=None, Du0=None):
+        return self.gf.directional_sensitivities(p, Dp, u0=u0, Du0=Du0)
+
+
 class SteadyState:
     """u*(p) and du*/dp for one SS record (see the module's docstring)."""
 
@@ -354,33 +381,40 @@ class PiecewiseSolve:
     ``directional_sensitivities(P, Dp)`` -> (states, their derivatives along ``Dp`` (n_sets, k,
     m): direction d moves set s by Dp[s, d])."""
 
-    def __init__(self, ode, n, pieces, obs_time, p0, solve_kw, *, ss_tol, check=True):
+    def __init__(self, ode, n, pieces, obs_time, p0, solve_kw, *, ss_tol, check=True, exact=None):
         self.n = n
         self.pieces = pieces
         self.n_obs = int(np.asarray(obs_time).shape[0])
+        self.m = int(np.asarray(p0).shape[0])
+        #: the linear CompartmentModel whose exact solutions the pieces use (pk/analytic.py), or None
+        self.exact = exact
         self.gfs, self.steady = [], []
         for pc in pieces:
             ts = np.asarray(obs_time, dtype=float)[pc.obs]
             if pc.end_save:
                 ts = np.r_[ts, pc.t1]
+            if exact is not None:
+                from .analytic import AnalyticSolve, AnalyticSteadyState
+
+                self.gfs.append(AnalyticSolve(exact, pc.jumps(), pc.t0, ts, self.m, u0_grad=True))
+                self.steady.append(None if pc.steady is None else AnalyticSteadyState(exact, pc.steady, pc.t0, self.m))
+                continue
             t1 = max(float(ts.max()), pc.t0)
-            self.gfs.append(
-                GradientFunction(
-                    _no_loss,
-                    ode,
-                    np.zeros(n),
-                    (pc.t0, t1),
-                    p0,
-                    DiscreteAdjoint(),
-                    dict(solve_kw, saveat=ts, jumps=pc.jumps()),
-                    check_derivatives=check,
-                )
+            gf = GradientFunction(
+                _no_loss,
+                ode,
+                np.zeros(n),
+                (pc.t0, t1),
+                p0,
+                DiscreteAdjoint(),
+                dict(solve_kw, saveat=ts, jumps=pc.jumps()),
+                check_derivatives=check,
             )
+            self.gfs.append(_ODEPiece(gf))
             check = False
             self.steady.append(
                 None if pc.steady is None else SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol)
             )
-        self.m = self.gfs[0].m
         self.n_sets = 1 + max(max(pc.pset, pc.ss_pset) for pc in pieces)
         self._D = [None] * len(pieces)
 
@@ -409,12 +443,10 @@ class PiecewiseSolve:
         us = np.empty((self.n_obs, self.n))
         prev = None
         for k, (pc, gf) in enumerate(zip(self.pieces, self.gfs)):
-            gf.P.p = np.ascontiguousarray(P[pc.pset])
-            gf.P.u0 = self._start(k, P, prev)
-            gf.forward()
+            uk = gf.run(np.ascontiguousarray(P[pc.pset]), self._start(k, P, prev))
             k_obs = pc.obs.shape[0]
-            us[pc.obs] = gf.us[:k_obs]
-            prev = gf.us[-1].copy() if pc.end_save else None
+            us[pc.obs] = uk[:k_obs]
+            prev = uk[-1].copy() if pc.end_save else None
         return us
 
     def pullback(self, g):
