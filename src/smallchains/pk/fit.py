@@ -23,6 +23,7 @@ from .._atomic import atomic_write
 from .._jit import COMPILE_SECONDS, feature
 from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
 from ..optimizers import Adam
+from .covariance import VARIANCE_FLOOR, at_bound, check_kind, covariance, hessian_from_gradient, summarize
 from .estimation import Problem, information
 from .population import PopulationModel
 from .timevarying import check_rule
@@ -159,6 +160,16 @@ class FitResult:
     def weights(self):
         return self.model.weights(self.x).copy()
 
+    @property
+    def correlation(self):
+        """The correlation matrix of the estimates in ``cov_names`` (None without a covariance)."""
+        return summarize(self.cov)[0]
+
+    @property
+    def condition_number(self):
+        """Largest over smallest eigenvalue of :attr:`correlation` (NONMEM's; nan without one)."""
+        return summarize(self.cov)[1]
+
     def individual_params(self, random_effects=True):
         """{subject id: {parameter: value}} at each subject's random effects (or, with
         ``random_effects=False``, the typical values given its covariates: what PRED uses)."""
@@ -209,6 +220,17 @@ class FitResult:
             lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}")
         if self.shrinkage:
             lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
+        cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
+        if cvs:
+            lines.append("omega as CV: " + ", ".join(cvs))
+        kind = getattr(self, "cov_kind", None)
+        if kind:
+            if self.cov is not None:
+                lines.append(f"covariance step: {kind} (NONMEM's $COV), condition number {self.condition_number:.3g}")
+            else:
+                lines.append(f"covariance step: {kind}, failed: {getattr(self, 'cov_why', None) or 'not available'}")
+            if getattr(self, "cov_excluded", None):
+                lines.append(f"  left out at a variance bound (SE NaN): {', '.join(self.cov_excluded)}")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -245,6 +267,9 @@ class FitResult:
             "covariate_refs": self.covariate_refs,
             "covariance": None if self.cov is None else self.cov.tolist(),
             "cov_names": self.cov_names,
+            "cov_kind": getattr(self, "cov_kind", None),
+            "cov_excluded": getattr(self, "cov_excluded", []),
+            "cov_why": getattr(self, "cov_why", None),
             "diagnostics": {k: [_jsonable(v) for v in np.asarray(a).tolist()] for k, a in self.diagnostics.items()},
             "designs": [C.tolist() for C in self._designs],
             "z": [np.asarray(z).tolist() for z in self._z],
@@ -318,6 +343,9 @@ class FitResult:
             covariate_refs=doc["covariate_refs"],
             cov=None if cov is None else np.asarray(cov, dtype=float),
             cov_names=doc["cov_names"],
+            cov_kind=doc.get("cov_kind"),
+            cov_excluded=doc.get("cov_excluded", []),
+            cov_why=doc.get("cov_why"),
             diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
             _designs=[
                 np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
@@ -426,6 +454,7 @@ def fit(
     map_omega="em",
     time_varying="nocb",
     analytic=None,
+    covariance="sandwich",
 ):
     """Estimate a population model's parameters from a data set.
 
@@ -458,8 +487,12 @@ def fit(
             its rate matrix: every built-in linear model), ``True`` to require it, ``False`` for the
             ODE solver.  Subjects with doses that move with dose parameters (ALAGn, Fn, Rn, Dn)
             use the ODE solver either way (logged).
-        se: compute standard errors from the Hessian of the objective (conditional on network
-            weights, whose own Hessian block is singular).
+        se: compute standard errors (conditional on network weights, whose own Hessian block is
+            singular); parameters at a variance bound are left out (their SEs NaN, said).
+        covariance: FOCE-I's covariance step as NONMEM's $COV (:mod:`smallchains.pk.covariance`):
+            ``"sandwich"`` R^-1 S R^-1 (the default), ``"R"`` or ``"S"``; R from differences of the
+            exact gradient, S from the subjects' exact gradients.  MAP and pooled fits use R (the
+            Hessian of their objective).
         map_omega: how MAP treats Omega: ``"em"`` (default) alternates the joint fit at fixed
             Omega with Omega's EM update mean(eta eta' + M^-1) (the conditional modes plus their
             Laplace covariance) until Omega settles; ``"fixed"`` keeps the initial Omega;
@@ -497,6 +530,7 @@ def fit(
         "ss_tol": ss_tol,
         "time_varying": check_rule(time_varying),
         "analytic": analytic,
+        "covariance": check_kind(covariance),
         "map_omega": map_omega,
         "optimizer": optimizer,
         "starts": starts,
@@ -723,6 +757,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             "converged": conv,
             "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else "") + em_note,
             "n_evaluations": ne_total,
+            "C": state["C"],  # (the posterior covariance Omega was profiled with in the last round)
         }
     # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
     # warm-started; network weights with their L2 prior
@@ -763,85 +798,133 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
 # --------------------------------------------------------------------------- after the fit
 
 
-def _hessian_fd_value(fun, z, h=5e-3):
-    n = z.shape[0]
-    H = np.empty((n, n))
-    f0 = fun(z)
-    fp = np.empty(n)
-    fm = np.empty(n)
-    for i in range(n):
-        e = np.zeros(n)
-        e[i] = h
-        fp[i], fm[i] = fun(z + e), fun(z - e)
-        H[i, i] = (fp[i] - 2 * f0 + fm[i]) / h**2
-    for i in range(n):
-        for j in range(i):
-            e = np.zeros(n)
-            e[i] = h
-            d = np.zeros(n)
-            d[j] = h
-            H[i, j] = H[j, i] = (fun(z + e + d) - fun(z + e - d) - fun(z - e + d) + fun(z - e - d)) / (4 * h * h)
-    return H
+#: ``converged`` (FOCE-I, pooled) requires the Newton decrement of the minimised objective (-2 log
+#: L units) at the estimates, 1/2 g' H^-1 g (g its gradient, H its Hessian over the free
+#: parameters), to be at most this: no step can lower the objective by more.  MAP (and network
+#: weights) require every partial derivative to be at most :data:`GRADIENT_TOL` instead.
+DECREMENT_TOL = 1e-3
+GRADIENT_TOL = 1e-2
 
 
-def _hessian_fd_grad(grad, z, h=1e-5):
-    n = z.shape[0]
-    H = np.empty((n, n))
-    for i in range(n):
-        e = np.zeros(n)
-        e[i] = h
-        H[i] = (grad(z + e) - grad(z - e)) / (2 * h)
-    return 0.5 * (H + H.T)
-
-
-def _covariance(H):
-    """Cov = 2 H^-1 for an objective that is -2 log L; None unless H is positive definite."""
-    if not np.all(np.isfinite(H)):
-        return None
-    try:
-        np.linalg.cholesky(H)
-    except np.linalg.LinAlgError:
-        return None
-    return 2.0 * np.linalg.inv(H)
-
-
-def _standard_errors(P, method, x, etas, map_omega="em"):
-    """(covariance of the free parameters, their indices) or (None, indices)."""
+def _se_indices(P, method, x, map_omega):
+    """(indices of the parameters the covariance step covers, those left out at a variance bound):
+    the free ones but network weights (SEs conditional on them; their Hessian block is singular
+    along the network's equivalent directions) and the ones at a bound."""
     m = P.model
     free = _free(m, method, map_omega)
-    # (network weights: SEs conditional on them; their own Hessian block is singular along the
-    # network's many equivalent directions)
     free[m.blocks["w"]] = False
     free[m.blocks["wc"]] = False
-    idx = np.flatnonzero(free)
-    if idx.size == 0:
-        return None, idx
+    excluded = [i for i in at_bound(m, x) if free[i]]
+    free[excluded] = False
+    return np.flatnonzero(free), excluded
+
+
+def _objective_gradient(P, method, x, etas):
+    """The minimised objective's gradient over every entry of x (FOCE-I: the OFV with the weights'
+    prior; pooled), or None where it cannot be computed."""
     if method == "pooled":
+        g = P.pooled(x, 1)[1]
+        return g if np.all(np.isfinite(g)) else None
+    m = P.model
+    v, _, res = P.foce(x, etas)
+    g = P.foce_gradient(x, res) if np.isfinite(v) else None
+    if g is None:
+        return None
+    g = g.copy()
+    pen = P.weight_prior(x)[1]
+    g[m.blocks["w"]] += pen[: m.n_weights]
+    g[m.blocks["wc"]] += pen[m.n_weights :]
+    return g
 
-        def grad(z):
-            xx = x.copy()
-            xx[idx] = z
-            return P.pooled(xx, 1)[1][idx]
 
-        return _covariance(_hessian_fd_grad(grad, x[idx])), idx
+def _convergence(P, method, x, etas, map_omega, C=None):
+    """(criterion holds, text, Hessian over the covariance step's parameters or None, those
+    parameters' indices) at the estimates: see :data:`DECREMENT_TOL`."""
+    m = P.model
+    free = np.flatnonzero(_free(m, method, map_omega))
+    if method == "map":
+        _, gx, ge = P.map_objective(x, etas, 1, C)  # (C: Omega profiled as in the fit's last round)
+        g = np.concatenate([gx[free], ge.ravel()])
+        names = [m.names[i] for i in free] + [f"eta({k}) of ID {s.subject.id}" for s in P.subjects for k in m.eta_names]
+        if not np.all(np.isfinite(g)):
+            return False, "gradient criterion NOT met: the gradient is not finite", None, None
+        k = int(np.argmax(np.abs(g))) if g.size else 0
+        gmax = float(abs(g[k])) if g.size else 0.0
+        ok = gmax <= GRADIENT_TOL
+        where = f" ({names[k]})" if g.size else ""
+        word = "met" if ok else "NOT met"
+        text = f"gradient criterion {word}: max |d objective / d parameter| = {gmax:.2g}{where}"
+        text += f" (limit {GRADIENT_TOL:g})"
+        return ok, text, None, None
+    idx, _ = _se_indices(P, method, x, map_omega)
+    g = _objective_gradient(P, method, x, etas)
+    if g is None:
+        return False, "convergence criterion NOT met: the gradient could not be computed at the estimates", None, idx
+
+    def grad(z):
+        xx = x.copy()
+        xx[idx] = z
+        gg = _objective_gradient(P, method, xx, etas)
+        return None if gg is None else gg[idx]
+
+    H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3) if idx.size else None
+    others = np.setdiff1d(free, idx)  # (network weights, parameters at a bound)
+    gmax = float(np.abs(g[others]).max()) if others.size else 0.0
+    if idx.size and H is None:
+        return False, "convergence criterion NOT met: the objective's Hessian could not be computed", None, idx
+    dec = 0.0
+    if idx.size:
+        w, U = np.linalg.eigh(H)
+        if w.min() < -1e-8 * max(abs(w).max(), 1.0):
+            return False, "convergence criterion NOT met: the objective's Hessian has a negative eigenvalue", H, idx
+        keep = w > 1e-12 * max(w.max(), 1e-300)
+        dec = float(0.5 * np.sum((U[:, keep].T @ g[idx]) ** 2 / w[keep]))
+    ok = dec <= DECREMENT_TOL and gmax <= GRADIENT_TOL
+    text = f"convergence criterion {'met' if ok else 'NOT met'}: Newton decrement {dec:.2g} (limit {DECREMENT_TOL:g})"
+    if others.size:
+        text += f", max |gradient| of the other parameters {gmax:.2g} (limit {GRADIENT_TOL:g})"
+    return ok, text, H, idx
+
+
+def _standard_errors(P, method, x, etas, map_omega="em", kind="sandwich", H=None):
+    """(covariance of the covered parameters or None, their indices, indices left out at a
+    variance bound, why there is no covariance or None): see :mod:`smallchains.pk.covariance`.
+    ``H``: the objective's Hessian over those parameters when already computed."""
+    m = P.model
+    idx, excluded = _se_indices(P, method, x, map_omega)
+    if idx.size == 0:
+        return None, idx, excluded, None
+
+    def put(z):
+        xx = x.copy()
+        xx[idx] = z
+        return xx
+
     if method == "map":
         nf, q = idx.shape[0], m.n_eta
 
         def grad(z):
-            xx = x.copy()
-            xx[idx] = z[:nf]
-            _, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1)
+            _, gx, ge = P.map_objective(put(z[:nf]), z[nf:].reshape(P.N, q), 1)
             return np.concatenate([gx[idx], ge.ravel()])
 
-        C = _covariance(_hessian_fd_grad(grad, np.concatenate([x[idx], etas.ravel()])))
-        return (None if C is None else C[:nf, :nf]), idx
+        C, why = covariance(hessian_from_gradient(grad, np.concatenate([x[idx], etas.ravel()]), h=1e-5), None, "R")
+        return (None if C is None else C[:nf, :nf]), idx, excluded, why
+    if H is None:
 
-    def fun(z):
-        xx = x.copy()
-        xx[idx] = z
-        return P.foce(xx, etas)[0]
+        def grad(z):
+            g = _objective_gradient(P, method, put(z), etas)
+            return None if g is None else g[idx]
 
-    return _covariance(_hessian_fd_value(fun, x[idx])), idx
+        H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3)
+    S = None
+    if method == "foce" and kind != "R":
+        _, _, res = P.foce(x, etas)
+        out = P.foce_gradient(x, res, per_subject=True)
+        if out is not None:
+            G = out[1][:, idx]
+            S = G.T @ G
+    C, why = covariance(H, S, kind if method == "foce" else "R")
+    return C, idx, excluded, why
 
 
 def _table(m, x, cov, idx, method):
@@ -898,7 +981,12 @@ def _table(m, x, cov, idx, method):
                     continue
                 se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
                 name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
-                rows.append(row(name, Om[a, b], se))
+                r = row(name, Om[a, b], se)
+                if a == b:  # log-normal parameters: CV = sqrt(exp(omega^2) - 1)
+                    r["cv_percent"] = float(100.0 * math.sqrt(math.expm1(Om[a, a])))
+                else:
+                    r["corr"] = float(Om[a, b] / math.sqrt(Om[a, a] * Om[b, b]))
+                rows.append(r)
     return rows
 
 
@@ -949,7 +1037,14 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         ofv, etas, _ = P.foce(x, etas)
     else:
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
-    cov, idx = _standard_errors(P, method, x, etas, map_omega) if se else (None, np.zeros(0, dtype=np.int64))
+    ok, text, H, _ = _convergence(P, method, x, run["etas"], map_omega, run.get("C"))
+    converged = bool(run["converged"] and ok)
+    message = f"{run['message']}; {text}"
+    kind = settings.get("covariance", "sandwich") if method == "foce" else "R"
+    if se:
+        cov, idx, excluded, cov_why = _standard_errors(P, method, x, etas, map_omega, kind, H)
+    else:
+        cov, idx, excluded, cov_why = None, np.zeros(0, dtype=np.int64), [], None
     n_est = int(np.sum(_free(m, method, "fixed")))
     if method == "map" and map_omega != "fixed":
         n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
@@ -976,14 +1071,17 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         table=_table(m, x, cov, idx, method),
         shrinkage=shrink,
         diagnostics=_diagnostics(P, x, etas),
-        converged=run["converged"],
-        message=run["message"],
+        converged=converged,
+        message=message,
         n_evaluations=run["n_evaluations"],
         elapsed=time.perf_counter() - t_start,
         starts=starts,
         covariate_refs=P.covariate_refs,
         cov=cov,
         cov_names=[m.names[i] for i in idx],
+        cov_kind=kind if se else None,
+        cov_excluded=[m.names[i] for i in excluded],
+        cov_why=cov_why,
         _designs=[s.C for s in P.subjects],
         _z=[s.z for s in P.subjects],
         _cov=[s.cov for s in P.subjects],
@@ -992,11 +1090,6 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     )
     warn_doubtful(result, se)
     return result
-
-
-#: A random effect's or a residual error's standard deviation below this is at its lower bound
-#: (zero): the data do not support that variance, and its log-scale estimate is meaningless.
-VARIANCE_FLOOR = 1e-4
 
 
 def warn_doubtful(r, se_requested):
@@ -1017,12 +1110,35 @@ def warn_doubtful(r, se_requested):
             stacklevel=3,
         )
     if se_requested and len(r.cov_names) and r.cov is None:
+        why = getattr(r, "cov_why", None) or "the objective's Hessian at the estimate is not positive definite"
         warnings.warn(
-            f"the {what}'s standard errors are NaN: the objective's Hessian at the estimate is not "
-            "positive definite (a parameter is not identified, or the fit is not at a minimum)",
+            f"the {what}'s standard errors are NaN: {why}",
             DoubtfulResultWarning,
             stacklevel=3,
         )
+    if se_requested and getattr(r, "cov_excluded", None):
+        warnings.warn(
+            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound: "
+            "their standard errors are NaN; the others are conditional on them)",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
+    corr = r.correlation
+    if corr is not None:
+        n = corr.shape[0]
+        high = [
+            f"{r.cov_names[a]} and {r.cov_names[b]} ({corr[a, b]:+.3f})"
+            for a in range(n)
+            for b in range(a)
+            if abs(corr[a, b]) > 0.95
+        ]
+        if high:
+            warnings.warn(
+                f"the {what}'s estimates are highly correlated: {'; '.join(high)} (|r| > 0.95): the data "
+                "hardly tell them apart; consider fixing or reparameterising one",
+                DoubtfulResultWarning,
+                stacklevel=3,
+            )
     m = r.model
     if m.n_eta and r.method in ("map", "foce"):
         sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
