@@ -75,6 +75,7 @@ bench: $(VENV)/.bench-installed bench-r
 	$(PY) benchmarks/pk_validation.py
 	$(PY) benchmarks/pk_analytic.py
 	$(PY) benchmarks/pk_nlme_steady_state.py
+	$(PY) benchmarks/pk_vs_nlme.py
 
 lint: $(VENV)/.dev-installed
 	$(PY) -m ruff check src tests benchmarks examples

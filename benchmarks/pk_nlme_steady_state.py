@@ -49,9 +49,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,11 +57,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _r import INSTALL, have_nlme, nlme_version, rscript  # noqa: E402
 from _timing import machine  # noqa: E402
 
 #: (V, ka, CL) in the data's units (L, 1/h, L/h; doses in mg, concentrations in mg/L)
 PARAMETER_SETS = [(100.0, 0.5, 10.0), (250.0, 1.5, 20.0), (60.0, 0.2, 4.0)]
-INSTALL = "apt-get install -y r-base-core r-cran-nlme"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_N = 40
 
@@ -97,36 +95,6 @@ writeLines(paste(sprintf("%.17g", secs), collapse = ","), con)
 for (i in seq_len(n)) writeLines(paste(sprintf("%.17g", preds[i, ]), collapse = ","), con)
 close(con)
 """
-
-
-def have_nlme():
-    """None when Rscript and nlme are usable, else why not."""
-    if shutil.which("Rscript") is None:
-        return "Rscript is not on the PATH"
-    r = subprocess.run(
-        ["Rscript", "-e", "suppressPackageStartupMessages(library(nlme))"], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        return f"R has no nlme package ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'library failed'})"
-    return None
-
-
-def rscript(code, *args):
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
-        fh.write(code)
-    try:
-        r = subprocess.run(["Rscript", fh.name, *map(str, args)], capture_output=True, text=True)
-    finally:
-        os.unlink(fh.name)
-    if r.returncode != 0:
-        raise RuntimeError(f"Rscript failed:\n{r.stderr}")
-    return r
-
-
-def nlme_version():
-    r = rscript('cat(as.character(packageVersion("nlme")), R.version$major, R.version$minor)')
-    v, major, minor = r.stdout.split()
-    return f"nlme {v}, R {major}.{minor}"
 
 
 def export_quinidine(tmp):
