@@ -111,6 +111,28 @@ def test_cli_errors(tmp_path):
         )
     with pytest.raises(SystemExit, match="needs random effects"):
         cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--method", "map"])
+    theta = ["--theta", "ka=1,CL=0.04,V=0.5"]
+    with pytest.raises(SystemExit, match="cannot fix 'Q'"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", *theta, "--fix", "Q"])
+    with pytest.raises(SystemExit, match="a value can only be given for a typical value"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", *theta, "--fix", "sigma_add=0.7"])
+    with pytest.raises(SystemExit, match="ka = 'fast' is not a number"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", *theta, "--fix", "ka=fast"])
+
+
+def test_cli_fix_holds_parameters(tmp_path, capsys):
+    """--fix ka=1.5 holds ka at 1.5 (overriding --theta) and reports it fixed; sigma_add is held at --sigma."""
+    csv = tmp_path / "theo.csv"
+    sc.pkdata.theophylline(as_frame=True).to_csv(csv, index=False)
+    out = tmp_path / "fit"
+    args = ["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--eta", "CL"]
+    rc = cli.main([*args, "--fix", "ka=1.5,sigma_add", "--sigma", "0.7", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    back = sc.pk.load(out / "fit.json")
+    rows = {r["name"]: r for r in back.table}
+    assert rows["ka"]["estimate"] == pytest.approx(1.5) and rows["ka"]["fixed"]
+    assert back.sigma["sigma_add"] == pytest.approx(0.7)
+    assert rows["CL"]["estimate"] != pytest.approx(0.04)
 
 
 def test_demo_theophylline(tmp_path, capsys):

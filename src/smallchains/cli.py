@@ -41,6 +41,26 @@ def _pairs(text, what):
     return out
 
 
+def _fixed(text, theta):
+    """--fix NAME[=VALUE],...: the names to hold (PopulationModel's ``fixed``); a value sets a typical
+    value's initial (and so final) value, overriding --theta."""
+    names = []
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        name, _, value = (t.strip() for t in item.partition("="))
+        if value:
+            if name not in theta:
+                raise SystemExit(
+                    f"error: --fix {item!r}: a value can only be given for a typical value in --theta "
+                    f"({', '.join(theta)}); fix residual errors with their --sigma value"
+                )
+            try:
+                theta[name] = float(value)
+            except ValueError:
+                raise SystemExit(f"error: --fix: {name} = {value!r} is not a number") from None
+        names.append(name)
+    return names
+
+
 def _covariates(items):
     out = {}
     for item in items or ():
@@ -101,9 +121,12 @@ def cmd_fit(a):
         _check_out(a.out)
     try:
         data = pk.read_data(a.data)
+        theta = _pairs(a.theta, "--theta")
+        fixed = _fixed(a.fix, theta)
         model = pk.PopulationModel(
             st,
-            _pairs(a.theta, "--theta"),
+            theta,
+            fixed=fixed,
             eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
             omega=a.omega,
             omega_init=a.omega_init,
@@ -176,6 +199,11 @@ def main(argv=None):
     f.add_argument("--covariate", action="append", help="PARAM~COV[:power|exp], repeatable")
     f.add_argument("--error", default="additive", choices=["additive", "proportional", "combined"])
     f.add_argument("--sigma", help="initial residual sd(s), comma-separated")
+    f.add_argument(
+        "--fix",
+        help="parameters held at their initial values: NAME[=VALUE],... (typical values, e.g. ka=1.5, "
+        "or residual errors such as sigma_add)",
+    )
     f.add_argument("--method", default="foce", choices=["foce", "map", "pooled", "individual"])
     f.add_argument("--starts", type=int, default=1)
     f.add_argument("--threads", type=int, default=None)
