@@ -264,3 +264,20 @@ def test_killed_writer_leaves_no_temporary_file_after_the_next_save(tmp_path, sa
     r.save(target)
     assert sorted(os.listdir(tmp_path)) == ["fit.json"]
     assert sc.pk.load(target).ofv == r.ofv
+
+
+def test_restarts_from_perturbed_estimates_keep_the_best():
+    """A pooled fit cut short (maxiter=4) then restarted twice from its perturbed estimates: the
+    result is never worse than without restarts, the restarts' objectives are reported, and a bad
+    value is refused."""
+    m, data = model(), population()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = sc.pk.fit(m, data, "pooled", maxiter=4, se=False)
+        again = sc.pk.fit(m, data, "pooled", maxiter=4, se=False, restarts=2)
+    assert again.objective <= plain.objective
+    assert again.objective < plain.objective - 1e-3  # (4 more iterations from near the estimate help)
+    assert "restarts from the perturbed estimates reached" in again.message
+    assert again.settings["restarts"] == 2
+    with pytest.raises(ValueError, match="`restarts` must be a whole number >= 0"):
+        sc.pk.fit(m, data, "pooled", restarts=-1)

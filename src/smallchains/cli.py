@@ -141,7 +141,7 @@ def cmd_fit(a):
     if method != a.method:
         print("(no random effects given with --eta: a naive pooled fit)")
     try:
-        r = pk.fit(model, data, method, starts=a.starts, threads=a.threads, progress=_Throttled())
+        r = pk.fit(model, data, method, starts=a.starts, restarts=a.restarts, threads=a.threads, progress=_Throttled())
     except (pk.FitError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(r.summary())
@@ -206,6 +206,7 @@ def main(argv=None):
     )
     f.add_argument("--method", default="foce", choices=["foce", "map", "pooled", "individual"])
     f.add_argument("--starts", type=int, default=1)
+    f.add_argument("--restarts", type=int, default=0, help="restarts from the perturbed estimates (best kept)")
     f.add_argument("--threads", type=int, default=None)
     f.add_argument("--out", help="folder for the fit, tables and plots")
     f.add_argument("--no-plots", action="store_true")

@@ -438,6 +438,7 @@ def fit(
     *,
     optimizer="lbfgs",
     starts=1,
+    restarts=0,
     seed=0,
     x0=None,
     maxiter=500,
@@ -469,6 +470,10 @@ def fit(
             ``adam_lr``, then L-BFGS: for networks started far from the optimum).
         starts: the number of starts; starts after the first jitter the log typical values and
             residual errors by N(0, 0.3^2) (seeded); the best objective wins.
+        restarts: after the starts, restart this many times from the best estimates perturbed
+            (log typical values, log residual sds and log random-effect sds by N(0, 0.1^2),
+            seeded), keeping a restart's result only when its objective is lower: a way out of
+            poor local optima.  The message lists the restarts' objectives.
         x0: start from these values (``model.names`` layout) instead of ``model.x0``, e.g. a
             previous fit's ``x``.
         threads: subjects are spread over this many threads (default: every core when the
@@ -520,6 +525,8 @@ def fit(
     starts = int(starts)
     if starts < 1:
         raise ValueError(f"`starts` must be >= 1, got {starts}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 0:
+        raise ValueError(f"`restarts` must be a whole number >= 0, got {restarts!r}")
     if method in ("map", "foce") and model.n_eta == 0:
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
     solver = Vern7() if solver is None else solver
@@ -534,6 +541,7 @@ def fit(
         "map_omega": map_omega,
         "optimizer": optimizer,
         "starts": starts,
+        "restarts": int(restarts),
         "seed": seed,
     }
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
@@ -569,7 +577,9 @@ def fit(
         P.set_threads(threads)
         settings["threads"] = threads
         with _blas_single_threaded(True):
-            return _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega)
+            return _fit_population(
+                P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts
+            )
     finally:
         P.close()
 
@@ -609,7 +619,7 @@ def _blas_single_threaded(on):
     return threadpool_limits(1)
 
 
-def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega):
+def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts=0):
     model = P.model
     rng = np.random.default_rng(seed)
     runs = []
@@ -628,6 +638,23 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
             f"no start reached a finite objective ({method}); check the initial values, the units "
             "of the data and the error model"
         )
+    if restarts:
+        seen = []
+        for k in range(int(restarts)):
+            jit = np.zeros(model.n_x)
+            jit[model.blocks["theta"]] = rng.normal(0.0, 0.1, len(model.theta_names))
+            jit[model.blocks["psi"]] = rng.normal(0.0, 0.1, len(model.error.names))
+            ob = model.blocks["omega"].start
+            jit[ob : ob + model.n_eta] = rng.normal(0.0, 0.1, model.n_eta)
+            x_init = np.where(model.fixed, best["x"], best["x"] + jit)
+            report = _Progress(progress, f"{method} restart {k + 1}/{restarts}")
+            again = _run(P, method, x_init, opts, report, map_omega)
+            seen.append(again["objective"])
+            if again["objective"] < best["objective"]:
+                again["n_evaluations"] += best["n_evaluations"]
+                best = again
+        seen = ", ".join(f"{v:.4f}" for v in seen)
+        best = dict(best, message=f"{best['message']}; restarts from the perturbed estimates reached {seen}")
     return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start, map_omega)
 
 
