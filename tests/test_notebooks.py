@@ -72,11 +72,17 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     assert os.path.samefile(cwd, NOTEBOOK_DIR)
 
 
-def test_notebooks_are_saved_without_outputs():
+def test_notebooks_are_committed_executed_in_order():
+    """The house rule: notebooks are committed with their outputs (they render on a repository
+    page), run top to bottom in one kernel, without an error output."""
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert not cell.get("outputs") and cell.get("execution_count") is None, (
-                    f"{path.name}: clear the outputs before saving (Kernel > Restart & Clear Output)"
-                )
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        counts = [c.get("execution_count") for c in code]
+        assert counts == list(range(1, len(code) + 1)), (
+            f"{path.name}: execute it top to bottom in a fresh kernel and save it with its outputs "
+            f"(execution counts {counts})"
+        )
+        assert any(c.get("outputs") for c in code), f"{path.name}: saved without outputs"
+        errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: saved with an error output"
