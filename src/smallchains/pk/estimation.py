@@ -31,11 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from .._jit import addresses
 from .._warnings import DataWarning
 from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
+from ._foce import RATES_SIG, RATESZ_SIG, SubjectFOCE
+from ._parammap import param_map
 from .analytic import AnalyticSolve
 from .dosing import SubjectDosing
 from .steady_state import PiecewiseSolve, SteadyStateError, plan
@@ -712,6 +715,52 @@ class Problem:
         self._RES = np.zeros((self.N, 1 + len(model.error.names)))
         self._pool = None
         self.set_threads(1 if threads is None else threads)
+        #: each subject's compiled FOCE-I step (pk/_foce.py), or None where it takes the NumPy path
+        self.compiled_foce = self._compiled_foce()
+
+    def _compiled_foce(self):
+        """The subjects' :class:`SubjectFOCE` (None for a subject the compiled step does not cover:
+        ODE-solved, steady states, time-varying covariates, dose parameters, non-ratio outputs),
+        or [None] * N with the reason logged when it covers none."""
+        m = self.model
+        none = [None] * self.N
+        st = m.structural
+        why = None
+        if not SubjectEval.compiled:
+            return none
+        if not self.analytic:
+            why = "the subjects are solved by the ODE solver"
+        elif m.covariate_network is not None or m.dose_index or m.n_eta == 0:
+            why = "the model has a covariate network, dose parameters or no random effect"
+        if why is None:
+            pm, why = param_map(m)
+        if why is not None:
+            _log.info("FOCE-I's subject step runs in NumPy: %s", why)
+            return none
+        fa = np.array(
+            addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
+        )
+        kind = ("additive", "proportional", "combined").index(m.error.kind)
+        n_psi = len(m.error.names)
+        x0 = m.x0
+        out = []
+        for s in self.subjects:
+            c = pm.covariates(s.cov)
+            if not (s.analytic and not s.piecewise and s.dosing is None and s._ratio is not None) or c is None:
+                out.append(None)
+                continue
+            p0, _ = s.params(x0, np.zeros(m.n_eta))
+            lq0 = s.logq(x0, np.zeros(m.n_eta))
+            if not np.allclose(pm(lq0, c), p0[: s.n_mech], rtol=1e-12, atol=0.0):
+                _log.info("FOCE-I's subject step runs in NumPy: the compiled `individual` differs from the function")
+                return none
+            out.append(SubjectFOCE(s.gf, s.y, *s._ratio, m.E, c, fa, kind, n_psi))
+        return out
+
+    def _logq0(self, x):
+        """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
+        m = self.model
+        return x[m.blocks["theta"]] + (self._X * x[m.blocks["beta"]]) @ self._B
 
     def set_threads(self, threads):
         """Spread the subjects over ``threads`` threads (each subject owns its buffers)."""
@@ -968,7 +1017,25 @@ class Problem:
         if od is None or any(r is None for r in res):
             return None
         Oinv, dOinv = od
-        gs = self.each(lambda s, r: s.foce_gradient(x, r, Oinv, dOinv, h), list(zip(self.subjects, res)))
+        LQ0 = self._logq0(x)
+        psi = np.ascontiguousarray(x[m.blocks["psi"]])
+
+        def grad(i):
+            s, r = self.subjects[i], res[i]
+            if not r[3].get("compiled"):
+                return s.foce_gradient(x, r, Oinv, dOinv, h)
+            gr = self.compiled_foce[i].gradient(LQ0[i], psi, Oinv, r[0], h)
+            if gr is None:
+                return None
+            g_lq, g_psi, S = gr
+            g = np.zeros(m.n_x)
+            g[m.blocks["theta"]] = g_lq
+            g[m.blocks["beta"]] = s.C.T @ g_lq
+            g[m.blocks["psi"]] = g_psi
+            g[m.blocks["omega"]] = np.einsum("rab,ab->r", dOinv, S)
+            return g
+
+        gs = self.each(grad, range(self.N))
         if any(g is None for g in gs):
             return None
         G = np.array(gs)
@@ -993,7 +1060,17 @@ class Problem:
         if not np.isfinite(Oinv).all():
             return np.inf, etas0.copy(), [None] * self.N
         logdetO = 2.0 * np.sum(np.log(np.diag(L)))
-        res = self.each(lambda s, e: s.fit_eta(x, Oinv, e, tol=self.inner_tol), list(zip(self.subjects, etas0)))
+        LQ0 = self._logq0(x)
+        psi = np.ascontiguousarray(x[m.blocks["psi"]])
+
+        def mode(i):
+            cf = self.compiled_foce[i]
+            if cf is None:
+                return self.subjects[i].fit_eta(x, Oinv, etas0[i], tol=self.inner_tol)
+            r = cf.mode(LQ0[i], psi, Oinv, etas0[i], self.inner_tol)
+            return None if r is None else (*r[:3], {"compiled": True, "G": r[3]})
+
+        res = self.each(mode, range(self.N))
         etas = np.zeros((self.N, q))
         ofv = 0.0
         for i, r in enumerate(res):

@@ -1,0 +1,564 @@
+"""FOCE-I's subject step in compiled code, for subjects solved exactly (linear models).
+
+One compiled call finds a subject's mode eta* and its FOCE-I term; another its gradient.  They
+compute what :meth:`smallchains.pk.estimation.SubjectEval.fit_eta` and
+:meth:`~smallchains.pk.estimation.SubjectEval.foce_gradient` compute in NumPy, step for step
+(the same Fisher scoring with the same line search, the same central differences along the
+random effects for the second-order terms), with no Python between the steps: the NumPy path
+spends most of its time in Python around solves of a few microseconds.
+
+Everything a subject needs reaches the kernels as data: its dose schedule and observations,
+the model's rate matrix A(p) and the population model's parameter map p(log q)
+(:mod:`smallchains.pk._parammap`) as addresses of compiled functions (real and complex), so the
+kernels are compiled once for every model.  Derivatives in p and log q are complex steps
+through those functions and through the exact solution (:func:`smallchains.pk.analytic.
+solve_with_jacobian`).
+
+Per subject, in log q space (log q = log q0 + E eta, log q0 = log theta + C beta from the caller):
+
+* :func:`foce_mode`: eta*, l(eta*) + eta*' Omega^-1 eta*, and M = G' diag(w) G + Omega^-1 at eta*;
+* :func:`foce_grad`: the term's gradient over log q0 and the log sigmas, and the matrix S with
+  d term / d Omega^-1 = S (so that the caller's chain rule to Omega's parameters is one
+  contraction): the caller adds C' g for the covariate effects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+
+from .._jit import function_caster, kernel
+from ..ode import _kernels as RK
+from ._parammap import as_pmap, as_pmapz
+from .analytic import N_WORK, solve_with_jacobian
+
+#: the complex step (exact derivatives to rounding)
+H = 1e-30
+
+RATES_SIG = types.void(types.float64[:, ::1], types.float64[::1])
+RATESZ_SIG = types.void(types.complex128[:, ::1], types.complex128[::1])
+as_rates = function_caster(types.FunctionType(RATES_SIG))
+as_ratesz = function_caster(types.FunctionType(RATESZ_SIG))
+
+#: statuses (besides the solver's RK.OK / RK.NONFINITE)
+FAILED = 1
+
+
+@kernel
+def _variance(f, s0, s1, kind):
+    """(V, dV/df) of an observation with prediction f; s0, s1 the variances exp(2 psi)."""
+    if kind == 0:
+        return s0 + 0.0 * f, 0.0 * f
+    if kind == 1:
+        return s0 * f * f, 2.0 * s0 * f
+    return s0 + s1 * f * f, 2.0 * s1 * f
+
+
+@kernel
+def _weight(f, s0, s1, kind):
+    """FOCE-I's information weight 1/V + V'^2 / (2 V^2)."""
+    V, Vf = _variance(f, s0, s1, kind)
+    return 1.0 / V + Vf * Vf / (2.0 * V * V)
+
+
+@kernel
+def _lu(Mw, piv, N):
+    """In-place LU factorisation with partial pivoting of Mw[:N, :N] (LAPACK's getrf rule).
+    Returns (ok, sign of the permutation)."""
+    sign = 1.0
+    for c in range(N):
+        p = c
+        best = abs(Mw[c, c])
+        for i in range(c + 1, N):
+            if abs(Mw[i, c]) > best:
+                best, p = abs(Mw[i, c]), i
+        piv[c] = p
+        if best == 0.0:
+            return False, sign
+        if p != c:
+            sign = -sign
+            for j in range(N):
+                Mw[c, j], Mw[p, j] = Mw[p, j], Mw[c, j]
+        for i in range(c + 1, N):
+            Mw[i, c] /= Mw[c, c]
+            for j in range(c + 1, N):
+                Mw[i, j] -= Mw[i, c] * Mw[c, j]
+    return True, sign
+
+
+@kernel
+def _lu_solve(Mw, piv, b, N):
+    """b <- (LU)^-1 b for :func:`_lu`'s factors."""
+    for c in range(N):
+        p = piv[c]
+        if p != c:
+            b[c], b[p] = b[p], b[c]
+    for i in range(N):
+        s = b[i]
+        for j in range(i):
+            s -= Mw[i, j] * b[j]
+        b[i] = s
+    for i in range(N - 1, -1, -1):
+        s = b[i]
+        for j in range(i + 1, N):
+            s -= Mw[i, j] * b[j]
+        b[i] = s / Mw[i, i]
+
+
+@kernel
+def _solve(Mat, b, x, Mw, piv, scale):
+    """x <- (scale Mat)^-1 b (q x q); False when singular."""
+    N = b.shape[0]
+    for i in range(N):
+        x[i] = b[i]
+        for j in range(N):
+            Mw[i, j] = scale * Mat[i, j]
+    ok, _ = _lu(Mw, piv, N)
+    if not ok:
+        return False
+    _lu_solve(Mw, piv, x, N)
+    return True
+
+
+@kernel
+def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
+    """The subject's data term l = sum (y - f)^2 / V + log V at eta (f, V, V', dl/df, dl/dpsi
+    filled) and, with ``jac``, F = df/dlog q (n_obs, n_t).  Returns (status, l)."""
+    (fa, lq0, E, c, psi, kind, y, ost, opk, t0, jt, jkind, jidx, jval, jpidx, ts) = ev
+    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc) = args
+    n_t, q, m, n, n_obs = lq0.shape[0], eta.shape[0], p.shape[0], A.shape[0], ts.shape[0]
+    for i in range(n_t):
+        s = lq0[i]
+        for k in range(q):
+            s += E[i, k] * eta[k]
+        lq[i] = s
+    pmap = as_pmap(fa[4], fa[5])
+    pmap(lq, c, p)
+    for k in range(m):
+        if not np.isfinite(p[k]):
+            return RK.NONFINITE, np.inf
+    for a in range(n):
+        for b in range(n):
+            A[a, b] = 0.0
+    rates = as_rates(fa[0], fa[1])
+    rates(A, p)
+    if jac:
+        pmapz = as_pmapz(fa[6], fa[7])
+        for k in range(n_t):
+            for i in range(n_t):
+                lqz[i] = lq[i]
+            lqz[k] += 1j * H
+            pmapz(lqz, c, pz)
+            for r in range(m):
+                J[r, k] = pz[r].imag / H
+        ratesz = as_ratesz(fa[2], fa[3])
+        for k in range(m):
+            for r in range(m):
+                pz[r] = p[r]
+            pz[k] += 1j * H
+            for a in range(n):
+                for b in range(n):
+                    Az[a, b] = 0.0
+            ratesz(Az, pz)
+            for a in range(n):
+                for b in range(n):
+                    dA[k, a, b] = Az[a, b].imag / H
+    st = solve_with_jacobian(
+        A, dA, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, dus, jac, dus0, False, wr, vr, wc, vc, pc, oc
+    )
+    if st != RK.OK:
+        return st, np.inf
+    s0 = np.exp(2.0 * psi[0])
+    s1 = np.exp(2.0 * psi[psi.shape[0] - 1])
+    n_psi = psi.shape[0]
+    for r in range(n_psi):
+        dpsi[r] = 0.0
+    total = 0.0
+    for j in range(n_obs):
+        vol = p[opk[j]]
+        fj = us[j, ost[j]] / vol
+        f[j] = fj
+        Vj, Vfj = _variance(fj, s0, s1, kind)
+        if not (np.isfinite(fj) and np.isfinite(Vj) and Vj > 0.0):
+            return RK.NONFINITE, np.inf
+        V[j], Vf[j] = Vj, Vfj
+        res = y[j] - fj
+        total += res * res / Vj + np.log(Vj)
+        a_ = 1.0 / Vj - res * res / (Vj * Vj)
+        dldf[j] = -2.0 * res / Vj + a_ * Vfj
+        for r in range(n_psi):  # dV/dpsi_r by complex step
+            z0 = complex(s0)
+            z1 = complex(s1)
+            if r == 0:
+                z0 = np.exp(2.0 * (psi[0] + 1j * H))
+                if n_psi == 1:
+                    z1 = z0
+            else:
+                z1 = np.exp(2.0 * (psi[1] + 1j * H))
+            Vz, _ = _variance(complex(fj), z0, z1, kind)
+            dpsi[r] += a_ * Vz.imag / H
+        if jac:
+            for i in range(n_t):
+                s = 0.0
+                for k in range(m):
+                    s += dus[j, ost[j], k] * J[k, i]
+                F[j, i] = (s - fj * J[opk[j], i]) / vol
+    if not np.isfinite(total):
+        return RK.NONFINITE, np.inf
+    return RK.OK, total
+
+
+@kernel
+def _quad(Oinv, eta):
+    q = eta.shape[0]
+    s = 0.0
+    for a in range(q):
+        for b in range(q):
+            s += eta[a] * Oinv[a, b] * eta[b]
+    return s
+
+
+@kernel
+def _information(F, E, w, Oinv, G, M):
+    """G <- F E; M <- G' diag(w) G + Omega^-1."""
+    n_obs, n_t, q = F.shape[0], F.shape[1], E.shape[1]
+    for j in range(n_obs):
+        for k in range(q):
+            s = 0.0
+            for i in range(n_t):
+                s += F[j, i] * E[i, k]
+            G[j, k] = s
+    for a in range(q):
+        for b in range(q):
+            s = Oinv[a, b]
+            for j in range(n_obs):
+                s += G[j, a] * w[j] * G[j, b]
+            M[a, b] = s
+
+
+@kernel
+def _weights(f, psi, kind, w):
+    s0 = np.exp(2.0 * psi[0])
+    s1 = np.exp(2.0 * psi[psi.shape[0] - 1])
+    for j in range(f.shape[0]):
+        w[j] = _weight(f[j], s0, s1, kind)
+
+
+@kernel
+def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
+    """The mode eta* of the subject's posterior from ``eta0`` by Fisher scoring with a
+    backtracking line search (as ``SubjectEval.fit_eta``): ``eta`` <- eta*, ``M`` <- the
+    expected information there, ``res`` <- (l + eta*' Omega^-1 eta*, status (0 or FAILED),
+    iterations).  ``ev``/``args``/``wk``: see :class:`SubjectFOCE`."""
+    E, psi, kind, ts = ev[2], ev[4], ev[5], ev[15]
+    (f, F, V, Vf, dldf, dpsi, w, G, grad, step, e1, Mw, piv) = wk
+    q = eta0.shape[0]
+    res[1] = FAILED
+    for k in range(q):
+        eta[k] = eta0[k]
+    st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+    if st != RK.OK:
+        nonzero = False
+        for k in range(q):
+            if eta[k] != 0.0:
+                nonzero = True
+            eta[k] = 0.0
+        if not nonzero:
+            return
+        st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+        if st != RK.OK:
+            return
+    n_obs = ts.shape[0]
+    it = 0
+    while True:
+        obj = l + _quad(Oinv, eta)
+        _weights(f, psi, kind, w)
+        _information(F, E, w, Oinv, G, M)
+        if it >= max_iter:
+            break
+        it += 1
+        for a in range(q):
+            s = 0.0
+            for j in range(n_obs):
+                s += G[j, a] * dldf[j]
+            for b in range(q):
+                s += 2.0 * Oinv[a, b] * eta[b]
+            grad[a] = s
+        if _solve(M, grad, step, Mw, piv, 2.0):
+            for a in range(q):
+                step[a] = -step[a]
+        else:
+            for a in range(q):
+                step[a] = -grad[a] * 1e-3
+        dec = 0.0
+        for a in range(q):
+            dec -= grad[a] * step[a]
+        if dec < tol:
+            break
+        alpha = 1.0
+        found = False
+        while alpha > 1e-10:
+            for a in range(q):
+                e1[a] = eta[a] + alpha * step[a]
+            st1, l1 = _evaluate(ev, args, e1, False, f, F, V, Vf, dldf, dpsi)
+            if st1 == RK.OK and l1 + _quad(Oinv, e1) <= obj - 1e-4 * alpha * dec:
+                found = True
+                break
+            alpha *= 0.5
+        if not found:  # no descent possible: at the mode to rounding (M and obj are the mode's)
+            break
+        for a in range(q):
+            eta[a] = e1[a]
+        st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+        if st != RK.OK:
+            return
+    res[0] = obj
+    res[1] = 0.0
+    res[2] = it
+
+
+@kernel
+def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
+    """The gradient of the subject's FOCE-I term l(eta*) + eta*' Omega^-1 eta* + log|M| at its
+    mode ``eta`` (as ``SubjectEval.foce_gradient``): ``g_lq`` <- d/dlog q0 (n_t), ``g_psi`` <-
+    d/dpsi, ``S`` <- the q x q matrix whose contraction with d Omega^-1/dx_r gives d/dx_r.
+    Returns False when a solve fails or a matrix is singular."""
+    lq0, E, psi, kind, ts = ev[1], ev[2], ev[4], ev[5], ev[15]
+    (f, F, V, Vf, dldf, dpsi, w, G, grad, step, e1, Mw, piv) = wk
+    (f0, F0, G0, dldf0, dpsi0, Minv, Acot, dvec, cvec, dWdf, dWdpsi, dlogM, Hm, B, T1, dG, col) = gw
+    n_obs, n_t, q, n_psi = ts.shape[0], lq0.shape[0], eta.shape[0], psi.shape[0]
+    st, _ = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+    if st != RK.OK:
+        return False
+    _weights(f, psi, kind, w)
+    _information(F, E, w, Oinv, G, Mw)
+    for a in range(q):  # Minv column by column (LU of M once)
+        for b in range(q):
+            Minv[a, b] = Mw[a, b]
+    ok, _ = _lu(Minv, piv, q)
+    if not ok:
+        return False
+    for b in range(q):
+        for a in range(q):
+            col[a] = 1.0 if a == b else 0.0
+        _lu_solve(Minv, piv, col, q)
+        for a in range(q):
+            Mw[a, b] = col[a]
+    for a in range(q):
+        for b in range(q):
+            Minv[a, b] = Mw[a, b]
+    for j in range(n_obs):
+        f0[j] = f[j]
+        dldf0[j] = dldf[j]
+        for i in range(n_t):
+            F0[j, i] = F[j, i]
+        for k in range(q):
+            G0[j, k] = G[j, k]
+    for r in range(n_psi):
+        dpsi0[r] = dpsi[r]
+    # the information weights' derivatives (complex steps)
+    s0 = np.exp(2.0 * psi[0])
+    s1 = np.exp(2.0 * psi[n_psi - 1])
+    for j in range(n_obs):
+        dWdf[j] = _weight(f0[j] + 1j * H, complex(s0), complex(s1), kind).imag / H
+        for r in range(n_psi):
+            z0 = complex(s0)
+            z1 = complex(s1)
+            if r == 0:
+                z0 = np.exp(2.0 * (psi[0] + 1j * H))
+                if n_psi == 1:
+                    z1 = z0
+            else:
+                z1 = np.exp(2.0 * (psi[1] + 1j * H))
+            dWdpsi[j, r] = _weight(complex(f0[j]), z0, z1, kind).imag / H
+    # A = 2 W G Minv, d_j = G_j' Minv G_j, c = d W'; d log|M| / d eta = G' c (+ through G below)
+    for j in range(n_obs):
+        dj = 0.0
+        for a in range(q):
+            s = 0.0
+            for b in range(q):
+                s += G0[j, b] * Minv[b, a]
+            Acot[j, a] = 2.0 * w[j] * s
+            dj += s * G0[j, a]
+        dvec[j] = dj
+        cvec[j] = dj * dWdf[j]
+    for k in range(q):
+        s = 0.0
+        for j in range(n_obs):
+            s += G0[j, k] * cvec[j]
+        dlogM[k] = s
+    for a in range(q):
+        for b in range(q):
+            Hm[a, b] = 2.0 * Oinv[a, b]
+    nb = n_t + n_psi
+    for k in range(q):
+        for i in range(nb):
+            B[k, i] = 0.0
+    for i in range(n_t):
+        T1[i] = 0.0
+    for k in range(q):
+        for j in range(n_obs):
+            for a in range(q):
+                dG[j, a] = 0.0
+        for sgn in (1.0, -1.0):
+            for a in range(q):
+                e1[a] = eta[a]
+            e1[k] += sgn * h
+            st, _ = _evaluate(ev, args, e1, True, f, F, V, Vf, dldf, dpsi)
+            if st != RK.OK:
+                return False
+            wt = sgn / (2.0 * h)
+            for j in range(n_obs):
+                for a in range(q):
+                    s = 0.0
+                    for i in range(n_t):
+                        s += F[j, i] * E[i, a]
+                    dG[j, a] += wt * s
+                    Hm[a, k] += wt * s * dldf[j]
+                for i in range(n_t):
+                    T1[i] += wt * Acot[j, k] * F[j, i]
+                    B[k, i] += wt * dldf[j] * F[j, i]
+            for r in range(n_psi):
+                B[k, n_t + r] += wt * dpsi[r]
+        s = 0.0
+        for j in range(n_obs):
+            for a in range(q):
+                s += Acot[j, a] * dG[j, a]
+        dlogM[k] += s
+    for a in range(q):
+        for b in range(a + 1, q):
+            v = 0.5 * (Hm[a, b] + Hm[b, a])
+            Hm[a, b] = v
+            Hm[b, a] = v
+    if not _solve(Hm, dlogM, grad, Mw, piv, 1.0):  # grad <- u = H^-1 d log|M| / d eta
+        return False
+    for i in range(n_t):
+        s = T1[i]
+        for j in range(n_obs):
+            s += (dldf0[j] + cvec[j]) * F0[j, i]
+        for k in range(q):
+            s -= grad[k] * B[k, i]
+        g_lq[i] = s
+    for r in range(n_psi):
+        s = dpsi0[r]
+        for j in range(n_obs):
+            s += dvec[j] * dWdpsi[j, r]
+        for k in range(q):
+            s -= grad[k] * B[k, n_t + r]
+        g_psi[r] = s
+    for a in range(q):
+        for b in range(q):
+            S[a, b] = eta[a] * eta[b] + Minv[a, b] - 2.0 * grad[a] * eta[b]
+    return True
+
+
+class SubjectFOCE:
+    """A subject's data and buffers for the compiled FOCE-I step.
+
+    ``solve``: the subject's :class:`~smallchains.pk.analytic.AnalyticSolve` (schedule, save
+    times, sizes); ``y``, ``ost``/``opk`` its observations and :class:`Ratio` output indices;
+    ``E`` the random effects' design; ``c`` the covariates the parameter map reads; ``fa``
+    int64[8] the (c, jit) addresses of the rate matrix (real, complex) and parameter map
+    (real, complex); ``kind`` the error model (0 additive, 1 proportional, 2 combined)."""
+
+    def __init__(self, solve, y, ost, opk, E, c, fa, kind, n_psi):
+        n, m, n_obs = solve.n, solve.mm, solve.ts.shape[0]
+        n_t, q = E.shape
+        N = n + 1
+        self.q, self.n_t, self.n_psi = q, n_t, n_psi
+        self.lq0 = np.zeros(n_t)
+        self.psi = np.zeros(n_psi)
+        z = np.zeros
+        self.args = (
+            z(n),
+            z(n_t),
+            z(n_t, dtype=np.complex128),
+            z(m),
+            z(m, dtype=np.complex128),
+            z((m, n_t)),
+            z((n, n)),
+            z((n, n), dtype=np.complex128),
+            z((m, n, n)),
+            z((n_obs, n)),
+            z((n_obs, n, m)),
+            z((n_obs, n, n)),
+            z((N_WORK + 2, N, N)),
+            z((3, n)),
+            z((N_WORK + 3, N, N), dtype=np.complex128),
+            z((4, n), dtype=np.complex128),
+            z(m, dtype=np.complex128),
+            z((n_obs, n), dtype=np.complex128),
+        )
+        self.wk = (
+            z(n_obs),
+            z((n_obs, n_t)),
+            z(n_obs),
+            z(n_obs),
+            z(n_obs),
+            z(n_psi),
+            z(n_obs),
+            z((n_obs, q)),
+            z(q),
+            z(q),
+            z(q),
+            z((q, q)),
+            z(q, dtype=np.int64),
+        )
+        self.gw = (
+            z(n_obs),
+            z((n_obs, n_t)),
+            z((n_obs, q)),
+            z(n_obs),
+            z(n_psi),
+            z((q, q)),
+            z((n_obs, q)),
+            z(n_obs),
+            z(n_obs),
+            z(n_obs),
+            z((n_obs, n_psi)),
+            z(q),
+            z((q, q)),
+            z((q, n_t + n_psi)),
+            z(n_t),
+            z((n_obs, q)),
+            z(q),
+        )
+        self.ev = (
+            fa,
+            self.lq0,
+            np.ascontiguousarray(E, dtype=np.float64),
+            c,
+            self.psi,
+            np.int64(kind),
+            np.ascontiguousarray(y, dtype=np.float64),
+            np.ascontiguousarray(ost, dtype=np.int64),
+            np.ascontiguousarray(opk, dtype=np.int64),
+            float(solve.t0),
+            *solve.sched,
+            solve.ts,
+        )
+
+    def mode(self, lq0, psi, Oinv, eta0, tol, max_iter=60):
+        """(eta*, l + eta*' Omega^-1 eta*, M, G = df/deta at eta*) or None when the subject's solve fails."""
+        self.lq0[:] = lq0
+        self.psi[:] = psi
+        eta = np.zeros(self.q)
+        M = np.zeros((self.q, self.q))
+        res = np.zeros(3)
+        foce_mode(
+            self.ev, self.args, self.wk, Oinv, np.ascontiguousarray(eta0, dtype=np.float64), tol, max_iter, eta, M, res
+        )
+        if res[1] != 0.0:
+            return None
+        return eta, float(res[0]), M, self.wk[7].copy()
+
+    def gradient(self, lq0, psi, Oinv, eta, h):
+        """(d/dlog q0, d/dpsi, S) of the subject's FOCE-I term at its mode, or None."""
+        self.lq0[:] = lq0
+        self.psi[:] = psi
+        g_lq = np.zeros(self.n_t)
+        g_psi = np.zeros(self.n_psi)
+        S = np.zeros((self.q, self.q))
+        if not foce_grad(self.ev, self.args, self.wk, self.gw, Oinv, np.ascontiguousarray(eta), h, g_lq, g_psi, S):
+            return None
+        return g_lq, g_psi, S

@@ -1,0 +1,191 @@
+"""The compiled FOCE-I subject step (pk/_foce.py) against the NumPy path it replaces, and
+against central differences of the OFV."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import central_differences
+
+import smallchains as sc
+from smallchains.pk.estimation import Problem, SubjectEval
+
+
+@pytest.fixture(scope="module")
+def theoph():
+    return sc.pkdata.theophylline()
+
+
+@pytest.fixture(scope="module")
+def pheno():
+    return sc.pkdata.phenobarbital()
+
+
+def theophylline_nlme():
+    """nlme's Theophylline model in ka, ke, CL (V = CL / ke): an ``individual`` function."""
+    return sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=math.exp(0.45), ke=math.exp(-2.4), CL=math.exp(-3.2)),
+        eta=["ka", "CL"],
+        individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
+        error="additive",
+        sigma=0.5,
+        omega_init=0.2,
+    )
+
+
+def covariate_model(error="combined", omega="full"):
+    """Covariates of both forms, individual(q, cov) reading a covariate, three random effects."""
+
+    def individual(q, cov):
+        return {"ka": q["ka"], "CL": q["CL"], "V": q["V"] * (cov["WT"] / 70.0) ** 0.1}
+
+    sigma = {"additive": 0.5, "proportional": 0.15, "combined": [0.3, 0.1]}[error]
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.3, CL=0.04, V=0.5),
+        eta=["ka", "CL", "V"],
+        omega=omega,
+        omega_init=np.array([[0.3, 0.02, 0.0], [0.02, 0.1, 0.01], [0.0, 0.01, 0.05]]) if omega == "full" else 0.1,
+        covariates={"CL": {"WT": "power"}, "V": {"WT": "exp"}},
+        individual=individual,
+        error=error,
+        sigma=sigma,
+    )
+    x = m.x0.copy()
+    x[m.blocks["beta"]] = [0.75, 0.01]
+    return m, x
+
+
+def drop_time_zero(data):
+    """The subjects without their observations at time 0 (where a proportional error's variance is 0)."""
+    subs = []
+    for s in data.subjects:
+        keep = s.obs_time > 0
+        subs.append(
+            dataclasses.replace(
+                s, obs_time=s.obs_time[keep], dv=s.dv[keep], dvid=s.dvid[keep], obs_cmt=s.obs_cmt[keep], blq=s.blq[keep]
+            )
+        )
+    return sc.pk.Population(subs, data.covariate_names, data.columns)
+
+
+def both_paths(P, x, etas0):
+    """(compiled, NumPy) results of foce and foce_gradient(per_subject=True) at x."""
+    got = P.foce(x, etas0)
+    gg = P.foce_gradient(x, got[2], per_subject=True)
+    saved = P.compiled_foce
+    P.compiled_foce = [None] * P.N
+    try:
+        ref = P.foce(x, etas0)
+        gr = P.foce_gradient(x, ref[2], per_subject=True)
+    finally:
+        P.compiled_foce = saved
+    return (got, gg), (ref, gr)
+
+
+def assert_paths_agree(P, x, etas0=None):
+    assert all(cf is not None for cf in P.compiled_foce)
+    etas0 = np.zeros((P.N, P.model.n_eta)) if etas0 is None else etas0
+    (got, gg), (ref, gr) = both_paths(P, x, etas0)
+    assert all(r[3].get("compiled") for r in got[2])
+    assert not any(r[3].get("compiled") for r in ref[2])
+    assert got[0] == pytest.approx(ref[0], rel=1e-10)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-8, atol=1e-9)
+    for a, b in zip(got[2], ref[2]):
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-9)  # M
+        np.testing.assert_allclose(a[3]["G"], b[3]["G"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gg[0], gr[0], rtol=1e-8, atol=1e-8 * np.abs(gr[0]).max())
+    np.testing.assert_allclose(gg[1], gr[1], rtol=1e-8, atol=1e-8 * np.abs(gr[1]).max())
+
+
+def test_compiled_step_equals_numpy_on_theophylline_nlme_model(theoph):
+    m = theophylline_nlme()
+    P = Problem(m, theoph)
+    x = m.x0.copy()
+    assert_paths_agree(P, x)
+    x[m.blocks["omega"]] += 0.3  # elsewhere, warm-started from scattered modes
+    assert_paths_agree(P, x, np.random.default_rng(0).normal(0, 0.3, (P.N, 2)))
+
+
+def test_compiled_step_equals_numpy_on_phenobarbital(pheno):
+    """Repeated IV boluses (59 neonates), random effects on CL and V, no ``individual``."""
+    m = sc.pk.PopulationModel(
+        "one_cpt_iv", dict(CL=math.exp(-5.0), V=1.0), eta=["CL", "V"], error="additive", sigma=2.0, omega_init=0.2
+    )
+    assert_paths_agree(Problem(m, pheno), m.x0)
+
+
+@pytest.mark.parametrize("error,omega", [("combined", "full"), ("proportional", "diagonal"), ("additive", "full")])
+def test_compiled_step_equals_numpy_with_covariates_and_error_models(theoph, error, omega):
+    m, x = covariate_model(error, omega)
+    P = Problem(m, drop_time_zero(theoph))
+    assert_paths_agree(P, x, np.random.default_rng(1).normal(0, 0.2, (P.N, 3)))
+
+
+def test_compiled_gradient_matches_central_differences_of_the_ofv(theoph):
+    m, x = covariate_model("combined", "full")
+    data = sc.pk.Population(theoph.subjects[:5], theoph.covariate_names, theoph.columns)
+    P = Problem(m, data, inner_tol=1e-14)
+    assert all(cf is not None for cf in P.compiled_foce)
+    v, etas, res = P.foce(x)
+    g = P.foce_gradient(x, res)
+    gf = central_differences(lambda z: P.foce(z, etas)[0], x, h=1e-4)
+    np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
+
+
+def test_subjects_the_compiled_step_does_not_cover_take_the_numpy_path(theoph):
+    """A steady-state subject is solved in pieces: it keeps the NumPy step, the others the
+    compiled one, and the mixed OFV and gradient equal the all-NumPy ones."""
+    m = theophylline_nlme()
+    subs = list(theoph.subjects[:4])
+    obs = sc.pk.read_data(
+        pd.read_csv(
+            io.StringIO("ID,TIME,DV,EVID,AMT,CMT,II,SS\n99,0,.,1,4,1,24,1\n99,1,6,0,.,2,.,.\n99,4,5,0,.,2,.,.\n")
+        )
+    )
+    data = sc.pk.Population(subs + list(obs.subjects), theoph.covariate_names, theoph.columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        P = Problem(m, data)
+    cov = [cf is not None for cf in P.compiled_foce]
+    assert cov == [True] * 4 + [False]
+    (got, gg), (ref, gr) = both_paths(P, m.x0, np.zeros((P.N, 2)))
+    assert got[0] == pytest.approx(ref[0], rel=1e-10)
+    np.testing.assert_allclose(gg[0], gr[0], rtol=1e-8, atol=1e-8 * np.abs(gr[0]).max())
+
+
+def test_a_fit_takes_the_compiled_step_and_finds_the_numpy_estimates(theoph):
+    m = theophylline_nlme()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = sc.pk.fit(m, theoph, "foce", se=False)
+        try:
+            SubjectEval.compiled = False
+            ref = sc.pk.fit(m, theoph, "foce", se=False)
+        finally:
+            SubjectEval.compiled = True
+    assert r.converged and ref.converged
+    assert -2 * r.loglik == pytest.approx(-2 * ref.loglik, abs=1e-6)
+    np.testing.assert_allclose(r.x, ref.x, rtol=1e-5, atol=1e-6)
+
+
+def test_an_individual_function_that_cannot_be_compiled_is_logged_and_fitted_in_numpy(theoph, caplog):
+    def individual(q):
+        return {"ka": q["ka"], "CL": q["CL"], "V": max(q["V"], 0.1)}  # (a branch)
+
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.5, CL=0.04, V=0.5), eta=["CL"], individual=individual)
+    data = sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns)
+    with caplog.at_level(logging.INFO, logger="smallchains.pk"):
+        P = Problem(m, data)
+    assert P.compiled_foce == [None] * 3
+    assert "runs in NumPy" in caplog.text and "comparison" in caplog.text
+    v, etas, res = P.foce(m.x0)
+    assert np.isfinite(v) and P.foce_gradient(m.x0, res) is not None
