@@ -60,6 +60,55 @@ def test_expm_and_its_complex_step_match_scipy(N, scale):
     np.testing.assert_allclose(oc.imag / AN.H, L, rtol=1e-11, atol=1e-12 * np.abs(L).max())
 
 
+def test_phi1_is_exact_near_zero_and_passes_complex_steps():
+    """phi1(z) = (e^z - 1) / z: against expm1 in real arithmetic (0 included, both sides of the
+    series' branch), and its complex-step derivative against the closed form (e^z - phi1) / z."""
+    zs = np.concatenate([[0.0, 1e-300, -1e-12, 1e-7, 0.4999, 0.5001, -0.5001], np.linspace(-40, 20, 61)])
+    for z in zs:
+        want = 1.0 if z == 0 else np.expm1(z) / z
+        assert AN.phi1(z) == pytest.approx(want, rel=2e-15, abs=0)
+        if abs(z) > 1e-6:
+            d = AN.phi1(complex(z, 1e-30)).imag / 1e-30
+            assert d == pytest.approx((np.exp(z) - want) / z, rel=1e-13)
+
+
+@pytest.mark.parametrize("n,input_", [(1, False), (1, True), (2, False)])
+@pytest.mark.parametrize("ka", [1.3, 0.2, 0.2 + 1e-9, 0.2 + 1e-4, 7.0])
+def test_closed_forms_of_the_smallest_systems_equal_the_augmented_exponential(n, input_, ka):
+    """One state (with and without an infusion) and absorption into one compartment, ka = k
+    and ka near k included: the closed forms against SciPy's expm of the augmented matrix, values
+    and complex-step derivatives in ka."""
+    k = 0.2
+
+    def run(kz, dtype):
+        A = np.array([[-kz]], dtype=dtype) if n == 1 else np.array([[-kz, 0.0], [kz, -k]], dtype=dtype)
+        r = np.zeros(n, dtype=dtype)
+        if input_:
+            r[0] = 3.0
+        u = np.arange(1.0, n + 1.0).astype(dtype)
+        AN._advance(A, u, r, 2.5, *work(dtype))
+        return u, A, r
+
+    def work(dtype):
+        N = n + 1
+        return np.zeros((AN.N_WORK, N, N), dtype), np.zeros((N, N), dtype), np.zeros((N, N), dtype), np.zeros(n, dtype)
+
+    u, A, r = run(ka, np.float64)
+    M = np.zeros((n + 1, n + 1))
+    M[:n, :n] = A * 2.5
+    M[:n, n] = r * 2.5
+    want = (sl.expm(M) @ np.r_[np.arange(1.0, n + 1.0), 1.0])[:n]
+    np.testing.assert_allclose(u, want, rtol=1e-12)  # (SciPy's expm is the less exact one: 1e-13 here)
+    if n == 1:
+        infused = 3.0 * 2.5 * np.expm1(-ka * 2.5) / (-ka * 2.5) if input_ else 0.0
+        assert u[0] == pytest.approx(np.exp(-ka * 2.5) + infused, rel=1e-14)
+    uz, _, _ = run(complex(ka, 1e-30), np.complex128)
+    h = 1e-6 * ka
+    up, _, _ = run(ka + h, np.float64)
+    um, _, _ = run(ka - h, np.float64)
+    np.testing.assert_allclose(uz.imag / 1e-30, (up - um) / (2 * h), rtol=1e-7, atol=1e-12)
+
+
 def test_expm_refuses_non_finite_matrices():
     M = np.array([[np.nan, 0.0], [0.0, 1.0]])
     assert not AN.expm(M, 2, np.zeros((AN.N_WORK, 2, 2)), np.zeros((2, 2)))

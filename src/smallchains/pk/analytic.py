@@ -12,7 +12,11 @@ approximants of degree 3 to 13 (Higham 2005, "The scaling and squaring method fo
 exponential revisited", SIAM J. Matrix Anal. Appl. 26(4); the algorithm of SciPy's and
 MATLAB's expm), accurate to rounding, so these are the models' closed-form solutions, not an
 integration with a step-size control: no tolerance, and no special case when two rate
-constants coincide (ka = k, where the textbook sums of exponentials divide by zero).
+constants coincide (ka = k, where the textbook sums of exponentials divide by zero).  The
+smallest systems skip the exponential's general algorithm: one compartment (with or without an
+infusion) and first-order absorption into one compartment (A lower triangular, 2 x 2) use their
+closed forms, written with phi1(z) = (e^z - 1) / z, which a series keeps accurate near z = 0,
+so ka = k needs no special case there either.
 
 Derivatives with respect to the parameters are complex steps through the whole computation
 (A(p + ih e_k), h = 1e-30: exact to rounding, every operation being analytic), one complex
@@ -28,6 +32,8 @@ model does), and tested against the ODE path to 1e-10 (``tests/test_pk_analytic.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -197,14 +203,63 @@ def expm(M, N, W, out):
     return True
 
 
+#: coefficients of (e^z - 1) / z = sum z^k / (k + 1)!, k = 0..17 (|z| <= 1/2: truncation < 1e-22)
+_PHI1 = np.array([1.0 / math.factorial(k + 1) for k in range(18)])
+
+
+@kernel
+def phi1(z):
+    """(e^z - 1) / z, accurate near 0 (and 1 at 0): the series for |Re z| <= 1/2, else the
+    quotient (its cancellation is then below 3 ulp).  Analytic, so complex steps pass through;
+    the branch follows the real part, as a complex-step pass must."""
+    if abs(z.real) > 0.5:
+        return (np.exp(z) - 1.0) / z
+    s = _PHI1[17] + 0.0 * z
+    for k in range(16, -1, -1):
+        s = s * z + _PHI1[k]
+    return s
+
+
+@kernel
+def _advance_small(A, u, r, dt, n, has_r):
+    """The closed forms of the smallest systems, or False when none applies: one state (with or
+    without an input: u <- e^(a) u + r dt phi1(a), a = A dt) and two states with A[0, 1] = 0 and
+    no input (first-order absorption into one compartment: e^(A dt) = [[e^a, 0], [c dt phi, e^b]],
+    phi = (e^a - e^b) / (a - b) = e^b phi1(a - b), exact also when a = b)."""
+    if n == 1:
+        a = A[0, 0] * dt
+        if has_r:
+            u[0] = np.exp(a) * u[0] + r[0] * dt * phi1(a)
+        else:
+            u[0] = np.exp(a) * u[0]
+        return True
+    if n == 2 and not has_r and A[0, 1] == 0.0:
+        a = A[0, 0] * dt
+        b = A[1, 1] * dt
+        ea, eb = np.exp(a), np.exp(b)
+        d = a - b
+        phi = (ea - eb) / d if abs(d.real) > 0.5 else eb * phi1(d)
+        u0 = u[0]
+        u[0] = ea * u0
+        u[1] = A[1, 0] * dt * phi * u0 + eb * u[1]
+        return True
+    return False
+
+
 @kernel
 def _advance(A, u, r, dt, W, M, E, tmp):
-    """u <- u(dt) under du/dt = A u + r (exact: the augmented exponential).  False on failure."""
+    """u <- u(dt) under du/dt = A u + r (exact: a closed form for the smallest systems, else the
+    augmented exponential).  False on failure."""
     n = u.shape[0]
     has_r = False
     for i in range(n):
         if r[i] != 0.0:
             has_r = True
+    if n <= 2 and _advance_small(A, u, r, dt, n, has_r):
+        for i in range(n):
+            if not np.isfinite(u[i].real):
+                return False
+        return True
     N = n + 1 if has_r else n
     for i in range(N):
         for j in range(N):
