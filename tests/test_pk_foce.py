@@ -82,7 +82,7 @@ def both_paths(P, x, etas0):
     got = P.foce(x, etas0)
     gg = P.foce_gradient(x, got[2], per_subject=True)
     saved = P.compiled_foce
-    P.compiled_foce = [None] * P.N
+    P.compiled_foce = None
     try:
         ref = P.foce(x, etas0)
         gr = P.foce_gradient(x, ref[2], per_subject=True)
@@ -92,7 +92,7 @@ def both_paths(P, x, etas0):
 
 
 def assert_paths_agree(P, x, etas0=None):
-    assert all(cf is not None for cf in P.compiled_foce)
+    assert P.compiled_foce is not None and P.compiled_foce.index.tolist() == list(range(P.N))
     etas0 = np.zeros((P.N, P.model.n_eta)) if etas0 is None else etas0
     (got, gg), (ref, gr) = both_paths(P, x, etas0)
     assert all(r[3].get("compiled") for r in got[2])
@@ -134,7 +134,7 @@ def test_compiled_gradient_matches_central_differences_of_the_ofv(theoph):
     m, x = covariate_model("combined", "full")
     data = sc.pk.Population(theoph.subjects[:5], theoph.covariate_names, theoph.columns)
     P = Problem(m, data, inner_tol=1e-14)
-    assert all(cf is not None for cf in P.compiled_foce)
+    assert P.compiled_foce is not None and P.compiled_foce.index.tolist() == list(range(P.N))
     v, etas, res = P.foce(x)
     g = P.foce_gradient(x, res)
     gf = central_differences(lambda z: P.foce(z, etas)[0], x, h=1e-4)
@@ -155,8 +155,7 @@ def test_subjects_the_compiled_step_does_not_cover_take_the_numpy_path(theoph):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         P = Problem(m, data)
-    cov = [cf is not None for cf in P.compiled_foce]
-    assert cov == [True] * 4 + [False]
+    assert P.compiled_foce.index.tolist() == [0, 1, 2, 3]
     (got, gg), (ref, gr) = both_paths(P, m.x0, np.zeros((P.N, 2)))
     assert got[0] == pytest.approx(ref[0], rel=1e-10)
     np.testing.assert_allclose(gg[0], gr[0], rtol=1e-8, atol=1e-8 * np.abs(gr[0]).max())
@@ -185,7 +184,7 @@ def test_an_individual_function_that_cannot_be_compiled_is_logged_and_fitted_in_
     data = sc.pk.Population(theoph.subjects[:3], theoph.covariate_names, theoph.columns)
     with caplog.at_level(logging.INFO, logger="smallchains.pk"):
         P = Problem(m, data)
-    assert P.compiled_foce == [None] * 3
+    assert P.compiled_foce is None
     assert "runs in NumPy" in caplog.text and "comparison" in caplog.text
     v, etas, res = P.foce(m.x0)
     assert np.isfinite(v) and P.foce_gradient(m.x0, res) is not None

@@ -452,113 +452,139 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
     return True
 
 
-class SubjectFOCE:
-    """A subject's data and buffers for the compiled FOCE-I step.
+@kernel
+def _views(pack, ws, i):
+    """Subject i's data (``ev``) and the workspaces cut to its observations (see :class:`PopulationFOCE`)."""
+    (fa, LQ0, E, CV, psi, kind, Y, OST, OPK, T0, JT, JK, JI, JV, JP, TS, OOFF, JOFF) = pack
+    o0, o1, j0, j1 = OOFF[i], OOFF[i + 1], JOFF[i], JOFF[i + 1]
+    k = o1 - o0
+    ev = (fa, LQ0[i], E, CV[i], psi, kind, Y[o0:o1], OST[o0:o1], OPK[o0:o1], T0[i], JT[j0:j1], JK[j0:j1],
+          JI[j0:j1], JV[j0:j1], JP[j0:j1], TS[o0:o1])  # fmt: skip
+    a, w, g = ws
+    args = (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9][:k], a[10][:k], a[11][:k], a[12], a[13],
+            a[14], a[15], a[16], a[17][:k])  # fmt: skip
+    wk = (w[0][:k], w[1][:k], w[2][:k], w[3][:k], w[4][:k], w[5], w[6][:k], w[7][:k], w[8], w[9], w[10], w[11],
+          w[12])  # fmt: skip
+    gw = (g[0][:k], g[1][:k], g[2][:k], g[3][:k], g[4], g[5], g[6][:k], g[7][:k], g[8][:k], g[9][:k], g[10][:k],
+          g[11], g[12], g[13], g[14], g[15][:k], g[16])  # fmt: skip
+    return ev, args, wk, gw
 
-    ``solve``: the subject's :class:`~smallchains.pk.analytic.AnalyticSolve` (schedule, save
-    times, sizes); ``y``, ``ost``/``opk`` its observations and :class:`Ratio` output indices;
-    ``E`` the random effects' design; ``c`` the covariates the parameter map reads; ``fa``
-    int64[8] the (c, jit) addresses of the rate matrix (real, complex) and parameter map
-    (real, complex); ``kind`` the error model (0 additive, 1 proportional, 2 combined)."""
 
-    def __init__(self, solve, y, ost, opk, E, c, fa, kind, n_psi):
-        n, m, n_obs = solve.n, solve.mm, solve.ts.shape[0]
-        n_t, q = E.shape
-        N = n + 1
-        self.q, self.n_t, self.n_psi = q, n_t, n_psi
-        self.lq0 = np.zeros(n_t)
+@kernel
+def modes(pack, ws, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL, lo, hi):
+    """:func:`foce_mode` for subjects lo..hi-1: ETA[i], MS[i] (M), RES[i] = (term, status,
+    iterations, log|M|, sign of |M|), G_ALL's rows of subject i = df/deta at its mode."""
+    OOFF = pack[16]
+    q = ETA0.shape[1]
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        foce_mode(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
+        if RES[i, 1] != 0.0:
+            continue
+        Mw, piv = wk[11], wk[12]
+        for a in range(q):
+            for b in range(q):
+                Mw[a, b] = MS[i, a, b]
+        ok, sign = _lu(Mw, piv, q)
+        logdet = 0.0
+        if ok:
+            for a in range(q):
+                if Mw[a, a] < 0.0:
+                    sign = -sign
+                logdet += np.log(abs(Mw[a, a]))
+        RES[i, 3] = logdet
+        RES[i, 4] = sign if ok else 0.0
+        G = wk[7]
+        for j in range(OOFF[i + 1] - OOFF[i]):
+            for a in range(q):
+                G_ALL[OOFF[i] + j, a] = G[j, a]
+
+
+@kernel
+def gradients(pack, ws, Oinv, ETA, h, GLQ, GPSI, SS, OK, lo, hi):
+    """:func:`foce_grad` for subjects lo..hi-1 (OK[i] = 1 when it succeeded)."""
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        OK[i] = 1.0 if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], GPSI[i], SS[i]) else 0.0
+
+
+class PopulationFOCE:
+    """The subjects the compiled step covers, packed for the batched kernels.
+
+    ``subjects``: (solve (:class:`~smallchains.pk.analytic.AnalyticSolve`), y, ost, opk, c) per
+    subject: its exact solve (schedule, save times, sizes), observations, :class:`Ratio` output
+    indices and the covariates the parameter map reads; ``E`` the random effects' design; ``fa``
+    int64[8] the (c, jit) addresses of the rate matrix (real, complex) and the parameter map
+    (real, complex); ``kind`` the error model (0 additive, 1 proportional, 2 combined).
+
+    Subjects are processed in chunks (one per thread), each chunk with its own workspace sized
+    for the longest subject; the kernels release the GIL."""
+
+    def __init__(self, subjects, E, fa, kind, n_psi):
+        solve0 = subjects[0][0]
+        self.N = len(subjects)
+        self.n, self.m = solve0.n, solve0.mm
+        self.n_t, self.q = E.shape
+        self.n_psi = n_psi
+        n_obs = [sv.ts.shape[0] for sv, *_ in subjects]
+        self.ooff = np.concatenate([[0], np.cumsum(n_obs)]).astype(np.int64)
+        self.joff = np.concatenate([[0], np.cumsum([sv.sched[0].shape[0] for sv, *_ in subjects])]).astype(np.int64)
+        self.n_max = max(n_obs)
+        cat = [np.concatenate([sv.sched[k] for sv, *_ in subjects]) for k in range(5)]
+        self.LQ0 = np.zeros((self.N, self.n_t))
         self.psi = np.zeros(n_psi)
-        z = np.zeros
-        self.args = (
-            z(n),
-            z(n_t),
-            z(n_t, dtype=np.complex128),
-            z(m),
-            z(m, dtype=np.complex128),
-            z((m, n_t)),
-            z((n, n)),
-            z((n, n), dtype=np.complex128),
-            z((m, n, n)),
-            z((n_obs, n)),
-            z((n_obs, n, m)),
-            z((n_obs, n, n)),
-            z((N_WORK + 2, N, N)),
-            z((3, n)),
-            z((N_WORK + 3, N, N), dtype=np.complex128),
-            z((4, n), dtype=np.complex128),
-            z(m, dtype=np.complex128),
-            z((n_obs, n), dtype=np.complex128),
-        )
-        self.wk = (
-            z(n_obs),
-            z((n_obs, n_t)),
-            z(n_obs),
-            z(n_obs),
-            z(n_obs),
-            z(n_psi),
-            z(n_obs),
-            z((n_obs, q)),
-            z(q),
-            z(q),
-            z(q),
-            z((q, q)),
-            z(q, dtype=np.int64),
-        )
-        self.gw = (
-            z(n_obs),
-            z((n_obs, n_t)),
-            z((n_obs, q)),
-            z(n_obs),
-            z(n_psi),
-            z((q, q)),
-            z((n_obs, q)),
-            z(n_obs),
-            z(n_obs),
-            z(n_obs),
-            z((n_obs, n_psi)),
-            z(q),
-            z((q, q)),
-            z((q, n_t + n_psi)),
-            z(n_t),
-            z((n_obs, q)),
-            z(q),
-        )
-        self.ev = (
+        CV = np.array([c for *_, c in subjects], dtype=np.float64).reshape(self.N, -1)
+        self.pack = (
             fa,
-            self.lq0,
+            self.LQ0,
             np.ascontiguousarray(E, dtype=np.float64),
-            c,
+            np.ascontiguousarray(CV),
             self.psi,
             np.int64(kind),
-            np.ascontiguousarray(y, dtype=np.float64),
-            np.ascontiguousarray(ost, dtype=np.int64),
-            np.ascontiguousarray(opk, dtype=np.int64),
-            float(solve.t0),
-            *solve.sched,
-            solve.ts,
+            np.concatenate([y for _, y, *_ in subjects]).astype(np.float64),
+            np.concatenate([o for _, _, o, _, _ in subjects]).astype(np.int64),
+            np.concatenate([o for _, _, _, o, _ in subjects]).astype(np.int64),
+            np.array([sv.t0 for sv, *_ in subjects], dtype=np.float64),
+            *(np.ascontiguousarray(a) for a in cat),
+            np.concatenate([sv.ts for sv, *_ in subjects]).astype(np.float64),
+            self.ooff,
+            self.joff,
         )
+        self._ws = {}
 
-    def mode(self, lq0, psi, Oinv, eta0, tol, max_iter=60):
-        """(eta*, l + eta*' Omega^-1 eta*, M, G = df/deta at eta*) or None when the subject's solve fails."""
-        self.lq0[:] = lq0
-        self.psi[:] = psi
-        eta = np.zeros(self.q)
-        M = np.zeros((self.q, self.q))
-        res = np.zeros(3)
-        foce_mode(
-            self.ev, self.args, self.wk, Oinv, np.ascontiguousarray(eta0, dtype=np.float64), tol, max_iter, eta, M, res
-        )
-        if res[1] != 0.0:
-            return None
-        return eta, float(res[0]), M, self.wk[7].copy()
+    def _workspace(self, k):
+        if k not in self._ws:
+            n, m, n_t, q, n_psi, no = self.n, self.m, self.n_t, self.q, self.n_psi, self.n_max
+            N = n + 1
+            z = np.zeros
+            c = np.complex128
+            self._ws[k] = (
+                (z(n), z(n_t), z(n_t, dtype=c), z(m), z(m, dtype=c), z((m, n_t)), z((n, n)), z((n, n), dtype=c),
+                 z((m, n, n)), z((no, n)), z((no, n, m)), z((no, n, n)), z((N_WORK + 2, N, N)), z((3, n)),
+                 z((N_WORK + 3, N, N), dtype=c), z((4, n), dtype=c), z(m, dtype=c), z((no, n), dtype=c)),
+                (z(no), z((no, n_t)), z(no), z(no), z(no), z(n_psi), z(no), z((no, q)), z(q), z(q), z(q), z((q, q)),
+                 z(q, dtype=np.int64)),
+                (z(no), z((no, n_t)), z((no, q)), z(no), z(n_psi), z((q, q)), z((no, q)), z(no), z(no), z(no),
+                 z((no, n_psi)), z(q), z((q, q)), z((q, n_t + n_psi)), z(n_t), z((no, q)), z(q)),
+            )  # fmt: skip
+        return self._ws[k]
 
-    def gradient(self, lq0, psi, Oinv, eta, h):
-        """(d/dlog q0, d/dpsi, S) of the subject's FOCE-I term at its mode, or None."""
-        self.lq0[:] = lq0
+    def chunks(self, k):
+        """``k`` contiguous (chunk index, lo, hi) ranges of subjects."""
+        b = np.linspace(0, self.N, min(k, self.N) + 1).round().astype(int)
+        return [(c, int(b[c]), int(b[c + 1])) for c in range(len(b) - 1)]
+
+    def set(self, LQ0, psi):
+        """The subjects' log theta + C beta (N, n_t) and the log sigmas for the next calls."""
+        self.LQ0[:] = LQ0
         self.psi[:] = psi
-        g_lq = np.zeros(self.n_t)
-        g_psi = np.zeros(self.n_psi)
-        S = np.zeros((self.q, self.q))
-        if not foce_grad(self.ev, self.args, self.wk, self.gw, Oinv, np.ascontiguousarray(eta), h, g_lq, g_psi, S):
-            return None
-        return g_lq, g_psi, S
+
+    def modes(self, chunk, Oinv, ETA0, tol, out, max_iter=60):
+        """Modes of one chunk ``(c, lo, hi)`` into ``out`` = (ETA, MS, RES, G_ALL) (see :func:`modes`)."""
+        c, lo, hi = chunk
+        modes(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, *out, lo, hi)
+
+    def gradients(self, chunk, Oinv, ETA, h, out):
+        """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK) (see :func:`gradients`)."""
+        c, lo, hi = chunk
+        gradients(self.pack, self._workspace(c), Oinv, ETA, h, *out, lo, hi)

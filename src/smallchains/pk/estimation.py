@@ -37,7 +37,7 @@ from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
 from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
 from . import _kernels as PK
-from ._foce import RATES_SIG, RATESZ_SIG, SubjectFOCE
+from ._foce import RATES_SIG, RATESZ_SIG, PopulationFOCE
 from ._parammap import param_map
 from .analytic import AnalyticSolve
 from .dosing import SubjectDosing
@@ -719,15 +719,15 @@ class Problem:
         self.compiled_foce = self._compiled_foce()
 
     def _compiled_foce(self):
-        """The subjects' :class:`SubjectFOCE` (None for a subject the compiled step does not cover:
-        ODE-solved, steady states, time-varying covariates, dose parameters, non-ratio outputs),
-        or [None] * N with the reason logged when it covers none."""
+        """The compiled FOCE-I step (:class:`PopulationFOCE`) over the subjects it covers (its
+        ``index``), or None with the reason logged when it covers none.  Not covered (NumPy step):
+        ODE-solved subjects, steady states, time-varying covariates, dose parameters, non-ratio
+        outputs, an ``individual`` that cannot be compiled, a covariate network."""
         m = self.model
-        none = [None] * self.N
         st = m.structural
         why = None
         if not SubjectEval.compiled:
-            return none
+            return None
         if not self.analytic:
             why = "the subjects are solved by the ODE solver"
         elif m.covariate_network is not None or m.dose_index or m.n_eta == 0:
@@ -736,26 +736,35 @@ class Problem:
             pm, why = param_map(m)
         if why is not None:
             _log.info("FOCE-I's subject step runs in NumPy: %s", why)
-            return none
+            return None
         fa = np.array(
             addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
         )
-        kind = ("additive", "proportional", "combined").index(m.error.kind)
-        n_psi = len(m.error.names)
         x0 = m.x0
-        out = []
-        for s in self.subjects:
+        index, packed = [], []
+        for i, s in enumerate(self.subjects):
             c = pm.covariates(s.cov)
             if not (s.analytic and not s.piecewise and s.dosing is None and s._ratio is not None) or c is None:
-                out.append(None)
                 continue
             p0, _ = s.params(x0, np.zeros(m.n_eta))
-            lq0 = s.logq(x0, np.zeros(m.n_eta))
-            if not np.allclose(pm(lq0, c), p0[: s.n_mech], rtol=1e-12, atol=0.0):
+            if not np.allclose(pm(s.logq(x0, np.zeros(m.n_eta)), c), p0[: s.n_mech], rtol=1e-12, atol=0.0):
                 _log.info("FOCE-I's subject step runs in NumPy: the compiled `individual` differs from the function")
-                return none
-            out.append(SubjectFOCE(s.gf, s.y, *s._ratio, m.E, c, fa, kind, n_psi))
-        return out
+                return None
+            index.append(i)
+            packed.append((s.gf, s.y, *s._ratio, c))
+        if not index:
+            return None
+        if len(index) < self.N:
+            _log.info(
+                "FOCE-I's subject step runs in NumPy for %d subject(s) (steady states, time-varying covariates "
+                "or dose parameters) and compiled for %d",
+                self.N - len(index),
+                len(index),
+            )
+        kind = ("additive", "proportional", "combined").index(m.error.kind)
+        cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names))
+        cf.index = np.array(index)
+        return cf
 
     def _logq0(self, x):
         """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
@@ -1017,28 +1026,35 @@ class Problem:
         if od is None or any(r is None for r in res):
             return None
         Oinv, dOinv = od
-        LQ0 = self._logq0(x)
-        psi = np.ascontiguousarray(x[m.blocks["psi"]])
-
-        def grad(i):
-            s, r = self.subjects[i], res[i]
-            if not r[3].get("compiled"):
-                return s.foce_gradient(x, r, Oinv, dOinv, h)
-            gr = self.compiled_foce[i].gradient(LQ0[i], psi, Oinv, r[0], h)
-            if gr is None:
+        cf = self.compiled_foce
+        G = np.zeros((self.N, m.n_x))
+        done = np.zeros(self.N, dtype=bool)
+        if cf is not None and all(res[i][3].get("compiled") for i in cf.index):
+            ix = cf.index
+            cf.set(self._logq0(x)[ix], x[m.blocks["psi"]])
+            ETA = np.ascontiguousarray([res[i][0] for i in ix])
+            n_t, q = m.E.shape
+            out = (
+                np.zeros((len(ix), n_t)),
+                np.zeros((len(ix), cf.n_psi)),
+                np.zeros((len(ix), q, q)),
+                np.zeros(len(ix)),
+            )
+            self.each(lambda c, lo, hi: cf.gradients((c, lo, hi), Oinv, ETA, h, out), cf.chunks(self.threads))
+            GLQ, GPSI, SS, OK = out
+            if not OK.all():
                 return None
-            g_lq, g_psi, S = gr
-            g = np.zeros(m.n_x)
-            g[m.blocks["theta"]] = g_lq
-            g[m.blocks["beta"]] = s.C.T @ g_lq
-            g[m.blocks["psi"]] = g_psi
-            g[m.blocks["omega"]] = np.einsum("rab,ab->r", dOinv, S)
-            return g
-
-        gs = self.each(grad, range(self.N))
+            G[ix, m.blocks["theta"]] = GLQ
+            G[ix, m.blocks["beta"]] = self._X[ix] * (GLQ @ self._B.T)
+            G[ix, m.blocks["psi"]] = GPSI
+            G[ix, m.blocks["omega"]] = np.einsum("rab,nab->nr", dOinv, SS)
+            done[ix] = True
+        rest = np.flatnonzero(~done)
+        gs = self.each(lambda i: self.subjects[i].foce_gradient(x, res[i], Oinv, dOinv, h), list(rest))
         if any(g is None for g in gs):
             return None
-        G = np.array(gs)
+        if len(rest):
+            G[rest] = np.array(gs)
         ob = m.blocks["omega"]
         G[:, ob.start : ob.start + m.n_eta] += 2.0  # each subject's log|Omega| = 2 sum log L_kk
         g = G.sum(axis=0)
@@ -1060,24 +1076,33 @@ class Problem:
         if not np.isfinite(Oinv).all():
             return np.inf, etas0.copy(), [None] * self.N
         logdetO = 2.0 * np.sum(np.log(np.diag(L)))
-        LQ0 = self._logq0(x)
-        psi = np.ascontiguousarray(x[m.blocks["psi"]])
-
-        def mode(i):
-            cf = self.compiled_foce[i]
-            if cf is None:
-                return self.subjects[i].fit_eta(x, Oinv, etas0[i], tol=self.inner_tol)
-            r = cf.mode(LQ0[i], psi, Oinv, etas0[i], self.inner_tol)
-            return None if r is None else (*r[:3], {"compiled": True, "G": r[3]})
-
-        res = self.each(mode, range(self.N))
+        cf = self.compiled_foce
+        res = [None] * self.N
+        logdets = {}
+        if cf is not None:
+            ix = cf.index
+            cf.set(self._logq0(x)[ix], x[m.blocks["psi"]])
+            E0 = np.ascontiguousarray(etas0[ix])
+            out = (np.zeros_like(E0), np.zeros((len(ix), q, q)), np.zeros((len(ix), 5)), np.zeros((cf.ooff[-1], q)))
+            self.each(lambda c, lo, hi: cf.modes((c, lo, hi), Oinv, E0, self.inner_tol, out), cf.chunks(self.threads))
+            ETA, MS, RES, GA = out
+            for k, i in enumerate(ix):
+                if RES[k, 1] == 0.0:
+                    res[i] = (ETA[k], RES[k, 0], MS[k], {"compiled": True, "G": GA[cf.ooff[k] : cf.ooff[k + 1]]})
+                    logdets[i] = (RES[k, 4], RES[k, 3])
+        covered = set() if cf is None else set(cf.index.tolist())
+        rest = [i for i in range(self.N) if i not in covered]
+        for i, r in zip(
+            rest, self.each(lambda i: self.subjects[i].fit_eta(x, Oinv, etas0[i], tol=self.inner_tol), rest)
+        ):
+            res[i] = r
         etas = np.zeros((self.N, q))
         ofv = 0.0
         for i, r in enumerate(res):
             if r is None:
                 return np.inf, etas0.copy(), res
             eta, obj, M, _ = r
-            sign, logdetM = np.linalg.slogdet(M)
+            sign, logdetM = logdets[i] if i in logdets else np.linalg.slogdet(M)
             if sign <= 0:
                 return np.inf, etas0.copy(), res
             etas[i] = eta
