@@ -30,7 +30,7 @@ from numba import types
 from .._jit import function_caster, kernel
 from ..ode import _kernels as RK
 from ._parammap import as_pmap, as_pmapz
-from .analytic import N_WORK, solve_with_jacobian
+from .analytic import N_WORK, propagate, solve_with_jacobian
 
 #: the complex step (exact derivatives to rounding)
 H = 1e-30
@@ -209,6 +209,59 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
 
 
 @kernel
+def _directions(ev, args, f, G):
+    """G <- df/deta (n_obs, q) at the point of the last :func:`_evaluate` (``f`` its predictions):
+    one complex-step pass per random effect, along its direction in log q (the inner loop needs
+    no more than these q directions; the full F costs a pass per parameter)."""
+    fa, E, c, ost, opk, t0, jt, jkind, jidx, jval, jpidx, ts = (
+        ev[0], ev[2], ev[3], ev[7], ev[8], ev[9], ev[10], ev[11], ev[12], ev[13], ev[14], ev[15]
+    )  # fmt: skip
+    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc) = args
+    n_t, n, n_obs, q = lq.shape[0], A.shape[0], ts.shape[0], E.shape[1]
+    pmapz = as_pmapz(fa[6], fa[7])
+    ratesz = as_ratesz(fa[2], fa[3])
+    u0c = vc[3]
+    for k in range(q):
+        for i in range(n_t):
+            lqz[i] = lq[i] + 1j * H * E[i, k]
+        pmapz(lqz, c, pz)
+        for a in range(n):
+            u0c[a] = u0[a]
+            for b in range(n):
+                Az[a, b] = 0.0
+        ratesz(Az, pz)
+        st = propagate(Az, pz, u0c, t0, jt, jkind, jidx, jval, jpidx, ts, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2])
+        if st != RK.OK:
+            return st
+        for j in range(n_obs):
+            vol = p[opk[j]]
+            G[j, k] = (oc[j, ost[j]].imag / H - f[j] * pz[opk[j]].imag / H) / vol
+    return RK.OK
+
+
+@kernel
+def _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    """:func:`_evaluate` without F, then G = df/deta by :func:`_directions`.  Returns (status, l)."""
+    st, l = _evaluate(ev, args, eta, False, f, F, V, Vf, dldf, dpsi)
+    if st != RK.OK:
+        return st, l
+    st = _directions(ev, args, f, G)
+    return st, (l if st == RK.OK else np.inf)
+
+
+@kernel
+def _information_g(G, w, Oinv, M):
+    """M <- G' diag(w) G + Omega^-1."""
+    n_obs, q = G.shape
+    for a in range(q):
+        for b in range(q):
+            s = Oinv[a, b]
+            for j in range(n_obs):
+                s += G[j, a] * w[j] * G[j, b]
+            M[a, b] = s
+
+
+@kernel
 def _quad(Oinv, eta):
     q = eta.shape[0]
     s = 0.0
@@ -249,14 +302,14 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
     """The mode eta* of the subject's posterior from ``eta0`` by Fisher scoring with a
     backtracking line search (as ``SubjectEval.fit_eta``): ``eta`` <- eta*, ``M`` <- the
     expected information there, ``res`` <- (l + eta*' Omega^-1 eta*, status (0 or FAILED),
-    iterations).  ``ev``/``args``/``wk``: see :class:`SubjectFOCE`."""
-    E, psi, kind, ts = ev[2], ev[4], ev[5], ev[15]
+    iterations).  ``ev``/``args``/``wk``: see :class:`PopulationFOCE`."""
+    psi, kind, ts = ev[4], ev[5], ev[15]
     (f, F, V, Vf, dldf, dpsi, w, G, grad, step, e1, Mw, piv) = wk
     q = eta0.shape[0]
     res[1] = FAILED
     for k in range(q):
         eta[k] = eta0[k]
-    st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+    st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
     if st != RK.OK:
         nonzero = False
         for k in range(q):
@@ -265,7 +318,7 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
             eta[k] = 0.0
         if not nonzero:
             return
-        st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+        st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
         if st != RK.OK:
             return
     n_obs = ts.shape[0]
@@ -273,7 +326,7 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
     while True:
         obj = l + _quad(Oinv, eta)
         _weights(f, psi, kind, w)
-        _information(F, E, w, Oinv, G, M)
+        _information_g(G, w, Oinv, M)
         if it >= max_iter:
             break
         it += 1
@@ -309,7 +362,7 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
             break
         for a in range(q):
             eta[a] = e1[a]
-        st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+        st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
         if st != RK.OK:
             return
     res[0] = obj
@@ -551,6 +604,7 @@ class PopulationFOCE:
             self.joff,
         )
         self._ws = {}
+        self._chunks = {}
 
     def _workspace(self, k):
         if k not in self._ws:
@@ -571,8 +625,10 @@ class PopulationFOCE:
 
     def chunks(self, k):
         """``k`` contiguous (chunk index, lo, hi) ranges of subjects."""
-        b = np.linspace(0, self.N, min(k, self.N) + 1).round().astype(int)
-        return [(c, int(b[c]), int(b[c + 1])) for c in range(len(b) - 1)]
+        if k not in self._chunks:
+            b = np.linspace(0, self.N, min(k, self.N) + 1).round().astype(int)
+            self._chunks[k] = [(c, int(b[c]), int(b[c + 1])) for c in range(len(b) - 1)]
+        return self._chunks[k]
 
     def set(self, LQ0, psi):
         """The subjects' log theta + C beta (N, n_t) and the log sigmas for the next calls."""

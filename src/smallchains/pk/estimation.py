@@ -567,6 +567,18 @@ class SubjectEval:
 _log = logging.getLogger("smallchains.pk")
 
 
+def _inverse_lower(L):
+    """L^-1 of a small lower-triangular matrix with a positive diagonal (forward substitution:
+    SciPy's solve_triangular costs more in argument checks than the work at these sizes)."""
+    q = L.shape[0]
+    Li = np.zeros_like(L)
+    for i in range(q):
+        Li[i, i] = 1.0 / L[i, i]
+        for j in range(i):
+            Li[i, j] = -(L[i, j:i] @ Li[j:i, j]) / L[i, i]
+    return Li
+
+
 def _use_analytic(structural, analytic):
     """Whether subjects are solved exactly (pk/analytic.py): ``analytic`` None means when the model is
     linear; True requires it."""
@@ -998,7 +1010,7 @@ class Problem:
             L = m.omega_factor(x)
         if not (np.isfinite(L).all() and np.all(np.diag(L) > 0)):
             return None
-        Linv = solve_triangular(L, np.eye(q), lower=True)
+        Linv = _inverse_lower(L)
         dOinv = np.empty((ob.stop - ob.start, q, q))
         rows, cols = (
             (np.arange(q), np.arange(q))
@@ -1071,7 +1083,7 @@ class Problem:
             L = m.omega_factor(x)
         if not (np.isfinite(L).all() and np.all(np.diag(L) > 0)):  # (an optimiser's trial step)
             return np.inf, etas0.copy(), [None] * self.N
-        Linv = solve_triangular(L, np.eye(q), lower=True)
+        Linv = _inverse_lower(L)
         Oinv = Linv.T @ Linv
         if not np.isfinite(Oinv).all():
             return np.inf, etas0.copy(), [None] * self.N

@@ -573,7 +573,7 @@ def fit(
         t = time.perf_counter()
         P.diagnose(xs)  # (timed the second time: the first includes one-off warm-up costs)
         per_subject = (time.perf_counter() - t) / P.N
-        threads = _threads(threads, per_subject)
+        threads = _threads(threads, per_subject, P.N)
         P.set_threads(threads)
         settings["threads"] = threads
         with _blas_single_threaded(True):
@@ -584,17 +584,18 @@ def fit(
         P.close()
 
 
-def _threads(threads, per_subject):
+def _threads(threads, per_subject, n_subjects=1):
     """The number of threads.  ``None``: every core when a subject's forward solve takes more
-    than 0.15 ms (cheaper subjects: the threads' overhead outweighs them; measured) and
-    threadpoolctl can hold NumPy's BLAS to one thread (its own worker threads otherwise
-    compete with ours: measured slower than one thread), else 1."""
+    than 0.15 ms, or all subjects' together more than 5 ms (the compiled FOCE-I step hands one
+    chunk of subjects to each thread per call; below these the threads' overhead outweighs
+    them: measured) and threadpoolctl can hold NumPy's BLAS to one thread (its own worker
+    threads otherwise compete with ours: measured slower than one thread), else 1."""
     if threads is not None:
         t = int(threads)
         if t < 1:
             raise ValueError(f"`threads` must be >= 1, got {threads!r}")
         return t
-    if per_subject < 1.5e-4:
+    if per_subject < 1.5e-4 and per_subject * n_subjects < 5e-3:
         return 1
     try:
         import threadpoolctl  # noqa: F401
