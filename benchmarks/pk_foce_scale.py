@@ -7,8 +7,8 @@ The study is simulated from ``two_cpt_oral`` (ka, CL, V1, Q, V2; random effects 
 V1, proportional error): 100 mg at time 0 and again at 24 h, nine samples per subject.  Timed:
 ``Problem.foce`` (every subject's mode, warm-started from the previous modes as in a fit) and
 ``Problem.foce_gradient``, CPU time (process time, so other load does not count), median of
-``--rounds``, one thread; and wall time on two threads.  The NumPy step is timed on the first 100 subjects and scaled (it is
-linear in subjects).  Also printed: the largest difference between the two paths' OFV and
+``--rounds``, one thread; and wall time on two threads.  The NumPy step is timed on the first
+100 subjects and scaled (it is linear in subjects).  Also printed: the largest difference between the two paths' OFV and
 gradient on those 100 subjects, and the machine.
 """
 
