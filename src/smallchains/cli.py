@@ -204,7 +204,7 @@ def main(argv=None):
         help="parameters held at their initial values: NAME[=VALUE],... (typical values, e.g. ka=1.5, "
         "or residual errors such as sigma_add)",
     )
-    f.add_argument("--method", default="foce", choices=["foce", "map", "pooled", "individual"])
+    f.add_argument("--method", default="foce", choices=["foce", "laplace", "map", "pooled", "individual"])
     f.add_argument("--starts", type=int, default=1)
     f.add_argument("--restarts", type=int, default=0, help="restarts from the perturbed estimates (best kept)")
     f.add_argument("--threads", type=int, default=None)

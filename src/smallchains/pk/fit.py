@@ -25,10 +25,13 @@ from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
 from ..optimizers import Adam
 from .covariance import VARIANCE_FLOOR, at_bound, check_kind, covariance, hessian_from_gradient, summarize
 from .estimation import Problem, information
+from .laplace import laplace, laplace_gradient
 from .population import PopulationModel
 from .timevarying import check_rule
 
-METHODS = ("individual", "pooled", "map", "foce")
+METHODS = ("individual", "pooled", "map", "foce", "laplace")
+#: the methods that minimise an approximation of the marginal likelihood (an OFV over the modes)
+MARGINAL = ("foce", "laplace")
 OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
 _BIG = 1e300
 
@@ -462,10 +465,12 @@ def fit(
     Args:
         model: a :class:`PopulationModel`.
         data: a :class:`Population` from :func:`read_data` (or a ``sc.pkdata`` set).
-        method: ``"foce"`` (FOCE-I, the default), ``"map"`` (fixed effects, Omega, residual
-            error, network weights and every subject's eta jointly: the mode of the joint
-            posterior), ``"pooled"`` (naive pooled: no random effects) or ``"individual"``
-            (each subject alone: its own typical values and residual error).
+        method: ``"foce"`` (FOCE-I, the default), ``"laplace"`` (FOCE-I with the exact Hessian
+            of each subject's objective: :mod:`smallchains.pk.laplace`; no network weights),
+            ``"map"`` (fixed effects, Omega, residual error, network weights and every subject's
+            eta jointly: the mode of the joint posterior), ``"pooled"`` (naive pooled: no random
+            effects) or ``"individual"`` (each subject alone: its own typical values and
+            residual error).
         optimizer: ``"lbfgs"``, ``"adam"`` or ``"adam+lbfgs"`` (Adam's ``adam_steps`` steps at
             ``adam_lr``, then L-BFGS: for networks started far from the optimum).
         starts: the number of starts; starts after the first jitter the log typical values and
@@ -527,8 +532,13 @@ def fit(
         raise ValueError(f"`starts` must be >= 1, got {starts}")
     if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 0:
         raise ValueError(f"`restarts` must be a whole number >= 0, got {restarts!r}")
-    if method in ("map", "foce") and model.n_eta == 0:
+    if method in ("map", *MARGINAL) and model.n_eta == 0:
         raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
+    if method == "laplace" and (model.n_weights or model.covariate_network is not None):
+        raise ValueError(
+            "method 'laplace' differences its objective over every parameter, and this model has network "
+            "weights: use method 'foce'"
+        )
     solver = Vern7() if solver is None else solver
     settings = {
         "rtol": rtol,
@@ -794,10 +804,10 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     def fg(z):
         xx = x.copy()
         xx[idx] = z
-        v, etas, res = P.foce(xx, state["etas"])
+        v, etas, res = _ofv(P, method, xx, state["etas"])
         if not np.isfinite(v):
             return np.inf, np.zeros_like(z)
-        g = P.foce_gradient(xx, res)
+        g = _ofv_gradient(P, method, xx, etas, res, which=idx)
         if g is None:
             return np.inf, np.zeros_like(z)
         state["etas"] = etas
@@ -809,7 +819,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after the MAP stage: L-BFGS)
     z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **o)
     x[idx] = z
-    v, etas, _ = P.foce(x, state["etas"])
+    v, etas, _ = _ofv(P, method, x, state["etas"])
     if stage is not None:
         msg = f"MAP stage ({stage['message']}), then FOCE-I: {msg}"
         ne += stage["n_evaluations"]
@@ -821,6 +831,19 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         "message": msg,
         "n_evaluations": ne,
     }
+
+
+def _ofv(P, method, x, etas):
+    """(OFV, modes, per-subject results) of the marginal-likelihood method at ``x``: FOCE-I
+    (:meth:`Problem.foce`) or Laplace (:func:`smallchains.pk.laplace.laplace`)."""
+    return laplace(P, x, etas) if method == "laplace" else P.foce(x, etas)
+
+
+def _ofv_gradient(P, method, x, etas, res, per_subject=False, which=None):
+    """:func:`_ofv`'s gradient over x (Laplace: over the entries ``which``, by differences)."""
+    if method == "laplace":
+        return laplace_gradient(P, x, etas, which, per_subject)
+    return P.foce_gradient(x, res, per_subject=per_subject)
 
 
 # --------------------------------------------------------------------------- after the fit
@@ -854,8 +877,8 @@ def _objective_gradient(P, method, x, etas):
         g = P.pooled(x, 1)[1]
         return g if np.all(np.isfinite(g)) else None
     m = P.model
-    v, _, res = P.foce(x, etas)
-    g = P.foce_gradient(x, res) if np.isfinite(v) else None
+    v, etas, res = _ofv(P, method, x, etas)
+    g = _ofv_gradient(P, method, x, etas, res, which=np.flatnonzero(~m.fixed)) if np.isfinite(v) else None
     if g is None:
         return None
     g = g.copy()
@@ -945,13 +968,13 @@ def _standard_errors(P, method, x, etas, map_omega="em", kind="sandwich", H=None
 
         H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3)
     S = None
-    if method == "foce" and kind != "R":
-        _, _, res = P.foce(x, etas)
-        out = P.foce_gradient(x, res, per_subject=True)
+    if method in MARGINAL and kind != "R":
+        _, etas, res = _ofv(P, method, x, etas)
+        out = _ofv_gradient(P, method, x, etas, res, per_subject=True, which=idx)
         if out is not None:
             G = out[1][:, idx]
             S = G.T @ G
-    C, why = covariance(H, S, kind if method == "foce" else "R")
+    C, why = covariance(H, S, kind if method in MARGINAL else "R")
     return C, idx, excluded, why
 
 
@@ -984,7 +1007,7 @@ def _table(m, x, cov, idx, method):
     for j, name in enumerate(m.error.names):
         i = m.blocks["psi"].start + j
         rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
-    q = m.n_eta if method in ("map", "foce") else 0
+    q = m.n_eta if method in ("map", *MARGINAL) else 0
     if q:
         Om = m.omega(x)
         # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
@@ -1061,14 +1084,14 @@ def _diagnostics(P, x, etas):
 def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     m = P.model
     x, etas = run["x"], run["etas"]
-    if method in ("map", "foce"):
-        ofv, etas, _ = P.foce(x, etas)
+    if method in ("map", *MARGINAL):
+        ofv, etas, _ = _ofv(P, "laplace" if method == "laplace" else "foce", x, etas)
     else:
         ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
     ok, text, H, _ = _convergence(P, method, x, run["etas"], map_omega, run.get("C"))
     converged = bool(run["converged"] and ok)
     message = f"{run['message']}; {text}"
-    kind = settings.get("covariance", "sandwich") if method == "foce" else "R"
+    kind = settings.get("covariance", "sandwich") if method in MARGINAL else "R"
     if se:
         cov, idx, excluded, cov_why = _standard_errors(P, method, x, etas, map_omega, kind, H)
     else:
@@ -1078,7 +1101,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
     m2ll = ofv + P.n_obs * math.log(2 * math.pi)
     shrink = {}
-    if m.n_eta and method in ("map", "foce"):
+    if m.n_eta and method in ("map", *MARGINAL):
         om = np.sqrt(np.diag(m.omega(x)))
         sd = etas.std(axis=0, ddof=1) if P.N > 1 else np.full(m.n_eta, np.nan)
         shrink = {k: float(1 - sd[j] / om[j]) for j, k in enumerate(m.eta_names)}
@@ -1168,7 +1191,7 @@ def warn_doubtful(r, se_requested):
                 stacklevel=3,
             )
     m = r.model
-    if m.n_eta and r.method in ("map", "foce"):
+    if m.n_eta and r.method in ("map", *MARGINAL):
         sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
         low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
         if low:
