@@ -135,6 +135,22 @@ def test_cli_fix_holds_parameters(tmp_path, capsys):
     assert rows["CL"]["estimate"] != pytest.approx(0.04)
 
 
+def test_cli_bound_keeps_an_estimate_within_it(tmp_path, capsys):
+    csv = tmp_path / "theo.csv"
+    sc.pkdata.theophylline(as_frame=True).to_csv(csv, index=False)
+    out = tmp_path / "fit"
+    args = ["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1.5,CL=0.03,V=0.5", "--eta", "CL"]
+    with pytest.warns(sc.DoubtfulResultWarning, match="ended on the bounds given for log CL"):
+        rc = cli.main([*args, "--bound", "CL=:0.035", "--bound", "ka=0.1:", "--out", str(out), "--no-plots"])
+    assert rc == 0
+    back = sc.pk.load(out / "fit.json")
+    assert back.theta["CL"] == pytest.approx(0.035, rel=1e-9)
+    assert back.model.bounds == {"CL": (None, 0.035), "ka": (0.1, None)}
+    for bad, match in (("CL", "NAME=LOWER:UPPER"), ("CL=a:1", "not numbers"), ("Q=1:2", "bounds apply to")):
+        with pytest.raises(SystemExit, match=match):
+            cli.main([*args, "--bound", bad])
+
+
 def test_demo_theophylline(tmp_path, capsys):
     classic, ude = sc.pk.demo.run(out=tmp_path, progress=None)
     text = capsys.readouterr().out

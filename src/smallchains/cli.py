@@ -61,6 +61,21 @@ def _fixed(text, theta):
     return names
 
 
+def _bounds(items):
+    """--bound NAME=LOWER:UPPER (repeatable; an empty end is no bound): PopulationModel's ``bounds``."""
+    out = {}
+    for item in items or ():
+        name, eq, rng = (t.strip() for t in item.partition("="))
+        lo, colon, hi = (t.strip() for t in rng.partition(":"))
+        if not (name and eq and colon):
+            raise SystemExit(f"error: --bound {item!r}: write NAME=LOWER:UPPER, e.g. CL=0.001:10 or ka=:50")
+        try:
+            out[name] = (float(lo) if lo else None, float(hi) if hi else None)
+        except ValueError:
+            raise SystemExit(f"error: --bound {item!r}: the bounds are not numbers") from None
+    return out
+
+
 def _covariates(items):
     out = {}
     for item in items or ():
@@ -133,6 +148,7 @@ def cmd_fit(a):
             covariates=_covariates(a.covariate),
             error=a.error,
             sigma=sigma,
+            bounds=_bounds(a.bound),
         )
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
@@ -203,6 +219,12 @@ def main(argv=None):
         "--fix",
         help="parameters held at their initial values: NAME[=VALUE],... (typical values, e.g. ka=1.5, "
         "or residual errors such as sigma_add)",
+    )
+    f.add_argument(
+        "--bound",
+        action="append",
+        help="NAME=LOWER:UPPER bounds on a typical value or residual sd (natural scale; an empty end is "
+        "no bound), repeatable",
     )
     f.add_argument("--method", default="foce", choices=["foce", "laplace", "map", "pooled", "individual"])
     f.add_argument("--starts", type=int, default=1)

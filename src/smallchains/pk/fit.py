@@ -67,12 +67,18 @@ class _Stalled(Exception):
     pass
 
 
-def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2, stall_iters=50):
+def _minimize(
+    fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2, stall_iters=50, bounds=None
+):
     """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
 
     L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
     ``stall_iters`` iterations (a -2 log likelihood difference of 0.01 is statistically
-    nothing; networks otherwise creep on for thousands of evaluations)."""
+    nothing; networks otherwise creep on for thousands of evaluations).  ``bounds``: (lower,
+    upper) arrays for z (infinite: none): L-BFGS-B's box; Adam's steps are projected on it."""
+    lo, hi = (None, None) if bounds is None else bounds
+    if lo is not None:
+        z0 = np.clip(z0, lo, hi)
     best = {"z": z0.copy(), "f": np.inf}
     n_eval = [0]
 
@@ -96,6 +102,8 @@ def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, rep
                 z = best["z"].copy()
                 break
             opt.update(z, g)
+            if lo is not None:
+                np.clip(z, lo, hi, out=z)
         z = best["z"].copy()
         message = f"Adam: {adam_steps} steps"
     if optimizer in ("lbfgs", "adam+lbfgs"):
@@ -106,12 +114,16 @@ def _minimize(fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, rep
             if stall_tol and len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
                 raise _Stalled
 
+        box = None
+        if lo is not None and (np.isfinite(lo).any() or np.isfinite(hi).any()):
+            box = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
         try:
             res = minimize(
                 fg,
                 z,
                 jac=True,
                 method="L-BFGS-B",
+                bounds=box,
                 callback=callback,
                 options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20},
             )
@@ -397,6 +409,7 @@ def model_spec(m):
         "error": m.error.kind,
         "weight_prior": m.weight_prior,
         "fixed": [n for n, f in zip(m.names, m.fixed) if f],
+        "bounds": {k: list(v) for k, v in m.bounds.items()},
         "x0": m.x0.tolist(),
     }
 
@@ -425,6 +438,7 @@ def model_from_spec(spec):
     m.x0 = x0.copy()
     for name in spec["fixed"]:
         m.fixed[m.names.index(name)] = True
+    m.set_bounds(spec.get("bounds", {}))
     return m
 
 
@@ -640,7 +654,7 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
             jit = np.zeros(model.n_x)
             jit[model.blocks["theta"]] = rng.normal(0.0, 0.3, len(model.theta_names))
             jit[model.blocks["psi"]] = rng.normal(0.0, 0.3, len(model.error.names))
-            x_init = np.where(model.fixed, xs, xs + jit)
+            x_init = np.clip(np.where(model.fixed, xs, xs + jit), model.lower, model.upper)
         label = f"{method} start {k + 1}/{starts}" if starts > 1 else method
         runs.append(_run(P, method, x_init, opts, _Progress(progress, label), map_omega))
     best = min(runs, key=lambda r: r["objective"])
@@ -657,7 +671,7 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
             jit[model.blocks["psi"]] = rng.normal(0.0, 0.1, len(model.error.names))
             ob = model.blocks["omega"].start
             jit[ob : ob + model.n_eta] = rng.normal(0.0, 0.1, model.n_eta)
-            x_init = np.where(model.fixed, best["x"], best["x"] + jit)
+            x_init = np.clip(np.where(model.fixed, best["x"], best["x"] + jit), model.lower, model.upper)
             report = _Progress(progress, f"{method} restart {k + 1}/{restarts}")
             again = _run(P, method, x_init, opts, report, map_omega)
             seen.append(again["objective"])
@@ -729,7 +743,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
             v, g = P.pooled(xx, 1)
             return v, g[idx]
 
-        z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **opts)
+        z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
         x[idx] = z
         return {
             "x": x,
@@ -763,7 +777,8 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         em_note = ""
         for rnd in range(max_rounds + 1):
             o = opts if final else dict(opts, maxiter=min(opts["maxiter"], 250), tol=max(opts["tol"], 1e-7))
-            z, f, conv, msg, ne = _minimize(fg, z, report=report, **o)
+            box = (np.r_[m.lower[idx], np.full(P.N * q, -np.inf)], np.r_[m.upper[idx], np.full(P.N * q, np.inf)])
+            z, f, conv, msg, ne = _minimize(fg, z, report=report, bounds=box, **o)
             ne_total += ne
             x[idx] = z[:nf]
             if final:
@@ -817,7 +832,7 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         return v + pen, g[idx]
 
     o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after the MAP stage: L-BFGS)
-    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, **o)
+    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **o)
     x[idx] = z
     v, etas, _ = _ofv(P, method, x, state["etas"])
     if stage is not None:
@@ -865,7 +880,7 @@ def _se_indices(P, method, x, map_omega):
     free = _free(m, method, map_omega)
     free[m.blocks["w"]] = False
     free[m.blocks["wc"]] = False
-    excluded = [i for i in at_bound(m, x) if free[i]]
+    excluded = sorted({i for i in at_bound(m, x) if free[i]} | {i for i in m.at_user_bound(x) if free[i]})
     free[excluded] = False
     return np.flatnonzero(free), excluded
 
@@ -920,7 +935,10 @@ def _convergence(P, method, x, etas, map_omega, C=None):
 
     H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3) if idx.size else None
     others = np.setdiff1d(free, idx)  # (network weights, parameters at a bound)
-    gmax = float(np.abs(g[others]).max()) if others.size else 0.0
+    # on a bound set by `bounds`, the gradient must point out of the box (KKT), not vanish
+    side = m.at_user_bound(x)
+    viol = np.array([max(0.0, -g[i]) if side[i] < 0 else max(0.0, g[i]) if i in side else abs(g[i]) for i in others])
+    gmax = float(viol.max()) if others.size else 0.0
     if idx.size and H is None:
         return False, "convergence criterion NOT met: the objective's Hessian could not be computed", None, idx
     dec = 0.0
@@ -1167,10 +1185,21 @@ def warn_doubtful(r, se_requested):
             DoubtfulResultWarning,
             stacklevel=3,
         )
+    m_bounds = r.model.at_user_bound(r.x)
+    if m_bounds:
+        names = [
+            f"{r.model.names[i]} = {r.x[i]:.6g} ({'lower' if side < 0 else 'upper'})" for i, side in m_bounds.items()
+        ]
+        warnings.warn(
+            f"the {what} ended on the bounds given for {', '.join(names)} (log scale): the bound, not the "
+            "data, sets these estimates, and they have no standard error; widen the bound or fix the parameter",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
     if se_requested and getattr(r, "cov_excluded", None):
         warnings.warn(
-            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound: "
-            "their standard errors are NaN; the others are conditional on them)",
+            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound or "
+            "a given bound: their standard errors are NaN; the others are conditional on them)",
             DoubtfulResultWarning,
             stacklevel=3,
         )

@@ -139,6 +139,12 @@ class PopulationModel:
         weight_prior: the prior sd of each network weight (L2 penalty |w|^2 / s^2 in the
             objective); ``None`` for none.
         fixed: names of parameters held at their initial values (e.g. ``["ka"]``).
+        bounds: ``{name: (lower, upper)}`` on the natural scale for typical values (names in
+            ``theta``) and residual sds (``"sigma_add"``, ``"sigma_prop"``); either end may be
+            None.  The optimiser stays within them (L-BFGS-B's box, projected Adam steps); an
+            estimate that ends on a bound is reported (``sc.DoubtfulResultWarning``) and left out
+            of the covariance step, and the convergence check asks the gradient there to point
+            out of the box (Karush-Kuhn-Tucker) instead of vanishing.
         dosing: the dose parameters ``individual`` returns besides the structural ones: NONMEM's
             ``ALAGn``, ``Fn``, ``Rn``, ``Dn`` for compartment n (lag, bioavailability, modelled
             rate and duration; see :mod:`smallchains.pk.dosing`).  Without ``individual``, name
@@ -164,6 +170,7 @@ class PopulationModel:
         seed=0,
         covariate_network=None,
         dosing=None,
+        bounds=None,
     ):
         if isinstance(structural, str):
             if structural not in MODELS:
@@ -326,6 +333,58 @@ class PopulationModel:
         for k in fixed:
             idx = self._name_index(k)
             self.fixed[idx] = True
+        self.lower = np.full(o, -np.inf)
+        self.upper = np.full(o, np.inf)
+        self.bounds = {}
+        self.set_bounds(bounds or {})
+
+    def set_bounds(self, bounds):
+        """Set ``{name: (lower, upper)}`` natural-scale bounds (see the class); checked against
+        the initial values."""
+        allowed = self.theta_names + self.error.names
+        for k, b in dict(bounds).items():
+            if k not in allowed:
+                raise ValueError(
+                    f"`bounds` names {k!r}; bounds apply to typical values {self.theta_names} and residual "
+                    f"sds {self.error.names}"
+                )
+            try:
+                lo, hi = b
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"`bounds[{k!r}]` must be a pair (lower, upper) (None for no bound), got {b!r}"
+                ) from None
+            lo = None if lo is None else float(lo)
+            hi = None if hi is None else float(hi)
+            if (lo is not None and not (np.isfinite(lo) and lo > 0)) or (hi is not None and not (hi > 0)):
+                raise ValueError(
+                    f"`bounds[{k!r}]` = {b!r}: bounds are on positive quantities (estimated on the log scale); "
+                    "give positive values or None"
+                )
+            if lo is not None and hi is not None and not lo < hi:
+                raise ValueError(f"`bounds[{k!r}]` = {b!r}: the lower bound must be below the upper one")
+            i = (
+                self.theta_names.index(k)
+                if k in self.theta_names
+                else self.blocks["psi"].start + self.error.names.index(k)
+            )
+            v = float(np.exp(self.x0[i]))
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ValueError(f"the initial value of {k} ({v:g}) is outside its bounds {b!r}")
+            self.lower[i] = -np.inf if lo is None else np.log(lo)
+            self.upper[i] = np.inf if hi is None or np.isinf(hi) else np.log(hi)
+            self.bounds[k] = (lo, hi)
+
+    def at_user_bound(self, x, rtol=1e-7):
+        """{index into x: -1 (lower) or +1 (upper)} of the entries on a bound set by ``bounds``."""
+        out = {}
+        for i in np.flatnonzero(np.isfinite(self.lower) | np.isfinite(self.upper)):
+            tol = rtol * max(1.0, abs(x[i]))
+            if x[i] <= self.lower[i] + tol:
+                out[int(i)] = -1
+            elif x[i] >= self.upper[i] - tol:
+                out[int(i)] = 1
+        return out
 
     # ------------------------------------------------------------------ layout helpers
 
