@@ -188,3 +188,26 @@ def test_an_individual_function_that_cannot_be_compiled_is_logged_and_fitted_in_
     assert "runs in NumPy" in caplog.text and "comparison" in caplog.text
     v, etas, res = P.foce(m.x0)
     assert np.isfinite(v) and P.foce_gradient(m.x0, res) is not None
+
+
+@pytest.mark.parametrize("error", ["combined", "additive"])
+def test_map_and_pooled_terms_of_exact_subjects_equal_numpy(theoph, error):
+    """The MAP objective's and the pooled objective's data terms by the batched compiled kernel
+    (every subject exact) against the per-subject NumPy path: values and gradients."""
+    m, x = covariate_model(error, "full")
+    P = Problem(m, drop_time_zero(theoph))
+    assert P.compiled_foce is not None and len(P.compiled_foce.index) == P.N
+    etas = np.random.default_rng(4).normal(0, 0.2, (P.N, 3))
+    got = P.map_objective(x, etas, 1), P.map_objective(x, etas, 0), P.pooled(x, 1)
+    saved = P.compiled_foce
+    P.compiled_foce = None
+    try:
+        assert P._compiled_terms(x, etas, 1) is None  # (the NumPy path below)
+        ref = P.map_objective(x, etas, 1), P.map_objective(x, etas, 0), P.pooled(x, 1)
+    finally:
+        P.compiled_foce = saved
+    assert got[0][0] == pytest.approx(ref[0][0], rel=1e-12)
+    assert got[1] == pytest.approx(ref[1], rel=1e-12)
+    assert got[2][0] == pytest.approx(ref[2][0], rel=1e-12)
+    for a, b in zip(got[0][1:] + got[2][1:], ref[0][1:] + ref[2][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10 * np.abs(b).max())

@@ -561,6 +561,28 @@ def gradients(pack, ws, Oinv, ETA, h, GLQ, GPSI, SS, OK, lo, hi):
         OK[i] = 1.0 if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], GPSI[i], SS[i]) else 0.0
 
 
+@kernel
+def data_terms(pack, ws, ETA, need, L, DLQ, DPSI, OK, lo, hi):
+    """The data terms l_i at the given etas for subjects lo..hi-1 (MAP and pooled objectives):
+    L[i] = l_i and, with ``need``, DLQ[i] = dl_i/dlog q (n_t) and DPSI[i] = dl_i/dpsi; OK[i] = 1
+    when finite."""
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        f, F, V, Vf, dldf, dpsi = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5]
+        st, l = _evaluate(ev, args, ETA[i], need != 0, f, F, V, Vf, dldf, dpsi)
+        OK[i] = 1.0 if st == RK.OK else 0.0
+        L[i] = l
+        if st != RK.OK or need == 0:
+            continue
+        for t in range(F.shape[1]):
+            s = 0.0
+            for j in range(F.shape[0]):
+                s += F[j, t] * dldf[j]
+            DLQ[i, t] = s
+        for r in range(dpsi.shape[0]):
+            DPSI[i, r] = dpsi[r]
+
+
 class PopulationFOCE:
     """The subjects the compiled step covers, packed for the batched kernels.
 
@@ -639,6 +661,11 @@ class PopulationFOCE:
         """Modes of one chunk ``(c, lo, hi)`` into ``out`` = (ETA, MS, RES, G_ALL) (see :func:`modes`)."""
         c, lo, hi = chunk
         modes(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, *out, lo, hi)
+
+    def data_terms(self, chunk, ETA, need, out):
+        """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""
+        c, lo, hi = chunk
+        data_terms(self.pack, self._workspace(c), ETA, need, *out, lo, hi)
 
     def gradients(self, chunk, Oinv, ETA, h, out):
         """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK) (see :func:`gradients`)."""

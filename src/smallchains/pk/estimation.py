@@ -869,7 +869,12 @@ class Problem:
         per-subject algebra done once for all subjects: (sum of data terms, and with ``need`` its
         gradient over x and the (N, q) gradient over the etas); None when the compiled path does
         not apply, (inf, ...) when a subject's objective is not finite."""
-        if not SubjectEval.compiled or self.model.dose_index or any(s._fast is None for s in self.subjects):
+        if not SubjectEval.compiled or self.model.dose_index:
+            return None
+        cf = self.compiled_foce
+        if cf is not None and len(cf.index) == self.N:
+            return self._exact_terms(x, etas, need)
+        if any(s._fast is None for s in self.subjects):
             return None
         m = self.model
         cn = m.covariate_network
@@ -903,6 +908,28 @@ class Problem:
             for i, s in enumerate(subjects):
                 gx[m.blocks["wc"]] += s.covariate_network_grad(x, DLOGQ[i])
         return total, gx, DLOGQ @ m.E
+
+    def _exact_terms(self, x, etas, need):
+        """:meth:`_compiled_terms` for subjects solved exactly, by the compiled FOCE-I step's
+        batched data-term kernel (pk/_foce.py): every subject covered, no network weights."""
+        m = self.model
+        cf = self.compiled_foce
+        cf.set(self._logq0(x), x[m.blocks["psi"]])
+        N = self.N
+        out = (np.zeros(N), np.zeros((N, len(m.theta_names))), np.zeros((N, cf.n_psi)), np.zeros(N))
+        E = np.ascontiguousarray(etas, dtype=np.float64)
+        self.each(lambda c, lo, hi: cf.data_terms((c, lo, hi), E, int(bool(need)), out), cf.chunks(self.threads))
+        L, DLQ, DPSI, OK = out
+        gx = np.zeros(m.n_x)
+        if not OK.all():
+            return (np.inf, gx, np.zeros_like(etas)) if need else np.inf
+        total = float(L.sum())
+        if not need:
+            return total
+        gx[m.blocks["theta"]] = DLQ.sum(axis=0)
+        gx[m.blocks["beta"]] = (self._X * (DLQ @ self._B.T)).sum(axis=0)
+        gx[m.blocks["psi"]] = DPSI.sum(axis=0)
+        return total, gx, DLQ @ m.E
 
     # ------------------------------------------------------------------ naive pooled
 
