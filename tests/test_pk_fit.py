@@ -579,3 +579,21 @@ def test_foce_fits_network_weights_with_the_other_parameters(theoph):
     g[wc] += P.weight_prior(r.x)[1]
     assert np.abs(g[~m.fixed]).max() < 0.05
     P.close()
+
+
+def test_lbfgs_restarts_when_its_relative_reduction_stop_falls_short_of_the_gradient_criterion():
+    """_minimize on the Rosenbrock function with a loose relative-reduction tolerance: L-BFGS stops
+    with a large gradient; with ``restart_gtol`` it restarts (tighter) until the gradient is within
+    it, and says so."""
+    from smallchains.pk.fit import _minimize
+
+    def fg(z):
+        a, b = z
+        f = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        return f, np.array([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
+
+    kw = dict(optimizer="lbfgs", maxiter=1000, tol=1e-3, adam_steps=0, adam_lr=0.01, report=lambda f: None)
+    z, f, conv, msg, _ = _minimize(fg, np.array([-1.2, 1.0]), **kw)
+    assert conv and np.abs(fg(z)[1]).max() > 1e-2 and "restarted" not in msg
+    z, f, conv, msg, _ = _minimize(fg, np.array([-1.2, 1.0]), restart_gtol=1e-2, **kw)
+    assert conv and np.abs(fg(z)[1]).max() <= 1e-2 and "restarted" in msg

@@ -67,19 +67,45 @@ class _Stalled(Exception):
     pass
 
 
+def _kkt(g, z, lo, hi):
+    """The largest partial derivative of ``g`` that is not pointing out of the box (lo, hi) at z."""
+    g = np.asarray(g, dtype=float)
+    if lo is None:
+        return float(np.abs(g).max()) if g.size else 0.0
+    tol = 1e-7 * np.maximum(1.0, np.abs(z))
+    v = np.abs(g)
+    v = np.where(z <= lo + tol, np.maximum(0.0, -g), v)
+    v = np.where(z >= hi - tol, np.maximum(0.0, g), v)
+    return float(v.max()) if v.size else 0.0
+
+
 def _minimize(
-    fun_grad, z0, *, optimizer, maxiter, tol, adam_steps, adam_lr, report, stall_tol=1e-2, stall_iters=50, bounds=None
+    fun_grad,
+    z0,
+    *,
+    optimizer,
+    maxiter,
+    tol,
+    adam_steps,
+    adam_lr,
+    report,
+    stall_tol=1e-2,
+    stall_iters=50,
+    bounds=None,
+    restart_gtol=None,
 ):
     """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
 
     L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
     ``stall_iters`` iterations (a -2 log likelihood difference of 0.01 is statistically
     nothing; networks otherwise creep on for thousands of evaluations).  ``bounds``: (lower,
-    upper) arrays for z (infinite: none): L-BFGS-B's box; Adam's steps are projected on it."""
+    upper) arrays for z (infinite: none): L-BFGS-B's box; Adam's steps are projected on it.
+    ``restart_gtol``: when L-BFGS stops by its relative reduction with a partial derivative (on the
+    box: pointing into it) above this, it restarts from the best point, up to three times."""
     lo, hi = (None, None) if bounds is None else bounds
     if lo is not None:
         z0 = np.clip(z0, lo, hi)
-    best = {"z": z0.copy(), "f": np.inf}
+    best = {"z": z0.copy(), "f": np.inf, "g": None}
     n_eval = [0]
 
     def fg(z):
@@ -88,7 +114,7 @@ def _minimize(
         if not np.isfinite(f) or not np.all(np.isfinite(g)):
             return _BIG, np.zeros_like(z)
         if f < best["f"]:
-            best["z"], best["f"] = z.copy(), f
+            best["z"], best["f"], best["g"] = z.copy(), f, g
         report(f)
         return f, g
 
@@ -112,26 +138,45 @@ def _minimize(
         def callback(intermediate_result=None):
             trace.append(best["f"])
             if stall_tol and len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
-                raise _Stalled
+                if not (restart_gtol and state["restarts"]):  # (a restart is for the gradient criterion)
+                    raise _Stalled
 
         box = None
         if lo is not None and (np.isfinite(lo).any() or np.isfinite(hi).any()):
             box = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
-        try:
-            res = minimize(
-                fg,
-                z,
-                jac=True,
-                method="L-BFGS-B",
-                bounds=box,
-                callback=callback,
-                options={"maxiter": int(maxiter), "ftol": tol, "gtol": 1e-7, "maxcor": 20},
-            )
-            converged = bool(res.success)
-            message = str(res.message)
-        except _Stalled:
-            converged = True
-            message = f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations"
+        restarts = 0
+        state = {"restarts": 0}
+        while True:
+            try:
+                res = minimize(
+                    fg,
+                    z,
+                    jac=True,
+                    method="L-BFGS-B",
+                    bounds=box,
+                    callback=callback,
+                    options={"maxiter": int(maxiter), "ftol": tol * 1e-3**restarts, "gtol": 1e-7, "maxcor": 20},
+                )
+                converged = bool(res.success)
+                message = str(res.message)
+            except _Stalled:
+                converged = True
+                message = f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations"
+                break
+            # L-BFGS's relative-reduction stop short of the gradient criterion (its curvature memory
+            # misled by a badly scaled valley): restart from the best point with a fresh memory and a
+            # 1000x tighter relative reduction
+            g = best["g"]
+            if not (restart_gtol and converged and g is not None and _kkt(g, best["z"], lo, hi) > restart_gtol):
+                break
+            if restarts == 3 or res.nit <= 1:
+                break
+            restarts += 1
+            state["restarts"] = restarts
+            trace.clear()
+            z = best["z"].copy()
+        if restarts:
+            message += f" (L-BFGS restarted {restarts} time(s) short of the gradient criterion)"
     return best["z"], best["f"], converged, message, n_eval[0]
 
 
@@ -778,7 +823,10 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         for rnd in range(max_rounds + 1):
             o = opts if final else dict(opts, maxiter=min(opts["maxiter"], 250), tol=max(opts["tol"], 1e-7))
             box = (np.r_[m.lower[idx], np.full(P.N * q, -np.inf)], np.r_[m.upper[idx], np.full(P.N * q, np.inf)])
-            z, f, conv, msg, ne = _minimize(fg, z, report=report, bounds=box, **o)
+            # (the final round restarts L-BFGS short of the gradient criterion; not with networks,
+            # whose weights creep on for thousands of evaluations)
+            rg = GRADIENT_TOL if final and not nets.size else None
+            z, f, conv, msg, ne = _minimize(fg, z, report=report, bounds=box, restart_gtol=rg, **o)
             ne_total += ne
             x[idx] = z[:nf]
             if final:
