@@ -70,15 +70,8 @@ def ours(name):
     import smallchains as sc
 
     if name == "theophylline":
-        model = sc.pk.PopulationModel(
-            "one_cpt_oral",
-            dict(ka=math.exp(0.45), ke=math.exp(-2.4), CL=math.exp(-3.2)),
-            eta=["ka", "CL"],
-            individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
-            error="additive",
-            sigma=0.5,
-            omega_init=0.2,
-        )
+        model = sc.pk.demo.theophylline_classic()  # (nlme's starting values below)
+        model.x0[model.blocks["theta"]] = [0.45, -2.4, -3.2]
         return model, sc.pkdata.theophylline()
     model = sc.pk.PopulationModel(
         "one_cpt_iv", dict(CL=math.exp(-5.0), V=1.0), eta=["CL", "V"], error="additive", sigma=2.0, omega_init=0.2

@@ -30,15 +30,7 @@ def pheno():
 
 def theophylline_nlme():
     """nlme's Theophylline model in ka, ke, CL (V = CL / ke): an ``individual`` function."""
-    return sc.pk.PopulationModel(
-        "one_cpt_oral",
-        dict(ka=math.exp(0.45), ke=math.exp(-2.4), CL=math.exp(-3.2)),
-        eta=["ka", "CL"],
-        individual=lambda q: {"ka": q["ka"], "CL": q["CL"], "V": q["CL"] / q["ke"]},
-        error="additive",
-        sigma=0.5,
-        omega_init=0.2,
-    )
+    return sc.pk.demo.theophylline_classic()
 
 
 def covariate_model(error="combined", omega="full"):

@@ -281,12 +281,7 @@ def _information(F, E, w, Oinv, G, M):
             for i in range(n_t):
                 s += F[j, i] * E[i, k]
             G[j, k] = s
-    for a in range(q):
-        for b in range(q):
-            s = Oinv[a, b]
-            for j in range(n_obs):
-                s += G[j, a] * w[j] * G[j, b]
-            M[a, b] = s
+    _information_g(G, w, Oinv, M)
 
 
 @kernel
