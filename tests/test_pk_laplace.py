@@ -169,3 +169,30 @@ def test_a_laplace_fit_converges_and_its_gradient_is_the_ofvs(theoph):
 def test_laplace_refuses_network_weights():
     with pytest.raises(ValueError, match="network weights: use method 'foce'"):
         sc.pk.fit(sc.pk.demo.theophylline_ude(), sc.pkdata.theophylline(), "laplace")
+
+
+@pytest.mark.parametrize("error", ["additive", "combined"])
+def test_compiled_laplace_terms_equal_numpy(theoph, error):
+    """The compiled Laplace step (every subject exact) against the NumPy one: OFV, modes, H/2."""
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.5, CL=0.04, V=0.5),
+        eta=["ka", "CL", "V"],
+        omega="full",
+        error=error,
+        sigma=0.7 if error == "additive" else [0.3, 0.1],
+    )
+    P = Problem(m, theoph)
+    assert P.compiled_foce is not None and len(P.compiled_foce.index) == P.N
+    x = m.x0
+    got = LP.laplace(P, x)
+    saved = P.compiled_foce
+    P.compiled_foce = None
+    try:
+        ref = LP.laplace(P, x)
+    finally:
+        P.compiled_foce = saved
+    assert got[0] == pytest.approx(ref[0], rel=1e-9)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-8)
+    for a, b in zip(got[2], ref[2]):
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-6)

@@ -578,6 +578,127 @@ def data_terms(pack, ws, ETA, need, L, DLQ, DPSI, OK, lo, hi):
             DPSI[i, r] = dpsi[r]
 
 
+@kernel
+def _phi_grad(ev, args, wk, Oinv, eta, g):
+    """(status, Phi = l + eta' Omega^-1 eta) at ``eta``, ``g`` <- dPhi/deta = G' dl/df + 2 Omega^-1 eta."""
+    f, F, V, Vf, dldf, dpsi, G = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[7]
+    st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+    if st != RK.OK:
+        return st, np.inf
+    q = eta.shape[0]
+    for a in range(q):
+        s = 0.0
+        for j in range(f.shape[0]):
+            s += G[j, a] * dldf[j]
+        for b in range(q):
+            s += 2.0 * Oinv[a, b] * eta[b]
+        g[a] = s
+    return RK.OK, l + _quad(Oinv, eta)
+
+
+@kernel
+def _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
+    """H <- the symmetrised central differences (step h) of dPhi/deta at ``eta``; False on failure."""
+    q = eta.shape[0]
+    for k in range(q):
+        for sgn in (1.0, -1.0):
+            for a in range(q):
+                e1[a] = eta[a]
+            e1[k] += sgn * h
+            st, _ = _phi_grad(ev, args, wk, Oinv, e1, gp if sgn > 0 else gm)
+            if st != RK.OK:
+                return False
+        for a in range(q):
+            H[a, k] = (gp[a] - gm[a]) / (2.0 * h)
+    for a in range(q):
+        for b in range(a + 1, q):
+            v = 0.5 * (H[a, b] + H[b, a])
+            H[a, b] = v
+            H[b, a] = v
+    return True
+
+
+@kernel
+def laplace_terms(pack, ws, Oinv, ETA0, h, eta_tol, max_newton, ETA, MS, RES, lo, hi):
+    """Laplace's subject terms (as ``pk.laplace.subject_term``) for subjects lo..hi-1 from the
+    mode estimates ETA0: Newton with the exact Hessian (central differences, step h, of the exact
+    eta-gradient) until no eta moves by more than eta_tol; ETA[i] <- the mode, MS[i] <- H/2,
+    RES[i] <- (Phi at the mode, status (0 or FAILED), log|H/2|)."""
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        g, step, e1, Mw, piv = wk[8], wk[9], wk[10], wk[11], wk[12]
+        gp, gm, H, Lc = gw[11], gw[16], gw[12], gw[5]
+        eta = ETA[i]
+        q = eta.shape[0]
+        RES[i, 1] = FAILED
+        for a in range(q):
+            eta[a] = ETA0[i, a]
+        st, phi = _phi_grad(ev, args, wk, Oinv, eta, g)
+        if st != RK.OK or not _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
+            continue
+        failed = False
+        for _ in range(max_newton):
+            if not _solve(H, g, step, Mw, piv, 1.0):
+                failed = True
+                break
+            big = 0.0
+            scale = 0.0
+            slope = 0.0
+            for a in range(q):
+                step[a] = -step[a]
+                big = max(big, abs(step[a]))
+                scale = max(scale, abs(eta[a]))
+                slope += g[a] * step[a]
+            if big <= eta_tol * (1.0 + scale):
+                break
+            alpha = 1.0
+            found = False
+            while alpha > 1e-6:
+                for a in range(q):
+                    e1[a] = eta[a] + alpha * step[a]
+                st1, phi1 = _phi_grad(ev, args, wk, Oinv, e1, gp)
+                if st1 == RK.OK and phi1 <= phi + 1e-4 * alpha * slope + 1e-12 * abs(phi):
+                    found = True
+                    break
+                alpha *= 0.5
+            if not found:  # (no decrease: at the mode to rounding)
+                break
+            for a in range(q):
+                eta[a] = e1[a]
+            st, phi = _phi_grad(ev, args, wk, Oinv, eta, g)
+            if st != RK.OK or not _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
+                failed = True
+                break
+        if failed:
+            continue
+        # H/2 and its log-determinant by Cholesky (positive definite, else the term fails)
+        logdet = 0.0
+        ok = True
+        for a in range(q):
+            for b in range(q):
+                MS[i, a, b] = 0.5 * H[a, b]
+        for a in range(q):
+            for b in range(a + 1):
+                s = MS[i, a, b]
+                for k in range(b):
+                    s -= Lc[a, k] * Lc[b, k]
+                if a == b:
+                    if not s > 0.0:
+                        ok = False
+                        break
+                    Lc[a, a] = np.sqrt(s)
+                    logdet += 2.0 * np.log(Lc[a, a])
+                else:
+                    Lc[a, b] = s / Lc[b, b]
+            if not ok:
+                break
+        if not ok:
+            continue
+        RES[i, 0] = phi
+        RES[i, 1] = 0.0
+        RES[i, 2] = logdet
+
+
 class PopulationFOCE:
     """The subjects the compiled step covers, packed for the batched kernels.
 
@@ -661,6 +782,11 @@ class PopulationFOCE:
         """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""
         c, lo, hi = chunk
         data_terms(self.pack, self._workspace(c), ETA, need, *out, lo, hi)
+
+    def laplace_terms(self, chunk, Oinv, ETA0, h, eta_tol, out, max_newton=10):
+        """Laplace terms of one chunk into ``out`` = (ETA, MS, RES) (see :func:`laplace_terms`)."""
+        c, lo, hi = chunk
+        laplace_terms(self.pack, self._workspace(c), Oinv, ETA0, h, eta_tol, max_newton, *out, lo, hi)
 
     def gradients(self, chunk, Oinv, ETA, h, out):
         """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK) (see :func:`gradients`)."""

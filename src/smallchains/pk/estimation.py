@@ -778,7 +778,7 @@ class Problem:
         cf.index = np.array(index)
         return cf
 
-    def _logq0(self, x):
+    def logq0(self, x):
         """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
         m = self.model
         return x[m.blocks["theta"]] + (self._X * x[m.blocks["beta"]]) @ self._B
@@ -914,7 +914,7 @@ class Problem:
         batched data-term kernel (pk/_foce.py): every subject covered, no network weights."""
         m = self.model
         cf = self.compiled_foce
-        cf.set(self._logq0(x), x[m.blocks["psi"]])
+        cf.set(self.logq0(x), x[m.blocks["psi"]])
         N = self.N
         out = (np.zeros(N), np.zeros((N, len(m.theta_names))), np.zeros((N, cf.n_psi)), np.zeros(N))
         E = np.ascontiguousarray(etas, dtype=np.float64)
@@ -1070,7 +1070,7 @@ class Problem:
         done = np.zeros(self.N, dtype=bool)
         if cf is not None and all(res[i][3].get("compiled") for i in cf.index):
             ix = cf.index
-            cf.set(self._logq0(x)[ix], x[m.blocks["psi"]])
+            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
             ETA = np.ascontiguousarray([res[i][0] for i in ix])
             n_t, q = m.E.shape
             out = (
@@ -1120,7 +1120,7 @@ class Problem:
         logdets = {}
         if cf is not None:
             ix = cf.index
-            cf.set(self._logq0(x)[ix], x[m.blocks["psi"]])
+            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
             E0 = np.ascontiguousarray(etas0[ix])
             out = (np.zeros_like(E0), np.zeros((len(ix), q, q)), np.zeros((len(ix), 5)), np.zeros((cf.ooff[-1], q)))
             self.each(lambda c, lo, hi: cf.modes((c, lo, hi), Oinv, E0, self.inner_tol, out), cf.chunks(self.threads))

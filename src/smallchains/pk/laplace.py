@@ -25,6 +25,10 @@ How it is computed:
   modes warm-started and polished at every point (as NONMEM's outer loop differences its
   objective).  It costs two objective evaluations per estimated parameter, so Laplace refuses
   models with network weights; per-subject terms give the covariance step's S matrix.
+
+Subjects the compiled FOCE-I step covers (:mod:`smallchains.pk._foce`: solved exactly) take the
+same Newton polish and Hessian in compiled code (``laplace_terms``, tested equal to this module's
+NumPy path); the others take :func:`subject_term`.
 """
 
 from __future__ import annotations
@@ -107,7 +111,23 @@ def laplace(P, x, etas0=None):
     Linv = np.linalg.inv(L)
     Oinv = Linv.T @ Linv
     logdetO = 2.0 * np.sum(np.log(np.diag(L)))
-    res = P.each(lambda s, e: subject_term(s, x, Oinv, e), list(zip(P.subjects, etas)))
+    res = [None] * P.N
+    cf = P.compiled_foce
+    covered = set()
+    if cf is not None:  # (the compiled step's subjects: one kernel call per thread)
+        ix = cf.index
+        cf.set(P.logq0(x)[ix], x[m.blocks["psi"]])
+        E0 = np.ascontiguousarray(etas[ix])
+        out = (np.zeros_like(E0), np.zeros((len(ix), q, q)), np.zeros((len(ix), 3)))
+        P.each(lambda c, lo, hi: cf.laplace_terms((c, lo, hi), Oinv, E0, H_ETA, ETA_TOL, out), cf.chunks(P.threads))
+        ETA, MS, RES = out
+        for k, i in enumerate(ix):
+            if RES[k, 1] == 0.0:
+                res[i] = (ETA[k], RES[k, 0], MS[k])
+        covered = set(ix.tolist())
+    rest = [i for i in range(P.N) if i not in covered]
+    for i, r in zip(rest, P.each(lambda i: subject_term(P.subjects[i], x, Oinv, etas[i]), rest)):
+        res[i] = r
     if any(r is None for r in res):
         return np.inf, etas0.copy(), res
     ofv = 0.0
