@@ -985,7 +985,7 @@ def _convergence(P, method, x, etas, map_omega, C=None):
     others = np.setdiff1d(free, idx)  # (network weights, parameters at a bound)
     # on a bound set by `bounds`, the gradient must point out of the box (KKT), not vanish
     side = m.at_user_bound(x)
-    viol = np.array([max(0.0, -g[i]) if side[i] < 0 else max(0.0, g[i]) if i in side else abs(g[i]) for i in others])
+    viol = np.array([abs(g[i]) if i not in side else max(0.0, side[i] * g[i]) for i in others])
     gmax = float(viol.max()) if others.size else 0.0
     if idx.size and H is None:
         return False, "convergence criterion NOT met: the objective's Hessian could not be computed", None, idx
