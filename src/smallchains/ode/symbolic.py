@@ -19,6 +19,8 @@ import types
 
 import numpy as np
 
+from .._complexstep import jacobian
+
 
 class SymbolicError(ValueError):
     """The function could not be traced or differentiated symbolically."""
@@ -117,19 +119,19 @@ def symbolic_derivatives(f, n_states, n_params):
     return numba.njit(ns["vjp"]), numba.njit(ns["jvp"]), src
 
 
-def complex_step_jacobian(call, n_out, arrays, H=1e-30):
+def complex_step_jacobian(call, n_out, arrays, H=None):
     """The Jacobian (n_out, sum of sizes) of ``call(out, *arrays)`` by complex step, in NumPy:
-    the reference generated derivatives are checked against."""
-    zs = [np.asarray(a, dtype=complex) for a in arrays]
-    cols = []
-    for a, z in zip(arrays, zs):
-        for k in range(z.shape[0]):
-            z[k] += 1j * H
-            out = np.zeros(n_out, dtype=complex)
-            call(out, *zs)
-            cols.append(out.imag / H)
-            z[k] = a[k]
-    return np.stack(cols, axis=1)
+    the reference generated derivatives are checked against (:func:`smallchains._complexstep.jacobian`
+    over the arrays laid end to end)."""
+    sizes = [np.asarray(a).shape[0] for a in arrays]
+    cuts = np.cumsum(sizes)[:-1]
+
+    def fn(z):
+        out = np.zeros(n_out, dtype=complex)
+        call(out, *np.split(z, cuts))
+        return out
+
+    return jacobian(fn, np.concatenate([np.asarray(a, dtype=float) for a in arrays]))
 
 
 def _compile_namespace(src, what):

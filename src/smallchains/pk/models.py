@@ -30,10 +30,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .._complexstep import jacobian
 from ..ode.problem import UDE, ODEFunction
 from ..ode.symbolic import checked_derivatives, choose
-
-_H = 1e-30
 
 
 def zero_output_init(chain, seed=0):
@@ -128,13 +127,13 @@ class CompartmentModel:
         A = np.zeros((n, n))
         self.linear(A, np.asarray(p[:m], dtype=np.float64))
         if dA is not None:
-            Ac = np.zeros((n, n), dtype=np.complex128)
-            pc = np.asarray(p[:m], dtype=np.complex128)
-            for k in range(m):
-                pc[k] += 1j * _H
-                self.linear(Ac, pc)
-                dA[k] = Ac.imag / _H
-                pc[k] = p[k]
+
+            def rates(pz):
+                Az = np.zeros((n, n), dtype=np.complex128)
+                self.linear(Az, np.ascontiguousarray(pz))
+                return Az
+
+            dA[:] = np.moveaxis(jacobian(rates, np.asarray(p[:m], dtype=np.float64)), -1, 0)
         return A
 
     def init_weights(self, seed=0):
@@ -204,18 +203,11 @@ class CompartmentModel:
         if self._ratios:
             return self.ratio_jacobians(u, p, *self.ratio_indices(np.asarray(dvid, dtype=np.int64).reshape(-1)))
         y = self.output(u, p, dvid)
-        ju = np.empty((u.shape[0], self.n_states))
-        jp = np.empty((u.shape[0], self.n_params))
-        uz = u.astype(complex)
+        cols = np.zeros((self.n_states, *u.shape))  # (state j of every row)
         for j in range(self.n_states):
-            uz[:, j] += 1j * _H
-            ju[:, j] = self.output(uz, p, dvid).imag / _H
-            uz[:, j] = u[:, j]
-        pz = p.astype(complex)
-        for k in range(self.n_params):
-            pz[k] += 1j * _H
-            jp[:, k] = self.output(u, pz, dvid).imag / _H
-            pz[k] = p[k]
+            cols[j, :, j] = 1.0
+        ju = jacobian(lambda uz: self.output(uz, p, dvid), u, cols)
+        jp = jacobian(lambda pz: self.output(u, pz, dvid), p, np.eye(p.shape[0])[: self.n_params])
         return y, ju, jp
 
     def ratio_indices(self, dvid):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._complexstep import jacobian
 from .dosing import DOSE_PARAM
 from .dosing import parse as parse_dose_params
 from .models import MODELS, CompartmentModel, zero_output_init
 
 ERRORS = ("additive", "proportional", "combined")
-_H = 1e-30
 
 
 class ErrorModel:
@@ -72,12 +72,8 @@ class ErrorModel:
             V, Vf, _ = self.variance(fz, pz)
             return 1.0 / V + Vf * Vf / (2.0 * V * V)
 
-        dwdf = w(f + 1j * _H, psi.astype(complex)).imag / _H
-        dwdpsi = np.empty((f.shape[0], psi.shape[0]))
-        for r in range(psi.shape[0]):
-            pz = psi.astype(complex)
-            pz[r] += 1j * _H
-            dwdpsi[:, r] = w(f.astype(complex), pz).imag / _H
+        dwdf = jacobian(lambda fz: w(fz, psi.astype(complex)), f, np.ones((1, f.shape[0])))[:, 0]
+        dwdpsi = jacobian(lambda pz: w(f.astype(complex), pz), psi)
         return w(f, psi), dwdf, dwdpsi
 
 
@@ -522,14 +518,8 @@ class PopulationModel:
             return P[0], J[0]
         with np.errstate(over="ignore"):  # (an optimiser's trial step: inf parameters fail the solve cleanly)
             q = np.exp(logq)
-        n_t = q.shape[0]
         p = self._call_individual(q, cov)
-        J = np.empty((p.shape[0], n_t))
-        qz = q.astype(complex)
-        for k in range(n_t):
-            qz[k] += 1j * _H * q[k]  # d/dlogq = q d/dq
-            J[:, k] = self._call_individual(qz, cov).imag / _H
-            qz[k] = q[k]
+        J = jacobian(lambda qz: self._call_individual(qz, cov), q, np.diag(q))  # d/dlogq = q d/dq
         return p.real.astype(float), J
 
     def structural_params_all(self, LOGQ, covs):
