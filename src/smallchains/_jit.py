@@ -45,6 +45,7 @@ from numba.core.registry import CPUDispatcher
 from numba.experimental.function_type import _get_jit_address, _get_wrapper_address
 
 from . import _log
+from ._atomic import atomic_write
 from ._warnings import CompileCacheWarning
 
 STRICT = os.environ.get("SMALLCHAINS_STRICT", "0") not in ("", "0", "false", "False")
@@ -186,10 +187,7 @@ def purge_stale_caches() -> bool:
                 except OSError:
                     pass
         os.makedirs(stamp_dir, exist_ok=True)
-        tmp = f"{stamp}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(digest)
-        os.replace(tmp, stamp)
+        atomic_write(stamp, lambda fh: fh.write(digest))
         return True
     except OSError:
         return False
