@@ -149,6 +149,7 @@ def test_highly_correlated_estimates_are_warned():
     r.cov_excluded, r.cov_why = [], None
     r.model = pk.PopulationModel("one_cpt_iv", dict(CL=1.0, V=10.0), error="additive")
     r.sigma = {"sigma_add": 1.0}
+    r.x = r.model.x0.copy()
     r.correlation = CV.summarize(r.cov)[0]
     from smallchains.pk.fit import warn_doubtful
 
