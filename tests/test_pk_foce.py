@@ -203,3 +203,11 @@ def test_map_and_pooled_terms_of_exact_subjects_equal_numpy(theoph, error):
     assert got[2][0] == pytest.approx(ref[2][0], rel=1e-12)
     for a, b in zip(got[0][1:] + got[2][1:], ref[0][1:] + ref[2][1:]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10 * np.abs(b).max())
+
+
+def test_the_compiled_step_refuses_to_be_copied_to_another_process(theoph):
+    import pickle
+
+    P = Problem(theophylline_nlme(), theoph)
+    with pytest.raises(TypeError, match="cannot be copied to another process"):
+        pickle.dumps(P.compiled_foce)

@@ -744,6 +744,12 @@ class PopulationFOCE:
         self._ws = {}
         self._chunks = {}
 
+    def __reduce__(self):
+        raise TypeError(
+            "the compiled FOCE-I step holds this process's addresses of compiled functions and cannot be "
+            "copied to another process: build the Problem (or fit) in the process that uses it"
+        )
+
     def _workspace(self, k):
         if k not in self._ws:
             n, m, n_t, q, n_psi, no = self.n, self.m, self.n_t, self.q, self.n_psi, self.n_max
