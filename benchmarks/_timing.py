@@ -1,4 +1,4 @@
-"""The benchmarks' one timer (the median over rounds of the mean time per call) and machine line."""
+"""The benchmarks' timers (the median over rounds, of wall or CPU time) and machine line."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ def median_per_call(fn, calls, rounds, scale=1e6):
             fn()
         per.append((time.perf_counter() - t0) / calls * scale)
     return statistics.median(per)
+
+
+def median_seconds(fn, rounds, clock=time.process_time):
+    """Call ``fn`` once (warm-up: compilation, caches), then ``rounds`` times; the median seconds
+    per call on ``clock`` (CPU time by default, so other load does not count; time.perf_counter
+    for wall time)."""
+    fn()
+    secs = []
+    for _ in range(rounds):
+        t0 = clock()
+        fn()
+        secs.append(clock() - t0)
+    return statistics.median(secs)
 
 
 def machine():

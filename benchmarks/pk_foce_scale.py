@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import machine  # noqa: E402
+from _timing import machine, median_seconds  # noqa: E402
 
 import smallchains as sc  # noqa: E402
 from smallchains.pk.estimation import Problem  # noqa: E402
@@ -55,26 +54,6 @@ def study(n):
     return model, data
 
 
-def cpu(fn, rounds):
-    fn()
-    out = []
-    for _ in range(rounds):
-        t = time.process_time()
-        fn()
-        out.append(time.process_time() - t)
-    return statistics.median(out)
-
-
-def wall(fn, rounds):
-    fn()
-    out = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=1000)
@@ -98,9 +77,9 @@ def main(argv=None):
         v, etas, res = P.foce(x, state["etas"])
         return v, P.foce_gradient(x, res)
 
-    t_c = cpu(lambda: both(P), a.rounds)
+    t_c = median_seconds(lambda: both(P), a.rounds)
     P.set_threads(2)
-    t_2 = wall(lambda: both(P), a.rounds)
+    t_2 = median_seconds(lambda: both(P), a.rounds, time.perf_counter)
     P.set_threads(1)
     sub = sc.pk.Population(data.subjects[:100], data.covariate_names, data.columns)
     Pc = Problem(model, sub, threads=1)
@@ -108,7 +87,7 @@ def main(argv=None):
     Pn.compiled_foce = None
     vc, gc = both(Pc)
     vn, gn = both(Pn)
-    t_n = cpu(lambda: both(Pn), max(1, a.rounds // 2)) * P.N / Pn.N
+    t_n = median_seconds(lambda: both(Pn), max(1, a.rounds // 2)) * P.N / Pn.N
     print(f"  {P.N} subjects, {P.n_obs} observations, two_cpt_oral (3 states), q = 3")
     print(f"  compiled step: {t_c:8.3f} s CPU per objective + gradient, one thread (target <= 0.3 s)")
     print(f"                 {t_2:8.3f} s wall on two threads")

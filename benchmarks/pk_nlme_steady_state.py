@@ -49,16 +49,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _r import INSTALL, have_nlme, nlme_version, rscript  # noqa: E402
-from _timing import machine  # noqa: E402
+from _timing import machine, median_seconds  # noqa: E402
 
 #: (V, ka, CL) in the data's units (L, 1/h, L/h; doses in mg, concentrations in mg/L)
 PARAMETER_SETS = [(100.0, 0.5, 10.0), (250.0, 1.5, 20.0), (60.0, 0.2, 4.0)]
@@ -167,16 +165,6 @@ def ours(model, pop, p, rtol, atol, analytic=False):
     return [model.simulate(s, p, rtol=rtol, atol=atol, analytic=analytic)[1] for s in pop]
 
 
-def cpu_median(fn, repeats):
-    fn()  # warm-up (compilation)
-    secs = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        secs.append(time.process_time() - t0)
-    return statistics.median(secs)
-
-
 def write_reference(nm, pred_first):
     """Whole subjects with steady-state doses, in data order, whose observations add up to 40."""
     obs = nm["EVID"].to_numpy() == 0
@@ -262,8 +250,8 @@ def main():
         exact = rel(ours(model, pop, p, 1e-8, 1e-8, analytic=True))
         ode = rel(ours(model, pop, p, 1e-8, 1e-8))
         tight = rel(ours(model, pop, p, 1e-10, 1e-12))
-        s_exact = cpu_median(lambda p=p: ours(model, pop, p, 1e-8, 1e-8, analytic=True), a.repeats)
-        s_ode = cpu_median(lambda p=p: ours(model, pop, p, 1e-8, 1e-8), a.repeats)
+        s_exact = median_seconds(lambda p=p: ours(model, pop, p, 1e-8, 1e-8, analytic=True), a.repeats)
+        s_ode = median_seconds(lambda p=p: ours(model, pop, p, 1e-8, 1e-8), a.repeats)
         print(
             f"{V:5g} {ka:4g} {CL:4g}   {exact.max():19.2e} {ode.max():9.2e} {tight.max():9.2e}   "
             f"{r_secs[k] * 1e3:6.3f} ms {s_exact * 1e3:6.2f} ms {s_ode * 1e3:6.1f} ms"

@@ -55,6 +55,21 @@ def _variance(f, s0, s1, kind):
 
 
 @kernel
+def _stepped(psi, r, s0, s1):
+    """The variances (s0, s1) = exp(2 psi) as complex numbers, log sd ``r`` stepped by i H (one
+    residual sd: both are its variance)."""
+    z0 = complex(s0)
+    z1 = complex(s1)
+    if r == 0:
+        z0 = np.exp(2.0 * (psi[0] + 1j * H))
+        if psi.shape[0] == 1:
+            z1 = z0
+    else:
+        z1 = np.exp(2.0 * (psi[1] + 1j * H))
+    return z0, z1
+
+
+@kernel
 def _weight(f, s0, s1, kind):
     """FOCE-I's information weight 1/V + V'^2 / (2 V^2)."""
     V, Vf = _variance(f, s0, s1, kind)
@@ -187,14 +202,7 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
         a_ = 1.0 / Vj - res * res / (Vj * Vj)
         dldf[j] = -2.0 * res / Vj + a_ * Vfj
         for r in range(n_psi):  # dV/dpsi_r by complex step
-            z0 = complex(s0)
-            z1 = complex(s1)
-            if r == 0:
-                z0 = np.exp(2.0 * (psi[0] + 1j * H))
-                if n_psi == 1:
-                    z1 = z0
-            else:
-                z1 = np.exp(2.0 * (psi[1] + 1j * H))
+            z0, z1 = _stepped(psi, r, s0, s1)
             Vz, _ = _variance(complex(fj), z0, z1, kind)
             dpsi[r] += a_ * Vz.imag / H
         if jac:
@@ -410,14 +418,7 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
     for j in range(n_obs):
         dWdf[j] = _weight(f0[j] + 1j * H, complex(s0), complex(s1), kind).imag / H
         for r in range(n_psi):
-            z0 = complex(s0)
-            z1 = complex(s1)
-            if r == 0:
-                z0 = np.exp(2.0 * (psi[0] + 1j * H))
-                if n_psi == 1:
-                    z1 = z0
-            else:
-                z1 = np.exp(2.0 * (psi[1] + 1j * H))
+            z0, z1 = _stepped(psi, r, s0, s1)
             dWdpsi[j, r] = _weight(complex(f0[j]), z0, z1, kind).imag / H
     # A = 2 W G Minv, d_j = G_j' Minv G_j, c = d W'; d log|M| / d eta = G' c (+ through G below)
     for j in range(n_obs):
