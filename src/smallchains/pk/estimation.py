@@ -727,7 +727,7 @@ class Problem:
         self._RES = np.zeros((self.N, 1 + len(model.error.names)))
         self._pool = None
         self.set_threads(1 if threads is None else threads)
-        #: each subject's compiled FOCE-I step (pk/_foce.py), or None where it takes the NumPy path
+        #: the compiled FOCE-I step (pk/_foce.py) over the subjects it covers, or None
         self.compiled_foce = self._compiled_foce()
 
     def _compiled_foce(self):
@@ -777,6 +777,12 @@ class Problem:
         cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names))
         cf.index = np.array(index)
         return cf
+
+    @property
+    def uncovered(self):
+        """Indices of the subjects the compiled FOCE-I step does not cover (they take the NumPy step)."""
+        cf = self.compiled_foce
+        return list(range(self.N)) if cf is None else sorted(set(range(self.N)) - set(cf.index.tolist()))
 
     def logq0(self, x):
         """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
@@ -1129,8 +1135,7 @@ class Problem:
                 if RES[k, 1] == 0.0:
                     res[i] = (ETA[k], RES[k, 0], MS[k], {"compiled": True, "G": GA[cf.ooff[k] : cf.ooff[k + 1]]})
                     logdets[i] = (RES[k, 4], RES[k, 3])
-        covered = set() if cf is None else set(cf.index.tolist())
-        rest = [i for i in range(self.N) if i not in covered]
+        rest = self.uncovered
         for i, r in zip(
             rest, self.each(lambda i: self.subjects[i].fit_eta(x, Oinv, etas0[i], tol=self.inner_tol), rest)
         ):

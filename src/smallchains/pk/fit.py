@@ -984,9 +984,7 @@ def _convergence(P, method, x, etas, map_omega, C=None):
     H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3) if idx.size else None
     others = np.setdiff1d(free, idx)  # (network weights, parameters at a bound)
     # on a bound set by `bounds`, the gradient must point out of the box (KKT), not vanish
-    side = m.at_user_bound(x)
-    viol = np.array([abs(g[i]) if i not in side else max(0.0, side[i] * g[i]) for i in others])
-    gmax = float(viol.max()) if others.size else 0.0
+    gmax = _kkt(g[others], x[others], m.lower[others], m.upper[others])
     if idx.size and H is None:
         return False, "convergence criterion NOT met: the objective's Hessian could not be computed", None, idx
     dec = 0.0

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .estimation import _inverse_lower
+
 #: central-difference steps: eta (the Hessian), parameters (the gradient)
 H_ETA = 1e-5
 H_X = 1e-4
@@ -108,12 +110,11 @@ def laplace(P, x, etas0=None):
         return np.inf, etas0.copy(), [None] * P.N
     with np.errstate(over="ignore"):
         L = m.omega_factor(x)
-    Linv = np.linalg.inv(L)
+    Linv = _inverse_lower(L)
     Oinv = Linv.T @ Linv
     logdetO = 2.0 * np.sum(np.log(np.diag(L)))
     res = [None] * P.N
     cf = P.compiled_foce
-    covered = set()
     if cf is not None:  # (the compiled step's subjects: one kernel call per thread)
         ix = cf.index
         cf.set(P.logq0(x)[ix], x[m.blocks["psi"]])
@@ -124,8 +125,7 @@ def laplace(P, x, etas0=None):
         for k, i in enumerate(ix):
             if RES[k, 1] == 0.0:
                 res[i] = (ETA[k], RES[k, 0], MS[k])
-        covered = set(ix.tolist())
-    rest = [i for i in range(P.N) if i not in covered]
+    rest = P.uncovered
     for i, r in zip(rest, P.each(lambda i: subject_term(P.subjects[i], x, Oinv, etas[i]), rest)):
         res[i] = r
     if any(r is None for r in res):
