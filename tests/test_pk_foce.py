@@ -211,3 +211,39 @@ def test_the_compiled_step_refuses_to_be_copied_to_another_process(theoph):
     P = Problem(theophylline_nlme(), theoph)
     with pytest.raises(TypeError, match="cannot be copied to another process"):
         pickle.dumps(P.compiled_foce)
+
+
+@pytest.mark.parametrize("error", ["combined", "proportional"])
+def test_compiled_predictions_equal_numpy(theoph, error):
+    """The diagnostics' and the initial check's predictions (f, V, G = df/deta) by the batched
+    kernel against the per-subject NumPy path."""
+    m, x = covariate_model(error, "full")
+    P = Problem(m, drop_time_zero(theoph))
+    assert P.compiled_foce is not None and len(P.compiled_foce.index) == P.N
+    etas = np.random.default_rng(5).normal(0, 0.2, (P.N, 3))
+    got = P.predictions(x, etas, directions=True), P.predictions(x, None)
+    saved = P.compiled_foce
+    P.compiled_foce = None
+    try:
+        ref = P.predictions(x, etas, directions=True), P.predictions(x, None)
+    finally:
+        P.compiled_foce = saved
+    for a_all, b_all in zip(got, ref, strict=True):
+        for a, b in zip(a_all, b_all, strict=True):
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+            np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+            if b[2] is None:
+                assert a[2] is None
+            else:
+                np.testing.assert_allclose(a[2], b[2], rtol=1e-8, atol=1e-12 * np.abs(b[2]).max())
+
+
+def test_the_initial_check_names_a_zero_variance_with_the_compiled_step(theoph):
+    """A proportional error with an observation at time 0 (prediction 0, variance 0): the
+    compiled check fails and the NumPy loop names the subject, time and fix."""
+    m, x = covariate_model("proportional", "diagonal")
+    P = Problem(m, theoph)
+    assert P.compiled_foce is not None
+    why = P.diagnose(x)
+    assert why is not None and "zero variance" in why and f"subject {theoph.subjects[0].id}, time 0" in why
+    assert Problem(m, drop_time_zero(theoph)).diagnose(x) is None

@@ -580,6 +580,31 @@ def data_terms(pack, ws, ETA, need, L, DLQ, DPSI, OK, lo, hi):
 
 
 @kernel
+def predictions(pack, ws, ETA, directions, F_ALL, V_ALL, G_ALL, OK, lo, hi):
+    """Predictions at the given etas for subjects lo..hi-1 (diagnostics, the initial-value
+    check): F_ALL and V_ALL's rows of subject i = f and the residual variance V at its
+    observations, with ``directions`` G_ALL's rows = df/deta; OK[i] = 1 when finite with V > 0
+    (else the caller asks the NumPy path why)."""
+    OOFF = pack[16]
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        f, F, V, Vf, dldf, dpsi, G = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[7]
+        st, _ = _evaluate(ev, args, ETA[i], False, f, F, V, Vf, dldf, dpsi)
+        if st == RK.OK and directions:
+            st = _directions(ev, args, f, G)
+        OK[i] = 1.0 if st == RK.OK else 0.0
+        if st != RK.OK:
+            continue
+        o0 = OOFF[i]
+        for j in range(OOFF[i + 1] - o0):
+            F_ALL[o0 + j] = f[j]
+            V_ALL[o0 + j] = V[j]
+            if directions:
+                for a in range(G.shape[1]):
+                    G_ALL[o0 + j, a] = G[j, a]
+
+
+@kernel
 def _phi_grad(ev, args, wk, Oinv, eta, g):
     """(status, Phi = l + eta' Omega^-1 eta) at ``eta``, ``g`` <- dPhi/deta = G' dl/df + 2 Omega^-1 eta."""
     f, F, V, Vf, dldf, dpsi, G = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[7]
@@ -789,6 +814,11 @@ class PopulationFOCE:
         """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""
         c, lo, hi = chunk
         data_terms(self.pack, self._workspace(c), ETA, need, *out, lo, hi)
+
+    def predictions(self, chunk, ETA, directions, out):
+        """Predictions of one chunk into ``out`` = (F, V, G, OK) (see :func:`predictions`)."""
+        c, lo, hi = chunk
+        predictions(self.pack, self._workspace(c), ETA, directions, *out, lo, hi)
 
     def laplace_terms(self, chunk, Oinv, ETA0, h, eta_tol, out, max_newton=10):
         """Laplace terms of one chunk into ``out`` = (ETA, MS, RES) (see :func:`laplace_terms`)."""

@@ -122,7 +122,7 @@ class SubjectEval:
         ):
             self.dosing = SubjectDosing(subject.doses, model.dose_index, st.n_states)
             self._dj = None  # the last evaluation's (d time / d pd, d value / d pd) of the jumps
-        p0, _ = self.params(model.x0, np.zeros(model.n_eta))
+        p0, _ = self.params(model.x0, np.zeros(model.n_eta), jac=False)
         solve_kw = dict(rtol=rtol, atol=atol, solver=solver, controller=controller)
         #: the covariates the model reads, when they change within the solve (pk/timevarying.py), or None;
         #: ``tv_baseline``: they change but the subject keeps its first values (with dose parameters)
@@ -336,10 +336,10 @@ class SubjectEval:
             g[ob.start + r] += eta @ dOinv[r] @ eta + np.sum(Minv * dOinv[r])
         return g
 
-    def params(self, x, eta):
-        """(p for the solver, dp_mech/dlogq)."""
+    def params(self, x, eta, jac=True):
+        """(p for the solver, dp_mech/dlogq; None with ``jac=False``, when it may be skipped)."""
         m = self.model
-        pm, J = m.structural_params(self.logq(x, eta), self.cov)
+        pm, J = m.structural_params(self.logq(x, eta), self.cov, jac)
         if self.dosing is not None:  # (the dose parameters follow the mechanistic ones)
             self._pd = pm[self.n_mech :]
         return np.concatenate([pm[: self.n_mech], x[m.blocks["w"]]]), J
@@ -726,6 +726,7 @@ class Problem:
         self._GP = np.zeros((self.N, n_p))
         self._RES = np.zeros((self.N, 1 + len(model.error.names)))
         self._pool = None
+        self._od_cache = None  # (Omega's parameters, omega_inverse_derivatives there)
         self.set_threads(1 if threads is None else threads)
         #: the compiled FOCE-I step (pk/_foce.py) over the subjects it covers, or None
         self.compiled_foce = self._compiled_foce()
@@ -753,18 +754,19 @@ class Problem:
             addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
         )
         x0 = m.x0
-        index, packed = [], []
+        index, packed, ours, theirs = [], [], [], []
         for i, s in enumerate(self.subjects):
             c = pm.covariates(s.cov)
             if not (s.analytic and not s.piecewise and s.dosing is None and s._ratio is not None) or c is None:
                 continue
-            p0, _ = s.params(x0, np.zeros(m.n_eta))
-            if not np.allclose(pm(s.logq(x0, np.zeros(m.n_eta)), c), p0[: s.n_mech], rtol=1e-12, atol=0.0):
-                _log.info("FOCE-I's subject step runs in NumPy: the compiled `individual` differs from the function")
-                return None
+            ours.append(pm(s.logq(x0, np.zeros(m.n_eta)), c))
+            theirs.append(s.params(x0, np.zeros(m.n_eta), jac=False)[0][: s.n_mech])
             index.append(i)
             packed.append((s.gf, s.y, *s._ratio, c))
         if not index:
+            return None
+        if not np.allclose(np.array(ours), np.array(theirs), rtol=1e-12, atol=0.0):
+            _log.info("FOCE-I's subject step runs in NumPy: the compiled `individual` differs from the function")
             return None
         if len(index) < self.N:
             _log.info(
@@ -795,14 +797,56 @@ class Problem:
         self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
+    def predictions(self, x, etas, directions=False):
+        """Every subject's (f, V, G) at ``x`` and its row of ``etas`` (None: zeros): predictions
+        at its observations, their residual variances (not checked: may be <= 0 or not finite)
+        and, with ``directions``, G = df/deta (else None); None for a subject whose solve fails.
+        One compiled call per thread for the subjects the compiled FOCE-I step covers, the NumPy
+        path for the others and for any whose compiled prediction is not finite with V > 0."""
+        m = self.model
+        q = m.n_eta
+        etas = np.zeros((self.N, q)) if etas is None else np.asarray(etas, dtype=float).reshape(self.N, q)
+        out = [None] * self.N
+        cf = self.compiled_foce
+        rest = list(range(self.N))
+        if cf is not None:
+            ix = cf.index
+            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
+            n_o = int(cf.ooff[-1])
+            buf = (np.zeros(n_o), np.zeros(n_o), np.zeros((n_o if directions else 0, q)), np.zeros(len(ix)))
+            E = np.ascontiguousarray(etas[ix])
+            self.each(
+                lambda c, lo, hi: cf.predictions((c, lo, hi), E, int(bool(directions)), buf), cf.chunks(self.threads)
+            )
+            F, V, G, OK = buf
+            for k, i in enumerate(ix):
+                if OK[k]:
+                    sl = slice(cf.ooff[k], cf.ooff[k + 1])
+                    out[i] = (F[sl], V[sl], G[sl] if directions else None)
+            rest = [i for i in range(self.N) if out[i] is None]
+        psi = x[m.blocks["psi"]]
+
+        def numpy_path(i):
+            r = self.subjects[i].predict(x, etas[i], directions=directions)
+            if r is None:
+                return None
+            return r[2], m.error.variance(r[2], psi)[0], r[5] if directions else None
+
+        for i, r in zip(rest, self.each(numpy_path, rest)):
+            out[i] = r
+        return out
+
     def diagnose(self, x):
         """None when every subject's objective is finite at ``x`` (eta = 0), else a message why not."""
         m = self.model
+        pr = self.predictions(x, None)
+        if all(r is not None and np.isfinite(r[0].sum() + r[1].sum()) and r[1].min() > 0 for r in pr):
+            return None
         psi = x[m.blocks["psi"]]
         for s in self.subjects:
             r = s.predict(x, np.zeros(m.n_eta))
             if r is None:
-                p, _ = s.params(x, np.zeros(m.n_eta))
+                p, _ = s.params(x, np.zeros(m.n_eta), jac=False)
                 return (
                     f"subject {s.subject.id}: the ODE solve fails at the initial values "
                     f"({dict(zip(m.structural.params, np.round(p[: s.n_mech], 6)))})"
@@ -820,6 +864,9 @@ class Problem:
                     "likelihood); use error='combined', or leave out observations where the model "
                     "predicts exactly 0 (e.g. before the first dose)"
                 )
+        for s in self.subjects:  # (a failure the loop above does not name: the objective at eta = 0)
+            if not np.isfinite(s.data_term(x, np.zeros(m.n_eta))):
+                return f"subject {s.subject.id}: the objective is not finite at the initial values"
         return None
 
     def each(self, fn, items=None):
@@ -1036,6 +1083,14 @@ class Problem:
     def omega_inverse_derivatives(self, x):
         """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q)) from Omega's Cholesky factor L
         (d L^-1 = -L^-1 dL L^-1), or None when they are not finite."""
+        m = self.model
+        ob = m.blocks["omega"]
+        key = x[ob].tobytes()  # (the gradient after an objective at the same Omega: computed once)
+        if self._od_cache is None or self._od_cache[0] != key:
+            self._od_cache = (key, self._omega_inverse_derivatives(x))
+        return self._od_cache[1]
+
+    def _omega_inverse_derivatives(self, x):
         m = self.model
         q = m.n_eta
         ob = m.blocks["omega"]

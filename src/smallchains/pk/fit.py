@@ -654,17 +654,20 @@ def fit(
 
 
 def _threads(threads, per_subject, n_subjects=1):
-    """The number of threads.  ``None``: every core when a subject's forward solve takes more
-    than 0.15 ms, or all subjects' together more than 5 ms (the compiled FOCE-I step hands one
-    chunk of subjects to each thread per call; below these the threads' overhead outweighs
-    them: measured) and threadpoolctl can hold NumPy's BLAS to one thread (its own worker
-    threads otherwise compete with ours: measured slower than one thread), else 1."""
+    """The number of threads.  ``None``: every core when the initial-value check
+    (:meth:`Problem.diagnose`, ``per_subject`` seconds a subject) takes more than 0.15 ms a
+    subject or 1 ms in all, and threadpoolctl can hold NumPy's BLAS to one thread (its own worker
+    threads otherwise compete with ours: measured slower than one thread), else 1.  The check is
+    one compiled prediction per subject where the compiled FOCE-I step covers it (an objective
+    with its gradient costs 20-100 times as much: measured), an ODE solve otherwise; the
+    compiled step hands one chunk of subjects to each thread per call, and below these figures
+    the threads' overhead outweighs them (measured)."""
     if threads is not None:
         t = int(threads)
         if t < 1:
             raise ValueError(f"`threads` must be >= 1, got {threads!r}")
         return t
-    if per_subject < 1.5e-4 and per_subject * n_subjects < 5e-3:
+    if per_subject < 1.5e-4 and per_subject * n_subjects < 1e-3:
         return 1
     try:
         import threadpoolctl  # noqa: F401
@@ -680,13 +683,21 @@ def _blas_single_threaded(on):
     subjects they would compete with them."""
     import contextlib
 
+    global _CONTROLLER
     if not on:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        # (found once: scanning the loaded libraries costs milliseconds, a limit then microseconds;
+        # by the first fit NumPy's and SciPy's BLAS are loaded)
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1)
+
+
+_CONTROLLER = None
 
 
 def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts=0):
@@ -1110,20 +1121,17 @@ def _diagnostics(P, x, etas):
     m = P.model
     Om = m.omega(x)
     cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
-    for s, eta in zip(P.subjects, etas):
-        r0 = s.predict(x, np.zeros(m.n_eta))
-        pred = r0[2] if r0 is not None else np.full(s.n_obs, np.nan)
-        if m.n_eta:
-            l, out = s.data_term(x, eta, need=2)
-        else:
-            l, out = s.data_term(x, eta, need=1)
-        if out is None:
+    at0 = P.predictions(x, None)
+    at_eta = P.predictions(x, etas, directions=m.n_eta > 0)
+    for s, eta, r0, out in zip(P.subjects, etas, at0, at_eta, strict=True):
+        pred = r0[0] if r0 is not None else np.full(s.n_obs, np.nan)
+        if out is None or not (np.isfinite(out[0].sum() + out[1].sum()) and out[1].min() > 0):
             ipred = iwres = cwres = np.full(s.n_obs, np.nan)
         else:
-            ipred, V = out["f"], out["V"]
+            ipred, V = out[0], out[1]
             iwres = (s.y - ipred) / np.sqrt(V)
             if m.n_eta:
-                G = out["G"]
+                G = out[2]
                 E = ipred - G @ eta
                 C = G @ Om @ G.T + np.diag(V)
                 w, U = np.linalg.eigh(C)

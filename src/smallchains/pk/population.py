@@ -509,16 +509,19 @@ class PopulationModel:
             lq[self.cn_targets] += cn.chain(np.asarray(z, dtype=float), np.ascontiguousarray(x[self.blocks["wc"]]))
         return lq
 
-    def structural_params(self, logq, cov=None):
+    def structural_params(self, logq, cov=None, jac=True):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
         subject's baseline covariates, for an ``individual(q, cov)``); with dose parameters, p_mech
-        and its rows continue with them (``param_names``)."""
+        and its rows continue with them (``param_names``).  ``jac=False``: the Jacobian is None
+        (no complex-step passes through ``individual``)."""
         if self.individual is None:
             P, J = self.structural_params_all(logq[None, :], None)
             return P[0], J[0]
         with np.errstate(over="ignore"):  # (an optimiser's trial step: inf parameters fail the solve cleanly)
             q = np.exp(logq)
         p = self._call_individual(q, cov)
+        if not jac:
+            return p.real.astype(float), None
         J = jacobian(lambda qz: self._call_individual(qz, cov), q, np.diag(q))  # d/dlogq = q d/dq
         return p.real.astype(float), J
 
