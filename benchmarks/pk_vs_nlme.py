@@ -15,7 +15,8 @@ nlme fits by maximum likelihood (``method = "ML"``, Lindstrom-Bates), smallchain
 Both start from nlme's example starting values.  Printed per data set: the estimates, -2 log L
 of each at its own estimates, CPU and wall seconds (median of ``--rounds`` fits; smallchains
 after one warm-up fit that loads or compiles its kernels, whose time is printed too), and the
-machine.  Needs R with nlme (``make bench-r`` installs it); without it, says so and exits 0.
+machine; then the same models fitted by Laplace and MAP (``--no-other-methods`` skips them).
+Needs R with nlme (``make bench-r`` installs it); without it, says so and exits 0.
 """
 
 from __future__ import annotations
@@ -79,19 +80,19 @@ def ours(name):
     return model, sc.pkdata.phenobarbital()
 
 
-def fit_ours(name, rounds):
+def fit_ours(name, rounds, method="foce"):
     import smallchains as sc
 
     model, data = ours(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.process_time()
-        sc.pk.fit(model, data, "foce")  # (warm-up: loads or compiles the kernels)
+        sc.pk.fit(model, data, method)  # (warm-up: loads or compiles the kernels)
         first = time.process_time() - t
         cpu, wall = [], []
         for _ in range(rounds):
             c, w = time.process_time(), time.perf_counter()
-            r = sc.pk.fit(model, data, "foce")
+            r = sc.pk.fit(model, data, method)
             cpu.append(time.process_time() - c)
             wall.append(time.perf_counter() - w)
     return r, statistics.median(cpu), statistics.median(wall), first
@@ -100,6 +101,12 @@ def fit_ours(name, rounds):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--no-other-methods",
+        dest="other_methods",
+        action="store_false",
+        help="time FOCE-I only (by default Laplace and MAP fits are timed too)",
+    )
     a = ap.parse_args(argv)
     print(f"population fits vs nlme — {time.strftime('%Y-%m-%d')}, {machine()}")
     why = have_nlme()
@@ -128,6 +135,16 @@ def main(argv=None):
         print(f"{'CPU s (median)':24s} {n['cpu'][0]:12.3f} {cpu:12.3f}   ratio {cpu / n['cpu'][0]:.1f}x")
         print(f"{'wall s (median)':24s} {n['wall'][0]:12.3f} {wall:12.3f}   (first fit, compiling: {first:.1f} s CPU)")
         print(f"smallchains: {'converged' if r.converged else 'NOT converged'} ({r.message})")
+        if a.other_methods:
+            print("other smallchains methods (same models and starts, covariance step included):")
+            for method in ("laplace", "map"):
+                r, cpu, wall, _ = fit_ours(name, a.rounds, method)
+                what = "-2 log L" if method == "laplace" else "objective"
+                value = -2 * r.loglik if method == "laplace" else r.objective
+                print(
+                    f"  {method:8s} {what} {value:10.3f}   CPU {cpu:.3f} s ({cpu / n['cpu'][0]:.1f}x nlme's FOCE)"
+                    f"   wall {wall:.3f} s   {'converged' if r.converged else 'NOT converged'}"
+                )
     return 0
 
 
