@@ -247,3 +247,22 @@ def test_the_initial_check_names_a_zero_variance_with_the_compiled_step(theoph):
     why = P.diagnose(x)
     assert why is not None and "zero variance" in why and f"subject {theoph.subjects[0].id}, time 0" in why
     assert Problem(m, drop_time_zero(theoph)).diagnose(x) is None
+
+
+def test_objective_and_gradient_in_one_call_equal_the_two_calls(theoph):
+    """``foce_value_and_gradient`` (modes and gradients in one compiled call per thread) against
+    ``foce`` then ``foce_gradient``; and a failing subject makes the OFV inf."""
+    m, x = covariate_model("combined", "full")
+    P = Problem(m, drop_time_zero(theoph))
+    assert P.compiled_foce is not None and len(P.compiled_foce.index) == P.N
+    etas0 = np.random.default_rng(6).normal(0, 0.2, (P.N, 3))
+    v, etas, g = P.foce_value_and_gradient(x, etas0)
+    v2, etas2, res = P.foce(x, etas0)
+    g2 = P.foce_gradient(x, res)
+    assert v == pytest.approx(v2, rel=1e-13)
+    np.testing.assert_allclose(etas, etas2, rtol=0, atol=0)
+    np.testing.assert_allclose(g, g2, rtol=1e-11, atol=1e-12 * np.abs(g2).max())
+    bad = x.copy()
+    bad[m.blocks["theta"]] = 800.0  # (exp overflows: every subject's solve fails)
+    v, etas, g = P.foce_value_and_gradient(bad, etas0)
+    assert v == np.inf and g is None and np.array_equal(etas, etas0)

@@ -520,33 +520,56 @@ def _views(pack, ws, i):
 
 
 @kernel
-def modes(pack, ws, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL, lo, hi):
-    """:func:`foce_mode` for subjects lo..hi-1: ETA[i], MS[i] (M), RES[i] = (term, status,
-    iterations, log|M|, sign of |M|), G_ALL's rows of subject i = df/deta at its mode."""
+def _subject_mode(pack, ws, i, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL):
+    """:func:`foce_mode` for subject i with log|M| and its sign (see :func:`modes`); returns the
+    subject's views for a gradient that follows."""
     OOFF = pack[16]
     q = ETA0.shape[1]
-    for i in range(lo, hi):
-        ev, args, wk, gw = _views(pack, ws, i)
-        foce_mode(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
-        if RES[i, 1] != 0.0:
-            continue
-        Mw, piv = wk[11], wk[12]
+    ev, args, wk, gw = _views(pack, ws, i)
+    foce_mode(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
+    if RES[i, 1] != 0.0:
+        return ev, args, wk, gw
+    Mw, piv = wk[11], wk[12]
+    for a in range(q):
+        for b in range(q):
+            Mw[a, b] = MS[i, a, b]
+    ok, sign = _lu(Mw, piv, q)
+    logdet = 0.0
+    if ok:
         for a in range(q):
-            for b in range(q):
-                Mw[a, b] = MS[i, a, b]
-        ok, sign = _lu(Mw, piv, q)
-        logdet = 0.0
-        if ok:
-            for a in range(q):
-                if Mw[a, a] < 0.0:
-                    sign = -sign
-                logdet += np.log(abs(Mw[a, a]))
-        RES[i, 3] = logdet
-        RES[i, 4] = sign if ok else 0.0
+            if Mw[a, a] < 0.0:
+                sign = -sign
+            logdet += np.log(abs(Mw[a, a]))
+    RES[i, 3] = logdet
+    RES[i, 4] = sign if ok else 0.0
+    if G_ALL.shape[0]:
         G = wk[7]
         for j in range(OOFF[i + 1] - OOFF[i]):
             for a in range(q):
                 G_ALL[OOFF[i] + j, a] = G[j, a]
+    return ev, args, wk, gw
+
+
+@kernel
+def modes(pack, ws, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL, lo, hi):
+    """:func:`foce_mode` for subjects lo..hi-1: ETA[i], MS[i] (M), RES[i] = (term, status,
+    iterations, log|M|, sign of |M|), G_ALL's rows of subject i = df/deta at its mode (G_ALL
+    with no rows: not kept)."""
+    for i in range(lo, hi):
+        _subject_mode(pack, ws, i, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL)
+
+
+@kernel
+def modes_gradients(pack, ws, Oinv, ETA0, tol, max_iter, h, ETA, MS, RES, G_ALL, GLQ, GPSI, SS, OK, lo, hi):
+    """:func:`modes` then :func:`gradients` subject by subject, in one call (an objective with
+    its gradient, as the optimizer asks for them): OK[i] = 1 when both succeeded with |M| > 0."""
+    for i in range(lo, hi):
+        ev, args, wk, gw = _subject_mode(pack, ws, i, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL)
+        OK[i] = 0.0
+        if RES[i, 1] != 0.0 or RES[i, 4] <= 0.0:
+            continue
+        if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], GPSI[i], SS[i]):
+            OK[i] = 1.0
 
 
 @kernel
@@ -809,6 +832,12 @@ class PopulationFOCE:
         """Modes of one chunk ``(c, lo, hi)`` into ``out`` = (ETA, MS, RES, G_ALL) (see :func:`modes`)."""
         c, lo, hi = chunk
         modes(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, *out, lo, hi)
+
+    def modes_gradients(self, chunk, Oinv, ETA0, tol, h, out, max_iter=60):
+        """Modes and gradients of one chunk into ``out`` = (ETA, MS, RES, G_ALL, GLQ, GPSI, SS,
+        OK) (see :func:`modes_gradients`; G_ALL may have no rows)."""
+        c, lo, hi = chunk
+        modes_gradients(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, h, *out, lo, hi)
 
     def data_terms(self, chunk, ETA, need, out):
         """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""

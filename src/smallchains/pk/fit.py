@@ -890,11 +890,8 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
     def fg(z):
         xx = x.copy()
         xx[idx] = z
-        v, etas, res = _ofv(P, method, xx, state["etas"])
-        if not np.isfinite(v):
-            return np.inf, np.zeros_like(z)
-        g = _ofv_gradient(P, method, xx, etas, res, which=idx)
-        if g is None:
+        v, etas, g = _ofv_and_gradient(P, method, xx, state["etas"], idx)
+        if not np.isfinite(v) or g is None:
             return np.inf, np.zeros_like(z)
         state["etas"] = etas
         pen, gw = P.weight_prior(xx)
@@ -917,6 +914,15 @@ def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=
         "message": msg,
         "n_evaluations": ne,
     }
+
+
+def _ofv_and_gradient(P, method, x, etas, which):
+    """(OFV, modes, its gradient over x or None) of the marginal-likelihood method at ``x``
+    (FOCE-I: in one compiled call where it can, :meth:`Problem.foce_value_and_gradient`)."""
+    if method == "foce":
+        return P.foce_value_and_gradient(x, etas)
+    v, etas, res = _ofv(P, method, x, etas)
+    return v, etas, (_ofv_gradient(P, method, x, etas, res, which=which) if np.isfinite(v) else None)
 
 
 def _ofv(P, method, x, etas):
@@ -963,8 +969,7 @@ def _objective_gradient(P, method, x, etas):
         g = P.pooled(x, 1)[1]
         return g if np.all(np.isfinite(g)) else None
     m = P.model
-    v, etas, res = _ofv(P, method, x, etas)
-    g = _ofv_gradient(P, method, x, etas, res, which=np.flatnonzero(~m.fixed)) if np.isfinite(v) else None
+    _, _, g = _ofv_and_gradient(P, method, x, etas, np.flatnonzero(~m.fixed))
     if g is None:
         return None
     g = g.copy()
