@@ -953,10 +953,8 @@ class Problem:
         if not need:
             return total
         DLOGQ = np.einsum("nmt,nm->nt", J, GP[:, :nm])
-        gx[m.blocks["theta"]] = DLOGQ.sum(axis=0)
-        gx[m.blocks["beta"]] = (self._X * (DLOGQ @ self._B.T)).sum(axis=0)
+        self._chain_log_q(gx, DLOGQ, RES[:, 1:])
         gx[m.blocks["w"]] = GP[:, nm:].sum(axis=0)
-        gx[m.blocks["psi"]] = RES[:, 1:].sum(axis=0)
         if cn is not None:
             for i, s in enumerate(subjects):
                 gx[m.blocks["wc"]] += s.covariate_network_grad(x, DLOGQ[i])
@@ -979,10 +977,25 @@ class Problem:
         total = float(L.sum())
         if not need:
             return total
-        gx[m.blocks["theta"]] = DLQ.sum(axis=0)
-        gx[m.blocks["beta"]] = (self._X * (DLQ @ self._B.T)).sum(axis=0)
-        gx[m.blocks["psi"]] = DPSI.sum(axis=0)
+        self._chain_log_q(gx, DLQ, DPSI)
         return total, gx, DLQ @ m.E
+
+    def _chain_log_q(self, out, DLQ, DPSI, rows=None):
+        """Chain the subjects' derivatives over their log q0 = log theta + C beta (DLQ, a row
+        per subject) and over the log sigmas (DPSI) into x's theta, beta and psi entries: ``out``
+        (n_x,) gets the sums over subjects, ``out`` (N, n_x) a row per subject (those of the
+        subjects ``rows``, default all)."""
+        m = self.model
+        X = self._X if rows is None else self._X[rows]
+        DB = X * (DLQ @ self._B.T)
+        blocks = (m.blocks["theta"], m.blocks["beta"], m.blocks["psi"])
+        if out.ndim == 1:
+            for b, d in zip(blocks, (DLQ, DB, DPSI), strict=True):
+                out[b] = d.sum(axis=0)
+            return
+        r = slice(None) if rows is None else rows
+        for b, d in zip(blocks, (DLQ, DB, DPSI), strict=True):
+            out[r, b] = d
 
     # ------------------------------------------------------------------ naive pooled
 
@@ -1144,9 +1157,7 @@ class Problem:
             GLQ, GPSI, SS, OK = out
             if not OK.all():
                 return None
-            G[ix, m.blocks["theta"]] = GLQ
-            G[ix, m.blocks["beta"]] = self._X[ix] * (GLQ @ self._B.T)
-            G[ix, m.blocks["psi"]] = GPSI
+            self._chain_log_q(G, GLQ, GPSI, rows=ix)
             G[ix, m.blocks["omega"]] = np.einsum("rab,nab->nr", dOinv, SS)
             done[ix] = True
         rest = np.flatnonzero(~done)
@@ -1205,9 +1216,7 @@ class Problem:
         if not OK.all():
             return ofv, ETA, None
         G = np.zeros(m.n_x)
-        G[m.blocks["theta"]] = GLQ.sum(axis=0)
-        G[m.blocks["beta"]] = np.einsum("nj,nt,jt->j", self._X, GLQ, self._B)
-        G[m.blocks["psi"]] = GPSI.sum(axis=0)
+        self._chain_log_q(G, GLQ, GPSI)
         G[m.blocks["omega"]] = np.einsum("rab,ab->r", dOinv, SS.sum(axis=0))
         ob = m.blocks["omega"]
         G[ob.start : ob.start + q] += 2.0 * N  # each subject's log|Omega| = 2 sum log L_kk
