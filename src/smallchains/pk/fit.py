@@ -17,12 +17,12 @@ import warnings
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.optimize import minimize
 
 from .._atomic import atomic_write
 from .._jit import COMPILE_SECONDS, feature
+from .._optimize import kkt as _kkt
+from .._optimize import minimize as _drive
 from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
-from ..optimizers import Adam
 from .covariance import VARIANCE_FLOOR, at_bound, check_kind, covariance, hessian_from_gradient, summarize
 from .estimation import Problem, information
 from .laplace import laplace, laplace_gradient
@@ -33,7 +33,6 @@ METHODS = ("individual", "pooled", "map", "foce", "laplace")
 #: the methods that minimise an approximation of the marginal likelihood (an OFV over the modes)
 MARGINAL = ("foce", "laplace")
 OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
-_BIG = 1e300
 
 
 class FitError(RuntimeError):
@@ -63,22 +62,6 @@ class _Progress:
             self.cb(msg)
 
 
-class _Stalled(Exception):
-    pass
-
-
-def _kkt(g, z, lo, hi):
-    """The largest partial derivative of ``g`` that is not pointing out of the box (lo, hi) at z."""
-    g = np.asarray(g, dtype=float)
-    if lo is None:
-        return float(np.abs(g).max()) if g.size else 0.0
-    tol = 1e-7 * np.maximum(1.0, np.abs(z))
-    v = np.abs(g)
-    v = np.where(z <= lo + tol, np.maximum(0.0, -g), v)
-    v = np.where(z >= hi - tol, np.maximum(0.0, g), v)
-    return float(v.max()) if v.size else 0.0
-
-
 def _minimize(
     fun_grad,
     z0,
@@ -94,90 +77,30 @@ def _minimize(
     bounds=None,
     restart_gtol=None,
 ):
-    """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
+    """Minimise with L-BFGS and/or Adam (:func:`smallchains._optimize.minimize`, the package's
+    driver); returns (z, value, converged, message, n_evaluations).
 
     L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
     ``stall_iters`` iterations (a -2 log likelihood difference of 0.01 is statistically
     nothing; networks otherwise creep on for thousands of evaluations).  ``bounds``: (lower,
     upper) arrays for z (infinite: none): L-BFGS-B's box; Adam's steps are projected on it.
     ``restart_gtol``: when L-BFGS stops by its relative reduction with a partial derivative (on the
-    box: pointing into it) above this, it restarts from the best point, up to three times."""
-    lo, hi = (None, None) if bounds is None else bounds
-    if lo is not None:
-        z0 = np.clip(z0, lo, hi)
-    best = {"z": z0.copy(), "f": np.inf, "g": None}
-    n_eval = [0]
-
-    def fg(z):
-        n_eval[0] += 1
-        f, g = fun_grad(z)
-        if not np.isfinite(f) or not np.all(np.isfinite(g)):
-            return _BIG, np.zeros_like(z)
-        if f < best["f"]:
-            best["z"], best["f"], best["g"] = z.copy(), f, g
-        report(f)
-        return f, g
-
-    z = z0.copy()
-    converged, message = False, ""
-    if optimizer in ("adam", "adam+lbfgs"):
-        opt = Adam(adam_lr)
-        for _ in range(int(adam_steps)):
-            f, g = fg(z)
-            if f >= _BIG:
-                z = best["z"].copy()
-                break
-            opt.update(z, g)
-            if lo is not None:
-                np.clip(z, lo, hi, out=z)
-        z = best["z"].copy()
-        message = f"Adam: {adam_steps} steps"
-    if optimizer in ("lbfgs", "adam+lbfgs"):
-        trace = []
-
-        def callback(intermediate_result=None):
-            trace.append(best["f"])
-            if stall_tol and len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
-                if not (restart_gtol and state["restarts"]):  # (a restart is for the gradient criterion)
-                    raise _Stalled
-
-        box = None
-        if lo is not None and (np.isfinite(lo).any() or np.isfinite(hi).any()):
-            box = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
-        restarts = 0
-        state = {"restarts": 0}
-        while True:
-            try:
-                res = minimize(
-                    fg,
-                    z,
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=box,
-                    callback=callback,
-                    options={"maxiter": int(maxiter), "ftol": tol * 1e-3**restarts, "gtol": 1e-7, "maxcor": 20},
-                )
-                converged = bool(res.success)
-                message = str(res.message)
-            except _Stalled:
-                converged = True
-                message = f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations"
-                break
-            # L-BFGS's relative-reduction stop short of the gradient criterion (its curvature memory
-            # misled by a badly scaled valley): restart from the best point with a fresh memory and a
-            # 1000x tighter relative reduction
-            g = best["g"]
-            if not (restart_gtol and converged and g is not None and _kkt(g, best["z"], lo, hi) > restart_gtol):
-                break
-            if restarts == 3 or res.nit <= 1:
-                break
-            restarts += 1
-            state["restarts"] = restarts
-            trace.clear()
-            z = best["z"].copy()
-        if restarts:
-            message += f" (L-BFGS restarted {restarts} time(s) short of the gradient criterion)"
-    return best["z"], best["f"], converged, message, n_eval[0]
+    box: pointing into it) above this, it restarts from the best point, up to three times.  No
+    ConvergenceWarning here: the fit says it with its own convergence criterion."""
+    res = _drive(
+        fun_grad,
+        z0,
+        method="L-BFGS-B" if optimizer in ("lbfgs", "adam+lbfgs") else None,
+        bounds=bounds,
+        maxiter=maxiter,
+        options={"ftol": tol, "gtol": 1e-7, "maxcor": 20},
+        adam_steps=int(adam_steps) if optimizer in ("adam", "adam+lbfgs") else 0,
+        adam_lr=adam_lr,
+        stall=(stall_tol, stall_iters) if stall_tol else None,
+        restart_gtol=restart_gtol,
+        on_evaluation=lambda z, f: report(f),
+    )
+    return res.x, res.fun, bool(res.success), res.message, res.nfev
 
 
 class FitResult:
