@@ -4,39 +4,57 @@
 standard errors, the objective (OFV = -2 log likelihood without the n log 2 pi constant,
 NONMEM's convention), AIC and BIC (from the full -2 log likelihood), the random effects of
 every subject, eta shrinkage, and the diagnostics PRED, IPRED, IWRES and CWRES.
+
+This module holds the driver (:func:`fit`: checks, starts, restarts, the result); the rest
+lives by concern: the result and its file in :mod:`.result`, the table, diagnostics and
+warnings in :mod:`.report`, the thread rules in :mod:`.threads`, the optimizer in
+:mod:`smallchains._optimize`.  The names they had here are still importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 import warnings
 
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from .._atomic import atomic_write
 from .._jit import COMPILE_SECONDS, feature
 from .._optimize import kkt as _kkt
 from .._optimize import minimize as _drive
-from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
-from .covariance import VARIANCE_FLOOR, at_bound, check_kind, covariance, hessian_from_gradient, summarize
+from .._warnings import DataWarning
+from .covariance import at_bound, check_kind, covariance, hessian_from_gradient
 from .estimation import Problem, information
 from .laplace import laplace, laplace_gradient
 from .population import PopulationModel
+from .report import diagnostics as _diagnostics
+from .report import parameter_table as _table
+from .report import warn_doubtful
+from .result import FitError, FitResult, IndividualFits, load, model_from_spec, model_spec
+from .threads import blas_single_threaded as _blas_single_threaded
+from .threads import number_of_threads as _threads
 from .timevarying import check_rule
 
+__all__ = [
+    "FitError",
+    "FitResult",
+    "IndividualFits",
+    "fit",
+    "load",
+    "model_from_spec",
+    "model_spec",
+    "warn_doubtful",
+    "DECREMENT_TOL",
+    "GRADIENT_TOL",
+    "METHODS",
+    "MARGINAL",
+    "OPTIMIZERS",
+]
 METHODS = ("individual", "pooled", "map", "foce", "laplace")
 #: the methods that minimise an approximation of the marginal likelihood (an OFV over the modes)
 MARGINAL = ("foce", "laplace")
 OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
-
-
-class FitError(RuntimeError):
-    """A fit could not start or could not produce a finite objective."""
 
 
 class _Progress:
@@ -101,316 +119,6 @@ def _minimize(
         on_evaluation=lambda z, f: report(f),
     )
     return res.x, res.fun, bool(res.success), res.message, res.nfev
-
-
-class FitResult:
-    """The outcome of :func:`fit`.
-
-    Attributes:
-        model, method: the population model and the estimation method.
-        x: the estimates in the model's unconstrained layout (``model.names``).
-        etas: (n_subjects, n_eta) the subjects' random effects (the modes of their posteriors).
-        ids: the subjects' IDs, in the rows of ``etas``.
-        ofv: -2 log likelihood without the constant (FOCE-I approximation with random effects).
-        loglik, aic, bic: from the full -2 log likelihood (with n log 2 pi).
-        objective: the value the method minimised (e.g. the joint -2 log posterior for MAP).
-        n_obs, n_estimated: observations used; parameters estimated.
-        table: one dict per reported parameter: name, estimate, se, rse (%), and for log-scale
-            parameters the log estimate and its se.
-        shrinkage: {eta name: 1 - sd(eta_i) / omega}.
-        diagnostics: columns ID, TIME, DVID, DV, PRED, IPRED, IWRES, CWRES (arrays).
-        converged, message, n_evaluations, elapsed, starts (objective of every start).
-    """
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    # ------------------------------------------------------------------ views
-
-    @property
-    def theta(self):
-        return self.model.theta(self.x)
-
-    @property
-    def omega(self):
-        return self.model.omega(self.x)
-
-    @property
-    def sigma(self):
-        return self.model.sigma(self.x)
-
-    @property
-    def weights(self):
-        return self.model.weights(self.x).copy()
-
-    @property
-    def correlation(self):
-        """The correlation matrix of the estimates in ``cov_names`` (None without a covariance)."""
-        return summarize(self.cov)[0]
-
-    @property
-    def condition_number(self):
-        """Largest over smallest eigenvalue of :attr:`correlation` (NONMEM's; nan without one)."""
-        return summarize(self.cov)[1]
-
-    def individual_params(self, random_effects=True):
-        """{subject id: {parameter: value}} at each subject's random effects (or, with
-        ``random_effects=False``, the typical values given its covariates: what PRED uses)."""
-        out = {}
-        m = self.model
-        for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
-            logq = m.log_individual(self.x, C, z, eta if random_effects else np.zeros_like(eta))
-            pm, _ = m.structural_params(logq, cov)
-            out[sid] = dict(zip(m.param_names, pm.tolist()))
-        return out
-
-    def simulate(self, regimen, *, times, n=1, covariates=None, seed=0, dvid=1):
-        """``n`` new subjects on a new dosing ``regimen`` at these estimates: a tidy DataFrame.
-
-        ``regimen`` from :func:`smallchains.pk.regimen` (e.g. ``regimen(100, ii=12, addl=6)``),
-        observed at ``times``; ``covariates`` {name: value or one value per subject}.  Columns ID,
-        TIME, DVID, IPRED (no residual error), DV (with it) and ETA_<name> (each subject's random
-        effects, drawn from Omega).  See :func:`smallchains.pk.simulate_regimen`.
-        """
-        from .simulate import simulate_regimen
-
-        return simulate_regimen(
-            self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed, dvid=dvid
-        )
-
-    def to_frame(self, what="table"):
-        """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
-        import pandas as pd
-
-        if what == "table":
-            return pd.DataFrame(self.table)
-        if what == "diagnostics":
-            return pd.DataFrame(self.diagnostics)
-        raise ValueError(f"`what` must be 'table' or 'diagnostics', got {what!r}")
-
-    def summary(self):
-        lines = [
-            f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
-            f"{self.n_obs} observations",
-            f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
-            f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
-            f"{self.message})",
-            f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}",
-        ]
-        for row in self.table:
-            se = row["se"]
-            rse = row["rse"]
-            lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}")
-        if self.shrinkage:
-            lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
-        cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
-        if cvs:
-            lines.append("omega as CV: " + ", ".join(cvs))
-        kind = getattr(self, "cov_kind", None)
-        if kind:
-            if self.cov is not None:
-                lines.append(f"covariance step: {kind} (NONMEM's $COV), condition number {self.condition_number:.3g}")
-            else:
-                lines.append(f"covariance step: {kind}, failed: {getattr(self, 'cov_why', None) or 'not available'}")
-            if getattr(self, "cov_excluded", None):
-                lines.append(f"  left out at a variance bound (SE NaN): {', '.join(self.cov_excluded)}")
-        return "\n".join(lines)
-
-    def __repr__(self):
-        return self.summary()
-
-    # ------------------------------------------------------------------ save / load
-
-    def save(self, path):
-        """Write the fit as JSON, atomically (a temporary file in the same folder, then renamed)."""
-        m = self.model
-        doc = {
-            "format": "smallchains.pk.fit",
-            "version": 2,
-            "method": self.method,
-            "model": model_spec(m),
-            "names": m.names,
-            "x": self.x.tolist(),
-            "ids": [_jsonable(i) for i in self.ids],
-            "etas": self.etas.tolist(),
-            "ofv": self.ofv,
-            "loglik": self.loglik,
-            "aic": self.aic,
-            "bic": self.bic,
-            "objective": self.objective,
-            "n_obs": self.n_obs,
-            "n_subjects": self.n_subjects,
-            "n_estimated": self.n_estimated,
-            "table": self.table,
-            "shrinkage": self.shrinkage,
-            "converged": self.converged,
-            "message": self.message,
-            "elapsed": self.elapsed,
-            "starts": self.starts,
-            "covariate_refs": self.covariate_refs,
-            "covariance": None if self.cov is None else self.cov.tolist(),
-            "cov_names": self.cov_names,
-            "cov_kind": getattr(self, "cov_kind", None),
-            "cov_excluded": getattr(self, "cov_excluded", []),
-            "cov_why": getattr(self, "cov_why", None),
-            "diagnostics": {k: [_jsonable(v) for v in np.asarray(a).tolist()] for k, a in self.diagnostics.items()},
-            "designs": [C.tolist() for C in self._designs],
-            "z": [np.asarray(z).tolist() for z in self._z],
-            "cov": self._cov,
-            "settings": self.settings,
-        }
-        doc["sha256"] = _doc_digest(doc)
-        return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
-
-    @classmethod
-    def load(cls, path, model=None):
-        """Read a fit written by :meth:`save`.  Models with a custom ``individual`` function or a
-        user-written structural model must be passed as ``model`` (code is not saved)."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a readable smallchains fit: it is truncated or damaged "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        if not isinstance(doc, dict) or doc.get("format") != "smallchains.pk.fit":
-            raise ValueError(f"{os.fspath(path)!r} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
-        if doc.get("version", 1) >= 2:
-            if doc.get("sha256") != _doc_digest(doc):
-                raise ValueError(
-                    f"{os.fspath(path)!r} was edited or damaged after it was saved (its checksum does "
-                    "not match its content); refit, or restore the file"
-                )
-        else:
-            warnings.warn(
-                f"{os.fspath(path)!r} was saved by an older smallchains without a checksum: its content "
-                "cannot be verified",
-                DataWarning,
-                stacklevel=2,
-            )
-        try:
-            return cls._from_doc(doc, model)
-        except (KeyError, TypeError) as exc:  # a field missing or of the wrong kind (ValueErrors say their own)
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})"
-            ) from None
-
-    @classmethod
-    def _from_doc(cls, doc, model):
-        if model is None:
-            model = model_from_spec(doc["model"])
-        if list(model.names) != list(doc["names"]):
-            raise ValueError(f"the model's parameters {model.names} differ from the saved fit's {doc['names']}")
-        cov = doc.get("covariance")
-        return cls(
-            model=model,
-            method=doc["method"],
-            x=np.asarray(doc["x"], dtype=float),
-            ids=doc["ids"],
-            etas=np.asarray(doc["etas"], dtype=float).reshape(len(doc["ids"]), model.n_eta),
-            ofv=doc["ofv"],
-            loglik=doc["loglik"],
-            aic=doc["aic"],
-            bic=doc["bic"],
-            objective=doc["objective"],
-            n_obs=doc["n_obs"],
-            n_subjects=doc["n_subjects"],
-            n_estimated=doc["n_estimated"],
-            table=doc["table"],
-            shrinkage=doc["shrinkage"],
-            converged=doc["converged"],
-            message=doc["message"],
-            elapsed=doc["elapsed"],
-            starts=doc["starts"],
-            covariate_refs=doc["covariate_refs"],
-            cov=None if cov is None else np.asarray(cov, dtype=float),
-            cov_names=doc["cov_names"],
-            cov_kind=doc.get("cov_kind"),
-            cov_excluded=doc.get("cov_excluded", []),
-            cov_why=doc.get("cov_why"),
-            diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
-            _designs=[
-                np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
-                for C in doc["designs"]
-            ],
-            _z=doc["z"],
-            _cov=doc["cov"],
-            settings=doc["settings"],
-            n_evaluations=None,
-            skipped=[],
-        )
-
-
-def _doc_digest(doc):
-    """SHA-256 of a fit document's content (every field but the digest itself, keys sorted)."""
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode("utf-8")).hexdigest()
-
-
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    return v
-
-
-def model_spec(m):
-    """A JSON description of a population model (enough to rebuild built-in ones)."""
-    from .models import MODELS
-
-    builtin = (
-        m.structural.name in MODELS
-        and m.structural.n_weights == 0
-        and m.individual is None
-        and m.covariate_network is None
-    )
-    return {
-        "structural": m.structural.name,
-        "builtin": builtin,
-        "theta_names": m.theta_names,
-        "eta": m.eta_names,
-        "omega": m.omega_kind,
-        "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
-        "covariate_ref": m.covariate_ref,
-        "error": m.error.kind,
-        "weight_prior": m.weight_prior,
-        "fixed": [n for n, f in zip(m.names, m.fixed) if f],
-        "bounds": {k: list(v) for k, v in m.bounds.items()},
-        "x0": m.x0.tolist(),
-    }
-
-
-def model_from_spec(spec):
-    if not spec.get("builtin"):
-        raise ValueError(
-            f"this fit's model ({spec['structural']}, with a custom `individual` function or a "
-            "network or a user-written model) cannot be rebuilt from the file: pass model=..."
-        )
-    x0 = np.asarray(spec["x0"])
-    theta = dict(zip(spec["theta_names"], np.exp(x0[: len(spec["theta_names"])])))
-    cov = {}
-    for k, c, form in spec["covariates"]:
-        cov.setdefault(k, {})[c] = form
-    m = PopulationModel(
-        spec["structural"],
-        theta,
-        eta=spec["eta"],
-        omega=spec["omega"],
-        covariates=cov,
-        covariate_ref=spec["covariate_ref"],
-        error=spec["error"],
-        weight_prior=spec["weight_prior"],
-    )
-    m.x0 = x0.copy()
-    for name in spec["fixed"]:
-        m.fixed[m.names.index(name)] = True
-    m.set_bounds(spec.get("bounds", {}))
-    return m
-
-
-load = FitResult.load
 
 
 # --------------------------------------------------------------------------- the fit
@@ -574,42 +282,6 @@ def fit(
             )
     finally:
         P.close()
-
-
-def _threads(threads, per_subject, n_subjects=1):
-    """The number of threads.  ``None``: every core when a subject's forward solve takes more
-    than 0.15 ms, or all subjects' together more than 5 ms (the compiled FOCE-I step hands one
-    chunk of subjects to each thread per call; below these the threads' overhead outweighs
-    them: measured) and threadpoolctl can hold NumPy's BLAS to one thread (its own worker
-    threads otherwise compete with ours: measured slower than one thread), else 1."""
-    if threads is not None:
-        t = int(threads)
-        if t < 1:
-            raise ValueError(f"`threads` must be >= 1, got {threads!r}")
-        return t
-    if per_subject < 1.5e-4 and per_subject * n_subjects < 5e-3:
-        return 1
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
-        return 1
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _blas_single_threaded(on):
-    """Hold NumPy's BLAS to one thread during a fit (threadpoolctl, if installed): its matrices are
-    a few rows wide, so BLAS's worker threads only spin (measured: a one-thread Theophylline FOCE-I
-    fit took twice the CPU time with them, for the same wall time), and when our threads run
-    subjects they would compete with them."""
-    import contextlib
-
-    if not on:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
 
 
 def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts=0):
@@ -965,109 +637,6 @@ def _standard_errors(P, method, x, etas, map_omega="em", kind="sandwich", H=None
     return C, idx, excluded, why
 
 
-def _table(m, x, cov, idx, method):
-    se_x = np.full(m.n_x, np.nan)
-    if cov is not None:
-        se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    rows = []
-
-    def row(name, est, se, log=None, log_se=None):
-        r = {
-            "name": name,
-            "estimate": float(est),
-            "se": float(se),
-            "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan"),
-        }
-        if log is not None:
-            r["log_estimate"], r["log_se"] = float(log), float(log_se)
-        r["fixed"] = False
-        return r
-
-    for k, name in enumerate(m.theta_names):
-        i = m.blocks["theta"].start + k
-        r = row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i])
-        r["fixed"] = bool(m.fixed[i])
-        rows.append(r)
-    for j, (k, c, form) in enumerate(m.covariates):
-        i = m.blocks["beta"].start + j
-        rows.append(row(f"{m.theta_names[k]}~{c} ({form})", x[i], se_x[i]))
-    for j, name in enumerate(m.error.names):
-        i = m.blocks["psi"].start + j
-        rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
-    q = m.n_eta if method in ("map", *MARGINAL) else 0
-    if q:
-        Om = m.omega(x)
-        # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
-        ob = m.blocks["omega"]
-        J = np.empty((q * q, ob.stop - ob.start))
-        for k in range(ob.stop - ob.start):
-            xz = x.astype(complex)
-            xz[ob.start + k] += 1e-30j
-            L = np.diag(np.exp(xz[ob.start : ob.start + q]))
-            if m.omega_kind == "full" and q > 1:
-                L[m.tril] = xz[ob.start + q : ob.stop]
-            J[:, k] = (L @ L.T).imag.ravel() / 1e-30
-        Cw = None
-        if cov is not None:
-            pos = np.searchsorted(idx, np.arange(ob.start, ob.stop))
-            ok = (pos < idx.size) & (idx[np.minimum(pos, idx.size - 1)] == np.arange(ob.start, ob.stop))
-            if np.all(ok):
-                Cw = J @ cov[np.ix_(pos, pos)] @ J.T
-        for a in range(q):
-            for b in range(a + 1):
-                if b != a and m.omega_kind == "diagonal":
-                    continue
-                se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
-                name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
-                r = row(name, Om[a, b], se)
-                if a == b:  # log-normal parameters: CV = sqrt(exp(omega^2) - 1)
-                    r["cv_percent"] = float(100.0 * math.sqrt(math.expm1(Om[a, a])))
-                else:
-                    r["corr"] = float(Om[a, b] / math.sqrt(Om[a, a] * Om[b, b]))
-                rows.append(r)
-    return rows
-
-
-def _diagnostics(P, x, etas):
-    """PRED, IPRED, IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each subject's etas)."""
-    m = P.model
-    Om = m.omega(x)
-    cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
-    for s, eta in zip(P.subjects, etas):
-        r0 = s.predict(x, np.zeros(m.n_eta))
-        pred = r0[2] if r0 is not None else np.full(s.n_obs, np.nan)
-        if m.n_eta:
-            l, out = s.data_term(x, eta, need=2)
-        else:
-            l, out = s.data_term(x, eta, need=1)
-        if out is None:
-            ipred = iwres = cwres = np.full(s.n_obs, np.nan)
-        else:
-            ipred, V = out["f"], out["V"]
-            iwres = (s.y - ipred) / np.sqrt(V)
-            if m.n_eta:
-                G = out["G"]
-                E = ipred - G @ eta
-                C = G @ Om @ G.T + np.diag(V)
-                w, U = np.linalg.eigh(C)
-                cwres = U @ ((U.T @ (s.y - E)) / np.sqrt(np.maximum(w, 1e-300)))
-            else:
-                cwres = iwres
-        cols["ID"].extend([s.subject.id] * s.n_obs)
-        cols["TIME"].append(s.t)
-        cols["DVID"].append(s.dvid)
-        cols["DV"].append(s.y)
-        cols["PRED"].append(pred)
-        cols["IPRED"].append(ipred)
-        cols["IWRES"].append(iwres)
-        cols["CWRES"].append(cwres)
-    out = {"ID": np.asarray(cols["ID"], dtype=object)}
-    for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
-        out[k] = np.concatenate(cols[k])
-    out["DVID"] = out["DVID"].astype(np.int64)
-    return out
-
-
 def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     m = P.model
     x, etas = run["x"], run["etas"]
@@ -1128,86 +697,6 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     )
     warn_doubtful(result, se)
     return result
-
-
-def warn_doubtful(r, se_requested):
-    """Warn about every reason not to trust a fit as it is (the package's warning classes)."""
-    what = f"{r.method} fit"
-    if not r.converged:
-        warnings.warn(
-            f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
-            "stopped: raise maxiter, try other starts or simplify the model",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    if r.n_obs < r.n_estimated:
-        warnings.warn(
-            f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
-            "estimates are not identified by the data",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    if se_requested and len(r.cov_names) and r.cov is None:
-        why = getattr(r, "cov_why", None) or "the objective's Hessian at the estimate is not positive definite"
-        warnings.warn(
-            f"the {what}'s standard errors are NaN: {why}",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    m_bounds = r.model.at_user_bound(r.x)
-    if m_bounds:
-        names = [
-            f"{r.model.names[i]} = {r.x[i]:.6g} ({'lower' if side < 0 else 'upper'})" for i, side in m_bounds.items()
-        ]
-        warnings.warn(
-            f"the {what} ended on the bounds given for {', '.join(names)} (log scale): the bound, not the "
-            "data, sets these estimates, and they have no standard error; widen the bound or fix the parameter",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    if se_requested and getattr(r, "cov_excluded", None):
-        warnings.warn(
-            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound or "
-            "a given bound: their standard errors are NaN; the others are conditional on them)",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    corr = r.correlation
-    if corr is not None:
-        n = corr.shape[0]
-        high = [
-            f"{r.cov_names[a]} and {r.cov_names[b]} ({corr[a, b]:+.3f})"
-            for a in range(n)
-            for b in range(a)
-            if abs(corr[a, b]) > 0.95
-        ]
-        if high:
-            warnings.warn(
-                f"the {what}'s estimates are highly correlated: {'; '.join(high)} (|r| > 0.95): the data "
-                "hardly tell them apart; consider fixing or reparameterising one",
-                DoubtfulResultWarning,
-                stacklevel=3,
-            )
-    m = r.model
-    if m.n_eta and r.method in ("map", *MARGINAL):
-        sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
-        low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
-        if low:
-            warnings.warn(
-                f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
-                f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
-                "random effect) or check the model",
-                DoubtfulResultWarning,
-                stacklevel=3,
-            )
-    low = [f"{k} = {v:.2g}" for k, v in r.sigma.items() if v < VARIANCE_FLOOR]
-    if low:
-        warnings.warn(
-            f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
-            "do not support that error component (drop it, e.g. error='proportional')",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
 
 
 def _fit_individual(
@@ -1274,28 +763,3 @@ def _fit_individual(
         settings=settings,
         skipped=[i for i, r in fits if r is None],
     )
-
-
-class IndividualFits:
-    """Each subject fitted alone (``fits``: {id: FitResult of a pooled fit to that subject})."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def estimates(self):
-        """{id: {theta name: estimate}}."""
-        return {i: r.theta for i, r in self.fits.items()}
-
-    def summary(self):
-        names = self.model.theta_names + self.model.error.names
-        lines = [
-            f"individual fits of {self.model.structural.name}: {self.n_subjects} subjects, OFV {self.ofv:.4f}",
-            f"{'ID':<10}" + "".join(f"{n:>12}" for n in names),
-        ]
-        for i, r in self.fits.items():
-            vals = list(r.theta.values()) + list(r.sigma.values())
-            lines.append(f"{str(i):<10}" + "".join(f"{v:>12.5g}" for v in vals))
-        return "\n".join(lines)
-
-    def __repr__(self):
-        return self.summary()
