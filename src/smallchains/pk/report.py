@@ -11,12 +11,13 @@ import numpy as np
 
 from .._warnings import ConvergenceWarning, DoubtfulResultWarning
 from .covariance import VARIANCE_FLOOR
-
-#: the methods whose fits estimate Omega and report the random effects' variances
-RANDOM_EFFECTS = ("map", "foce", "laplace")
+from .methods import has_random_effects
 
 
-def parameter_table(m, x, cov, idx, method):
+def parameter_table(m, x, cov, idx, random_effects):
+    """One dict per reported parameter (``FitResult.table``): typical values, covariate effects,
+    residual errors and, with ``random_effects``, Omega's entries; SEs from ``cov`` over the
+    entries ``idx`` of x (Omega's by the delta method)."""
     se_x = np.full(m.n_x, np.nan)
     if cov is not None:
         se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
@@ -45,7 +46,7 @@ def parameter_table(m, x, cov, idx, method):
     for j, name in enumerate(m.error.names):
         i = m.blocks["psi"].start + j
         rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
-    q = m.n_eta if method in RANDOM_EFFECTS else 0
+    q = m.n_eta if random_effects else 0
     if q:
         Om = m.omega(x)
         # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
@@ -178,7 +179,7 @@ def warn_doubtful(r, se_requested):
                 stacklevel=3,
             )
     m = r.model
-    if m.n_eta and r.method in RANDOM_EFFECTS:
+    if m.n_eta and has_random_effects(r.method):
         sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
         low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
         if low:
