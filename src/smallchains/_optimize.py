@@ -41,9 +41,11 @@ BIG = 1e300
 
 
 class _Stop(Exception):
-    def __init__(self, message):
-        super().__init__(message)
-        self.message = message
+    """The evaluation hook asked to stop."""
+
+
+class _Stalled(Exception):
+    """The stall rule stopped L-BFGS."""
 
 
 def kkt(g, z, lo, hi):
@@ -108,7 +110,7 @@ def minimize(
         if f < best["f"]:
             best["z"], best["f"], best["g"] = z.copy(), f, g
         if on_evaluation is not None and on_evaluation(z, f):
-            raise _Stop("stopped by the callback")
+            raise _Stop
         return f, g
 
     z = z0.copy()
@@ -132,8 +134,8 @@ def minimize(
                 scipy_minimize, fg, z, method, lo, hi, maxiter, tol, options, stall, best, restart_gtol, max_restarts
             )
             success, message, nit = bool(res.success), str(res.message), int(getattr(res, "nit", 0) or 0)
-    except _Stop as stop:
-        success, message = True, stop.message
+    except _Stop:
+        success, message = True, "stopped by the callback"
     if not np.isfinite(best["f"]):
         success = False
         message = f"{message}; no evaluation gave a finite objective" if message else "no finite objective"
@@ -167,7 +169,7 @@ def _scipy_runs(scipy_minimize, fg, z, method, lo, hi, maxiter, tol, options, st
             trace.append(best["f"])
             if len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
                 if not (restart_gtol and state["restarts"]):  # (a restart is for the gradient criterion)
-                    raise _Stop(f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations")
+                    raise _Stalled
 
     box = None
     if lo is not None and (np.isfinite(lo).any() or np.isfinite(hi).any()):
@@ -184,15 +186,14 @@ def _scipy_runs(scipy_minimize, fg, z, method, lo, hi, maxiter, tol, options, st
             o["ftol"] = o["ftol"] * 1e-3**restarts
         try:
             res = scipy_minimize(fg, z, jac=True, method=method, options=o, **kw)
-        except _Stop as stop:
-            if stop.message == "stopped by the callback":
-                raise
-            res = OptimizeResult(success=True, message=stop.message, nit=len(trace), status=0)
+        except _Stalled:
+            message = f"the objective improved by < {stall[0]:g} over the last {stall[1]} iterations"
+            res = OptimizeResult(success=True, message=message, nit=len(trace), status=0)
             break
         g = best["g"]
         if not (restart_gtol and res.success and g is not None and kkt(g, best["z"], lo, hi) > restart_gtol):
             break
-        if restarts == max_restarts or res.nit <= 1:
+        if restarts == max_restarts or getattr(res, "nit", 0) <= 1:
             break
         restarts += 1
         state["restarts"] = restarts
