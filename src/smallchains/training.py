@@ -15,7 +15,6 @@ from . import _train as T
 from ._errors import TrainingDivergedError, raise_for_status, status_message
 from ._jit import COMPILE_SECONDS, feature
 from ._validate import positive_int
-from ._warnings import warn_unconverged
 from .losses import ChainLoss, _rebind, accuracy_and_loss, valgrad
 from .optimizers import Optimizer
 
@@ -333,10 +332,12 @@ def train_batched(
 def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=None, num_threads=None):
     """Minimise ``loss`` over ``p`` with ``scipy.optimize.minimize`` and the exact gradient.
 
-    ``p`` is updated in place with the result; returns SciPy's ``OptimizeResult``.
-    The objective is evaluated in the parameters' dtype and handed to SciPy as float64.
+    ``p`` is updated in place with the result (the best point evaluated); returns SciPy's
+    ``OptimizeResult``.  The objective is evaluated in the parameters' dtype and handed to SciPy as
+    float64.  The rules (best so far, non-finite values, the ConvergenceWarning at the iteration
+    cap) are the package's driver's: :mod:`smallchains._optimize`.
     """
-    from scipy.optimize import minimize as _minimize
+    from ._optimize import minimize as drive
 
     if not isinstance(loss, ChainLoss):
         raise TypeError(f"`loss` must come from sc.add_loss(chain, loss), got {type(loss).__name__}")
@@ -350,11 +351,7 @@ def minimize(loss, X, p, method="L-BFGS-B", *, maxiter=1000, tol=None, options=N
         val = valgrad(g, loss, X2, work_p, num_threads)
         return val, g.astype(np.float64)
 
-    opts = {"maxiter": int(maxiter)}
-    if options:
-        opts.update(options)
-    res = _minimize(fun, p.astype(np.float64), jac=True, method=method, tol=tol, options=opts)
+    res = drive(fun, p, method=method, maxiter=maxiter, tol=tol, options=options, warn="sc.minimize")
     if np.all(np.isfinite(res.x)):
         p[:] = res.x
-    warn_unconverged(res, "sc.minimize")
     return res

@@ -949,34 +949,18 @@ class GradientFunction:
     def minimize(self, p, method="L-BFGS-B", *, u0=None, maxiter=1000, tol=None, options=None, callback=None):
         """Minimise the loss over ``p`` with ``scipy.optimize.minimize`` and these exact gradients.
 
-        ``p`` is updated in place with the result (when finite); returns SciPy's
-        ``OptimizeResult``.  ``callback(p, value)`` is called after each evaluation and may
-        return True to stop (e.g. once the loss is low enough).
+        ``p`` is updated in place with the result (the best point evaluated, when finite); returns
+        SciPy's ``OptimizeResult``.  ``callback(p, value)`` is called after each evaluation with a
+        finite value and may return True to stop (e.g. once the loss is low enough).  The rules
+        are the package's optimizer driver's (:mod:`smallchains._optimize`).
         """
-        from scipy.optimize import minimize as _minimize
-
-        best = {"x": None, "f": np.inf}
-
-        class _Stop(Exception):
-            pass
+        from .._optimize import minimize as drive
 
         def fun(theta):
             value, gp, _ = self(theta, u0)
-            if value < best["f"]:
-                best["x"], best["f"] = theta.copy(), value
-            if callback is not None and callback(theta, value):
-                raise _Stop
             return value, gp
 
-        opts = {"maxiter": int(maxiter)}
-        if options:
-            opts.update(options)
-        try:
-            res = _minimize(fun, np.array(p, dtype=np.float64), jac=True, method=method, tol=tol, options=opts)
-        except _Stop:
-            from scipy.optimize import OptimizeResult
-
-            res = OptimizeResult(x=best["x"], fun=best["f"], success=True, message="stopped by the callback")
+        res = drive(fun, p, method=method, maxiter=maxiter, tol=tol, options=options, on_evaluation=callback)
         if res.x is not None and np.all(np.isfinite(res.x)):
             p[:] = res.x
         warn_unconverged(res, "GradientFunction.minimize")

@@ -6,10 +6,11 @@
   optional neural terms (a :class:`smallchains.UDE`);
 * :class:`PopulationModel`: typical values, covariate effects, random effects, residual error;
 * :func:`fit`: individual, naive pooled, MAP / empirical Bayes and FOCE-I estimation, with
-  standard errors, OFV/AIC/BIC, shrinkage and diagnostics (:class:`FitResult`).
+  standard errors, OFV/AIC/BIC, shrinkage and diagnostics (:class:`FitResult`); the methods
+  are classes registered in :mod:`smallchains.pk.methods` (a new method is one class).
 """
 
-from . import demo, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo
+from . import demo, methods, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo, sc.pk.methods
 from .data import DataError, Dose, Population, Subject, read_data
 from .fit import FitError, FitResult, IndividualFits, fit, load
 from .models import (

@@ -4,493 +4,56 @@
 standard errors, the objective (OFV = -2 log likelihood without the n log 2 pi constant,
 NONMEM's convention), AIC and BIC (from the full -2 log likelihood), the random effects of
 every subject, eta shrinkage, and the diagnostics PRED, IPRED, IWRES and CWRES.
+
+This module holds the driver (:func:`fit`: checks, starts, restarts, the result); the rest
+lives by concern: the estimation methods, one class each, in :mod:`.methods`; the result and its
+file in :mod:`.result`; the table, diagnostics and warnings in :mod:`.report`; the thread rules in
+:mod:`.threads`; the optimizer in :mod:`smallchains._optimize`.  The names they had here are
+still importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
-import warnings
 
 import numpy as np
-from scipy.linalg import solve_triangular
-from scipy.optimize import minimize
 
-from .._atomic import atomic_write
 from .._jit import COMPILE_SECONDS, feature
-from .._warnings import ConvergenceWarning, DataWarning, DoubtfulResultWarning
-from ..optimizers import Adam
-from .covariance import VARIANCE_FLOOR, at_bound, check_kind, covariance, hessian_from_gradient, summarize
-from .estimation import Problem, information
-from .laplace import laplace, laplace_gradient
+from . import methods
+from .covariance import check_kind
+from .estimation import Problem
+from .methods import DECREMENT_TOL, GRADIENT_TOL, FitSetup, Progress, minimize
+from .methods.map import posterior_cov
 from .population import PopulationModel
+from .report import diagnostics as _diagnostics
+from .report import parameter_table as _table
+from .report import warn_doubtful
+from .result import FitError, FitResult, IndividualFits, load, model_from_spec, model_spec
+from .threads import blas_single_threaded as _blas_single_threaded
+from .threads import number_of_threads as _threads
 from .timevarying import check_rule
 
-METHODS = ("individual", "pooled", "map", "foce", "laplace")
+__all__ = [
+    "FitError",
+    "FitResult",
+    "IndividualFits",
+    "fit",
+    "load",
+    "model_from_spec",
+    "model_spec",
+    "warn_doubtful",
+    "DECREMENT_TOL",
+    "GRADIENT_TOL",
+    "METHODS",
+    "MARGINAL",
+    "OPTIMIZERS",
+]
+#: the built-in methods' names (``methods.names()`` lists those registered since)
+METHODS = methods.names()
 #: the methods that minimise an approximation of the marginal likelihood (an OFV over the modes)
 MARGINAL = ("foce", "laplace")
 OPTIMIZERS = ("lbfgs", "adam", "adam+lbfgs")
-_BIG = 1e300
-
-
-class FitError(RuntimeError):
-    """A fit could not start or could not produce a finite objective."""
-
-
-class _Progress:
-    def __init__(self, progress, label):
-        self.cb = progress
-        self.label = label
-        self.t0 = time.perf_counter()
-        self.n = 0
-        self.best = np.inf
-
-    def __call__(self, value):
-        self.n += 1
-        self.best = min(self.best, value)
-        if self.cb is None:
-            return
-        msg = (
-            f"{self.label}: evaluation {self.n}, objective {value:.6g} (best {self.best:.6g}), "
-            f"{time.perf_counter() - self.t0:.1f} s"
-        )
-        if self.cb is True:
-            print(msg, flush=True)
-        else:
-            self.cb(msg)
-
-
-class _Stalled(Exception):
-    pass
-
-
-def _kkt(g, z, lo, hi):
-    """The largest partial derivative of ``g`` that is not pointing out of the box (lo, hi) at z."""
-    g = np.asarray(g, dtype=float)
-    if lo is None:
-        return float(np.abs(g).max()) if g.size else 0.0
-    tol = 1e-7 * np.maximum(1.0, np.abs(z))
-    v = np.abs(g)
-    v = np.where(z <= lo + tol, np.maximum(0.0, -g), v)
-    v = np.where(z >= hi - tol, np.maximum(0.0, g), v)
-    return float(v.max()) if v.size else 0.0
-
-
-def _minimize(
-    fun_grad,
-    z0,
-    *,
-    optimizer,
-    maxiter,
-    tol,
-    adam_steps,
-    adam_lr,
-    report,
-    stall_tol=1e-2,
-    stall_iters=50,
-    bounds=None,
-    restart_gtol=None,
-):
-    """Minimise with L-BFGS and/or Adam; returns (z, value, converged, message, n_evaluations).
-
-    L-BFGS also stops when the objective improved by less than ``stall_tol`` over the last
-    ``stall_iters`` iterations (a -2 log likelihood difference of 0.01 is statistically
-    nothing; networks otherwise creep on for thousands of evaluations).  ``bounds``: (lower,
-    upper) arrays for z (infinite: none): L-BFGS-B's box; Adam's steps are projected on it.
-    ``restart_gtol``: when L-BFGS stops by its relative reduction with a partial derivative (on the
-    box: pointing into it) above this, it restarts from the best point, up to three times."""
-    lo, hi = (None, None) if bounds is None else bounds
-    if lo is not None:
-        z0 = np.clip(z0, lo, hi)
-    best = {"z": z0.copy(), "f": np.inf, "g": None}
-    n_eval = [0]
-
-    def fg(z):
-        n_eval[0] += 1
-        f, g = fun_grad(z)
-        if not np.isfinite(f) or not np.all(np.isfinite(g)):
-            return _BIG, np.zeros_like(z)
-        if f < best["f"]:
-            best["z"], best["f"], best["g"] = z.copy(), f, g
-        report(f)
-        return f, g
-
-    z = z0.copy()
-    converged, message = False, ""
-    if optimizer in ("adam", "adam+lbfgs"):
-        opt = Adam(adam_lr)
-        for _ in range(int(adam_steps)):
-            f, g = fg(z)
-            if f >= _BIG:
-                z = best["z"].copy()
-                break
-            opt.update(z, g)
-            if lo is not None:
-                np.clip(z, lo, hi, out=z)
-        z = best["z"].copy()
-        message = f"Adam: {adam_steps} steps"
-    if optimizer in ("lbfgs", "adam+lbfgs"):
-        trace = []
-
-        def callback(intermediate_result=None):
-            trace.append(best["f"])
-            if stall_tol and len(trace) > stall_iters and trace[-1 - stall_iters] - trace[-1] < stall_tol:
-                if not (restart_gtol and state["restarts"]):  # (a restart is for the gradient criterion)
-                    raise _Stalled
-
-        box = None
-        if lo is not None and (np.isfinite(lo).any() or np.isfinite(hi).any()):
-            box = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b) for a, b in zip(lo, hi)]
-        restarts = 0
-        state = {"restarts": 0}
-        while True:
-            try:
-                res = minimize(
-                    fg,
-                    z,
-                    jac=True,
-                    method="L-BFGS-B",
-                    bounds=box,
-                    callback=callback,
-                    options={"maxiter": int(maxiter), "ftol": tol * 1e-3**restarts, "gtol": 1e-7, "maxcor": 20},
-                )
-                converged = bool(res.success)
-                message = str(res.message)
-            except _Stalled:
-                converged = True
-                message = f"the objective improved by < {stall_tol:g} over the last {stall_iters} iterations"
-                break
-            # L-BFGS's relative-reduction stop short of the gradient criterion (its curvature memory
-            # misled by a badly scaled valley): restart from the best point with a fresh memory and a
-            # 1000x tighter relative reduction
-            g = best["g"]
-            if not (restart_gtol and converged and g is not None and _kkt(g, best["z"], lo, hi) > restart_gtol):
-                break
-            if restarts == 3 or res.nit <= 1:
-                break
-            restarts += 1
-            state["restarts"] = restarts
-            trace.clear()
-            z = best["z"].copy()
-        if restarts:
-            message += f" (L-BFGS restarted {restarts} time(s) short of the gradient criterion)"
-    return best["z"], best["f"], converged, message, n_eval[0]
-
-
-class FitResult:
-    """The outcome of :func:`fit`.
-
-    Attributes:
-        model, method: the population model and the estimation method.
-        x: the estimates in the model's unconstrained layout (``model.names``).
-        etas: (n_subjects, n_eta) the subjects' random effects (the modes of their posteriors).
-        ids: the subjects' IDs, in the rows of ``etas``.
-        ofv: -2 log likelihood without the constant (FOCE-I approximation with random effects).
-        loglik, aic, bic: from the full -2 log likelihood (with n log 2 pi).
-        objective: the value the method minimised (e.g. the joint -2 log posterior for MAP).
-        n_obs, n_estimated: observations used; parameters estimated.
-        table: one dict per reported parameter: name, estimate, se, rse (%), and for log-scale
-            parameters the log estimate and its se.
-        shrinkage: {eta name: 1 - sd(eta_i) / omega}.
-        diagnostics: columns ID, TIME, DVID, DV, PRED, IPRED, IWRES, CWRES (arrays).
-        converged, message, n_evaluations, elapsed, starts (objective of every start).
-    """
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    # ------------------------------------------------------------------ views
-
-    @property
-    def theta(self):
-        return self.model.theta(self.x)
-
-    @property
-    def omega(self):
-        return self.model.omega(self.x)
-
-    @property
-    def sigma(self):
-        return self.model.sigma(self.x)
-
-    @property
-    def weights(self):
-        return self.model.weights(self.x).copy()
-
-    @property
-    def correlation(self):
-        """The correlation matrix of the estimates in ``cov_names`` (None without a covariance)."""
-        return summarize(self.cov)[0]
-
-    @property
-    def condition_number(self):
-        """Largest over smallest eigenvalue of :attr:`correlation` (NONMEM's; nan without one)."""
-        return summarize(self.cov)[1]
-
-    def individual_params(self, random_effects=True):
-        """{subject id: {parameter: value}} at each subject's random effects (or, with
-        ``random_effects=False``, the typical values given its covariates: what PRED uses)."""
-        out = {}
-        m = self.model
-        for sid, C, z, cov, eta in zip(self.ids, self._designs, self._z, self._cov, self.etas):
-            logq = m.log_individual(self.x, C, z, eta if random_effects else np.zeros_like(eta))
-            pm, _ = m.structural_params(logq, cov)
-            out[sid] = dict(zip(m.param_names, pm.tolist()))
-        return out
-
-    def simulate(self, regimen, *, times, n=1, covariates=None, seed=0, dvid=1):
-        """``n`` new subjects on a new dosing ``regimen`` at these estimates: a tidy DataFrame.
-
-        ``regimen`` from :func:`smallchains.pk.regimen` (e.g. ``regimen(100, ii=12, addl=6)``),
-        observed at ``times``; ``covariates`` {name: value or one value per subject}.  Columns ID,
-        TIME, DVID, IPRED (no residual error), DV (with it) and ETA_<name> (each subject's random
-        effects, drawn from Omega).  See :func:`smallchains.pk.simulate_regimen`.
-        """
-        from .simulate import simulate_regimen
-
-        return simulate_regimen(
-            self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed, dvid=dvid
-        )
-
-    def to_frame(self, what="table"):
-        """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
-        import pandas as pd
-
-        if what == "table":
-            return pd.DataFrame(self.table)
-        if what == "diagnostics":
-            return pd.DataFrame(self.diagnostics)
-        raise ValueError(f"`what` must be 'table' or 'diagnostics', got {what!r}")
-
-    def summary(self):
-        lines = [
-            f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
-            f"{self.n_obs} observations",
-            f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
-            f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
-            f"{self.message})",
-            f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}",
-        ]
-        for row in self.table:
-            se = row["se"]
-            rse = row["rse"]
-            lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}")
-        if self.shrinkage:
-            lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
-        cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
-        if cvs:
-            lines.append("omega as CV: " + ", ".join(cvs))
-        kind = getattr(self, "cov_kind", None)
-        if kind:
-            if self.cov is not None:
-                lines.append(f"covariance step: {kind} (NONMEM's $COV), condition number {self.condition_number:.3g}")
-            else:
-                lines.append(f"covariance step: {kind}, failed: {getattr(self, 'cov_why', None) or 'not available'}")
-            if getattr(self, "cov_excluded", None):
-                lines.append(f"  left out at a variance bound (SE NaN): {', '.join(self.cov_excluded)}")
-        return "\n".join(lines)
-
-    def __repr__(self):
-        return self.summary()
-
-    # ------------------------------------------------------------------ save / load
-
-    def save(self, path):
-        """Write the fit as JSON, atomically (a temporary file in the same folder, then renamed)."""
-        m = self.model
-        doc = {
-            "format": "smallchains.pk.fit",
-            "version": 2,
-            "method": self.method,
-            "model": model_spec(m),
-            "names": m.names,
-            "x": self.x.tolist(),
-            "ids": [_jsonable(i) for i in self.ids],
-            "etas": self.etas.tolist(),
-            "ofv": self.ofv,
-            "loglik": self.loglik,
-            "aic": self.aic,
-            "bic": self.bic,
-            "objective": self.objective,
-            "n_obs": self.n_obs,
-            "n_subjects": self.n_subjects,
-            "n_estimated": self.n_estimated,
-            "table": self.table,
-            "shrinkage": self.shrinkage,
-            "converged": self.converged,
-            "message": self.message,
-            "elapsed": self.elapsed,
-            "starts": self.starts,
-            "covariate_refs": self.covariate_refs,
-            "covariance": None if self.cov is None else self.cov.tolist(),
-            "cov_names": self.cov_names,
-            "cov_kind": getattr(self, "cov_kind", None),
-            "cov_excluded": getattr(self, "cov_excluded", []),
-            "cov_why": getattr(self, "cov_why", None),
-            "diagnostics": {k: [_jsonable(v) for v in np.asarray(a).tolist()] for k, a in self.diagnostics.items()},
-            "designs": [C.tolist() for C in self._designs],
-            "z": [np.asarray(z).tolist() for z in self._z],
-            "cov": self._cov,
-            "settings": self.settings,
-        }
-        doc["sha256"] = _doc_digest(doc)
-        return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
-
-    @classmethod
-    def load(cls, path, model=None):
-        """Read a fit written by :meth:`save`.  Models with a custom ``individual`` function or a
-        user-written structural model must be passed as ``model`` (code is not saved)."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a readable smallchains fit: it is truncated or damaged "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        if not isinstance(doc, dict) or doc.get("format") != "smallchains.pk.fit":
-            raise ValueError(f"{os.fspath(path)!r} is not a smallchains fit (no 'format': 'smallchains.pk.fit')")
-        if doc.get("version", 1) >= 2:
-            if doc.get("sha256") != _doc_digest(doc):
-                raise ValueError(
-                    f"{os.fspath(path)!r} was edited or damaged after it was saved (its checksum does "
-                    "not match its content); refit, or restore the file"
-                )
-        else:
-            warnings.warn(
-                f"{os.fspath(path)!r} was saved by an older smallchains without a checksum: its content "
-                "cannot be verified",
-                DataWarning,
-                stacklevel=2,
-            )
-        try:
-            return cls._from_doc(doc, model)
-        except (KeyError, TypeError) as exc:  # a field missing or of the wrong kind (ValueErrors say their own)
-            raise ValueError(
-                f"{os.fspath(path)!r} is not a complete smallchains fit ({type(exc).__name__}: {exc})"
-            ) from None
-
-    @classmethod
-    def _from_doc(cls, doc, model):
-        if model is None:
-            model = model_from_spec(doc["model"])
-        if list(model.names) != list(doc["names"]):
-            raise ValueError(f"the model's parameters {model.names} differ from the saved fit's {doc['names']}")
-        cov = doc.get("covariance")
-        return cls(
-            model=model,
-            method=doc["method"],
-            x=np.asarray(doc["x"], dtype=float),
-            ids=doc["ids"],
-            etas=np.asarray(doc["etas"], dtype=float).reshape(len(doc["ids"]), model.n_eta),
-            ofv=doc["ofv"],
-            loglik=doc["loglik"],
-            aic=doc["aic"],
-            bic=doc["bic"],
-            objective=doc["objective"],
-            n_obs=doc["n_obs"],
-            n_subjects=doc["n_subjects"],
-            n_estimated=doc["n_estimated"],
-            table=doc["table"],
-            shrinkage=doc["shrinkage"],
-            converged=doc["converged"],
-            message=doc["message"],
-            elapsed=doc["elapsed"],
-            starts=doc["starts"],
-            covariate_refs=doc["covariate_refs"],
-            cov=None if cov is None else np.asarray(cov, dtype=float),
-            cov_names=doc["cov_names"],
-            cov_kind=doc.get("cov_kind"),
-            cov_excluded=doc.get("cov_excluded", []),
-            cov_why=doc.get("cov_why"),
-            diagnostics={k: np.asarray(v) for k, v in doc["diagnostics"].items()},
-            _designs=[
-                np.asarray(C, dtype=float).reshape(len(model.theta_names), len(model.covariates))
-                for C in doc["designs"]
-            ],
-            _z=doc["z"],
-            _cov=doc["cov"],
-            settings=doc["settings"],
-            n_evaluations=None,
-            skipped=[],
-        )
-
-
-def _doc_digest(doc):
-    """SHA-256 of a fit document's content (every field but the digest itself, keys sorted)."""
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode("utf-8")).hexdigest()
-
-
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    return v
-
-
-def model_spec(m):
-    """A JSON description of a population model (enough to rebuild built-in ones)."""
-    from .models import MODELS
-
-    builtin = (
-        m.structural.name in MODELS
-        and m.structural.n_weights == 0
-        and m.individual is None
-        and m.covariate_network is None
-    )
-    return {
-        "structural": m.structural.name,
-        "builtin": builtin,
-        "theta_names": m.theta_names,
-        "eta": m.eta_names,
-        "omega": m.omega_kind,
-        "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
-        "covariate_ref": m.covariate_ref,
-        "error": m.error.kind,
-        "weight_prior": m.weight_prior,
-        "fixed": [n for n, f in zip(m.names, m.fixed) if f],
-        "bounds": {k: list(v) for k, v in m.bounds.items()},
-        "x0": m.x0.tolist(),
-    }
-
-
-def model_from_spec(spec):
-    if not spec.get("builtin"):
-        raise ValueError(
-            f"this fit's model ({spec['structural']}, with a custom `individual` function or a "
-            "network or a user-written model) cannot be rebuilt from the file: pass model=..."
-        )
-    x0 = np.asarray(spec["x0"])
-    theta = dict(zip(spec["theta_names"], np.exp(x0[: len(spec["theta_names"])])))
-    cov = {}
-    for k, c, form in spec["covariates"]:
-        cov.setdefault(k, {})[c] = form
-    m = PopulationModel(
-        spec["structural"],
-        theta,
-        eta=spec["eta"],
-        omega=spec["omega"],
-        covariates=cov,
-        covariate_ref=spec["covariate_ref"],
-        error=spec["error"],
-        weight_prior=spec["weight_prior"],
-    )
-    m.x0 = x0.copy()
-    for name in spec["fixed"]:
-        m.fixed[m.names.index(name)] = True
-    m.set_bounds(spec.get("bounds", {}))
-    return m
-
-
-load = FitResult.load
-
-
-# --------------------------------------------------------------------------- the fit
 
 
 def fit(
@@ -529,7 +92,8 @@ def fit(
             ``"map"`` (fixed effects, Omega, residual error, network weights and every subject's
             eta jointly: the mode of the joint posterior), ``"pooled"`` (naive pooled: no random
             effects) or ``"individual"`` (each subject alone: its own typical values and
-            residual error).
+            residual error); or the name of a method registered with
+            :func:`smallchains.pk.methods.register` (one class: see :mod:`smallchains.pk.methods`).
         optimizer: ``"lbfgs"``, ``"adam"`` or ``"adam+lbfgs"`` (Adam's ``adam_steps`` steps at
             ``adam_lr``, then L-BFGS: for networks started far from the optimum).
         starts: the number of starts; starts after the first jitter the log typical values and
@@ -586,8 +150,7 @@ def fit(
 
     if not isinstance(model, PopulationModel):
         raise TypeError(f"`model` must be a sc.pk.PopulationModel, got {type(model).__name__}")
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    estimator = methods.get(method)(map_omega=map_omega, covariance=covariance)  # (a ValueError if unknown)
     if map_omega not in ("em", "fixed", "joint"):
         raise ValueError(f"`map_omega` must be 'em', 'fixed' or 'joint', got {map_omega!r}")
     if optimizer not in OPTIMIZERS:
@@ -597,13 +160,7 @@ def fit(
         raise ValueError(f"`starts` must be >= 1, got {starts}")
     if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 0:
         raise ValueError(f"`restarts` must be a whole number >= 0, got {restarts!r}")
-    if method in ("map", *MARGINAL) and model.n_eta == 0:
-        raise ValueError(f"method {method!r} needs random effects: give the model eta=[...] (or use 'pooled')")
-    if method == "laplace" and (model.n_weights or model.covariate_network is not None):
-        raise ValueError(
-            "method 'laplace' differences its objective over every parameter, and this model has network "
-            "weights: use method 'foce'"
-        )
+    estimator.check(model)
     solver = Vern7() if solver is None else solver
     settings = {
         "rtol": rtol,
@@ -620,31 +177,48 @@ def fit(
         "seed": seed,
     }
     if tol is None:
-        tol = (
-            1e-7
-            if method in ("foce", "laplace", "pooled") and not model.n_weights and model.covariate_network is None
-            else 1e-9
-        )
+        tol = estimator.default_tol(model)
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)
     if xs.shape != (model.n_x,):
         raise ValueError(f"`x0` must have {model.n_x} entries ({model.names}), got {xs.shape}")
     t_start = time.perf_counter()
     opts = dict(optimizer=optimizer, maxiter=maxiter, tol=tol, adam_steps=adam_steps, adam_lr=adam_lr)
-    if method == "individual":
-        return _fit_individual(
-            model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress, settings, t_start
-        )
+    setup = FitSetup(
+        opts=opts,
+        starts=starts,
+        restarts=int(restarts),
+        seed=seed,
+        threads=threads,
+        rtol=rtol,
+        atol=atol,
+        solver=solver,
+        ss_tol=ss_tol,
+        time_varying=time_varying,
+        analytic=analytic,
+        se=se,
+        progress=progress,
+        settings=settings,
+        t_start=t_start,
+    )
+    return estimator.fit(model, data, xs, setup)
+
+
+def fit_population(method, model, data, xs, setup):
+    """The population flow of :meth:`EstimationMethod.fit <smallchains.pk.methods.EstimationMethod.fit>`:
+    one ``Problem`` over the subjects (threads as :func:`.threads.number_of_threads` says), the
+    method's runs from every start and restart, the best one's result (:func:`finish`)."""
+    settings = setup.settings
     with feature("population fits", COMPILE_SECONDS["pk"]):  # (the first objective compiles the kernels)
         P = Problem(
             model,
             data,
-            rtol=rtol,
-            atol=atol,
-            solver=solver,
-            ss_tol=ss_tol,
+            rtol=setup.rtol,
+            atol=setup.atol,
+            solver=setup.solver,
+            ss_tol=setup.ss_tol,
             threads=1,
-            time_varying=time_varying,
-            analytic=analytic,
+            time_varying=setup.time_varying,
+            analytic=setup.analytic,
         )
         settings["analytic"] = P.analytic
         why = P.diagnose(xs)
@@ -654,67 +228,20 @@ def fit(
         t = time.perf_counter()
         P.diagnose(xs)  # (timed the second time: the first includes one-off warm-up costs)
         per_subject = (time.perf_counter() - t) / P.N
-        threads = _threads(threads, per_subject, P.N)
+        threads = _threads(setup.threads, per_subject, P.N)
         P.set_threads(threads)
         settings["threads"] = threads
         with _blas_single_threaded(True):
-            return _fit_population(
-                P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts
-            )
+            return _fit_population(P, method, xs, setup)
     finally:
         P.close()
 
 
-def _threads(threads, per_subject, n_subjects=1):
-    """The number of threads.  ``None``: every core when the initial-value check
-    (:meth:`Problem.diagnose`, ``per_subject`` seconds a subject) takes more than 0.15 ms a
-    subject or 1 ms in all, and threadpoolctl can hold NumPy's BLAS to one thread (its own worker
-    threads otherwise compete with ours: measured slower than one thread), else 1.  The check is
-    one compiled prediction per subject where the compiled FOCE-I step covers it (an objective
-    with its gradient costs 20-100 times as much: measured), an ODE solve otherwise; the
-    compiled step hands one chunk of subjects to each thread per call, and below these figures
-    the threads' overhead outweighs them (measured)."""
-    if threads is not None:
-        t = int(threads)
-        if t < 1:
-            raise ValueError(f"`threads` must be >= 1, got {threads!r}")
-        return t
-    if per_subject < 1.5e-4 and per_subject * n_subjects < 1e-3:
-        return 1
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
-        return 1
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _blas_single_threaded(on):
-    """Hold NumPy's BLAS to one thread during a fit (threadpoolctl, if installed): its matrices are
-    a few rows wide, so BLAS's worker threads only spin (measured: a one-thread Theophylline FOCE-I
-    fit took twice the CPU time with them, for the same wall time), and when our threads run
-    subjects they would compete with them."""
-    import contextlib
-
-    global _CONTROLLER
-    if not on:
-        return contextlib.nullcontext()
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return contextlib.nullcontext()
-        # (found once: scanning the loaded libraries costs milliseconds, a limit then microseconds;
-        # by the first fit NumPy's and SciPy's BLAS are loaded)
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1)
-
-
-_CONTROLLER = None
-
-
-def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t_start, map_omega, restarts=0):
+def _fit_population(P, method, xs, setup):
     model = P.model
-    rng = np.random.default_rng(seed)
+    opts, starts, restarts, progress = setup.opts, setup.starts, setup.restarts, setup.progress
+    name = method.name
+    rng = np.random.default_rng(setup.seed)
     runs = []
     for k in range(starts):
         x_init = xs.copy()
@@ -723,12 +250,12 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
             jit[model.blocks["theta"]] = rng.normal(0.0, 0.3, len(model.theta_names))
             jit[model.blocks["psi"]] = rng.normal(0.0, 0.3, len(model.error.names))
             x_init = np.clip(np.where(model.fixed, xs, xs + jit), model.lower, model.upper)
-        label = f"{method} start {k + 1}/{starts}" if starts > 1 else method
-        runs.append(_run(P, method, x_init, opts, _Progress(progress, label), map_omega))
+        label = f"{name} start {k + 1}/{starts}" if starts > 1 else name
+        runs.append(method.run(P, x_init, opts, Progress(progress, label)))
     best = min(runs, key=lambda r: r["objective"])
     if not np.isfinite(best["objective"]):
         raise FitError(
-            f"no start reached a finite objective ({method}); check the initial values, the units "
+            f"no start reached a finite objective ({name}); check the initial values, the units "
             "of the data and the error model"
         )
     if restarts:
@@ -740,463 +267,42 @@ def _fit_population(P, method, xs, opts, starts, seed, se, progress, settings, t
             ob = model.blocks["omega"].start
             jit[ob : ob + model.n_eta] = rng.normal(0.0, 0.1, model.n_eta)
             x_init = np.clip(np.where(model.fixed, best["x"], best["x"] + jit), model.lower, model.upper)
-            report = _Progress(progress, f"{method} restart {k + 1}/{restarts}")
-            again = _run(P, method, x_init, opts, report, map_omega)
+            report = Progress(progress, f"{name} restart {k + 1}/{restarts}")
+            again = method.run(P, x_init, opts, report)
             seen.append(again["objective"])
             if again["objective"] < best["objective"]:
                 again["n_evaluations"] += best["n_evaluations"]
                 best = again
         seen = ", ".join(f"{v:.4f}" for v in seen)
         best = dict(best, message=f"{best['message']}; restarts from the perturbed estimates reached {seen}")
-    return _finish(P, method, best, [r["objective"] for r in runs], se, settings, t_start, map_omega)
+    return finish(P, method, best, [r["objective"] for r in runs], setup.se, setup.settings, setup.t_start)
 
 
-def _free(model, method, map_omega="em"):
-    free = ~model.fixed.copy()
-    if method in ("pooled", "individual") or (method == "map" and map_omega != "joint"):
-        free[model.blocks["omega"]] = False
-    if method == "individual":
-        free[model.blocks["beta"]] = False
-        free[model.blocks["w"]] = False
-        free[model.blocks["wc"]] = False
-    return free
-
-
-def _posterior_cov(P, x, etas):
-    """mean_i M_i^-1, the subjects' Laplace posterior covariances of eta, or None if a solve fails."""
+def finish(P, method, run, starts, se, settings, t_start):
+    """The :class:`FitResult` of the best ``run`` (:meth:`EstimationMethod.run`'s dict) of
+    ``method``: the OFV, the convergence criterion, the covariance step, the table, shrinkage and
+    diagnostics; then :func:`warn_doubtful`."""
     m = P.model
-    L = m.omega_factor(x)
-    Linv = solve_triangular(L, np.eye(m.n_eta), lower=True)
-    Oinv = Linv.T @ Linv
-    res = P.each(lambda s, e: s.data_term(x, e, need=2), list(zip(P.subjects, etas)))
-    acc = np.zeros((m.n_eta, m.n_eta))
-    for _, out in res:
-        if out is None:
-            return None
-        acc += np.linalg.inv(information(out, Oinv))
-    return acc / P.N
-
-
-def _set_omega(m, x, Om):
-    """Write Omega into x (diagonal models keep the diagonal); returns the largest change of a log sd."""
-    ob = m.blocks["omega"]
-    q = m.n_eta
-    old = x[ob.start : ob.start + q].copy()
-    if m.omega_kind == "diagonal":
-        Om = np.diag(np.diag(Om))
-    L = np.linalg.cholesky(Om)
-    x[ob.start : ob.start + q] = np.log(np.diag(L))
-    if m.omega_kind == "full" and q > 1:
-        x[ob.start + q : ob.stop] = L[m.tril]
-    return float(np.max(np.abs(x[ob.start : ob.start + q] - old)))
-
-
-def _run(P, method, x_init, opts, report, map_omega="em", max_rounds=30, em_tol=1e-3):
-    m = P.model
-    x = x_init.copy()
-    if map_omega == "em" and np.any(m.fixed[m.blocks["omega"]]):
-        map_omega = "fixed"  # the user holds (part of) Omega: no EM update
-    nets = np.r_[m.blocks["w"].start : m.blocks["w"].stop, m.blocks["wc"].start : m.blocks["wc"].stop]
-    stage = None
-    if method == "foce" and nets.size and not np.all(m.fixed[nets]):
-        stage = _run(P, "map", x, opts, report, map_omega)
-        x = stage["x"]
-    free = _free(m, method, map_omega)
-    idx = np.flatnonzero(free)
-    if method == "pooled":
-
-        def fg(z):
-            xx = x.copy()
-            xx[idx] = z
-            v, g = P.pooled(xx, 1)
-            return v, g[idx]
-
-        z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
-        x[idx] = z
-        return {
-            "x": x,
-            "etas": np.zeros((P.N, m.n_eta)),
-            "objective": f,
-            "converged": conv,
-            "message": msg,
-            "n_evaluations": ne,
-        }
-    if method == "map":
-        q = m.n_eta
-        nf = idx.shape[0]
-
-        state = {"C": None}
-
-        def fg(z):
-            xx = x.copy()
-            xx[idx] = z[:nf]
-            v, gx, ge = P.map_objective(xx, z[nf:].reshape(P.N, q), 1, state["C"])
-            return v, np.concatenate([gx[idx], ge.ravel()])
-
-        z = np.concatenate([x[idx], np.zeros(P.N * q)])
-        ne_total = 0
-        if map_omega == "em":
-            # Omega profiled: mean(eta eta') + C, C the mean Laplace covariance of the etas, updated
-            # between rounds (the EM fixed point); C starts from the initial Omega
-            state["C"] = m.omega(x)
-        # EM rounds stop early (Omega still moves); the last round, Omega settled, runs to the
-        # requested tolerance
-        final = map_omega != "em"
-        em_note = ""
-        for rnd in range(max_rounds + 1):
-            o = opts if final else dict(opts, maxiter=min(opts["maxiter"], 250), tol=max(opts["tol"], 1e-7))
-            box = (np.r_[m.lower[idx], np.full(P.N * q, -np.inf)], np.r_[m.upper[idx], np.full(P.N * q, np.inf)])
-            # (the final round restarts L-BFGS short of the gradient criterion; not with networks,
-            # whose weights creep on for thousands of evaluations)
-            rg = GRADIENT_TOL if final and not nets.size else None
-            z, f, conv, msg, ne = _minimize(fg, z, report=report, bounds=box, restart_gtol=rg, **o)
-            ne_total += ne
-            x[idx] = z[:nf]
-            if final:
-                break
-            etas = z[nf:].reshape(P.N, q)
-            change = _set_omega(m, x, P.profiled_omega(etas, state["C"]))
-            C = _posterior_cov(P, x, etas)
-            if C is None:  # the modes' Laplace covariance failed: this round's estimate is not EM's fixed point
-                conv = False
-                em_note = (
-                    f"; Omega's EM stopped after round {rnd + 1}: the random effects' posterior "
-                    "covariance is not positive definite"
-                )
-                break
-            state["C"] = C
-            opts = dict(opts, optimizer="lbfgs")  # later rounds start next to the optimum
-            final = bool(rnd and change < em_tol)
-            if not final and rnd == max_rounds - 1:
-                final = True
-                em_note = f"; Omega's EM did not settle in {max_rounds} rounds (last change {change:.2g} > {em_tol:g})"
-        if map_omega == "em":
-            _set_omega(m, x, P.profiled_omega(z[nf:].reshape(P.N, q), state["C"]))
-            if em_note:
-                conv = False
-        return {
-            "x": x,
-            "etas": z[nf:].reshape(P.N, q).copy(),
-            "objective": f,
-            "converged": conv,
-            "message": msg + (f"; Omega by EM, {rnd + 1} round(s)" if map_omega == "em" else "") + em_note,
-            "n_evaluations": ne_total,
-            "C": state["C"],  # (the posterior covariance Omega was profiled with in the last round)
-        }
-    # FOCE-I: the OFV's gradient from the subjects' sensitivities (Problem.foce_gradient), the etas
-    # warm-started; network weights with their L2 prior
-    state = {"etas": stage["etas"].copy() if method == "foce" and stage is not None else np.zeros((P.N, m.n_eta))}
-
-    def fg(z):
-        xx = x.copy()
-        xx[idx] = z
-        v, etas, g = _ofv_and_gradient(P, method, xx, state["etas"], idx)
-        if not np.isfinite(v) or g is None:
-            return np.inf, np.zeros_like(z)
-        state["etas"] = etas
-        pen, gw = P.weight_prior(xx)
-        g[m.blocks["w"]] += gw[: m.n_weights]
-        g[m.blocks["wc"]] += gw[m.n_weights :]
-        return v + pen, g[idx]
-
-    o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after the MAP stage: L-BFGS)
-    z, f, conv, msg, ne = _minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **o)
-    x[idx] = z
-    v, etas, _ = _ofv(P, method, x, state["etas"])
-    if stage is not None:
-        msg = f"MAP stage ({stage['message']}), then FOCE-I: {msg}"
-        ne += stage["n_evaluations"]
-    return {
-        "x": x,
-        "etas": etas,
-        "objective": v + P.weight_prior(x)[0],
-        "converged": conv,
-        "message": msg,
-        "n_evaluations": ne,
-    }
-
-
-def _ofv_and_gradient(P, method, x, etas, which):
-    """(OFV, modes, its gradient over x or None) of the marginal-likelihood method at ``x``
-    (FOCE-I: in one compiled call where it can, :meth:`Problem.foce_value_and_gradient`)."""
-    if method == "foce":
-        return P.foce_value_and_gradient(x, etas)
-    v, etas, res = _ofv(P, method, x, etas)
-    return v, etas, (_ofv_gradient(P, method, x, etas, res, which=which) if np.isfinite(v) else None)
-
-
-def _ofv(P, method, x, etas):
-    """(OFV, modes, per-subject results) of the marginal-likelihood method at ``x``: FOCE-I
-    (:meth:`Problem.foce`) or Laplace (:func:`smallchains.pk.laplace.laplace`)."""
-    return laplace(P, x, etas) if method == "laplace" else P.foce(x, etas)
-
-
-def _ofv_gradient(P, method, x, etas, res, per_subject=False, which=None):
-    """:func:`_ofv`'s gradient over x (Laplace: over the entries ``which``, by differences)."""
-    if method == "laplace":
-        return laplace_gradient(P, x, etas, which, per_subject)
-    return P.foce_gradient(x, res, per_subject=per_subject)
-
-
-# --------------------------------------------------------------------------- after the fit
-
-
-#: ``converged`` (FOCE-I, pooled) requires the Newton decrement of the minimised objective (-2 log
-#: L units) at the estimates, 1/2 g' H^-1 g (g its gradient, H its Hessian over the free
-#: parameters), to be at most this: no step can lower the objective by more.  MAP (and network
-#: weights) require every partial derivative to be at most :data:`GRADIENT_TOL` instead.
-DECREMENT_TOL = 1e-3
-GRADIENT_TOL = 1e-2
-
-
-def _se_indices(P, method, x, map_omega):
-    """(indices of the parameters the covariance step covers, those left out at a variance bound):
-    the free ones but network weights (SEs conditional on them; their Hessian block is singular
-    along the network's equivalent directions) and the ones at a bound."""
-    m = P.model
-    free = _free(m, method, map_omega)
-    free[m.blocks["w"]] = False
-    free[m.blocks["wc"]] = False
-    excluded = sorted({i for i in at_bound(m, x) if free[i]} | {i for i in m.at_user_bound(x) if free[i]})
-    free[excluded] = False
-    return np.flatnonzero(free), excluded
-
-
-def _objective_gradient(P, method, x, etas):
-    """The minimised objective's gradient over every entry of x (FOCE-I: the OFV with the weights'
-    prior; pooled), or None where it cannot be computed."""
-    if method == "pooled":
-        g = P.pooled(x, 1)[1]
-        return g if np.all(np.isfinite(g)) else None
-    m = P.model
-    _, _, g = _ofv_and_gradient(P, method, x, etas, np.flatnonzero(~m.fixed))
-    if g is None:
-        return None
-    g = g.copy()
-    pen = P.weight_prior(x)[1]
-    g[m.blocks["w"]] += pen[: m.n_weights]
-    g[m.blocks["wc"]] += pen[m.n_weights :]
-    return g
-
-
-def _convergence(P, method, x, etas, map_omega, C=None):
-    """(criterion holds, text, Hessian over the covariance step's parameters or None, those
-    parameters' indices) at the estimates: see :data:`DECREMENT_TOL`."""
-    m = P.model
-    free = np.flatnonzero(_free(m, method, map_omega))
-    if method == "map":
-        _, gx, ge = P.map_objective(x, etas, 1, C)  # (C: Omega profiled as in the fit's last round)
-        g = np.concatenate([gx[free], ge.ravel()])
-        names = [m.names[i] for i in free] + [f"eta({k}) of ID {s.subject.id}" for s in P.subjects for k in m.eta_names]
-        if not np.all(np.isfinite(g)):
-            return False, "gradient criterion NOT met: the gradient is not finite", None, None
-        k = int(np.argmax(np.abs(g))) if g.size else 0
-        gmax = float(abs(g[k])) if g.size else 0.0
-        ok = gmax <= GRADIENT_TOL
-        where = f" ({names[k]})" if g.size else ""
-        word = "met" if ok else "NOT met"
-        text = f"gradient criterion {word}: max |d objective / d parameter| = {gmax:.2g}{where}"
-        text += f" (limit {GRADIENT_TOL:g})"
-        return ok, text, None, None
-    idx, _ = _se_indices(P, method, x, map_omega)
-    g = _objective_gradient(P, method, x, etas)
-    if g is None:
-        return False, "convergence criterion NOT met: the gradient could not be computed at the estimates", None, idx
-
-    def grad(z):
-        xx = x.copy()
-        xx[idx] = z
-        gg = _objective_gradient(P, method, xx, etas)
-        return None if gg is None else gg[idx]
-
-    H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3) if idx.size else None
-    others = np.setdiff1d(free, idx)  # (network weights, parameters at a bound)
-    # on a bound set by `bounds`, the gradient must point out of the box (KKT), not vanish
-    gmax = _kkt(g[others], x[others], m.lower[others], m.upper[others])
-    if idx.size and H is None:
-        return False, "convergence criterion NOT met: the objective's Hessian could not be computed", None, idx
-    dec = 0.0
-    if idx.size:
-        w, U = np.linalg.eigh(H)
-        if w.min() < -1e-8 * max(abs(w).max(), 1.0):
-            return False, "convergence criterion NOT met: the objective's Hessian has a negative eigenvalue", H, idx
-        keep = w > 1e-12 * max(w.max(), 1e-300)
-        dec = float(0.5 * np.sum((U[:, keep].T @ g[idx]) ** 2 / w[keep]))
-    ok = dec <= DECREMENT_TOL and gmax <= GRADIENT_TOL
-    text = f"convergence criterion {'met' if ok else 'NOT met'}: Newton decrement {dec:.2g} (limit {DECREMENT_TOL:g})"
-    if others.size:
-        text += f", max |gradient| of the other parameters {gmax:.2g} (limit {GRADIENT_TOL:g})"
-    return ok, text, H, idx
-
-
-def _standard_errors(P, method, x, etas, map_omega="em", kind="sandwich", H=None):
-    """(covariance of the covered parameters or None, their indices, indices left out at a
-    variance bound, why there is no covariance or None): see :mod:`smallchains.pk.covariance`.
-    ``H``: the objective's Hessian over those parameters when already computed."""
-    m = P.model
-    idx, excluded = _se_indices(P, method, x, map_omega)
-    if idx.size == 0:
-        return None, idx, excluded, None
-
-    def put(z):
-        xx = x.copy()
-        xx[idx] = z
-        return xx
-
-    if method == "map":
-        nf, q = idx.shape[0], m.n_eta
-
-        def grad(z):
-            _, gx, ge = P.map_objective(put(z[:nf]), z[nf:].reshape(P.N, q), 1)
-            return np.concatenate([gx[idx], ge.ravel()])
-
-        C, why = covariance(hessian_from_gradient(grad, np.concatenate([x[idx], etas.ravel()]), h=1e-5), None, "R")
-        return (None if C is None else C[:nf, :nf]), idx, excluded, why
-    if H is None:
-
-        def grad(z):
-            g = _objective_gradient(P, method, put(z), etas)
-            return None if g is None else g[idx]
-
-        H = hessian_from_gradient(grad, x[idx], h=1e-5 if method == "pooled" else 1e-3)
-    S = None
-    if method in MARGINAL and kind != "R":
-        _, etas, res = _ofv(P, method, x, etas)
-        out = _ofv_gradient(P, method, x, etas, res, per_subject=True, which=idx)
-        if out is not None:
-            G = out[1][:, idx]
-            S = G.T @ G
-    C, why = covariance(H, S, kind if method in MARGINAL else "R")
-    return C, idx, excluded, why
-
-
-def _table(m, x, cov, idx, method):
-    se_x = np.full(m.n_x, np.nan)
-    if cov is not None:
-        se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    rows = []
-
-    def row(name, est, se, log=None, log_se=None):
-        r = {
-            "name": name,
-            "estimate": float(est),
-            "se": float(se),
-            "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan"),
-        }
-        if log is not None:
-            r["log_estimate"], r["log_se"] = float(log), float(log_se)
-        r["fixed"] = False
-        return r
-
-    for k, name in enumerate(m.theta_names):
-        i = m.blocks["theta"].start + k
-        r = row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i])
-        r["fixed"] = bool(m.fixed[i])
-        rows.append(r)
-    for j, (k, c, form) in enumerate(m.covariates):
-        i = m.blocks["beta"].start + j
-        rows.append(row(f"{m.theta_names[k]}~{c} ({form})", x[i], se_x[i]))
-    for j, name in enumerate(m.error.names):
-        i = m.blocks["psi"].start + j
-        rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
-    q = m.n_eta if method in ("map", *MARGINAL) else 0
-    if q:
-        Om = m.omega(x)
-        # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
-        ob = m.blocks["omega"]
-        J = np.empty((q * q, ob.stop - ob.start))
-        for k in range(ob.stop - ob.start):
-            xz = x.astype(complex)
-            xz[ob.start + k] += 1e-30j
-            L = np.diag(np.exp(xz[ob.start : ob.start + q]))
-            if m.omega_kind == "full" and q > 1:
-                L[m.tril] = xz[ob.start + q : ob.stop]
-            J[:, k] = (L @ L.T).imag.ravel() / 1e-30
-        Cw = None
-        if cov is not None:
-            pos = np.searchsorted(idx, np.arange(ob.start, ob.stop))
-            ok = (pos < idx.size) & (idx[np.minimum(pos, idx.size - 1)] == np.arange(ob.start, ob.stop))
-            if np.all(ok):
-                Cw = J @ cov[np.ix_(pos, pos)] @ J.T
-        for a in range(q):
-            for b in range(a + 1):
-                if b != a and m.omega_kind == "diagonal":
-                    continue
-                se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
-                name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
-                r = row(name, Om[a, b], se)
-                if a == b:  # log-normal parameters: CV = sqrt(exp(omega^2) - 1)
-                    r["cv_percent"] = float(100.0 * math.sqrt(math.expm1(Om[a, a])))
-                else:
-                    r["corr"] = float(Om[a, b] / math.sqrt(Om[a, a] * Om[b, b]))
-                rows.append(r)
-    return rows
-
-
-def _diagnostics(P, x, etas):
-    """PRED, IPRED, IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each subject's etas)."""
-    m = P.model
-    Om = m.omega(x)
-    cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
-    at0 = P.predictions(x, None)
-    at_eta = P.predictions(x, etas, directions=m.n_eta > 0)
-    for s, eta, r0, out in zip(P.subjects, etas, at0, at_eta, strict=True):
-        pred = r0[0] if r0 is not None else np.full(s.n_obs, np.nan)
-        if out is None or not (np.isfinite(out[0].sum() + out[1].sum()) and out[1].min() > 0):
-            ipred = iwres = cwres = np.full(s.n_obs, np.nan)
-        else:
-            ipred, V = out[0], out[1]
-            iwres = (s.y - ipred) / np.sqrt(V)
-            if m.n_eta:
-                G = out[2]
-                E = ipred - G @ eta
-                C = G @ Om @ G.T + np.diag(V)
-                w, U = np.linalg.eigh(C)
-                cwres = U @ ((U.T @ (s.y - E)) / np.sqrt(np.maximum(w, 1e-300)))
-            else:
-                cwres = iwres
-        cols["ID"].extend([s.subject.id] * s.n_obs)
-        cols["TIME"].append(s.t)
-        cols["DVID"].append(s.dvid)
-        cols["DV"].append(s.y)
-        cols["PRED"].append(pred)
-        cols["IPRED"].append(ipred)
-        cols["IWRES"].append(iwres)
-        cols["CWRES"].append(cwres)
-    out = {"ID": np.asarray(cols["ID"], dtype=object)}
-    for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
-        out[k] = np.concatenate(cols[k])
-    out["DVID"] = out["DVID"].astype(np.int64)
-    return out
-
-
-def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
-    m = P.model
-    x, etas = run["x"], run["etas"]
-    if method in ("map", *MARGINAL):
-        ofv, etas, _ = _ofv(P, "laplace" if method == "laplace" else "foce", x, etas)
-    else:
-        ofv = P.pooled(x, 0) - P.weight_prior(x)[0]
-    ok, text, H, _ = _convergence(P, method, x, run["etas"], map_omega, run.get("C"))
+    x = run["x"]
+    ofv, etas = method.ofv(P, x, run["etas"])
+    ok, text, H, _ = method.convergence(P, x, run["etas"], run)
     converged = bool(run["converged"] and ok)
     message = f"{run['message']}; {text}"
-    kind = settings.get("covariance", "sandwich") if method in MARGINAL else "R"
+    kind = method.covariance_kind
     if se:
-        cov, idx, excluded, cov_why = _standard_errors(P, method, x, etas, map_omega, kind, H)
+        cov, idx, excluded, cov_why = method.standard_errors(P, x, etas, H)
     else:
         cov, idx, excluded, cov_why = None, np.zeros(0, dtype=np.int64), [], None
-    n_est = int(np.sum(_free(m, method, "fixed")))
-    if method == "map" and map_omega != "fixed":
-        n_est += int(np.sum(~m.fixed[m.blocks["omega"]]))
+    n_est = method.n_estimated(m)
     m2ll = ofv + P.n_obs * math.log(2 * math.pi)
     shrink = {}
-    if m.n_eta and method in ("map", *MARGINAL):
+    if m.n_eta and method.random_effects:
         om = np.sqrt(np.diag(m.omega(x)))
         sd = etas.std(axis=0, ddof=1) if P.N > 1 else np.full(m.n_eta, np.nan)
         shrink = {k: float(1 - sd[j] / om[j]) for j, k in enumerate(m.eta_names)}
     result = FitResult(
         model=m,
-        method=method,
+        method=method.name,
         x=x,
         ids=[s.subject.id for s in P.subjects],
         etas=etas,
@@ -1208,7 +314,7 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
         n_obs=P.n_obs,
         n_subjects=P.N,
         n_estimated=n_est,
-        table=_table(m, x, cov, idx, method),
+        table=_table(m, x, cov, idx, method.random_effects),
         shrinkage=shrink,
         diagnostics=_diagnostics(P, x, etas),
         converged=converged,
@@ -1232,172 +338,14 @@ def _finish(P, method, run, starts, se, settings, t_start, map_omega="em"):
     return result
 
 
-def warn_doubtful(r, se_requested):
-    """Warn about every reason not to trust a fit as it is (the package's warning classes)."""
-    what = f"{r.method} fit"
-    if not r.converged:
-        warnings.warn(
-            f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
-            "stopped: raise maxiter, try other starts or simplify the model",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    if r.n_obs < r.n_estimated:
-        warnings.warn(
-            f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
-            "estimates are not identified by the data",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    if se_requested and len(r.cov_names) and r.cov is None:
-        why = getattr(r, "cov_why", None) or "the objective's Hessian at the estimate is not positive definite"
-        warnings.warn(
-            f"the {what}'s standard errors are NaN: {why}",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    m_bounds = r.model.at_user_bound(r.x)
-    if m_bounds:
-        names = [
-            f"{r.model.names[i]} = {r.x[i]:.6g} ({'lower' if side < 0 else 'upper'})" for i, side in m_bounds.items()
-        ]
-        warnings.warn(
-            f"the {what} ended on the bounds given for {', '.join(names)} (log scale): the bound, not the "
-            "data, sets these estimates, and they have no standard error; widen the bound or fix the parameter",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    if se_requested and getattr(r, "cov_excluded", None):
-        warnings.warn(
-            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound or "
-            "a given bound: their standard errors are NaN; the others are conditional on them)",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
-    corr = r.correlation
-    if corr is not None:
-        n = corr.shape[0]
-        high = [
-            f"{r.cov_names[a]} and {r.cov_names[b]} ({corr[a, b]:+.3f})"
-            for a in range(n)
-            for b in range(a)
-            if abs(corr[a, b]) > 0.95
-        ]
-        if high:
-            warnings.warn(
-                f"the {what}'s estimates are highly correlated: {'; '.join(high)} (|r| > 0.95): the data "
-                "hardly tell them apart; consider fixing or reparameterising one",
-                DoubtfulResultWarning,
-                stacklevel=3,
-            )
-    m = r.model
-    if m.n_eta and r.method in ("map", *MARGINAL):
-        sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
-        low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
-        if low:
-            warnings.warn(
-                f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
-                f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
-                "random effect) or check the model",
-                DoubtfulResultWarning,
-                stacklevel=3,
-            )
-    low = [f"{k} = {v:.2g}" for k, v in r.sigma.items() if v < VARIANCE_FLOOR]
-    if low:
-        warnings.warn(
-            f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
-            "do not support that error component (drop it, e.g. error='proportional')",
-            DoubtfulResultWarning,
-            stacklevel=3,
-        )
+# --------------------------------------------------------------------------- names kept for callers
 
 
-def _fit_individual(
-    model, data, xs, opts, starts, seed, threads, rtol, atol, solver, ss_tol, se, progress, settings, t_start
-):
-    from .data import Population
-
-    fits = []
-    for s in data.subjects:
-        pop = Population([s], data.covariate_names, data.columns)
-        r = None
-        if np.any(np.asarray(s.blq) == 0):
-            with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
-                warnings.simplefilter("always")
-                r = fit(
-                    model,
-                    pop,
-                    "pooled",
-                    x0=xs,
-                    starts=starts,
-                    seed=seed,
-                    threads=None,
-                    rtol=rtol,
-                    atol=atol,
-                    solver=solver,
-                    ss_tol=ss_tol,
-                    se=se,
-                    progress=progress,
-                    time_varying=settings["time_varying"],
-                    analytic=settings["analytic"],
-                    **opts,
-                )
-            for w in caught:
-                warnings.warn(f"ID {s.id}: {w.message}", w.category, stacklevel=3)
-        fits.append((s.id, r))
-    ok = [(i, r) for i, r in fits if r is not None]
-    if len(ok) < len(fits):
-        from .estimation import _ids
-
-        warnings.warn(
-            f"{len(fits) - len(ok)} subject(s) have no observation to fit (every record MDV = 1 or "
-            f"BLQ = 1) and are left out: ID {_ids([i for i, r in fits if r is None])}",
-            DataWarning,
-            stacklevel=3,
-        )
-    ofv = float(sum(r.ofv for _, r in ok))
-    n_obs = sum(r.n_obs for _, r in ok)
-    n_est = sum(r.n_estimated for _, r in ok)
-    m2ll = ofv + n_obs * math.log(2 * math.pi)
-    diag = {k: np.concatenate([r.diagnostics[k] for _, r in ok]) for k in ok[0][1].diagnostics}
-    return IndividualFits(
-        model=model,
-        method="individual",
-        fits=dict(ok),
-        ofv=ofv,
-        loglik=-0.5 * m2ll,
-        aic=m2ll + 2 * n_est,
-        bic=m2ll + n_est * math.log(n_obs),
-        n_obs=n_obs,
-        n_subjects=len(ok),
-        n_estimated=n_est,
-        diagnostics=diag,
-        elapsed=time.perf_counter() - t_start,
-        settings=settings,
-        skipped=[i for i, r in fits if r is None],
-    )
+def _standard_errors(P, method, x, etas, map_omega="em", kind="sandwich", H=None):
+    """The covariance step of ``method`` (a name) at x: :meth:`EstimationMethod.standard_errors`."""
+    return methods.get(method)(map_omega=map_omega, covariance=kind).standard_errors(P, x, etas, H)
 
 
-class IndividualFits:
-    """Each subject fitted alone (``fits``: {id: FitResult of a pooled fit to that subject})."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def estimates(self):
-        """{id: {theta name: estimate}}."""
-        return {i: r.theta for i, r in self.fits.items()}
-
-    def summary(self):
-        names = self.model.theta_names + self.model.error.names
-        lines = [
-            f"individual fits of {self.model.structural.name}: {self.n_subjects} subjects, OFV {self.ofv:.4f}",
-            f"{'ID':<10}" + "".join(f"{n:>12}" for n in names),
-        ]
-        for i, r in self.fits.items():
-            vals = list(r.theta.values()) + list(r.sigma.values())
-            lines.append(f"{str(i):<10}" + "".join(f"{v:>12.5g}" for v in vals))
-        return "\n".join(lines)
-
-    def __repr__(self):
-        return self.summary()
+_posterior_cov = posterior_cov
+_minimize = minimize
+_Progress = Progress

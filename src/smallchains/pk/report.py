@@ -1,0 +1,197 @@
+"""What a population fit reports beyond its estimates: the parameter table (with the delta method
+for Omega's entries), the diagnostics PRED, IPRED, IWRES and CWRES, and :func:`warn_doubtful`
+(every reason not to trust a fit, as the package's warnings)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from .._warnings import ConvergenceWarning, DoubtfulResultWarning
+from .covariance import VARIANCE_FLOOR
+from .methods import has_random_effects
+
+
+def parameter_table(m, x, cov, idx, random_effects):
+    """One dict per reported parameter (``FitResult.table``): typical values, covariate effects,
+    residual errors and, with ``random_effects``, Omega's entries; SEs from ``cov`` over the
+    entries ``idx`` of x (Omega's by the delta method)."""
+    se_x = np.full(m.n_x, np.nan)
+    if cov is not None:
+        se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    rows = []
+
+    def row(name, est, se, log=None, log_se=None):
+        r = {
+            "name": name,
+            "estimate": float(est),
+            "se": float(se),
+            "rse": float(100 * se / abs(est)) if est != 0 and np.isfinite(se) else float("nan"),
+        }
+        if log is not None:
+            r["log_estimate"], r["log_se"] = float(log), float(log_se)
+        r["fixed"] = False
+        return r
+
+    for k, name in enumerate(m.theta_names):
+        i = m.blocks["theta"].start + k
+        r = row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i])
+        r["fixed"] = bool(m.fixed[i])
+        rows.append(r)
+    for j, (k, c, form) in enumerate(m.covariates):
+        i = m.blocks["beta"].start + j
+        rows.append(row(f"{m.theta_names[k]}~{c} ({form})", x[i], se_x[i]))
+    for j, name in enumerate(m.error.names):
+        i = m.blocks["psi"].start + j
+        rows.append(row(name, math.exp(x[i]), math.exp(x[i]) * se_x[i], x[i], se_x[i]))
+    q = m.n_eta if random_effects else 0
+    if q:
+        Om = m.omega(x)
+        # the delta method for Omega's entries: J of vec(Omega) wrt its block of x
+        ob = m.blocks["omega"]
+        J = np.empty((q * q, ob.stop - ob.start))
+        for k in range(ob.stop - ob.start):
+            xz = x.astype(complex)
+            xz[ob.start + k] += 1e-30j
+            L = np.diag(np.exp(xz[ob.start : ob.start + q]))
+            if m.omega_kind == "full" and q > 1:
+                L[m.tril] = xz[ob.start + q : ob.stop]
+            J[:, k] = (L @ L.T).imag.ravel() / 1e-30
+        Cw = None
+        if cov is not None:
+            pos = np.searchsorted(idx, np.arange(ob.start, ob.stop))
+            ok = (pos < idx.size) & (idx[np.minimum(pos, idx.size - 1)] == np.arange(ob.start, ob.stop))
+            if np.all(ok):
+                Cw = J @ cov[np.ix_(pos, pos)] @ J.T
+        for a in range(q):
+            for b in range(a + 1):
+                if b != a and m.omega_kind == "diagonal":
+                    continue
+                se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
+                name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
+                r = row(name, Om[a, b], se)
+                if a == b:  # log-normal parameters: CV = sqrt(exp(omega^2) - 1)
+                    r["cv_percent"] = float(100.0 * math.sqrt(math.expm1(Om[a, a])))
+                else:
+                    r["corr"] = float(Om[a, b] / math.sqrt(Om[a, a] * Om[b, b]))
+                rows.append(r)
+    return rows
+
+
+def diagnostics(P, x, etas):
+    """PRED, IPRED, IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each subject's etas)."""
+    m = P.model
+    Om = m.omega(x)
+    cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
+    at0 = P.predictions(x, None)
+    at_eta = P.predictions(x, etas, directions=m.n_eta > 0)
+    for s, eta, r0, out in zip(P.subjects, etas, at0, at_eta, strict=True):
+        pred = r0[0] if r0 is not None else np.full(s.n_obs, np.nan)
+        if out is None or not (np.isfinite(out[0].sum() + out[1].sum()) and out[1].min() > 0):
+            ipred = iwres = cwres = np.full(s.n_obs, np.nan)
+        else:
+            ipred, V = out[0], out[1]
+            iwres = (s.y - ipred) / np.sqrt(V)
+            if m.n_eta:
+                G = out[2]
+                E = ipred - G @ eta
+                C = G @ Om @ G.T + np.diag(V)
+                w, U = np.linalg.eigh(C)
+                cwres = U @ ((U.T @ (s.y - E)) / np.sqrt(np.maximum(w, 1e-300)))
+            else:
+                cwres = iwres
+        cols["ID"].extend([s.subject.id] * s.n_obs)
+        cols["TIME"].append(s.t)
+        cols["DVID"].append(s.dvid)
+        cols["DV"].append(s.y)
+        cols["PRED"].append(pred)
+        cols["IPRED"].append(ipred)
+        cols["IWRES"].append(iwres)
+        cols["CWRES"].append(cwres)
+    out = {"ID": np.asarray(cols["ID"], dtype=object)}
+    for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
+        out[k] = np.concatenate(cols[k])
+    out["DVID"] = out["DVID"].astype(np.int64)
+    return out
+
+
+def warn_doubtful(r, se_requested):
+    """Warn about every reason not to trust a fit as it is (the package's warning classes)."""
+    what = f"{r.method} fit"
+    if not r.converged:
+        warnings.warn(
+            f"the {what} did not converge ({r.message}); the estimates are where the optimizer "
+            "stopped: raise maxiter, try other starts or simplify the model",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    if r.n_obs < r.n_estimated:
+        warnings.warn(
+            f"the {what} estimates {r.n_estimated} parameters from {r.n_obs} observations: the "
+            "estimates are not identified by the data",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
+    if se_requested and len(r.cov_names) and r.cov is None:
+        why = getattr(r, "cov_why", None) or "the objective's Hessian at the estimate is not positive definite"
+        warnings.warn(
+            f"the {what}'s standard errors are NaN: {why}",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
+    m_bounds = r.model.at_user_bound(r.x)
+    if m_bounds:
+        names = [
+            f"{r.model.names[i]} = {r.x[i]:.6g} ({'lower' if side < 0 else 'upper'})" for i, side in m_bounds.items()
+        ]
+        warnings.warn(
+            f"the {what} ended on the bounds given for {', '.join(names)} (log scale): the bound, not the "
+            "data, sets these estimates, and they have no standard error; widen the bound or fix the parameter",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
+    if se_requested and getattr(r, "cov_excluded", None):
+        warnings.warn(
+            f"the {what}'s covariance step left out {', '.join(r.cov_excluded)} (at a variance bound or "
+            "a given bound: their standard errors are NaN; the others are conditional on them)",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
+    corr = r.correlation
+    if corr is not None:
+        n = corr.shape[0]
+        high = [
+            f"{r.cov_names[a]} and {r.cov_names[b]} ({corr[a, b]:+.3f})"
+            for a in range(n)
+            for b in range(a)
+            if abs(corr[a, b]) > 0.95
+        ]
+        if high:
+            warnings.warn(
+                f"the {what}'s estimates are highly correlated: {'; '.join(high)} (|r| > 0.95): the data "
+                "hardly tell them apart; consider fixing or reparameterising one",
+                DoubtfulResultWarning,
+                stacklevel=3,
+            )
+    m = r.model
+    if m.n_eta and has_random_effects(r.method):
+        sd = np.sqrt(np.maximum(np.diag(m.omega(r.x)), 0.0))
+        low = [k for j, k in enumerate(m.eta_names) if sd[j] < VARIANCE_FLOOR]
+        if low:
+            warnings.warn(
+                f"the {what}'s random-effect variance of {', '.join(low)} is at its lower bound "
+                f"(sd < {VARIANCE_FLOOR:g}): the data do not support it; fix it to 0 (drop the "
+                "random effect) or check the model",
+                DoubtfulResultWarning,
+                stacklevel=3,
+            )
+    low = [f"{k} = {v:.2g}" for k, v in r.sigma.items() if v < VARIANCE_FLOOR]
+    if low:
+        warnings.warn(
+            f"the {what}'s residual error parameter {', '.join(low)} is at its lower bound: the data "
+            "do not support that error component (drop it, e.g. error='proportional')",
+            DoubtfulResultWarning,
+            stacklevel=3,
+        )
