@@ -57,9 +57,7 @@ def ours(data, model, x, etas, threads, solver, rtol, atol, calls, rounds, contr
     with _blas_single_threaded(threads > 1):
         v, gx, ge = P.map_objective(x, etas, 1)
         ms = median_per_call(lambda: P.map_objective(x, etas, 1), calls, rounds, scale=1e3)
-    from smallchains.ode import _kernels as RK
-
-    steps = int(np.mean([s.gf.stats_arr[RK.S_NACCEPT] for s in P.subjects]))
+    steps = int(np.mean([s.gf.stats["naccept"] for s in P.subjects]))
     P.close()
     return v, np.concatenate([gx, ge.ravel()]), ms, steps
 

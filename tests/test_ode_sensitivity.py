@@ -161,7 +161,7 @@ def test_auto_store_falls_back_to_states_under_a_small_budget():
         DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint(max_memory=2000)
     )
     v, gp, gu = gf(P)
-    assert gf._mode == RK.STORE_STATES
+    assert gf.recording._mode == RK.STORE_STATES
     ref = sc.gradient_function(DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, sensitivity=sc.DiscreteAdjoint())(P)
     assert ref[0] == v
     np.testing.assert_allclose(gp, ref[1], rtol=1e-13)
@@ -440,69 +440,16 @@ def test_no_allocation_in_the_forward_and_reverse_kernels():
         DATA, nonlin, U0, (0.0, 3.0), P, saveat=TS, jumps=dosing(), sensitivity=sc.DiscreteAdjoint()
     )
     gf(P)
-    P_ = gf.P
-    g = np.ones_like(gf.us)  # a loss gradient
+    rec = gf.recording
+    P_ = rec._P
+    g = np.ones_like(rec.states)  # a loss gradient
     gp = np.zeros(4)
     lam = np.zeros(2)
 
-    def kernels():
-        RK.rk_solve(
-            gf.fa,
-            P_.fn.iw,
-            gf.fw,
-            P_.ga,
-            P_.tab.A,
-            P_.tab.b,
-            P_.tab.c,
-            P_.tab.b_err_or_zero,
-            P_.tab.D,
-            P_.opt,
-            P_.iopt,
-            P_.rtol,
-            P_.atol,
-            P_.u0,
-            P_.p,
-            P_.ts,
-            gf.us,
-            P_.tstops,
-            *P_.jumps,
-            gf.st_t,
-            gf.st_h,
-            gf.st_u,
-            gf.st_k,
-            gf.st_j,
-            gf.K,
-            gf.wk,
-            gf.stats_arr,
-            gf.fres,
-            gf.uend,
-        )
+    def kernels():  # (the recording's bound arguments, as its own passes call them)
+        RK.rk_solve(*rec._fwd_a, P_.u0, P_.p, *rec._fwd_b)
         ADJ.rk_discrete_adjoint(
-            gf.fa,
-            gf.va,
-            P_.fn.iw,
-            gf.fw,
-            P_.tab.A,
-            P_.tab.b,
-            P_.tab.c,
-            P_.tab.D,
-            gf.aopt,
-            float(gf.fres[RK.R_T]),
-            P_.p,
-            gf.st_t,
-            gf.st_h,
-            gf.st_u,
-            gf.st_k,
-            gf.st_j,
-            *P_.jumps,
-            P_.ts,
-            g,
-            lam,
-            gp,
-            gf.W,
-            gf.K,
-            gf.awk,
-            gf.jg,
+            *rec._adj_a, rec.end_time, P_.p, *rec._adj_b, g, lam, gp, *rec._adj_c, rec._jg
         )  # (jump derivatives too)
 
     kernels()
@@ -789,7 +736,7 @@ def test_pullbacks_and_directional_sensitivities_agree(solver):
         solver=solver,
     )
     gf.value(p)
-    us, steps = gf.us.copy(), gf.stats["naccept"]
+    us, steps = gf.recording.states.copy(), gf.stats["naccept"]
     Dp = np.array([[1, 0, 0, 0], [0, 1, 0.5, 0], [0, 0, 0, 1.0]])
     u2, S = gf.directional_sensitivities(p, Dp)
     np.testing.assert_allclose(u2, us, rtol=0, atol=1e-13)
@@ -875,7 +822,7 @@ def test_forward_sensitivities_along_moving_jumps():
     def states(s):
         gf.move_jumps(t0 + s * dtime[:, 0], v0 + s * dval[:, 0])
         gf.value(P + s * Dp[0])
-        return gf.us.copy()
+        return gf.recording.states.copy()
 
     h = 1e-6
     fd = (states(h) - states(-h)) / (2 * h)

@@ -1,6 +1,11 @@
 """ODE solvers: compiled explicit Runge–Kutta methods with dense output, jumps and events.
 
 ``sc.solve(f, u0, tspan, p, solver=sc.Tsit5(), rtol=1e-6, atol=1e-6, saveat=ts, jumps=...)``.
+
+Gradients: ``sc.gradient_function`` / ``sc.value_and_grad`` (``sensitivity.py``), a loss on a
+:class:`~smallchains.ode.recording.Recording` (``recording.py``: the recorded forward solve, the
+internal contract other smallchains packages drive the solver through), differentiated by a
+sensitivity-method object (``sensitivities/``).
 """
 
 from .integrate import (

@@ -455,6 +455,20 @@ def _no_event_addresses():
     return event_addresses(_no_event)
 
 
+def solver_args(P, fa, iw, fw, ga, opt, iopt, rtol, atol, ts, us, tstops, jumps, storage, K, wk, stats, fres, uend):
+    """``RK.rk_solve``'s arguments around ``(u0, p)``, as two tuples ``(before, after)``.
+
+    The one statement of the kernel's argument layout on the Python side: the plain solve
+    (:func:`run`), the recording solve and the augmented (adjoint, sensitivity) solves of
+    :class:`smallchains.ode.recording.Recording` all call ``rk_solve(*before, u0, p, *after)``.
+    ``P`` gives the tableau; ``jumps`` is the five arrays of a schedule, ``storage`` the five
+    buffers of the recorded steps (``st_t, st_h, st_u, st_k, st_j``).
+    """
+    tab = P.tab
+    before = (fa, iw, fw, ga, tab.A, tab.b, tab.c, tab.b_err_or_zero, tab.D, opt, iopt, rtol, atol)
+    return before, (ts, us, tstops, *jumps, *storage, K, wk, stats, fres, uend)
+
+
 def run(P, store, cap=None):
     """Run the kernel; returns (status, stats, fres, us_save, uend, storage or None)."""
     n, S = P.n, P.S
@@ -478,37 +492,28 @@ def run(P, store, cap=None):
         st_u = np.empty((cap, n))
         st_k = np.empty((cap, S, n))
         st_j = np.empty(cap, dtype=np.int64)
-        status = RK.rk_solve(
+        before, after = solver_args(
+            P,
             P.fn.addr,
             P.fn.iw,
             fw,
             P.ga,
-            P.tab.A,
-            P.tab.b,
-            P.tab.c,
-            P.tab.b_err_or_zero,
-            P.tab.D,
             P.opt,
             P.iopt,
             P.rtol,
             P.atol,
-            P.u0,
-            P.p,
             P.ts,
             us,
             P.tstops,
-            *P.jumps,
-            st_t,
-            st_h,
-            st_u,
-            st_k,
-            st_j,
+            P.jumps,
+            (st_t, st_h, st_u, st_k, st_j),
             K,
             wk,
             stats,
             fres,
             uend,
         )
+        status = RK.rk_solve(*before, P.u0, P.p, *after)
         if status != RK.STORAGE_FULL:
             break
         cap = min(max(2 * cap, 64), P.max_steps + 1)

@@ -35,7 +35,8 @@ from .._jit import addresses
 from .._warnings import DataWarning
 from ..ode import _kernels as RK
 from ..ode.integrate import ODESolveError
-from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+from ..ode.recording import Recording
+from ..ode.sensitivity import DiscreteAdjoint
 from . import _kernels as PK
 from ._foce import RATES_SIG, RATESZ_SIG, PopulationFOCE
 from ._parammap import param_map
@@ -57,10 +58,6 @@ def _number(v):
         return float(v)
     except (TypeError, ValueError):
         return v
-
-
-def _no_loss(u, t):  # pragma: no cover - the evaluator supplies its own cotangents
-    raise RuntimeError("unused")
 
 
 class SubjectEval:
@@ -169,20 +166,18 @@ class SubjectEval:
             self.gf = AnalyticSolve(st, pieces[0].jumps(), t0, self.t, p0.shape[0])
         else:
             jumps = pieces[0].jumps() if self.dosing is None else self.dosing.jumps
-            self.gf = GradientFunction(
-                _no_loss,
+            self.gf = Recording(  # (the solve's recording: smallchains.ode.recording)
                 st.ode,
                 np.zeros(st.n_states),
                 (t0, t1),
                 p0,
-                DiscreteAdjoint(),
-                dict(solve_kw, saveat=self.t, jumps=jumps),
+                sensitivity=DiscreteAdjoint(),
                 check_derivatives=check,
+                **dict(solve_kw, saveat=self.t, jumps=jumps),
             )
         self.n_mech = st.n_params
         self._ratio = None
         self._fast = None
-        self._bound = None
         if st._ratios:
             self._ratio = st.ratio_indices(self.dvid)
         if st._ratios and not self.piecewise and self.dosing is None and not self.analytic:
@@ -196,6 +191,7 @@ class SubjectEval:
                 V=np.zeros(self.n_obs),
                 res=np.zeros(1 + len(model.error.names)),
             )
+            self._data_args = (self.y, *self._ratio, self._fast["ekind"])
 
     def logq(self, x, eta):
         return self.model.log_individual(x, self.C, self.z, eta)
@@ -371,11 +367,7 @@ class SubjectEval:
             elif self.piecewise or self.analytic:
                 us = self.gf.solve(p)
             else:
-                gf = self.gf
-                gf.P.p = p  # (fresh, contiguous, float64 and finite: checked above)
-                gf.P.u0 = gf.u0
-                gf.forward()
-                us = gf.us
+                us = self.gf.forward(p)  # (fresh, contiguous, float64 and finite: checked above)
         except (ODESolveError, SteadyStateError, ValueError, ArithmeticError):  # (a trial step the model cannot take)
             return None
         if self._ratio is not None:  # concentrations: analytic, index arrays fixed per subject
@@ -426,52 +418,10 @@ class SubjectEval:
         adjoint, pk/_kernels.py).  Returns True when the objective is finite."""
         fz = self._fast
 
-        def run(gf):
-            if self._bound is not gf.st_t:  # (storage grown: bind the new buffers)
-                P = gf.P
-                self._args_a = (
-                    gf.fa,
-                    gf.va,
-                    P.fn.iw,
-                    gf.fw,
-                    P.ga,
-                    P.tab.A,
-                    P.tab.b,
-                    P.tab.c,
-                    P.tab.b_err_or_zero,
-                    P.tab.D,
-                    P.opt,
-                    P.iopt,
-                    P.rtol,
-                    P.atol,
-                    gf.u0,
-                )
-                self._args_b = (
-                    gf.ts_fwd,
-                    gf.us_fwd,
-                    P.tstops,
-                    *P.jumps,
-                    gf.st_t,
-                    gf.st_h,
-                    gf.st_u,
-                    gf.st_k,
-                    gf.st_j,
-                    gf.K,
-                    gf.wk,
-                    gf.stats_arr,
-                    gf.fres,
-                    gf.uend,
-                    gf.aopt,
-                    gf.W,
-                    gf.awk,
-                    gf.no_jg,
-                    self.y,
-                    *self._ratio,
-                    fz["ekind"],
-                )
-                self._bound = gf.st_t
+        def run(rec):  # (rec.fused_args: bound by the recording, rebound when its storage grows)
+            before, after = rec.fused_args
             return PK.subject_data_term(
-                *self._args_a, p, *self._args_b, psi, fz["g"], gp, fz["lam"], fz["f"], fz["V"], res, grad
+                *before, p, *after, *self._data_args, psi, fz["g"], gp, fz["lam"], fz["f"], fz["V"], res, grad
             )
 
         return self.gf.record(run) == RK.OK

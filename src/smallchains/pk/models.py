@@ -296,7 +296,8 @@ class CompartmentModel:
 
     def _simulate_dosing(self, subject, p, ts, dosing, solve_kw):
         """The states at ``ts`` (sorted) with doses that follow dose parameters (one solve)."""
-        from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+        from ..ode.recording import Recording
+        from ..ode.sensitivity import DiscreteAdjoint
         from .dosing import SubjectDosing, parse
 
         index = parse(list(dosing))
@@ -305,28 +306,21 @@ class CompartmentModel:
         t0 = subject.first_time
         if ts[0] < t0:
             raise ValueError(f"`times` must not start before the subject's first record ({t0:g})")
-        gf = GradientFunction(
-            _no_loss,
+        rec = Recording(
             self.ode,
             np.zeros(self.n_states),
             (t0, max(ts[-1], t0)),
             p,
-            DiscreteAdjoint(),
-            dict(solve_kw, saveat=ts, jumps=sd.jumps),
+            sensitivity=DiscreteAdjoint(),
             check_derivatives=False,
+            **dict(solve_kw, saveat=ts, jumps=sd.jumps),
         )
         tj, vj, _, _ = sd.evaluate(pd)
-        gf.move_jumps(tj, vj)
-        gf.P.p = p
-        gf.forward()
-        return gf.us.copy()
+        rec.move_jumps(tj, vj)
+        return rec.forward(np.ascontiguousarray(p, dtype=np.float64)).copy()
 
     def __repr__(self):
         return f"CompartmentModel({self.name}: params {self.params}, states {self.states})"
-
-
-def _no_loss(u, t):  # pragma: no cover - only the forward solve is used
-    raise RuntimeError("unused")
 
 
 def _check_linear(rates, f, n, m, name):

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ode.integrate import Jumps
-from ..ode.sensitivity import DiscreteAdjoint, GradientFunction
+from ..ode.recording import Recording
+from ..ode.sensitivity import DiscreteAdjoint
 
 #: the horizon (in the data's time unit) of the flow map whose fixed point is a constant infusion's equilibrium
 CONSTANT_INFUSION_HORIZON = 1.0
@@ -248,12 +249,22 @@ def plan(doses, first_time, obs_time, n_states, cmt_to_state=None, covariates=No
     return [pc for pc, need in zip(pieces, needed) if need]
 
 
-def _no_loss(u, t):  # pragma: no cover - the callers pull back their own cotangents
-    raise RuntimeError("unused")
+def _recording(ode, n, tspan, p0, solve_kw, saveat, jumps, check):
+    """A piece's (or a steady state's interval's) recorded ODE solve, differentiated by the
+    discrete adjoint (see :mod:`smallchains.ode.recording`)."""
+    return Recording(
+        ode,
+        np.zeros(n),
+        tspan,
+        p0,
+        sensitivity=DiscreteAdjoint(),
+        check_derivatives=check,
+        **dict(solve_kw, saveat=saveat, jumps=jumps),
+    )
 
 
 class _ODEPiece:
-    """A piece's ODE solve (a recorded GradientFunction) with the interface of
+    """A piece's ODE solve (a :class:`~smallchains.ode.recording.Recording`) with the interface of
     :class:`smallchains.pk.analytic.AnalyticSolve`: ``run(p, u0)``, ``us``, ``pullback(g)`` ->
     (dL/dp, dL/du0), ``directional_sensitivities(p, Dp, u0=, Du0=)``."""
 
@@ -263,14 +274,10 @@ class _ODEPiece:
 
     @property
     def us(self):
-        return self.gf.us
+        return self.gf.states
 
     def run(self, p, u0):
-        gf = self.gf
-        gf.P.p = p
-        gf.P.u0 = u0
-        gf.forward()
-        return gf.us
+        return self.gf.forward(p, u0)
 
     def pullback(self, g):
         return self.gf.pullback(g)
@@ -290,25 +297,13 @@ class SteadyState:
         self.n = n
         self.tol = tol
         T = periodic.horizon
-        self.gf = GradientFunction(
-            _no_loss,
-            ode,
-            np.zeros(n),
-            (t_end - T, t_end),
-            p0,
-            DiscreteAdjoint(),
-            dict(solve_kw, saveat=np.array([t_end]), jumps=periodic.jumps(t_end)),
-            check_derivatives=False,
-        )
-        self.atol = np.broadcast_to(self.gf.P.atol, (n,)).copy()
+        self.gf = _recording(ode, n, (t_end - T, t_end), p0, solve_kw, np.array([t_end]), periodic.jumps(t_end), False)
+        self.atol = np.broadcast_to(self.gf.atol, (n,)).copy()
         self.u = np.zeros(n)  # the last steady state: the next call's starting guess
 
     def _map(self, p, u, jacobians=True):
         gf = self.gf
-        gf.P.p = p
-        gf.P.u0 = np.ascontiguousarray(u, dtype=np.float64)
-        gf.forward()
-        phi = gf.us[-1].copy()
+        phi = gf.forward(p, np.ascontiguousarray(u, dtype=np.float64))[-1].copy()
         if not jacobians:
             return phi, None, None
         n = self.n
@@ -400,17 +395,7 @@ class PiecewiseSolve:
                 self.steady.append(None if pc.steady is None else AnalyticSteadyState(exact, pc.steady, pc.t0, self.m))
                 continue
             t1 = max(float(ts.max()), pc.t0)
-            gf = GradientFunction(
-                _no_loss,
-                ode,
-                np.zeros(n),
-                (pc.t0, t1),
-                p0,
-                DiscreteAdjoint(),
-                dict(solve_kw, saveat=ts, jumps=pc.jumps()),
-                check_derivatives=check,
-            )
-            self.gfs.append(_ODEPiece(gf))
+            self.gfs.append(_ODEPiece(_recording(ode, n, (pc.t0, t1), p0, solve_kw, ts, pc.jumps(), check)))
             check = False
             self.steady.append(
                 None if pc.steady is None else SteadyState(ode, n, pc.steady, pc.t0, p0, solve_kw, ss_tol)
