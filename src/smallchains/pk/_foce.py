@@ -365,7 +365,10 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
             break
         for a in range(q):
             eta[a] = e1[a]
-        st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+        # (the line search's last evaluation is this point's: f, V, dl/df and the solver's
+        # buffers hold it, so only G's directions remain to compute)
+        l = l1
+        st = _directions(ev, args, f, G)
         if st != RK.OK:
             return
     res[0] = obj
