@@ -315,3 +315,21 @@ def check_foce_derivatives(P, x, eta):
     h = 1e-4
     gf = np.array([(P.foce(x + h * e, etas)[0] - P.foce(x - h * e, etas)[0]) / (2 * h) for e in np.eye(x.shape[0])])
     np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
+
+
+def small_data(n=8, seed=3):
+    """A small population for the estimation-method tests: one-compartment oral, two random
+    effects, proportional error, ``n`` subjects simulated at the model's initial values."""
+    import pandas as pd
+
+    from smallchains import pk
+
+    m = pk.PopulationModel(
+        "one_cpt_oral", dict(ka=1.2, CL=3.0, V=25.0), eta=["ka", "CL"], omega_init=0.1, error="proportional", sigma=0.1
+    )
+    rows = []
+    for i in range(n):
+        rows.append(dict(ID=i + 1, TIME=0.0, AMT=100.0, EVID=1, MDV=1, CMT=1, DV=np.nan))
+        rows += [dict(ID=i + 1, TIME=t, AMT=0.0, EVID=0, MDV=0, CMT=2, DV=1.0) for t in (0.5, 1, 2, 4, 8, 12, 24)]
+    (data,), _ = pk.simulate_data(m, pk.read_data(pd.DataFrame(rows)), m.x0, seed=seed)
+    return m, data

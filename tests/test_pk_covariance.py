@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers import small_data
 
 import smallchains as sc
 from smallchains import pk
@@ -15,19 +16,6 @@ from smallchains.pk import covariance as CV
 from smallchains.pk.estimation import Problem
 
 pd = pytest.importorskip("pandas")
-
-
-def small_data(n=8, seed=3):
-    """One-compartment oral, two random effects, simulated."""
-    m = pk.PopulationModel(
-        "one_cpt_oral", dict(ka=1.2, CL=3.0, V=25.0), eta=["ka", "CL"], omega_init=0.1, error="proportional", sigma=0.1
-    )
-    rows = []
-    for i in range(n):
-        rows.append(dict(ID=i + 1, TIME=0.0, AMT=100.0, EVID=1, MDV=1, CMT=1, DV=np.nan))
-        rows += [dict(ID=i + 1, TIME=t, AMT=0.0, EVID=0, MDV=0, CMT=2, DV=1.0) for t in (0.5, 1, 2, 4, 8, 12, 24)]
-    (data,), _ = pk.simulate_data(m, pk.read_data(pd.DataFrame(rows)), m.x0, seed=seed)
-    return m, data
 
 
 def test_r_from_the_exact_gradient_equals_second_differences_of_the_ofv():
