@@ -121,11 +121,16 @@ def test_the_stall_rule_stops_as_converged():
     assert res.nfev < full.nfev
 
 
-def test_the_restart_rule_restarts_short_of_the_gradient_limit():
-    loose = {"ftol": 1e-3, "gtol": 1e-7, "maxcor": 20}
-    res = O.minimize(rosenbrock, np.array([-1.2, 1.0]), options=loose)
+@pytest.mark.parametrize("how", ["options", "tol"])
+def test_the_restart_rule_restarts_short_of_the_gradient_limit(how):
+    """The loose stop given as options' ftol or as ``tol`` (SciPy's L-BFGS-B reads it as ftol):
+    each restart tightens it 1000x."""
+    kw = {"options": {"ftol": 1e-3, "gtol": 1e-7, "maxcor": 20}}
+    if how == "tol":
+        kw = {"options": {"gtol": 1e-7, "maxcor": 20}, "tol": 1e-3}
+    res = O.minimize(rosenbrock, np.array([-1.2, 1.0]), **kw)
     assert res.success and np.abs(rosenbrock(res.x)[1]).max() > 1e-2 and res.restarts == 0
-    res = O.minimize(rosenbrock, np.array([-1.2, 1.0]), options=loose, restart_gtol=1e-2)
+    res = O.minimize(rosenbrock, np.array([-1.2, 1.0]), restart_gtol=1e-2, **kw)
     assert res.success and np.abs(rosenbrock(res.x)[1]).max() <= 1e-2
     assert 1 <= res.restarts <= 3 and "restarted" in res.message
 

@@ -182,8 +182,9 @@ def _scipy_runs(scipy_minimize, fg, z, method, lo, hi, maxiter, tol, options, st
     restarts = 0
     while True:
         o = dict(opts)
-        if restarts and "ftol" in o:
-            o["ftol"] = o["ftol"] * 1e-3**restarts
+        ftol = o.get("ftol", tol)  # (SciPy's L-BFGS-B takes ``tol`` as its ftol unless options give one)
+        if restarts and ftol is not None:
+            o["ftol"] = ftol * 1e-3**restarts
         try:
             res = scipy_minimize(fg, z, jac=True, method=method, options=o, **kw)
         except _Stalled:
