@@ -248,3 +248,21 @@ def test_the_default_stop_follows_the_convergence_criterion(data):
     assert methods.get("laplace")().default_tol(m) == 1e-7
     assert methods.get("pooled")().default_tol(m) == 1e-7
     assert methods.get("map")().default_tol(m) == 1e-9
+
+
+def test_the_threads_rule_reads_the_check_time_and_the_compiled_coverage(monkeypatch):
+    """Every core when the initial check takes > 0.15 ms a subject, or > 1 ms in all with the
+    compiled step covering every subject (> 5 ms on the NumPy step); 1 otherwise; a given
+    number is kept, and a number below 1 is refused."""
+    pytest.importorskip("threadpoolctl")
+    from smallchains.pk.threads import number_of_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert number_of_threads(None, 5e-6, 12, compiled=True) == 1  # (Theophylline: 0.06 ms in all)
+    assert number_of_threads(None, 5e-6, 1000, compiled=True) == 2  # (5 ms in all)
+    assert number_of_threads(None, 4e-5, 59, compiled=False) == 1  # (2.4 ms on the NumPy step)
+    assert number_of_threads(None, 4e-5, 59, compiled=True) == 2
+    assert number_of_threads(None, 2e-4, 1) == 2
+    assert number_of_threads(3, 0.0, 1) == 3
+    with pytest.raises(ValueError, match="`threads` must be >= 1"):
+        number_of_threads(0, 0.0, 1)

@@ -228,7 +228,7 @@ def fit_population(method, model, data, xs, setup):
         t = time.perf_counter()
         P.diagnose(xs)  # (timed the second time: the first includes one-off warm-up costs)
         per_subject = (time.perf_counter() - t) / P.N
-        threads = _threads(setup.threads, per_subject, P.N)
+        threads = _threads(setup.threads, per_subject, P.N, compiled=not P.uncovered)
         P.set_threads(threads)
         settings["threads"] = threads
         with _blas_single_threaded(True):
