@@ -814,9 +814,6 @@ class Problem:
                     "likelihood); use error='combined', or leave out observations where the model "
                     "predicts exactly 0 (e.g. before the first dose)"
                 )
-        for s in self.subjects:  # (a failure the loop above does not name: the objective at eta = 0)
-            if not np.isfinite(s.data_term(x, np.zeros(m.n_eta))):
-                return f"subject {s.subject.id}: the objective is not finite at the initial values"
         return None
 
     def each(self, fn, items=None):

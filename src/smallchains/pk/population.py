@@ -512,8 +512,8 @@ class PopulationModel:
     def structural_params(self, logq, cov=None, jac=True):
         """(p_mech, dp_mech/dlogq (n_mech, n_theta)) from the log individual values (``cov``: the
         subject's baseline covariates, for an ``individual(q, cov)``); with dose parameters, p_mech
-        and its rows continue with them (``param_names``).  ``jac=False``: the Jacobian is None
-        (no complex-step passes through ``individual``)."""
+        and its rows continue with them (``param_names``).  ``jac=False``: the Jacobian may be
+        None (with an ``individual``, whose complex-step passes are then skipped)."""
         if self.individual is None:
             P, J = self.structural_params_all(logq[None, :], None)
             return P[0], J[0]
