@@ -164,6 +164,12 @@ def test_a_laplace_fit_converges_and_its_gradient_is_the_ofvs(theoph):
     # a different objective from FOCE-I's, near it
     assert abs(r.ofv - f.ofv) > 1e-3 and abs(r.ofv - f.ofv) < 5
     P.close()
+    # the default stop (a relative reduction of 1e-7: the decrement decides) reaches a tight fit's optimum
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tight = sc.pk.fit(m, data, "laplace", se=False, tol=1e-11)
+    assert tight.converged and abs(r.ofv - tight.ofv) < 1e-4
+    np.testing.assert_allclose(r.x, tight.x, atol=1e-3)
 
 
 def test_laplace_refuses_network_weights():
