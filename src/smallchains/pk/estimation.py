@@ -1041,8 +1041,8 @@ class Problem:
     # ------------------------------------------------------------------ FOCE-I
 
     def omega_inverse_derivatives(self, x):
-        """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q)) from Omega's Cholesky factor L
-        (d L^-1 = -L^-1 dL L^-1), or None when they are not finite."""
+        """(Omega^-1, d Omega^-1 / d x_omega (n_omega, q, q), log|Omega|) from Omega's Cholesky
+        factor L (d L^-1 = -L^-1 dL L^-1), or None when they are not finite."""
         m = self.model
         ob = m.blocks["omega"]
         key = x[ob].tobytes()  # (the gradient after an objective at the same Omega: computed once)
@@ -1074,7 +1074,7 @@ class Problem:
         Oinv = Linv.T @ Linv
         if not (np.isfinite(Oinv).all() and np.isfinite(dOinv).all()):
             return None
-        return Oinv, dOinv
+        return Oinv, dOinv, 2.0 * float(np.sum(np.log(np.diag(L))))
 
     def foce_gradient(self, x, res, h=1e-4, per_subject=False):
         """d OFV / dx at ``x`` from ``foce(x)``'s per-subject results ``res`` (see
@@ -1085,7 +1085,7 @@ class Problem:
         od = self.omega_inverse_derivatives(x)
         if od is None or any(r is None for r in res):
             return None
-        Oinv, dOinv = od
+        Oinv, dOinv, _ = od
         cf = self.compiled_foce
         G = np.zeros((self.N, m.n_x))
         done = np.zeros(self.N, dtype=bool)
@@ -1134,9 +1134,7 @@ class Problem:
         od = self.omega_inverse_derivatives(x)
         if od is None:
             return np.inf, etas0.copy(), None
-        Oinv, dOinv = od
-        with np.errstate(over="ignore"):
-            logdetO = 2.0 * np.sum(np.log(np.diag(m.omega_factor(x))))
+        Oinv, dOinv, logdetO = od
         cf.set(self.logq0(x), x[m.blocks["psi"]])
         N = self.N
         E0 = np.ascontiguousarray(etas0, dtype=float)
