@@ -134,6 +134,31 @@ def test_directional_sensitivities_equal_central_differences():
     np.testing.assert_allclose(np.einsum("qj,qdj->d", g, S), Dp @ gp + Du0 @ gu, rtol=1e-11, atol=1e-12)
 
 
+def test_directional_args_solve_what_directional_sensitivities_solve():
+    """The bound arguments for a compiled caller: directions written into ``dp`` and the
+    scaled bolus's tangent values from ``jrow``/``jbase`` give directional_sensitivities'
+    numbers, for new directions each time, from the same buffers."""
+    from smallchains.ode import _kernels as RK
+
+    rec = fixed()
+    a = rec.directional_args(3)
+    assert np.any(a.jrow >= 0)  # (the bolus scaled by p[1] has tangent doses)
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        Dp = rng.normal(size=(3, 4))
+        a.dp[:] = Dp
+        jv = a.after[6]
+        sel = a.jrow >= 0
+        jv[sel] = a.jbase[sel] * a.dp.ravel()[a.jrow[sel]]
+        assert RK.rk_solve(*a.before, a.z0, P, *a.after) == RK.OK
+        z = a.after[1]
+        u, S = rec.directional_sensitivities(P, Dp)
+        np.testing.assert_allclose(z[:, :2], u, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(z[:, 2:].reshape(-1, 3, 2), S, rtol=1e-13, atol=1e-14)
+    with pytest.raises(ValueError, match="positive"):
+        rec.directional_args(0)
+
+
 def test_move_jumps_changes_the_solve_in_place():
     rec = fixed()
     base = states(rec, P)

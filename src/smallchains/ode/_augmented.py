@@ -55,3 +55,29 @@ def forward_sensitivity_jumps(jumps, n, Dp):
         elif kind == RK.J_SET:
             rows.extend((t, RK.J_SET, n + d * n + idx, 0.0, -1) for d in range(Dp.shape[0]))
     return rows_to_arrays(rows)
+
+
+def forward_sensitivity_jump_map(jumps, n, k, m):
+    """The jumps of the forward-sensitivity system along k directions not yet known, as
+    (five arrays, jrow, jbase): every direction gets a row for each tangent jump (a zero dose
+    when the direction does not move it), and row r's value is ``jbase[r] * Dp.flat[jrow[r]]``
+    where ``jrow[r]`` >= 0 (the others keep their value).  The rows are those of
+    :func:`forward_sensitivity_jumps` plus zero doses, in the same order."""
+    jt, jk, ji, jv, jp = jumps
+    rows, jrow, jbase = [], [], []
+    for q in range(jt.shape[0]):
+        t, kind, idx, val, pidx = float(jt[q]), int(jk[q]), int(ji[q]), float(jv[q]), int(jp[q])
+        rows.append((t, kind, idx, val, pidx))
+        jrow.append(-1)
+        jbase.append(0.0)
+        if kind == RK.J_BOLUS and pidx >= 0:
+            for d in range(k):
+                rows.append((t, RK.J_BOLUS, n + d * n + idx, 0.0, -1))
+                jrow.append(d * m + pidx)
+                jbase.append(val)
+        elif kind == RK.J_SET:
+            for d in range(k):
+                rows.append((t, RK.J_SET, n + d * n + idx, 0.0, -1))
+                jrow.append(-1)
+                jbase.append(0.0)
+    return rows_to_arrays(rows), np.array(jrow, dtype=np.int64), np.array(jbase, dtype=np.float64)

@@ -45,6 +45,10 @@ The documented interface (:data:`Recording.PUBLIC`):
     (dL/dp, dL/du0[, jump derivatives]) of sum(g * states) on the last forward solve.
 ``directional_sensitivities(p, Dp, u0=None, Du0=None, jump_tangents=None)``
     the states and their derivatives along parameter directions, in one solve.
+``directional_args(k)``
+    the bound arguments of that solve for a compiled caller that writes the k directions
+    itself (:class:`DirectionalArgs`): a population fit's inner loop solves each subject's
+    sensitivities along its random effects many times, with new directions each time.
 ``move_jumps(t, val)``
     new times and values for the schedule's jumps.
 ``solution()``
@@ -53,11 +57,13 @@ The documented interface (:data:`Recording.PUBLIC`):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _adjoint as ADJ
 from . import _kernels as RK
-from ._augmented import augmented_addresses, forward_sensitivity_jumps, rows_to_arrays
+from ._augmented import augmented_addresses, forward_sensitivity_jump_map, forward_sensitivity_jumps, rows_to_arrays
 from .integrate import _RETCODES, ODESolution, _no_event_addresses, _raise, _stats, prepare, solver_args
 from .sensitivities import SensitivityMethod, auto_sensitivity
 
@@ -76,6 +82,26 @@ def _checked(name, x, n):
     if not np.all(np.isfinite(x)):
         raise ValueError(f"`{name}` contains NaN or Inf")
     return x
+
+
+class DirectionalArgs(NamedTuple):
+    """A forward-sensitivity solve along k parameter directions, bound for compiled callers
+    (:meth:`Recording.directional_args`).
+
+    The caller writes the directions into ``dp`` (k, m; a view into the bound context) and,
+    for each row r of the augmented schedule with ``jrow[r]`` >= 0, the jump value
+    ``jbase[r] * dp.flat[jrow[r]]`` into ``after[6]`` (a dose scaled by a parameter has a
+    tangent dose along each direction); then ``RK.rk_solve(*before, z0, p, *after)`` leaves
+    the states at the save points in ``after[1]`` (n_saves, n (1 + k)): the state, then the
+    derivative along each direction (n each).  The tolerances leave the sensitivities out of
+    the error control, as :meth:`Recording.directional_sensitivities` does (same arrays)."""
+
+    before: tuple
+    z0: np.ndarray
+    after: tuple
+    dp: np.ndarray
+    jrow: np.ndarray
+    jbase: np.ndarray
 
 
 class Recording:
@@ -113,6 +139,7 @@ class Recording:
             "fused_args",
             "pullback",
             "directional_sensitivities",
+            "directional_args",
             "move_jumps",
             "solution",
         }
@@ -407,7 +434,66 @@ class Recording:
             if Du0.shape != (k, n) or not np.all(np.isfinite(Du0)):
                 raise ValueError(f"`Du0` must be finite with shape ({k}, {n}), got {Du0.shape}")
             z0[n:] = Du0.ravel()
-        scale = np.sqrt(n / nz)
+        jumps = forward_sensitivity_jumps(P.jumps, n, Dp)
+        if jump_tangents is not None:
+            jumps = self._jump_tangent_rows(jumps, Dp, *jump_tangents)
+        tol = self._sensitivity_tolerances(k)
+        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, jumps, tol, P.ts, P.tstops, keep_dt0=True)
+        return zs[:, :n].copy(), zs[:, n:].reshape(zs.shape[0], k, n)
+
+    def directional_args(self, k):
+        """The arguments of :meth:`directional_sensitivities`' solve along ``k`` directions
+        (initial state and schedule as given at construction, no jump tangents), bound once for
+        a compiled caller that writes the directions itself: a :class:`DirectionalArgs`.  Its
+        buffers are its own (call again for another set); the solve's steps are those of
+        :meth:`directional_sensitivities` with the same directions."""
+        P, n, m = self._P, self.n, self.m
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"`k` must be a positive number of directions, got {k}")
+        iw, fw = self._context(ADJ.M_FORWARD, 0, np.zeros((k, m)), da=P.fn.jvp_addr)
+        nz = n * (1 + k)
+        z0 = np.zeros(nz)
+        z0[:n] = self._u0
+        jumps, jrow, jbase = forward_sensitivity_jump_map(P.jumps, n, k, m)
+        S = P.S
+        opt = P.opt.copy()
+        opt[RK.O_T0], opt[RK.O_T1] = P.t0, P.t1
+        iopt = P.iopt.copy()
+        iopt[RK.I_STORE] = RK.STORE_NONE
+        iopt[RK.I_HASG] = 0
+        rtol, atol = self._sensitivity_tolerances(k)
+        st1 = np.zeros(1)
+        before, after = solver_args(
+            P,
+            augmented_addresses(),
+            iw,
+            fw,
+            _no_event_addresses(),
+            opt,
+            iopt,
+            rtol,
+            atol,
+            P.ts,
+            np.full((P.ts.shape[0], nz), np.nan),
+            P.tstops,
+            jumps,
+            (st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64)),
+            np.zeros((S, nz)),
+            np.zeros(5 * nz + S),
+            np.zeros(RK.NSTATS, dtype=np.int64),
+            np.zeros(2),
+            np.empty(nz),
+        )
+        dp = fw[fw.shape[0] - k * m :].reshape(k, m)
+        return DirectionalArgs(before, z0, after, dp, jrow, jbase)
+
+    def _sensitivity_tolerances(self, k):
+        """(rtol, atol) of a forward-sensitivity solve along k directions: the state's scaled so
+        that the error norm over the n (1 + k) components equals the plain solve's, the
+        sensitivities' out of the error control."""
+        P, n = self._P, self.n
+        scale = np.sqrt(n / (n * (1 + k)))
         rtol = (
             np.r_[P.rtol * scale, np.zeros(n * k)]
             if P.rtol.shape[0] == n
@@ -418,11 +504,7 @@ class Recording:
             if P.atol.shape[0] == n
             else np.r_[np.full(n, P.atol[0] * scale), np.full(n * k, 1e300)]
         )
-        jumps = forward_sensitivity_jumps(P.jumps, n, Dp)
-        if jump_tangents is not None:
-            jumps = self._jump_tangent_rows(jumps, Dp, *jump_tangents)
-        _, zs = self._aug_solve(iw, fw, z0, P.t0, P.t1, jumps, (rtol, atol), P.ts, P.tstops, keep_dt0=True)
-        return zs[:, :n].copy(), zs[:, n:].reshape(zs.shape[0], k, n)
+        return rtol, atol
 
     def solution(self):
         """The last forward solve's save points, as an :class:`ODESolution` (no dense output)."""
