@@ -177,9 +177,10 @@ def test_laplace_refuses_network_weights():
         sc.pk.fit(sc.pk.demo.theophylline_ude(), sc.pkdata.theophylline(), "laplace")
 
 
-@pytest.mark.parametrize("error", ["additive", "combined"])
-def test_compiled_laplace_terms_equal_numpy(theoph, error):
-    """The compiled Laplace step (every subject exact) against the NumPy one: OFV, modes, H/2."""
+@pytest.mark.parametrize("error,analytic", [("additive", None), ("combined", None), ("combined", False)])
+def test_compiled_laplace_terms_equal_numpy(theoph, error, analytic):
+    """The compiled Laplace step (every subject solved exactly, or by the ODE solver) against the
+    NumPy one: OFV, modes, H/2."""
     m = sc.pk.PopulationModel(
         "one_cpt_oral",
         dict(ka=1.5, CL=0.04, V=0.5),
@@ -188,8 +189,9 @@ def test_compiled_laplace_terms_equal_numpy(theoph, error):
         error=error,
         sigma=0.7 if error == "additive" else [0.3, 0.1],
     )
-    P = Problem(m, theoph)
+    P = Problem(m, theoph, analytic=analytic)
     assert P.compiled_foce is not None and len(P.compiled_foce.index) == P.N
+    assert P.compiled_foce.exact == (analytic is None)
     x = m.x0
     got = LP.laplace(P, x)
     saved = P.compiled_foce
@@ -198,7 +200,9 @@ def test_compiled_laplace_terms_equal_numpy(theoph, error):
         ref = LP.laplace(P, x)
     finally:
         P.compiled_foce = saved
-    assert got[0] == pytest.approx(ref[0], rel=1e-9)
-    np.testing.assert_allclose(got[1], ref[1], atol=1e-8)
+    # (ODE solves: the modes are as flat as the solver's rounding lets Newton see, from FOCE-I
+    # modes that agree to about 1e-7 (tests/test_pk_foce_ode.py), so 1e-8 and 1e-6 for them)
+    assert got[0] == pytest.approx(ref[0], rel=1e-9 if analytic is None else 1e-8)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-8 if analytic is None else 1e-6)
     for a, b in zip(got[2], ref[2]):
         np.testing.assert_allclose(a[2], b[2], rtol=1e-6)

@@ -67,10 +67,13 @@ NO_NRT = dict(_nrt=False)
 
 _COMMON = dict(cache=CACHE, boundscheck=False, error_model="numpy", nogil=True, **NO_NRT)
 
+#: the options of :func:`kernel`, for implementations Numba compiles from an ``overload``
+JIT_OPTIONS = dict(_COMMON, fastmath=set(FASTMATH_FLAGS) or False)
+
 
 def kernel(fn=None, **overrides):
     """Decorate a serial compiled kernel with the package's JIT policy."""
-    opts = dict(_COMMON, fastmath=set(FASTMATH_FLAGS) or False)
+    opts = dict(JIT_OPTIONS)
     opts.update(overrides)
     if fn is None:
         return lambda f: _njit(f, opts)

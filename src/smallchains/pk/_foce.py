@@ -1,4 +1,4 @@
-"""FOCE-I's subject step in compiled code, for subjects solved exactly (linear models).
+"""FOCE-I's subject step in compiled code: the algorithm, and the subjects solved exactly.
 
 One compiled call finds a subject's mode eta* and its FOCE-I term; another its gradient.  They
 compute what :meth:`smallchains.pk.estimation.SubjectEval.fit_eta` and
@@ -17,17 +17,35 @@ solve_with_jacobian`).
 Per subject, in log q space (log q = log q0 + E eta, log q0 = log theta + C beta from the caller):
 
 * :func:`foce_mode`: eta*, l(eta*) + eta*' Omega^-1 eta*, and M = G' diag(w) G + Omega^-1 at eta*;
-* :func:`foce_grad`: the term's gradient over log q0 and the log sigmas, and the matrix S with
-  d term / d Omega^-1 = S (so that the caller's chain rule to Omega's parameters is one
-  contraction): the caller adds C' g for the covariate effects.
+* :func:`foce_grad`: the term's gradient over log q0, the network weights and the log sigmas,
+  and the matrix S with d term / d Omega^-1 = S (so that the caller's chain rule to Omega's
+  parameters is one contraction): the caller adds C' g for the covariate effects.
+
+The two are written once, against five operations on a subject (``ev`` its data, ``args`` its
+buffers), each an overloaded stub chosen by the layout of ``ev`` when the kernels compile (so
+each layout gets its own machine code, cached on disk):
+
+* ``evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi)`` -> (status, l): the data term at eta;
+* ``start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)`` -> (status, l): the same with G = df/deta;
+* ``refresh(ev, args, eta, l, f, F, V, Vf, dldf, dpsi, G)`` -> (status, l): G at the point of the
+  last ``evaluate`` (which was at ``eta``, with value ``l``);
+* ``point(...)`` as ``start``, leaving what ``xgrad`` needs;
+* ``xgrad(ev, args, a, F, glq, gw, scale)`` -> status: glq, gw += scale * the gradient of a' f
+  over log q0 and the network weights, at the last ``point``.
+
+This module implements them for subjects solved exactly (``ev`` a flat tuple whose first item is
+the addresses array: complex steps through :mod:`smallchains.pk.analytic`);
+:mod:`smallchains.pk._foce_ode` for subjects solved by the ODE solver (forward sensitivities
+and discrete adjoints through the :class:`~smallchains.ode.recording.Recording` contract).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import types
+from numba.extending import overload
 
-from .._jit import function_caster, kernel
+from .._jit import JIT_OPTIONS, function_caster, kernel
 from ..ode import _kernels as RK
 from ._parammap import as_pmap, as_pmapz
 from .analytic import N_WORK, propagate, solve_with_jacobian
@@ -183,13 +201,29 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
     )
     if st != RK.OK:
         return st, np.inf
+    st, total = data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi)
+    if st == RK.OK and jac:
+        for j in range(n_obs):
+            vol = p[opk[j]]
+            for i in range(n_t):
+                s = 0.0
+                for k in range(m):
+                    s += dus[j, ost[j], k] * J[k, i]
+                F[j, i] = (s - f[j] * J[opk[j], i]) / vol
+    return st, total
+
+
+@kernel
+def data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi):
+    """The data term l = sum (y - f)^2 / V + log V with f_j = us[j, ost_j] / p[opk_j]: f, V, V',
+    dl/df and dl/dpsi filled.  Returns (status, l)."""
     s0 = np.exp(2.0 * psi[0])
     s1 = np.exp(2.0 * psi[psi.shape[0] - 1])
     n_psi = psi.shape[0]
     for r in range(n_psi):
         dpsi[r] = 0.0
     total = 0.0
-    for j in range(n_obs):
+    for j in range(y.shape[0]):
         vol = p[opk[j]]
         fj = us[j, ost[j]] / vol
         f[j] = fj
@@ -205,12 +239,6 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
             z0, z1 = _stepped(psi, r, s0, s1)
             Vz, _ = _variance(complex(fj), z0, z1, kind)
             dpsi[r] += a_ * Vz.imag / H
-        if jac:
-            for i in range(n_t):
-                s = 0.0
-                for k in range(m):
-                    s += dus[j, ost[j], k] * J[k, i]
-                F[j, i] = (s - fj * J[opk[j], i]) / vol
     if not np.isfinite(total):
         return RK.NONFINITE, np.inf
     return RK.OK, total
@@ -255,6 +283,103 @@ def _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
         return st, l
     st = _directions(ev, args, f, G)
     return st, (l if st == RK.OK else np.inf)
+
+
+@kernel
+def _point(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    """:func:`_evaluate` with F, and G = F E.  Returns (status, l)."""
+    st, l = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+    if st != RK.OK:
+        return st, l
+    E = ev[2]
+    for j in range(F.shape[0]):
+        for a in range(E.shape[1]):
+            s = 0.0
+            for i in range(E.shape[0]):
+                s += F[j, i] * E[i, a]
+            G[j, a] = s
+    return st, l
+
+
+@kernel
+def _xgrad(a, F, glq, scale):
+    """glq += scale * F' a (F = df/dlog q at the last :func:`_point`; no network weights)."""
+    for i in range(F.shape[1]):
+        s = 0.0
+        for j in range(F.shape[0]):
+            s += F[j, i] * a[j]
+        glq[i] += scale * s
+    return RK.OK
+
+
+# ---------------------------------------------------------------- the five operations (see the module's docstring)
+
+
+def is_exact(ev):
+    """Whether (the Numba type of) ``ev`` is the exact solutions' layout (:func:`_views`)."""
+    return isinstance(ev[0], types.Array)
+
+
+def evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
+    """The data term at eta (compiled code only; see the module's docstring)."""
+    raise NotImplementedError("compiled code only")
+
+
+def start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    """The data term and G = df/deta at eta (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+def refresh(ev, args, eta, l, f, F, V, Vf, dldf, dpsi, G):
+    """G at the last evaluated point (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+def point(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    """As ``start``, leaving what ``xgrad`` needs (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+def xgrad(ev, args, a, F, glq, gw, scale):
+    """glq, gw += scale * the gradient of a' f at the last ``point`` (compiled code only)."""
+    raise NotImplementedError("compiled code only")
+
+
+@overload(evaluate, jit_options=JIT_OPTIONS)
+def _ov_evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
+    if is_exact(ev):
+        return lambda ev, args, eta, jac, f, F, V, Vf, dldf, dpsi: _evaluate(
+            ev, args, eta, jac, f, F, V, Vf, dldf, dpsi
+        )
+
+
+@overload(start, jit_options=JIT_OPTIONS)
+def _ov_start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    if is_exact(ev):
+        return lambda ev, args, eta, f, F, V, Vf, dldf, dpsi, G: _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+
+
+@overload(refresh, jit_options=JIT_OPTIONS)
+def _ov_refresh(ev, args, eta, l, f, F, V, Vf, dldf, dpsi, G):
+    if is_exact(ev):
+
+        def impl(ev, args, eta, l, f, F, V, Vf, dldf, dpsi, G):
+            st = _directions(ev, args, f, G)
+            return st, (l if st == RK.OK else np.inf)
+
+        return impl
+
+
+@overload(point, jit_options=JIT_OPTIONS)
+def _ov_point(ev, args, eta, f, F, V, Vf, dldf, dpsi, G):
+    if is_exact(ev):
+        return lambda ev, args, eta, f, F, V, Vf, dldf, dpsi, G: _point(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+
+
+@overload(xgrad, jit_options=JIT_OPTIONS)
+def _ov_xgrad(ev, args, a, F, glq, gw, scale):
+    if is_exact(ev):
+        return lambda ev, args, a, F, glq, gw, scale: _xgrad(a, F, glq, scale)
 
 
 @kernel
@@ -306,13 +431,13 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
     backtracking line search (as ``SubjectEval.fit_eta``): ``eta`` <- eta*, ``M`` <- the
     expected information there, ``res`` <- (l + eta*' Omega^-1 eta*, status (0 or FAILED),
     iterations).  ``ev``/``args``/``wk``: see :class:`PopulationFOCE`."""
-    psi, kind, ts = ev[4], ev[5], ev[15]
+    psi, kind = ev[4], ev[5]
     (f, F, V, Vf, dldf, dpsi, w, G, grad, step, e1, Mw, piv) = wk
     q = eta0.shape[0]
     res[1] = FAILED
     for k in range(q):
         eta[k] = eta0[k]
-    st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+    st, l = start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
     if st != RK.OK:
         nonzero = False
         for k in range(q):
@@ -321,10 +446,10 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
             eta[k] = 0.0
         if not nonzero:
             return
-        st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+        st, l = start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
         if st != RK.OK:
             return
-    n_obs = ts.shape[0]
+    n_obs = f.shape[0]
     it = 0
     while True:
         obj = l + _quad(Oinv, eta)
@@ -356,7 +481,7 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
         while alpha > 1e-10:
             for a in range(q):
                 e1[a] = eta[a] + alpha * step[a]
-            st1, l1 = _evaluate(ev, args, e1, False, f, F, V, Vf, dldf, dpsi)
+            st1, l1 = evaluate(ev, args, e1, False, f, F, V, Vf, dldf, dpsi)
             if st1 == RK.OK and l1 + _quad(Oinv, e1) <= obj - 1e-4 * alpha * dec:
                 found = True
                 break
@@ -367,8 +492,7 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
             eta[a] = e1[a]
         # (the line search's last evaluation is this point's: f, V, dl/df and the solver's
         # buffers hold it, so only G's directions remain to compute)
-        l = l1
-        st = _directions(ev, args, f, G)
+        st, l = refresh(ev, args, eta, l1, f, F, V, Vf, dldf, dpsi, G)
         if st != RK.OK:
             return
     res[0] = obj
@@ -377,20 +501,21 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
 
 
 @kernel
-def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
+def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_w, g_psi, S):
     """The gradient of the subject's FOCE-I term l(eta*) + eta*' Omega^-1 eta* + log|M| at its
-    mode ``eta`` (as ``SubjectEval.foce_gradient``): ``g_lq`` <- d/dlog q0 (n_t), ``g_psi`` <-
-    d/dpsi, ``S`` <- the q x q matrix whose contraction with d Omega^-1/dx_r gives d/dx_r.
-    Returns False when a solve fails or a matrix is singular."""
-    lq0, E, psi, kind, ts = ev[1], ev[2], ev[4], ev[5], ev[15]
+    mode ``eta`` (as ``SubjectEval.foce_gradient``): ``g_lq`` <- d/dlog q0 (n_t), ``g_w`` <-
+    d/d(network weights) (none for exact solutions), ``g_psi`` <- d/dpsi, ``S`` <- the q x q
+    matrix whose contraction with d Omega^-1/dx_r gives d/dx_r.  Returns False when a solve
+    fails or a matrix is singular (or the solver's status through ``args``: see ``_foce_ode``)."""
+    E, psi, kind = ev[2], ev[4], ev[5]
     (f, F, V, Vf, dldf, dpsi, w, G, grad, step, e1, Mw, piv) = wk
-    (f0, F0, G0, dldf0, dpsi0, Minv, Acot, dvec, cvec, dWdf, dWdpsi, dlogM, Hm, B, T1, dG, col) = gw
-    n_obs, n_t, q, n_psi = ts.shape[0], lq0.shape[0], eta.shape[0], psi.shape[0]
-    st, _ = _evaluate(ev, args, eta, True, f, F, V, Vf, dldf, dpsi)
+    (f0, acol, G0, dldf0, dpsi0, Minv, Acot, dvec, cvec, dWdf, dWdpsi, dlogM, Hm, B, T1, dG, col, Bw, T1w) = gw
+    n_obs, n_t, q, n_psi, n_w = f.shape[0], E.shape[0], eta.shape[0], psi.shape[0], g_w.shape[0]
+    st, _ = point(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
     if st != RK.OK:
         return False
     _weights(f, psi, kind, w)
-    _information(F, E, w, Oinv, G, Mw)
+    _information_g(G, w, Oinv, Mw)
     for a in range(q):  # Minv column by column (LU of M once)
         for b in range(q):
             Minv[a, b] = Mw[a, b]
@@ -409,8 +534,6 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
     for j in range(n_obs):
         f0[j] = f[j]
         dldf0[j] = dldf[j]
-        for i in range(n_t):
-            F0[j, i] = F[j, i]
         for k in range(q):
             G0[j, k] = G[j, k]
     for r in range(n_psi):
@@ -439,6 +562,17 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
         for j in range(n_obs):
             s += G0[j, k] * cvec[j]
         dlogM[k] = s
+    # at the mode: the x-gradient of Phi and of log|M| through W, (dl/df + c)' f
+    for i in range(n_t):
+        g_lq[i] = 0.0
+        T1[i] = 0.0
+    for i in range(n_w):
+        g_w[i] = 0.0
+        T1w[i] = 0.0
+    for j in range(n_obs):
+        acol[j] = dldf0[j] + cvec[j]
+    if xgrad(ev, args, acol, F, g_lq, g_w, 1.0) != RK.OK:
+        return False
     for a in range(q):
         for b in range(q):
             Hm[a, b] = 2.0 * Oinv[a, b]
@@ -446,8 +580,10 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
     for k in range(q):
         for i in range(nb):
             B[k, i] = 0.0
-    for i in range(n_t):
-        T1[i] = 0.0
+        for i in range(n_w):
+            Bw[k, i] = 0.0
+    # the second-order pieces: central differences along each eta of exact first-order ones
+    # (T1 = sum_k d/deta_k grad_x(A_k' f): log|M| through G; B = d/deta grad_x Phi; H)
     for k in range(q):
         for j in range(n_obs):
             for a in range(q):
@@ -456,20 +592,19 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
             for a in range(q):
                 e1[a] = eta[a]
             e1[k] += sgn * h
-            st, _ = _evaluate(ev, args, e1, True, f, F, V, Vf, dldf, dpsi)
+            st, _ = point(ev, args, e1, f, F, V, Vf, dldf, dpsi, G)
             if st != RK.OK:
                 return False
             wt = sgn / (2.0 * h)
             for j in range(n_obs):
+                acol[j] = Acot[j, k]
                 for a in range(q):
-                    s = 0.0
-                    for i in range(n_t):
-                        s += F[j, i] * E[i, a]
-                    dG[j, a] += wt * s
-                    Hm[a, k] += wt * s * dldf[j]
-                for i in range(n_t):
-                    T1[i] += wt * Acot[j, k] * F[j, i]
-                    B[k, i] += wt * dldf[j] * F[j, i]
+                    dG[j, a] += wt * G[j, a]
+                    Hm[a, k] += wt * G[j, a] * dldf[j]
+            if xgrad(ev, args, acol, F, T1, T1w, wt) != RK.OK:
+                return False
+            if xgrad(ev, args, dldf, F, B[k, :n_t], Bw[k], wt) != RK.OK:
+                return False
             for r in range(n_psi):
                 B[k, n_t + r] += wt * dpsi[r]
         s = 0.0
@@ -485,12 +620,15 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_psi, S):
     if not _solve(Hm, dlogM, grad, Mw, piv, 1.0):  # grad <- u = H^-1 d log|M| / d eta
         return False
     for i in range(n_t):
-        s = T1[i]
-        for j in range(n_obs):
-            s += (dldf0[j] + cvec[j]) * F0[j, i]
+        s = g_lq[i] + T1[i]
         for k in range(q):
             s -= grad[k] * B[k, i]
         g_lq[i] = s
+    for i in range(n_w):
+        s = g_w[i] + T1w[i]
+        for k in range(q):
+            s -= grad[k] * Bw[k, i]
+        g_w[i] = s
     for r in range(n_psi):
         s = dpsi0[r]
         for j in range(n_obs):
@@ -518,8 +656,30 @@ def _views(pack, ws, i):
     wk = (w[0][:k], w[1][:k], w[2][:k], w[3][:k], w[4][:k], w[5], w[6][:k], w[7][:k], w[8], w[9], w[10], w[11],
           w[12])  # fmt: skip
     gw = (g[0][:k], g[1][:k], g[2][:k], g[3][:k], g[4], g[5], g[6][:k], g[7][:k], g[8][:k], g[9][:k], g[10][:k],
-          g[11], g[12], g[13], g[14], g[15][:k], g[16])  # fmt: skip
+          g[11], g[12], g[13], g[14], g[15][:k], g[16], g[17], g[18])  # fmt: skip
     return ev, args, wk, gw
+
+
+@kernel
+def mode_logdet(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
+    """:func:`foce_mode`, then res[3] <- log|M| and res[4] <- the sign of |M| (0: singular)."""
+    foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res)
+    if res[1] != 0.0:
+        return
+    q = eta0.shape[0]
+    Mw, piv = wk[11], wk[12]
+    for a in range(q):
+        for b in range(q):
+            Mw[a, b] = M[a, b]
+    ok, sign = _lu(Mw, piv, q)
+    logdet = 0.0
+    if ok:
+        for a in range(q):
+            if Mw[a, a] < 0.0:
+                sign = -sign
+            logdet += np.log(abs(Mw[a, a]))
+    res[3] = logdet
+    res[4] = sign if ok else 0.0
 
 
 @kernel
@@ -529,22 +689,9 @@ def _subject_mode(pack, ws, i, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL):
     OOFF = pack[16]
     q = ETA0.shape[1]
     ev, args, wk, gw = _views(pack, ws, i)
-    foce_mode(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
+    mode_logdet(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
     if RES[i, 1] != 0.0:
         return ev, args, wk, gw
-    Mw, piv = wk[11], wk[12]
-    for a in range(q):
-        for b in range(q):
-            Mw[a, b] = MS[i, a, b]
-    ok, sign = _lu(Mw, piv, q)
-    logdet = 0.0
-    if ok:
-        for a in range(q):
-            if Mw[a, a] < 0.0:
-                sign = -sign
-            logdet += np.log(abs(Mw[a, a]))
-    RES[i, 3] = logdet
-    RES[i, 4] = sign if ok else 0.0
     if G_ALL.shape[0]:
         G = wk[7]
         for j in range(OOFF[i + 1] - OOFF[i]):
@@ -571,7 +718,7 @@ def modes_gradients(pack, ws, Oinv, ETA0, tol, max_iter, h, ETA, MS, RES, G_ALL,
         OK[i] = 0.0
         if RES[i, 1] != 0.0 or RES[i, 4] <= 0.0:
             continue
-        if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], GPSI[i], SS[i]):
+        if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], gw[18], GPSI[i], SS[i]):  # (no weights)
             OK[i] = 1.0
 
 
@@ -580,7 +727,7 @@ def gradients(pack, ws, Oinv, ETA, h, GLQ, GPSI, SS, OK, lo, hi):
     """:func:`foce_grad` for subjects lo..hi-1 (OK[i] = 1 when it succeeded)."""
     for i in range(lo, hi):
         ev, args, wk, gw = _views(pack, ws, i)
-        OK[i] = 1.0 if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], GPSI[i], SS[i]) else 0.0
+        OK[i] = 1.0 if foce_grad(ev, args, wk, gw, Oinv, ETA[i], h, GLQ[i], gw[18], GPSI[i], SS[i]) else 0.0
 
 
 @kernel
@@ -634,7 +781,7 @@ def predictions(pack, ws, ETA, directions, F_ALL, V_ALL, G_ALL, OK, lo, hi):
 def _phi_grad(ev, args, wk, Oinv, eta, g):
     """(status, Phi = l + eta' Omega^-1 eta) at ``eta``, ``g`` <- dPhi/deta = G' dl/df + 2 Omega^-1 eta."""
     f, F, V, Vf, dldf, dpsi, G = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[7]
-    st, l = _evaluate_g(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
+    st, l = start(ev, args, eta, f, F, V, Vf, dldf, dpsi, G)
     if st != RK.OK:
         return st, np.inf
     q = eta.shape[0]
@@ -671,84 +818,78 @@ def _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
 
 
 @kernel
-def laplace_terms(pack, ws, Oinv, ETA0, h, eta_tol, max_newton, ETA, MS, RES, lo, hi):
-    """Laplace's subject terms (as ``pk.laplace.subject_term``) for subjects lo..hi-1 from the
-    mode estimates ETA0: Newton with the exact Hessian (central differences, step h, of the exact
-    eta-gradient) until no eta moves by more than eta_tol; ETA[i] <- the mode, MS[i] <- H/2,
-    RES[i] <- (Phi at the mode, status (0 or FAILED), log|H/2|)."""
-    for i in range(lo, hi):
-        ev, args, wk, gw = _views(pack, ws, i)
-        g, step, e1, Mw, piv = wk[8], wk[9], wk[10], wk[11], wk[12]
-        gp, gm, H, Lc = gw[11], gw[16], gw[12], gw[5]
-        eta = ETA[i]
-        q = eta.shape[0]
-        RES[i, 1] = FAILED
+def laplace_subject(ev, args, wk, gw, Oinv, eta0, h, eta_tol, max_newton, eta, M, res):
+    """Laplace's subject term (as ``pk.laplace.subject_term``) from the mode estimate ``eta0``:
+    Newton with the exact Hessian (central differences, step h, of the exact eta-gradient) until
+    no eta moves by more than eta_tol; ``eta`` <- the mode, ``M`` <- H/2, ``res`` <- (Phi at the
+    mode, status (0 or FAILED), log|H/2|)."""
+    g, step, e1, Mw, piv = wk[8], wk[9], wk[10], wk[11], wk[12]
+    gp, gm, H, Lc = gw[11], gw[16], gw[12], gw[5]
+    q = eta.shape[0]
+    res[1] = FAILED
+    for a in range(q):
+        eta[a] = eta0[a]
+    st, phi = _phi_grad(ev, args, wk, Oinv, eta, g)
+    if st != RK.OK or not _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
+        return
+    for _ in range(max_newton):
+        if not _solve(H, g, step, Mw, piv, 1.0):
+            return
+        big = 0.0
+        scale = 0.0
+        slope = 0.0
         for a in range(q):
-            eta[a] = ETA0[i, a]
+            step[a] = -step[a]
+            big = max(big, abs(step[a]))
+            scale = max(scale, abs(eta[a]))
+            slope += g[a] * step[a]
+        if big <= eta_tol * (1.0 + scale):
+            break
+        alpha = 1.0
+        found = False
+        while alpha > 1e-6:
+            for a in range(q):
+                e1[a] = eta[a] + alpha * step[a]
+            st1, phi1 = _phi_grad(ev, args, wk, Oinv, e1, gp)
+            if st1 == RK.OK and phi1 <= phi + 1e-4 * alpha * slope + 1e-12 * abs(phi):
+                found = True
+                break
+            alpha *= 0.5
+        if not found:  # (no decrease: at the mode to rounding)
+            break
+        for a in range(q):
+            eta[a] = e1[a]
         st, phi = _phi_grad(ev, args, wk, Oinv, eta, g)
         if st != RK.OK or not _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
-            continue
-        failed = False
-        for _ in range(max_newton):
-            if not _solve(H, g, step, Mw, piv, 1.0):
-                failed = True
-                break
-            big = 0.0
-            scale = 0.0
-            slope = 0.0
-            for a in range(q):
-                step[a] = -step[a]
-                big = max(big, abs(step[a]))
-                scale = max(scale, abs(eta[a]))
-                slope += g[a] * step[a]
-            if big <= eta_tol * (1.0 + scale):
-                break
-            alpha = 1.0
-            found = False
-            while alpha > 1e-6:
-                for a in range(q):
-                    e1[a] = eta[a] + alpha * step[a]
-                st1, phi1 = _phi_grad(ev, args, wk, Oinv, e1, gp)
-                if st1 == RK.OK and phi1 <= phi + 1e-4 * alpha * slope + 1e-12 * abs(phi):
-                    found = True
-                    break
-                alpha *= 0.5
-            if not found:  # (no decrease: at the mode to rounding)
-                break
-            for a in range(q):
-                eta[a] = e1[a]
-            st, phi = _phi_grad(ev, args, wk, Oinv, eta, g)
-            if st != RK.OK or not _phi_hessian(ev, args, wk, Oinv, eta, h, e1, gp, gm, H):
-                failed = True
-                break
-        if failed:
-            continue
-        # H/2 and its log-determinant by Cholesky (positive definite, else the term fails)
-        logdet = 0.0
-        ok = True
-        for a in range(q):
-            for b in range(q):
-                MS[i, a, b] = 0.5 * H[a, b]
-        for a in range(q):
-            for b in range(a + 1):
-                s = MS[i, a, b]
-                for k in range(b):
-                    s -= Lc[a, k] * Lc[b, k]
-                if a == b:
-                    if not s > 0.0:
-                        ok = False
-                        break
-                    Lc[a, a] = np.sqrt(s)
-                    logdet += 2.0 * np.log(Lc[a, a])
-                else:
-                    Lc[a, b] = s / Lc[b, b]
-            if not ok:
-                break
-        if not ok:
-            continue
-        RES[i, 0] = phi
-        RES[i, 1] = 0.0
-        RES[i, 2] = logdet
+            return
+    # H/2 and its log-determinant by Cholesky (positive definite, else the term fails)
+    logdet = 0.0
+    for a in range(q):
+        for b in range(q):
+            M[a, b] = 0.5 * H[a, b]
+    for a in range(q):
+        for b in range(a + 1):
+            s = M[a, b]
+            for k in range(b):
+                s -= Lc[a, k] * Lc[b, k]
+            if a == b:
+                if not s > 0.0:
+                    return
+                Lc[a, a] = np.sqrt(s)
+                logdet += 2.0 * np.log(Lc[a, a])
+            else:
+                Lc[a, b] = s / Lc[b, b]
+    res[0] = phi
+    res[1] = 0.0
+    res[2] = logdet
+
+
+@kernel
+def laplace_terms(pack, ws, Oinv, ETA0, h, eta_tol, max_newton, ETA, MS, RES, lo, hi):
+    """:func:`laplace_subject` for subjects lo..hi-1 (ETA[i], MS[i], RES[i])."""
+    for i in range(lo, hi):
+        ev, args, wk, gw = _views(pack, ws, i)
+        laplace_subject(ev, args, wk, gw, Oinv, ETA0[i], h, eta_tol, max_newton, ETA[i], MS[i], RES[i])
 
 
 class PopulationFOCE:
@@ -762,6 +903,11 @@ class PopulationFOCE:
 
     Subjects are processed in chunks (one per thread), each chunk with its own workspace sized
     for the longest subject; the kernels release the GIL."""
+
+    #: solved exactly (the batched data terms, predictions and Laplace terms are available)
+    exact = True
+    #: no network weights
+    n_w = 0
 
     def __init__(self, subjects, E, fa, kind, n_psi):
         solve0 = subjects[0][0]
@@ -814,8 +960,8 @@ class PopulationFOCE:
                  z((N_WORK + 3, N, N), dtype=c), z((4, n), dtype=c), z(m, dtype=c), z((no, n), dtype=c)),
                 (z(no), z((no, n_t)), z(no), z(no), z(no), z(n_psi), z(no), z((no, q)), z(q), z(q), z(q), z((q, q)),
                  z(q, dtype=np.int64)),
-                (z(no), z((no, n_t)), z((no, q)), z(no), z(n_psi), z((q, q)), z((no, q)), z(no), z(no), z(no),
-                 z((no, n_psi)), z(q), z((q, q)), z((q, n_t + n_psi)), z(n_t), z((no, q)), z(q)),
+                (z(no), z(no), z((no, q)), z(no), z(n_psi), z((q, q)), z((no, q)), z(no), z(no), z(no),
+                 z((no, n_psi)), z(q), z((q, q)), z((q, n_t + n_psi)), z(n_t), z((no, q)), z(q), z((q, 0)), z(0)),
             )  # fmt: skip
         return self._ws[k]
 
@@ -826,8 +972,9 @@ class PopulationFOCE:
             self._chunks[k] = [(c, int(b[c]), int(b[c + 1])) for c in range(len(b) - 1)]
         return self._chunks[k]
 
-    def set(self, LQ0, psi):
-        """The subjects' log theta + C beta (N, n_t) and the log sigmas for the next calls."""
+    def set(self, LQ0, psi, w=None):
+        """The subjects' log theta + C beta (N, n_t) and the log sigmas for the next calls (no
+        network weights ``w``)."""
         self.LQ0[:] = LQ0
         self.psi[:] = psi
 
@@ -838,9 +985,10 @@ class PopulationFOCE:
 
     def modes_gradients(self, chunk, Oinv, ETA0, tol, h, out, max_iter=60):
         """Modes and gradients of one chunk into ``out`` = (ETA, MS, RES, G_ALL, GLQ, GPSI, SS,
-        OK) (see :func:`modes_gradients`; G_ALL may have no rows)."""
+        OK, GW) (see :func:`modes_gradients`; G_ALL may have no rows; GW, the network weights'
+        gradients, has no columns)."""
         c, lo, hi = chunk
-        modes_gradients(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, h, *out, lo, hi)
+        modes_gradients(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, h, *out[:8], lo, hi)
 
     def data_terms(self, chunk, ETA, need, out):
         """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""
@@ -858,6 +1006,7 @@ class PopulationFOCE:
         laplace_terms(self.pack, self._workspace(c), Oinv, ETA0, h, eta_tol, max_newton, *out, lo, hi)
 
     def gradients(self, chunk, Oinv, ETA, h, out):
-        """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK) (see :func:`gradients`)."""
+        """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK, GW) (see :func:`gradients`;
+        GW has no columns)."""
         c, lo, hi = chunk
-        gradients(self.pack, self._workspace(c), Oinv, ETA, h, *out, lo, hi)
+        gradients(self.pack, self._workspace(c), Oinv, ETA, h, *out[:4], lo, hi)

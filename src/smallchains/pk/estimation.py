@@ -39,6 +39,7 @@ from ..ode.recording import Recording
 from ..ode.sensitivity import DiscreteAdjoint
 from . import _kernels as PK
 from ._foce import RATES_SIG, RATESZ_SIG, PopulationFOCE
+from ._foce_ode import ODESubjects
 from ._parammap import param_map
 from .analytic import AnalyticSolve
 from .dosing import SubjectDosing
@@ -421,7 +422,7 @@ class SubjectEval:
         def run(rec):  # (rec.fused_args: bound by the recording, rebound when its storage grows)
             before, after = rec.fused_args
             return PK.subject_data_term(
-                *before, p, *after, *self._data_args, psi, fz["g"], gp, fz["lam"], fz["f"], fz["V"], res, grad
+                before, p, after, *self._data_args, psi, fz["g"], gp, fz["lam"], fz["f"], fz["V"], res, grad
             )
 
         return self.gf.record(run) == RK.OK
@@ -682,32 +683,30 @@ class Problem:
         self.compiled_foce = self._compiled_foce()
 
     def _compiled_foce(self):
-        """The compiled FOCE-I step (:class:`PopulationFOCE`) over the subjects it covers (its
-        ``index``), or None with the reason logged when it covers none.  Not covered (NumPy step):
-        ODE-solved subjects, steady states, time-varying covariates, dose parameters, non-ratio
-        outputs, an ``individual`` that cannot be compiled, a covariate network."""
+        """The compiled FOCE-I step over the subjects it covers (its ``index``):
+        :class:`PopulationFOCE` when the subjects are solved exactly, :class:`ODESubjects` when
+        by the ODE solver; or None with the reason logged when it covers none.  Not covered
+        (NumPy step): steady states, time-varying covariates, dose parameters, non-ratio outputs,
+        an ``individual`` that cannot be compiled, a covariate network."""
         m = self.model
         st = m.structural
         why = None
         if not SubjectEval.compiled:
             return None
-        if not self.analytic:
-            why = "the subjects are solved by the ODE solver"
-        elif m.covariate_network is not None or m.dose_index or m.n_eta == 0:
+        if m.covariate_network is not None or m.dose_index or m.n_eta == 0:
             why = "the model has a covariate network, dose parameters or no random effect"
         if why is None:
             pm, why = param_map(m)
         if why is not None:
             _log.info("FOCE-I's subject step runs in NumPy: %s", why)
             return None
-        fa = np.array(
-            addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
-        )
         x0 = m.x0
         index, packed, ours, theirs = [], [], [], []
         for i, s in enumerate(self.subjects):
             c = pm.covariates(s.cov)
-            if not (s.analytic and not s.piecewise and s.dosing is None and s._ratio is not None) or c is None:
+            if not (s.analytic == self.analytic and not s.piecewise and s.dosing is None and s._ratio is not None):
+                continue
+            if c is None:
                 continue
             ours.append(pm(s.logq(x0, np.zeros(m.n_eta)), c))
             theirs.append(s.params(x0, np.zeros(m.n_eta), jac=False)[0][: s.n_mech])
@@ -726,9 +725,21 @@ class Problem:
                 len(index),
             )
         kind = ("additive", "proportional", "combined").index(m.error.kind)
-        cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names))
+        if self.analytic:
+            fa = np.array(
+                addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
+            )
+            cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names))
+        else:
+            cf = ODESubjects(packed, m.E, pm.addr, kind, len(m.error.names), st.n_params)
         cf.index = np.array(index)
         return cf
+
+    def set_compiled(self, x):
+        """Give the compiled step its subjects' log q0, the log sigmas and the network weights at ``x``."""
+        m = self.model
+        cf = self.compiled_foce
+        cf.set(self.logq0(x)[cf.index], x[m.blocks["psi"]], x[m.blocks["w"]])
 
     @property
     def uncovered(self):
@@ -759,9 +770,9 @@ class Problem:
         out = [None] * self.N
         cf = self.compiled_foce
         rest = list(range(self.N))
-        if cf is not None:
+        if cf is not None and cf.exact:
             ix = cf.index
-            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
+            self.set_compiled(x)
             n_o = int(cf.ooff[-1])
             buf = (np.zeros(n_o), np.zeros(n_o), np.zeros((n_o if directions else 0, q)), np.zeros(len(ix)))
             E = np.ascontiguousarray(etas[ix])
@@ -872,7 +883,7 @@ class Problem:
         if not SubjectEval.compiled or self.model.dose_index:
             return None
         cf = self.compiled_foce
-        if cf is not None and len(cf.index) == self.N:
+        if cf is not None and cf.exact and len(cf.index) == self.N:
             return self._exact_terms(x, etas, need)
         if any(s._fast is None for s in self.subjects):
             return None
@@ -912,7 +923,7 @@ class Problem:
         batched data-term kernel (pk/_foce.py): every subject covered, no network weights."""
         m = self.model
         cf = self.compiled_foce
-        cf.set(self.logq0(x), x[m.blocks["psi"]])
+        self.set_compiled(x)
         N = self.N
         out = (np.zeros(N), np.zeros((N, len(m.theta_names))), np.zeros((N, cf.n_psi)), np.zeros(N))
         E = np.ascontiguousarray(etas, dtype=np.float64)
@@ -1091,7 +1102,7 @@ class Problem:
         done = np.zeros(self.N, dtype=bool)
         if cf is not None and all(res[i][3].get("compiled") for i in cf.index):
             ix = cf.index
-            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
+            self.set_compiled(x)
             ETA = np.ascontiguousarray([res[i][0] for i in ix])
             n_t, q = m.E.shape
             out = (
@@ -1099,12 +1110,14 @@ class Problem:
                 np.zeros((len(ix), cf.n_psi)),
                 np.zeros((len(ix), q, q)),
                 np.zeros(len(ix)),
+                np.zeros((len(ix), cf.n_w)),
             )
             self.each(lambda c, lo, hi: cf.gradients((c, lo, hi), Oinv, ETA, h, out), cf.chunks(self.threads))
-            GLQ, GPSI, SS, OK = out
+            GLQ, GPSI, SS, OK, GW = out
             if not OK.all():
                 return None
             self._chain_log_q(G, GLQ, GPSI, rows=ix)
+            G[ix, m.blocks["w"]] = GW
             G[ix, m.blocks["omega"]] = np.einsum("rab,nab->nr", dOinv, SS)
             done[ix] = True
         rest = np.flatnonzero(~done)
@@ -1135,7 +1148,7 @@ class Problem:
         if od is None:
             return np.inf, etas0.copy(), None
         Oinv, dOinv, logdetO = od
-        cf.set(self.logq0(x), x[m.blocks["psi"]])
+        self.set_compiled(x)
         N = self.N
         E0 = np.ascontiguousarray(etas0, dtype=float)
         out = (
@@ -1147,12 +1160,13 @@ class Problem:
             np.zeros((N, cf.n_psi)),
             np.zeros((N, q, q)),
             np.zeros(N),
+            np.zeros((N, cf.n_w)),
         )
         self.each(
             lambda c, lo, hi: cf.modes_gradients((c, lo, hi), Oinv, E0, self.inner_tol, 1e-4, out),
             cf.chunks(self.threads),
         )
-        ETA, _, RES, _, GLQ, GPSI, SS, OK = out
+        ETA, _, RES, _, GLQ, GPSI, SS, OK, GW = out
         if np.any(RES[:, 1] != 0.0) or np.any(RES[:, 4] <= 0.0):
             return np.inf, etas0.copy(), None
         ofv = float(RES[:, 0].sum() + RES[:, 3].sum() + N * logdetO)
@@ -1162,6 +1176,7 @@ class Problem:
             return ofv, ETA, None
         G = np.zeros(m.n_x)
         self._chain_log_q(G, GLQ, GPSI)
+        G[m.blocks["w"]] = GW.sum(axis=0)
         G[m.blocks["omega"]] = np.einsum("rab,ab->r", dOinv, SS.sum(axis=0))
         ob = m.blocks["omega"]
         G[ob.start : ob.start + q] += 2.0 * N  # each subject's log|Omega| = 2 sum log L_kk
@@ -1186,7 +1201,7 @@ class Problem:
         logdets = {}
         if cf is not None:
             ix = cf.index
-            cf.set(self.logq0(x)[ix], x[m.blocks["psi"]])
+            self.set_compiled(x)
             E0 = np.ascontiguousarray(etas0[ix])
             out = (np.zeros_like(E0), np.zeros((len(ix), q, q)), np.zeros((len(ix), 5)), np.zeros((cf.ooff[-1], q)))
             self.each(lambda c, lo, hi: cf.modes((c, lo, hi), Oinv, E0, self.inner_tol, out), cf.chunks(self.threads))

@@ -26,9 +26,10 @@ How it is computed:
   objective).  It costs two objective evaluations per estimated parameter, so Laplace refuses
   models with network weights; per-subject terms give the covariance step's S matrix.
 
-Subjects the compiled FOCE-I step covers (:mod:`smallchains.pk._foce`: solved exactly) take the
-same Newton polish and Hessian in compiled code (``laplace_terms``, tested equal to this module's
-NumPy path); the others take :func:`subject_term`.
+Subjects the compiled FOCE-I step covers (:mod:`smallchains.pk._foce` and
+:mod:`smallchains.pk._foce_ode`) take the same Newton polish and Hessian in compiled code
+(``laplace_subject``, tested equal to this module's NumPy path); the others take
+:func:`subject_term`.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def laplace(P, x, etas0=None):
     cf = P.compiled_foce
     if cf is not None:  # (the compiled step's subjects: one kernel call per thread)
         ix = cf.index
-        cf.set(P.logq0(x)[ix], x[m.blocks["psi"]])
+        P.set_compiled(x)
         E0 = np.ascontiguousarray(etas[ix])
         out = (np.zeros_like(E0), np.zeros((len(ix), q, q)), np.zeros((len(ix), 3)))
         P.each(lambda c, lo, hi: cf.laplace_terms((c, lo, hi), Oinv, E0, H_ETA, ETA_TOL, out), cf.chunks(P.threads))
