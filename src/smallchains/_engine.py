@@ -1091,7 +1091,12 @@ def sample_jvp(prog, y, out, p, x, dx, dp, work):
     g1 = prog[0, H_G1]
     for k in range(d):
         work[g1 + k] = dx[k]
-    to = bound_fn(prog, p, FN_TANGENT)(prog, p, dp, work, 1, True, True)
+    use_dp = False  # (a direction that moves no weight, e.g. a random effect's: no weight tangents)
+    for k in range(dp.shape[0]):
+        if dp[k] != 0.0:
+            use_dp = True
+            break
+    to = bound_fn(prog, p, FN_TANGENT)(prog, p, dp, work, 1, True, use_dp)
     for j in range(prog[0, H_NOUT]):
         y[j] = work[yo + j]
         out[j] = work[to + j]
