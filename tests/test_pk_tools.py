@@ -111,6 +111,10 @@ def test_cli_errors(tmp_path):
         )
     with pytest.raises(SystemExit, match="needs random effects"):
         cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--method", "map"])
+    with pytest.raises(SystemExit, match="'fo' is not a registered estimation method; registered: individual"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1,CL=0.04,V=0.5", "--method", "fo"])
+    with pytest.raises(SystemExit, match="--import no_such_module_here"):
+        cli.main(["fit", str(csv), "--model", "one_cpt_oral", "--method", "foce", "--import", "no_such_module_here"])
     theta = ["--theta", "ka=1,CL=0.04,V=0.5"]
     with pytest.raises(SystemExit, match="cannot fix 'Q'"):
         cli.main(["fit", str(csv), "--model", "one_cpt_oral", *theta, "--fix", "Q"])
@@ -133,6 +137,26 @@ def test_cli_fix_holds_parameters(tmp_path, capsys):
     assert rows["ka"]["estimate"] == pytest.approx(1.5) and rows["ka"]["fixed"]
     assert back.sigma["sigma_add"] == pytest.approx(0.7)
     assert rows["CL"]["estimate"] != pytest.approx(0.04)
+
+
+def test_cli_offers_a_method_registered_by_an_imported_module(tmp_path, capsys, monkeypatch):
+    """A method registered by the user's module (``--import``) is a --method choice like the built-in ones."""
+    (tmp_path / "my_methods.py").write_text(
+        "from smallchains.pk.methods import register\n"
+        "from smallchains.pk.methods.pooled import Pooled\n\n"
+        "@register\n"
+        "class Mine(Pooled):\n"
+        "    name = 'mine'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    csv = tmp_path / "theo.csv"
+    sc.pkdata.theophylline(as_frame=True).to_csv(csv, index=False)
+    args = ["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1.5,CL=0.04,V=0.5", "--no-plots"]
+    try:
+        assert cli.main([*args, "--method", "mine", "--import", "my_methods"]) == 0
+        assert "MINE fit of one_cpt_oral" in capsys.readouterr().out
+    finally:
+        sc.pk.methods.unregister("mine")
 
 
 def test_cli_bound_keeps_an_estimate_within_it(tmp_path, capsys):

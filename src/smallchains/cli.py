@@ -121,8 +121,20 @@ def _write_text(path, text):
 
 
 def cmd_fit(a):
+    import importlib
+
     from . import pk
 
+    for name in a.imports or ():  # (e.g. a module that registers an estimation method)
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise SystemExit(f"error: --import {name}: {e}") from None
+    if a.method not in pk.methods.names():
+        raise SystemExit(
+            f"error: --method {a.method!r} is not a registered estimation method; registered: "
+            f"{', '.join(pk.methods.names())} (a module of yours that registers one: --import MODULE)"
+        )
     if a.model not in pk.MODELS:
         raise SystemExit(f"error: unknown model {a.model!r}; the built-in models are {', '.join(sorted(pk.MODELS))}")
     st = pk.MODELS[a.model]()
@@ -226,7 +238,19 @@ def main(argv=None):
         help="NAME=LOWER:UPPER bounds on a typical value or residual sd (natural scale; an empty end is "
         "no bound), repeatable",
     )
-    f.add_argument("--method", default="foce", choices=["foce", "laplace", "map", "pooled", "individual"])
+    f.add_argument(
+        "--method",
+        default="foce",
+        help="an estimation method registered in smallchains.pk.methods (built in: foce, laplace, map, pooled, "
+        "individual; default foce)",
+    )
+    f.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import MODULE first, e.g. one that registers an estimation method (repeatable)",
+    )
     f.add_argument("--starts", type=int, default=1)
     f.add_argument("--restarts", type=int, default=0, help="restarts from the perturbed estimates (best kept)")
     f.add_argument("--threads", type=int, default=None)
