@@ -7,6 +7,7 @@ import dataclasses
 import io
 import logging
 import math
+import pathlib
 import warnings
 
 import numpy as np
@@ -136,22 +137,103 @@ def test_compiled_gradient_matches_central_differences_of_the_ofv(theoph):
     np.testing.assert_allclose(g, gf, rtol=1e-4, atol=1e-5 * np.abs(gf).max())
 
 
+# NONMEM's steady-state doses (pk/steady_state.py): SS = 1 boluses into the depot then SS = 2 (the
+# steady state added to the amounts there), an SS = 1 infusion shorter than II, one longer than
+# II (overlapping copies run on), a constant infusion at steady state (II = 0) then a plain dose
+STEADY_STATES = """ID,TIME,DV,MDV,EVID,AMT,RATE,CMT,SS,II
+1,0,.,1,1,100,0,1,1,12
+1,2,5,0,0,.,.,2,0,0
+1,6,3,0,0,.,.,2,0,0
+1,12,.,1,1,100,0,1,2,12
+1,14,6,0,0,.,.,2,0,0
+1,20,4,0,0,.,.,2,0,0
+2,0,.,1,1,200,50,2,1,8
+2,1,4,0,0,.,.,2,0,0
+2,5,3,0,0,.,.,2,0,0
+2,9,3.5,0,0,.,.,2,0,0
+3,0,.,1,1,300,20,2,1,10
+3,3,4,0,0,.,.,2,0,0
+3,12,4,0,0,.,.,2,0,0
+4,0,.,1,1,0,10,2,1,0
+4,2,4,0,0,.,.,2,0,0
+4,5,.,1,1,50,0,1,0,0
+4,7,5,0,0,.,.,2,0,0
+"""
+
+
+@pytest.mark.parametrize(
+    "name,theta,eta",
+    [
+        ("one_cpt_oral", dict(ka=1.0, CL=3.0, V=30.0), ["ka", "CL", "V"]),  # (closed-form e^(A II))
+        ("two_cpt_oral", dict(ka=1.0, CL=3.0, V1=30.0, Q=2.0, V2=50.0), ["CL", "V1"]),  # (Pade e^(A II))
+    ],
+)
+def test_compiled_step_equals_numpy_with_steady_state_doses(name, theta, eta):
+    data = sc.pk.read_data(pd.read_csv(io.StringIO(STEADY_STATES), na_values=["."]))
+    m = sc.pk.PopulationModel(name, theta, eta=eta, error="combined", sigma=[0.3, 0.1])
+    P = Problem(m, data)
+    assert all(s.piecewise for s in P.subjects)  # (each subject's solve is cut at its SS doses)
+    assert_paths_agree(P, m.x0, np.random.default_rng(5).normal(0, 0.2, (P.N, len(eta))))
+
+
+def test_map_terms_predictions_and_laplace_terms_with_steady_states_equal_numpy():
+    """The other batched kernels on steady-state subjects: MAP's data terms and gradient, the
+    predictions with G, and Laplace's terms, against the NumPy path."""
+    from smallchains.pk import laplace as LP
+
+    data = sc.pk.read_data(pd.read_csv(io.StringIO(STEADY_STATES), na_values=["."]))
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral", dict(ka=1.0, CL=3.0, V=30.0), eta=["ka", "CL", "V"], error="combined", sigma=[0.3, 0.1]
+    )
+    P = Problem(m, data)
+    x = m.x0
+    etas = np.random.default_rng(6).normal(0, 0.2, (P.N, 3))
+    got = P.map_objective(x, etas, 1), P.predictions(x, etas, directions=True), LP.laplace(P, x)
+    saved = P.compiled_foce
+    P.compiled_foce = None
+    try:
+        ref = P.map_objective(x, etas, 1), P.predictions(x, etas, directions=True), LP.laplace(P, x)
+    finally:
+        P.compiled_foce = saved
+    assert got[0][0] == pytest.approx(ref[0][0], rel=1e-12)
+    for a, b in zip(got[0][1:], ref[0][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10 * np.abs(b).max())
+    for a, b in zip(got[1], ref[1], strict=True):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-8, atol=1e-12 * np.abs(b[2]).max())
+    assert got[2][0] == pytest.approx(ref[2][0], rel=1e-9)
+    np.testing.assert_allclose(got[2][1], ref[2][1], atol=1e-8)
+
+
+def test_compiled_step_equals_numpy_on_quinidine_records():
+    """A few Quinidine patients (steady-state oral doses, as nlme's quinModel reads them)."""
+    data = sc.pk.read_data(pd.read_csv(pathlib.Path(__file__).parent / "data" / "quinidine_subset.csv"))
+    m = sc.pk.PopulationModel("one_cpt_oral", dict(ka=0.74, CL=7.4, V=150.0), eta=["V", "CL"], sigma=1.0)
+    P = Problem(m, data)
+    assert any(s.piecewise for s in P.subjects)
+    assert_paths_agree(P, m.x0)
+
+
 def test_subjects_the_compiled_step_does_not_cover_take_the_numpy_path(theoph):
-    """A steady-state subject is solved in pieces: it keeps the NumPy step, the others the
-    compiled one, and the mixed OFV and gradient equal the all-NumPy ones."""
-    m = theophylline_nlme()
-    subs = list(theoph.subjects[:4])
-    obs = sc.pk.read_data(
+    """A subject whose covariates change within its solve takes the NumPy step, the others
+    the compiled one, and the mixed OFV and gradient equal the all-NumPy ones."""
+    m, x = covariate_model("combined", "diagonal")
+    subs = list(drop_time_zero(theoph).subjects[:4])
+    tv = sc.pk.read_data(
         pd.read_csv(
-            io.StringIO("ID,TIME,DV,EVID,AMT,CMT,II,SS\n99,0,.,1,4,1,24,1\n99,1,6,0,.,2,.,.\n99,4,5,0,.,2,.,.\n")
+            io.StringIO(
+                "ID,TIME,DV,EVID,AMT,CMT,WT\n99,0,.,1,4,1,70\n99,1,6,0,.,2,70\n99,2,.,2,.,.,90\n99,4,5,0,.,2,90\n"
+            ),
+            na_values=["."],
         )
     )
-    data = sc.pk.Population(subs + list(obs.subjects), theoph.covariate_names, theoph.columns)
+    data = sc.pk.Population(subs + list(tv.subjects), theoph.covariate_names, theoph.columns)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         P = Problem(m, data)
+    assert P.subjects[4].tv is not None
     assert P.compiled_foce.index.tolist() == [0, 1, 2, 3]
-    (got, gg), (ref, gr) = both_paths(P, m.x0, np.zeros((P.N, 2)))
+    (got, gg), (ref, gr) = both_paths(P, x, np.zeros((P.N, 3)))
     assert got[0] == pytest.approx(ref[0], rel=1e-10)
     np.testing.assert_allclose(gg[0], gr[0], rtol=1e-8, atol=1e-8 * np.abs(gr[0]).max())
 

@@ -48,7 +48,7 @@ from numba.extending import overload
 from .._jit import JIT_OPTIONS, function_caster, kernel
 from ..ode import _kernels as RK
 from ._parammap import as_pmap, as_pmapz
-from .analytic import N_WORK, propagate, solve_with_jacobian
+from .analytic import N_WORK, pieces_layout, pieces_with_jacobian, propagate_pieces
 
 #: the complex step (exact derivatives to rounding)
 H = 1e-30
@@ -157,8 +157,8 @@ def _solve(Mat, b, x, Mw, piv, scale):
 def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
     """The subject's data term l = sum (y - f)^2 / V + log V at eta (f, V, V', dl/df, dl/dpsi
     filled) and, with ``jac``, F = df/dlog q (n_obs, n_t).  Returns (status, l)."""
-    (fa, lq0, E, c, psi, kind, y, ost, opk, t0, jt, jkind, jidx, jval, jpidx, ts) = ev
-    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc) = args
+    (fa, lq0, E, c, psi, kind, y, ost, opk, pcs, glob, ts) = ev
+    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc, pwr, pwc) = args
     n_t, q, m, n, n_obs = lq0.shape[0], eta.shape[0], p.shape[0], A.shape[0], ts.shape[0]
     for i in range(n_t):
         s = lq0[i]
@@ -196,9 +196,7 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
             for a in range(n):
                 for b in range(n):
                     dA[k, a, b] = Az[a, b].imag / H
-    st = solve_with_jacobian(
-        A, dA, p, u0, t0, jt, jkind, jidx, jval, jpidx, ts, us, dus, jac, dus0, False, wr, vr, wc, vc, pc, oc
-    )
+    st = pieces_with_jacobian(A, dA, p, pcs, glob, us, dus, jac, wr, vr, wc, vc, pc, oc, pwr, pwc)
     if st != RK.OK:
         return st, np.inf
     st, total = data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi)
@@ -249,24 +247,20 @@ def _directions(ev, args, f, G):
     """G <- df/deta (n_obs, q) at the point of the last :func:`_evaluate` (``f`` its predictions):
     one complex-step pass per random effect, along its direction in log q (the inner loop needs
     no more than these q directions; the full F costs a pass per parameter)."""
-    fa, E, c, ost, opk, t0, jt, jkind, jidx, jval, jpidx, ts = (
-        ev[0], ev[2], ev[3], ev[7], ev[8], ev[9], ev[10], ev[11], ev[12], ev[13], ev[14], ev[15]
-    )  # fmt: skip
-    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc) = args
+    fa, E, c, ost, opk, pcs, glob, ts = ev[0], ev[2], ev[3], ev[7], ev[8], ev[9], ev[10], ev[11]
+    (u0, lq, lqz, p, pz, J, A, Az, dA, us, dus, dus0, wr, vr, wc, vc, pc, oc, pwr, pwc) = args
     n_t, n, n_obs, q = lq.shape[0], A.shape[0], ts.shape[0], E.shape[1]
     pmapz = as_pmapz(fa[6], fa[7])
     ratesz = as_ratesz(fa[2], fa[3])
-    u0c = vc[3]
     for k in range(q):
         for i in range(n_t):
             lqz[i] = lq[i] + 1j * H * E[i, k]
         pmapz(lqz, c, pz)
         for a in range(n):
-            u0c[a] = u0[a]
             for b in range(n):
                 Az[a, b] = 0.0
         ratesz(Az, pz)
-        st = propagate(Az, pz, u0c, t0, jt, jkind, jidx, jval, jpidx, ts, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2])
+        st = propagate_pieces(Az, pz, pcs, glob, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2], pwc)
         if st != RK.OK:
             return st
         for j in range(n_obs):
@@ -645,14 +639,15 @@ def foce_grad(ev, args, wk, gw, Oinv, eta, h, g_lq, g_w, g_psi, S):
 @kernel
 def _views(pack, ws, i):
     """Subject i's data (``ev``) and the workspaces cut to its observations (see :class:`PopulationFOCE`)."""
-    (fa, LQ0, E, CV, psi, kind, Y, OST, OPK, T0, JT, JK, JI, JV, JP, TS, OOFF, JOFF) = pack
-    o0, o1, j0, j1 = OOFF[i], OOFF[i + 1], JOFF[i], JOFF[i + 1]
+    (fa, LQ0, E, CV, psi, kind, Y, OST, OPK, PCS, GLOB, TS, OOFF, POFF) = pack
+    o0, o1, c0, c1 = OOFF[i], OOFF[i + 1], POFF[i], POFF[i + 1]
     k = o1 - o0
-    ev = (fa, LQ0[i], E, CV[i], psi, kind, Y[o0:o1], OST[o0:o1], OPK[o0:o1], T0[i], JT[j0:j1], JK[j0:j1],
-          JI[j0:j1], JV[j0:j1], JP[j0:j1], TS[o0:o1])  # fmt: skip
+    pcs = (PCS[0][c0:c1], PCS[1][c0:c1], PCS[2][c0:c1], PCS[3][c0:c1], PCS[4][c0:c1], PCS[5][c0:c1],
+           PCS[6][c0:c1], PCS[7][c0:c1], PCS[8][c0:c1], PCS[9][c0:c1])  # fmt: skip
+    ev = (fa, LQ0[i], E, CV[i], psi, kind, Y[o0:o1], OST[o0:o1], OPK[o0:o1], pcs, GLOB, TS[o0:o1])
     a, w, g = ws
     args = (a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9][:k], a[10][:k], a[11][:k], a[12], a[13],
-            a[14], a[15], a[16], a[17][:k])  # fmt: skip
+            a[14], a[15], a[16], a[17][:k], a[18], a[19])  # fmt: skip
     wk = (w[0][:k], w[1][:k], w[2][:k], w[3][:k], w[4][:k], w[5], w[6][:k], w[7][:k], w[8], w[9], w[10], w[11],
           w[12])  # fmt: skip
     gw = (g[0][:k], g[1][:k], g[2][:k], g[3][:k], g[4], g[5], g[6][:k], g[7][:k], g[8][:k], g[9][:k], g[10][:k],
@@ -686,7 +681,7 @@ def mode_logdet(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
 def _subject_mode(pack, ws, i, Oinv, ETA0, tol, max_iter, ETA, MS, RES, G_ALL):
     """:func:`foce_mode` for subject i with log|M| and its sign (see :func:`modes`); returns the
     subject's views for a gradient that follows."""
-    OOFF = pack[16]
+    OOFF = pack[12]
     q = ETA0.shape[1]
     ev, args, wk, gw = _views(pack, ws, i)
     mode_logdet(ev, args, wk, Oinv, ETA0[i], tol, max_iter, ETA[i], MS[i], RES[i])
@@ -758,7 +753,7 @@ def predictions(pack, ws, ETA, directions, F_ALL, V_ALL, G_ALL, OK, lo, hi):
     check): F_ALL and V_ALL's rows of subject i = f and the residual variance V at its
     observations, with ``directions`` G_ALL's rows = df/deta; OK[i] = 1 when finite with V > 0
     (else the caller asks the NumPy path why)."""
-    OOFF = pack[16]
+    OOFF = pack[12]
     for i in range(lo, hi):
         ev, args, wk, gw = _views(pack, ws, i)
         f, F, V, Vf, dldf, dpsi, G = wk[0], wk[1], wk[2], wk[3], wk[4], wk[5], wk[7]
@@ -895,9 +890,11 @@ def laplace_terms(pack, ws, Oinv, ETA0, h, eta_tol, max_newton, ETA, MS, RES, lo
 class PopulationFOCE:
     """The subjects the compiled step covers, packed for the batched kernels.
 
-    ``subjects``: (solve (:class:`~smallchains.pk.analytic.AnalyticSolve`), y, ost, opk, c) per
-    subject: its exact solve (schedule, save times, sizes), observations, :class:`Ratio` output
-    indices and the covariates the parameter map reads; ``E`` the random effects' design; ``fa``
+    ``subjects``: (solve, y, ost, opk, c) per subject: its exact solve (an
+    :class:`~smallchains.pk.analytic.AnalyticSolve`, or a
+    :class:`~smallchains.pk.steady_state.PiecewiseSolve` of exact pieces with one parameter set:
+    steady-state doses), observations, :class:`Ratio` output indices and the covariates the
+    parameter map reads; ``E`` the random effects' design; ``fa``
     int64[8] the (c, jit) addresses of the rate matrix (real, complex) and the parameter map
     (real, complex); ``kind`` the error model (0 additive, 1 proportional, 2 combined).
 
@@ -909,17 +906,15 @@ class PopulationFOCE:
     #: no network weights
     n_w = 0
 
-    def __init__(self, subjects, E, fa, kind, n_psi):
-        solve0 = subjects[0][0]
+    def __init__(self, subjects, E, fa, kind, n_psi, n, m):
         self.N = len(subjects)
-        self.n, self.m = solve0.n, solve0.mm
+        self.n, self.m = n, m
         self.n_t, self.q = E.shape
         self.n_psi = n_psi
-        n_obs = [sv.ts.shape[0] for sv, *_ in subjects]
+        n_obs = [y.shape[0] for _, y, *_ in subjects]
         self.ooff = np.concatenate([[0], np.cumsum(n_obs)]).astype(np.int64)
-        self.joff = np.concatenate([[0], np.cumsum([sv.sched[0].shape[0] for sv, *_ in subjects])]).astype(np.int64)
         self.n_max = max(n_obs)
-        cat = [np.concatenate([sv.sched[k] for sv, *_ in subjects]) for k in range(5)]
+        pcs, glob, self.poff, self.rows, tobs = pieces_layout([sv for sv, *_ in subjects])
         self.LQ0 = np.zeros((self.N, self.n_t))
         self.psi = np.zeros(n_psi)
         CV = np.array([c for *_, c in subjects], dtype=np.float64).reshape(self.N, -1)
@@ -933,11 +928,11 @@ class PopulationFOCE:
             np.concatenate([y for _, y, *_ in subjects]).astype(np.float64),
             np.concatenate([o for _, _, o, _, _ in subjects]).astype(np.int64),
             np.concatenate([o for _, _, _, o, _ in subjects]).astype(np.int64),
-            np.array([sv.t0 for sv, *_ in subjects], dtype=np.float64),
-            *(np.ascontiguousarray(a) for a in cat),
-            np.concatenate([sv.ts for sv, *_ in subjects]).astype(np.float64),
+            pcs,
+            glob,
+            tobs,
             self.ooff,
-            self.joff,
+            self.poff,
         )
         self._ws = {}
         self._chunks = {}
@@ -957,7 +952,9 @@ class PopulationFOCE:
             self._ws[k] = (
                 (z(n), z(n_t), z(n_t, dtype=c), z(m), z(m, dtype=c), z((m, n_t)), z((n, n)), z((n, n), dtype=c),
                  z((m, n, n)), z((no, n)), z((no, n, m)), z((no, n, n)), z((N_WORK + 2, N, N)), z((3, n)),
-                 z((N_WORK + 3, N, N), dtype=c), z((4, n), dtype=c), z(m, dtype=c), z((no, n), dtype=c)),
+                 z((N_WORK + 3, N, N), dtype=c), z((4, n), dtype=c), z(m, dtype=c), z((no, n), dtype=c),
+                 (z((self.rows, n)), z((3, n)), z((n, n)), z((n, n))),
+                 (z((self.rows, n), dtype=c), z((3, n), dtype=c), z((n, n), dtype=c), z((n, n), dtype=c))),
                 (z(no), z((no, n_t)), z(no), z(no), z(no), z(n_psi), z(no), z((no, q)), z(q), z(q), z(q), z((q, q)),
                  z(q, dtype=np.int64)),
                 (z(no), z(no), z((no, q)), z(no), z(n_psi), z((q, q)), z((no, q)), z(no), z(no), z(no),

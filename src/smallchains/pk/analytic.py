@@ -366,6 +366,223 @@ def solve_with_jacobian(
     return RK.OK
 
 
+#: a steady state whose I - e^(A II) has a 1-norm condition number above this fails (as
+#: :class:`AnalyticSteadyState`'s check: e^(A II) has an eigenvalue at 1, to rounding)
+SS_COND_MAX = 1e12
+
+
+@kernel
+def _exp_at(A, T, n, W, M, E, u, r):
+    """E[:n, :n] <- e^(A T): column by column by the closed forms of the smallest systems
+    (:func:`_advance_small`) where they apply, else by :func:`expm`.  False on failure."""
+    small = n <= 2
+    if small:
+        for j in range(n):
+            for i in range(n):
+                u[i] = 1.0 if i == j else 0.0
+                r[i] = 0.0
+            if not _advance_small(A, u, r, T, n, False):
+                small = False
+                break
+            for i in range(n):
+                E[i, j] = u[i]
+    if not small:
+        for i in range(n):
+            for j in range(n):
+                M[i, j] = A[i, j] * T
+        if not expm(M, n, W, E):
+            return False
+    for i in range(n):
+        for j in range(n):
+            if not np.isfinite(E[i, j].real):
+                return False
+    return True
+
+
+@kernel
+def _steady_start(A, p, s, glob, W, M, E, u, r, tmp, pw, start):
+    """start += u*, the amounts just before the dose at steady state of periodic regimen ``s``
+    (``glob``'s steady-state table; see :func:`propagate_pieces`): u* = (I - Phi)^-1 c with
+    Phi = e^(A II) and c the amounts after one interval from zero (one dose), as
+    :class:`AnalyticSteadyState` computes it.  Any dtype (complex steps differentiate it).
+    Returns an RK status (NONFINITE when I - Phi is singular to rounding)."""
+    JT, JK, JI, JV, JP, TSP, SST0, SSS, SSJ0, SSJ1 = glob
+    pout, vec, Q, R = pw
+    c = vec[2]
+    n = start.shape[0]  # (A may be a larger workspace: its leading n x n block)
+    a, b, ts = SSJ0[s], SSJ1[s], SSS[s]
+    for i in range(n):
+        c[i] = 0.0
+    st = propagate(
+        A, p, c, SST0[s], JT[a:b], JK[a:b], JI[a:b], JV[a:b], JP[a:b], TSP[ts : ts + 1], pout, W, M, E, u, r, tmp
+    )
+    if st != RK.OK:
+        return st
+    T = TSP[ts] - SST0[s]
+    for i in range(n):
+        c[i] = pout[0, i]
+    if not _exp_at(A, T, n, W, M, E, u, r):
+        return RK.NONFINITE
+    qnorm = 0.0
+    for j in range(n):
+        col = 0.0
+        for i in range(n):
+            Q[i, j] = (1.0 if i == j else 0.0) - E[i, j]
+            R[i, j] = 1.0 if i == j else 0.0
+            col += abs(Q[i, j].real)
+        qnorm = max(qnorm, col)
+    if not _solve_in_place(Q, R, n):
+        return RK.NONFINITE
+    rnorm = 0.0
+    for j in range(n):
+        col = 0.0
+        for i in range(n):
+            col += abs(R[i, j].real)
+        rnorm = max(rnorm, col)
+    if not qnorm * rnorm <= SS_COND_MAX:
+        return RK.NONFINITE
+    for i in range(n):
+        s_ = 0.0 * c[0]
+        for j in range(n):
+            s_ += R[i, j] * c[j]
+        start[i] += s_
+    return RK.OK
+
+
+@kernel
+def propagate_pieces(A, p, pcs, glob, out, W, M, E, u, r, tmp, pw):
+    """out[j] <- the amounts at a subject's observation j, its solve cut into pieces at its
+    steady-state doses (:func:`smallchains.pk.steady_state.plan`; one piece when it has none).
+
+    ``pcs``: the subject's pieces, arrays (t0, jumps from, to, saves from, to, first observation,
+    number of observations, end saved, adds, steady state or -1): piece k starts at t0 from
+    zero, plus u* of its steady state when it has one (SS = 1: a reset to it), plus the previous
+    piece's amounts at t0 when it adds (SS = 2), and runs its own jumps; its save times are its
+    observations', then its end when the next piece adds to it.  ``glob``: every subject's
+    jumps (five arrays), save times, and the steady-state table (window start, save index,
+    jumps from, to).  ``pw``: (piece saves (rows, n), (3, n), (n, n), (n, n)) of A's dtype.
+    Any dtype (the complex steps of the derivatives run through it).  Returns an RK status."""
+    T0, J0, J1, S0, S1, O, NOBS, SAVE, ADD, SSI = pcs
+    JT, JK, JI, JV, JP, TSP = glob[0], glob[1], glob[2], glob[3], glob[4], glob[5]
+    pout, vec = pw[0], pw[1]
+    prev, start = vec[0], vec[1]
+    n = out.shape[1]  # (A may be a larger workspace: its leading n x n block)
+    for k in range(T0.shape[0]):
+        for i in range(n):
+            start[i] = 0.0
+        if SSI[k] >= 0:
+            st = _steady_start(A, p, SSI[k], glob, W, M, E, u, r, tmp, pw, start)
+            if st != RK.OK:
+                return st
+        if ADD[k]:
+            for i in range(n):
+                start[i] += prev[i]
+        a, b, s0, s1 = J0[k], J1[k], S0[k], S1[k]
+        st = propagate(
+            A, p, start, T0[k], JT[a:b], JK[a:b], JI[a:b], JV[a:b], JP[a:b], TSP[s0:s1], pout, W, M, E, u, r, tmp
+        )
+        if st != RK.OK:
+            return st
+        o = O[k]
+        for j in range(NOBS[k]):
+            for i in range(n):
+                out[o + j, i] = pout[j, i]
+        if SAVE[k]:
+            for i in range(n):
+                prev[i] = pout[s1 - s0 - 1, i]
+    return RK.OK
+
+
+@kernel
+def pieces_with_jacobian(A, dA, p, pcs, glob, us, dus, jac, wr, vr, wc, vc, pc, oc, pwr, pwc):
+    """us <- :func:`propagate_pieces` and, with ``jac``, dus[:, :, k] <- d us / d p_k by one
+    complex step along dA[k] (and e_k for the bolus scales) per parameter (as
+    :func:`solve_with_jacobian`).  Returns an RK status."""
+    n = us.shape[1]
+    st = propagate_pieces(A, p, pcs, glob, us, wr[2:], wr[0], wr[1], vr[0], vr[1], vr[2], pwr)
+    if st != RK.OK or not jac:
+        return st
+    m = p.shape[0]
+    Ac = wc[0]
+    for k in range(m):
+        for a in range(n):
+            for b in range(n):
+                Ac[a, b] = A[a, b] + 1j * H * dA[k, a, b]
+        for q in range(m):
+            pc[q] = p[q]
+        pc[k] += 1j * H
+        st = propagate_pieces(Ac, pc, pcs, glob, oc, wc[3:], wc[1], wc[2], vc[0], vc[1], vc[2], pwc)
+        if st != RK.OK:
+            return st
+        for j in range(us.shape[0]):
+            for q in range(n):
+                dus[j, q, k] = oc[j, q].imag / H
+    return RK.OK
+
+
+def pieces_layout(solves):
+    """The arrays :func:`propagate_pieces` reads, for subjects each solved by an
+    :class:`AnalyticSolve` (one piece) or a :class:`~smallchains.pk.steady_state.PiecewiseSolve`
+    of exact pieces with one parameter set: (the pieces' ten arrays, ``glob``'s ten arrays, the
+    pieces' offsets per subject (N + 1), the most save points of a piece, every subject's
+    observation times).  Jump and save indices are global; observation indices are the
+    subject's own."""
+    cols = [[] for _ in range(10)]
+    jumps = [[] for _ in range(5)]
+    tsp, ss = [], [[] for _ in range(4)]
+    poff, rows, tobs = [0], 1, []
+    nj = ns = 0
+
+    def add_jumps(sched, times):
+        nonlocal nj, ns
+        for k in range(5):
+            jumps[k].append(np.asarray(sched[k]))
+        tsp.append(np.asarray(times, dtype=np.float64))
+        a, s = nj, ns
+        nj += len(sched[0])
+        ns += len(times)
+        return a, nj, s, ns
+
+    for sv in solves:
+        if isinstance(sv, AnalyticSolve):
+            parts = [(sv, 0, sv.ts.shape[0], False, False, None)]
+        else:
+            if sv.exact is None or sv.n_sets != 1:
+                raise ValueError("propagate_pieces takes exact pieces with one parameter set")
+            parts = []
+            for pc, ex, stdy in zip(sv.pieces, sv.gfs, sv.steady):
+                obs = np.asarray(pc.obs)
+                lo = int(obs[0]) if obs.size else 0
+                if obs.size and not np.array_equal(obs, np.arange(lo, lo + obs.size)):
+                    raise ValueError("a piece's observations must be contiguous")
+                parts.append((ex, lo, int(obs.size), bool(pc.end_save), bool(pc.add), stdy))
+        for ex, lo, k_obs, save, add, stdy in parts:
+            s_idx = -1
+            if stdy is not None:
+                one = stdy.solve
+                a, b, s, _ = add_jumps(one.sched, one.ts)
+                for lst, v in zip(ss, (one.t0, s, a, b)):
+                    lst.append(v)
+                s_idx = len(ss[0]) - 1
+            a, b, s0, s1 = add_jumps(ex.sched, ex.ts)
+            rows = max(rows, s1 - s0)
+            tobs.append(ex.ts[:k_obs])
+            for lst, v in zip(cols, (ex.t0, a, b, s0, s1, lo, k_obs, int(save), int(add), s_idx)):
+                lst.append(v)
+        poff.append(len(cols[0]))
+    pcs = tuple(np.ascontiguousarray(c, dtype=np.float64 if k == 0 else np.int64) for k, c in enumerate(cols))
+    glob = (
+        *(
+            np.ascontiguousarray(np.concatenate(j), dtype=dt)
+            for j, dt in zip(jumps, (np.float64, np.int64, np.int64, np.float64, np.int64))
+        ),
+        np.ascontiguousarray(np.concatenate(tsp), dtype=np.float64),
+        np.ascontiguousarray(ss[0], dtype=np.float64),
+        *(np.ascontiguousarray(c, dtype=np.int64) for c in ss[1:]),
+    )
+    return pcs, glob, np.array(poff, dtype=np.int64), rows, np.concatenate(tobs).astype(np.float64)
+
+
 class AnalyticSolve:
     """A subject's (or a piece's) exact solve of a linear model (``model.linear``) from the amounts
     ``u0`` (default zero) at ``t0`` under the dose schedule ``jumps``, saved at ``save_times``;

@@ -704,7 +704,9 @@ class Problem:
         index, packed, ours, theirs = [], [], [], []
         for i, s in enumerate(self.subjects):
             c = pm.covariates(s.cov)
-            if not (s.analytic == self.analytic and not s.piecewise and s.dosing is None and s._ratio is not None):
+            if not (s.analytic == self.analytic and s.dosing is None and s._ratio is not None):
+                continue
+            if s.piecewise and not (s.analytic and s.tv is None):  # (ODE steady states; time-varying covariates)
                 continue
             if c is None:
                 continue
@@ -729,7 +731,7 @@ class Problem:
             fa = np.array(
                 addresses(st.linear, RATES_SIG) + addresses(st.linear, RATESZ_SIG) + tuple(pm.addr), dtype=np.int64
             )
-            cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names))
+            cf = PopulationFOCE(packed, m.E, fa, kind, len(m.error.names), st.n_states, st.n_params)
         else:
             cf = ODESubjects(packed, m.E, pm.addr, kind, len(m.error.names), st.n_params)
         cf.index = np.array(index)
