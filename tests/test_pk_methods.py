@@ -251,7 +251,7 @@ def test_the_default_stop_follows_the_convergence_criterion(data):
 
 
 def test_the_threads_rule_reads_the_check_time_and_the_compiled_coverage(monkeypatch):
-    """Every core when the initial check takes > 0.15 ms a subject, or > 1 ms in all with the
+    """Every core when the initial check takes > 0.15 ms a subject, or > 0.2 ms in all with the
     compiled step covering every subject (> 5 ms on the NumPy step); 1 otherwise; a given
     number is kept, and a number below 1 is refused."""
     pytest.importorskip("threadpoolctl")
@@ -259,6 +259,8 @@ def test_the_threads_rule_reads_the_check_time_and_the_compiled_coverage(monkeyp
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert number_of_threads(None, 5e-6, 12, compiled=True) == 1  # (Theophylline: 0.06 ms in all)
+    assert number_of_threads(None, 1.5e-5, 12, compiled=True) == 1  # (0.18 ms in all)
+    assert number_of_threads(None, 5e-6, 136, compiled=True) == 2  # (Quinidine: 0.7 ms in all)
     assert number_of_threads(None, 5e-6, 1000, compiled=True) == 2  # (5 ms in all)
     assert number_of_threads(None, 4e-5, 59, compiled=False) == 1  # (2.4 ms on the NumPy step)
     assert number_of_threads(None, 4e-5, 59, compiled=True) == 2

@@ -9,20 +9,23 @@ import os
 def number_of_threads(threads, per_subject, n_subjects=1, compiled=False):
     """The number of threads.  ``None``: every core when the initial-value check
     (:meth:`Problem.diagnose`, ``per_subject`` seconds a subject) takes more than 0.15 ms a
-    subject, or in all more than 1 ms when the compiled FOCE-I step covers every subject
+    subject, or in all more than 0.2 ms when the compiled FOCE-I step covers every subject
     (``compiled``) and 5 ms otherwise, and threadpoolctl can hold NumPy's BLAS to one thread (its
     own worker threads otherwise compete with ours: measured slower than one thread), else 1.
     With ``compiled`` the check is one compiled prediction a subject, and an objective with its
-    gradient costs about 20-110 times as much (measured at the initial values, the modes started
-    from zero); the step hands one chunk of subjects to each thread per call.  Otherwise the check
-    is an ODE-path prediction a subject, and the NumPy step's threads gain only above 5 ms
-    (measured: Phenobarbital's 59 subjects, 2.4 ms, ran slower on two threads)."""
+    gradient costs about 10-110 times as much (measured at the initial values, the modes started
+    from zero: the least with steady-state doses); the step hands one chunk of subjects to each
+    thread per call.  Measured (FOCE-I fits, wall time, one and two threads): Theophylline (check
+    0.15 ms) 0.020 and 0.021 s, Phenobarbital (0.25 ms) 0.043 and 0.034 s, Quinidine (0.76 ms)
+    0.217 and 0.146 s.  Otherwise the check is an ODE-path prediction a subject, and the NumPy
+    step's threads gain only above 5 ms (measured: Phenobarbital's 59 subjects, 2.4 ms, ran
+    slower on two threads)."""
     if threads is not None:
         t = int(threads)
         if t < 1:
             raise ValueError(f"`threads` must be >= 1, got {threads!r}")
         return t
-    if per_subject < 1.5e-4 and per_subject * n_subjects < (1e-3 if compiled else 5e-3):
+    if per_subject < 1.5e-4 and per_subject * n_subjects < (2e-4 if compiled else 5e-3):
         return 1
     try:
         import threadpoolctl  # noqa: F401
