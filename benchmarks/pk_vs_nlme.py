@@ -1,4 +1,4 @@
-"""Population fits side by side with R's nlme, same run: Theophylline and Phenobarbital.
+"""Population fits side by side with R's nlme, same run: Theophylline, Phenobarbital, Quinidine.
 
     python benchmarks/pk_vs_nlme.py [--rounds 3]
 
@@ -10,7 +10,11 @@ nlme fits by maximum likelihood (``method = "ML"``, Lindstrom-Bates), smallchain
   ke), random effects on ka and CL, additive error (``sc.pk.demo.theophylline_classic``);
 * **Phenobarbital**: ``nlme(conc ~ phenoModel(Subject, time, dose, lCl, lV), fixed = lCl + lV ~
   1, random = pdDiag(lCl + lV ~ 1))`` (59 neonates, repeated IV boluses); smallchains'
-  ``one_cpt_iv`` with random effects on CL and V, additive error.
+  ``one_cpt_iv`` with random effects on CL and V, additive error;
+* **Quinidine**: ``nlme(conc ~ quinModel(Subject, time, conc, dose, interval, lV, lKa, lCl), fixed =
+  lV + lKa + lCl ~ 1, random = pdDiag(lV + lCl ~ 1))`` (136 patients, oral doses, 249 of them
+  steady-state doses: NONMEM's SS = 1, see ``pk_nlme_steady_state.py`` for the records' mapping);
+  smallchains' ``one_cpt_oral`` with random effects on V and CL, additive error.
 
 Both start from nlme's example starting values.  Printed per data set: the estimates, -2 log L
 of each at its own estimates, CPU and wall seconds (median of ``--rounds`` fits; smallchains
@@ -46,7 +50,10 @@ fits <- list(
     start = c(lKe = -2.4, lKa = 0.45, lCl = -3.2), method = "ML"),
   phenobarbital = function() nlme(conc ~ phenoModel(Subject, time, dose, lCl, lV), data = Phenobarb,
     fixed = lCl + lV ~ 1, random = pdDiag(lCl + lV ~ 1), start = c(-5, 0),
-    na.action = NULL, naPattern = ~ !is.na(conc), method = "ML"))
+    na.action = NULL, naPattern = ~ !is.na(conc), method = "ML"),
+  quinidine = function() nlme(conc ~ quinModel(Subject, time, conc, dose, interval, lV, lKa, lCl),
+    data = Quinidine, fixed = lV + lKa + lCl ~ 1, random = pdDiag(lV + lCl ~ 1), groups = ~ Subject,
+    start = list(fixed = c(5, -0.3, 2)), na.action = NULL, naPattern = ~ !is.na(conc), method = "ML"))
 for (nm in names(fits)) {
   runs <- lapply(seq_len(rounds), function(i) timed(fits[[nm]]))
   r <- runs[[1]]$r
@@ -67,6 +74,9 @@ def nlme_fits(rounds):
     return out
 
 
+_DATA = {}
+
+
 def ours(name):
     import smallchains as sc
 
@@ -74,6 +84,22 @@ def ours(name):
         model = sc.pk.demo.theophylline_classic()  # (nlme's starting values below)
         model.x0[model.blocks["theta"]] = [0.45, -2.4, -3.2]
         return model, sc.pkdata.theophylline()
+    if name == "quinidine":
+        import tempfile
+
+        from pk_nlme_steady_state import export_quinidine, to_nonmem
+
+        if "quinidine" not in _DATA:
+            with tempfile.TemporaryDirectory() as tmp:
+                _DATA["quinidine"] = sc.pk.read_data(to_nonmem(export_quinidine(tmp)))
+        model = sc.pk.PopulationModel(
+            "one_cpt_oral",
+            dict(ka=math.exp(-0.3), CL=math.exp(2.0), V=math.exp(5.0)),
+            eta=["V", "CL"],
+            error="additive",
+            sigma=1.0,
+        )
+        return model, _DATA["quinidine"]
     model = sc.pk.PopulationModel(
         "one_cpt_iv", dict(CL=math.exp(-5.0), V=1.0), eta=["CL", "V"], error="additive", sigma=2.0, omega_init=0.2
     )
@@ -118,6 +144,7 @@ def main(argv=None):
     for name, names, nlme_names in (
         ("theophylline", ["ke", "ka", "CL"], ["lKe", "lKa", "lCl"]),
         ("phenobarbital", ["CL", "V"], ["lCl", "lV"]),
+        ("quinidine", ["V", "ka", "CL"], ["lV", "lKa", "lCl"]),
     ):
         r, cpu, wall, first = fit_ours(name, a.rounds)
         n = ref[name]
