@@ -456,34 +456,18 @@ class Recording:
         z0 = np.zeros(nz)
         z0[:n] = self._u0
         jumps, jrow, jbase = forward_sensitivity_jump_map(P.jumps, n, k, m)
-        S = P.S
-        opt = P.opt.copy()
-        opt[RK.O_T0], opt[RK.O_T1] = P.t0, P.t1
-        iopt = P.iopt.copy()
-        iopt[RK.I_STORE] = RK.STORE_NONE
-        iopt[RK.I_HASG] = 0
-        rtol, atol = self._sensitivity_tolerances(k)
-        st1 = np.zeros(1)
-        before, after = solver_args(
-            P,
-            augmented_addresses(),
+        before, after = self._aug_args(
             iw,
             fw,
-            _no_event_addresses(),
-            opt,
-            iopt,
-            rtol,
-            atol,
-            P.ts,
-            np.full((P.ts.shape[0], nz), np.nan),
-            P.tstops,
+            nz,
+            P.t0,
+            P.t1,
             jumps,
-            (st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64)),
-            np.zeros((S, nz)),
-            np.zeros(5 * nz + S),
+            self._sensitivity_tolerances(k),
+            P.ts,
+            P.tstops,
+            True,
             np.zeros(RK.NSTATS, dtype=np.int64),
-            np.zeros(2),
-            np.empty(nz),
         )
         dp = fw[fw.shape[0] - k * m :].reshape(k, m)
         return DirectionalArgs(before, z0, after, dp, jrow, jbase)
@@ -582,12 +566,12 @@ class Recording:
             fw[o : o + S * deg] = P.tab.D.ravel()
         return iw, fw
 
-    def _aug_solve(self, iw, fw, z0, t_from, t_to, jumps, tol, ts_save=None, tstops=None, keep_dt0=False):
-        """Solve the augmented system (context ``iw``, ``fw``) from ``z0`` over [t_from, t_to] with
-        ``jumps`` (five arrays) and tolerances ``tol`` = (rtol, atol); returns (end state, states
-        at ``ts_save``).  Its step counts go to :attr:`adjoint_stats`."""
+    def _aug_args(self, iw, fw, nz, t_from, t_to, jumps, tol, ts, tstops, keep_dt0, stats):
+        """``rk_solve``'s (before, after) around (z0, p) for an augmented system of ``nz`` states
+        (context ``iw``, ``fw``) over [t_from, t_to], saved at ``ts``, with fresh buffers: no
+        recording, no event, the plain solve's initial step kept or (``keep_dt0`` False,
+        adaptive) chosen anew."""
         P = self._P
-        nz = z0.shape[0]
         S = P.S
         opt = P.opt.copy()
         opt[RK.O_T0], opt[RK.O_T1] = t_from, t_to
@@ -597,14 +581,8 @@ class Recording:
         if iopt[RK.I_ADAPTIVE] and not keep_dt0:
             opt[RK.O_DT0] = 0.0
         rtol, atol = tol
-        ts = np.zeros(0) if ts_save is None else ts_save
-        us = np.full((ts.shape[0], nz), np.nan)
-        stats = self._aug_stats
-        stats[:] = 0
-        fres = np.zeros(2)
-        zend = np.empty(nz)
         st1 = np.zeros(1)
-        before, after = solver_args(
+        return solver_args(
             P,
             augmented_addresses(),
             iw,
@@ -615,16 +593,39 @@ class Recording:
             rtol,
             atol,
             ts,
-            us,
-            np.zeros(0) if tstops is None else tstops,
+            np.full((ts.shape[0], nz), np.nan),
+            tstops,
             jumps,
             (st1, st1, np.zeros((1, nz)), np.zeros((1, S, nz)), np.zeros(1, dtype=np.int64)),
             np.zeros((S, nz)),
             np.zeros(5 * nz + S),
             stats,
-            fres,
-            zend,
+            np.zeros(2),
+            np.empty(nz),
         )
+
+    def _aug_solve(self, iw, fw, z0, t_from, t_to, jumps, tol, ts_save=None, tstops=None, keep_dt0=False):
+        """Solve the augmented system (context ``iw``, ``fw``) from ``z0`` over [t_from, t_to] with
+        ``jumps`` (five arrays) and tolerances ``tol`` = (rtol, atol); returns (end state, states
+        at ``ts_save``).  Its step counts go to :attr:`adjoint_stats`."""
+        P = self._P
+        ts = np.zeros(0) if ts_save is None else ts_save
+        stats = self._aug_stats
+        stats[:] = 0
+        before, after = self._aug_args(
+            iw,
+            fw,
+            z0.shape[0],
+            t_from,
+            t_to,
+            jumps,
+            tol,
+            ts,
+            np.zeros(0) if tstops is None else tstops,
+            keep_dt0,
+            stats,
+        )
+        us, fres, zend = after[1], after[16], after[17]
         status = RK.rk_solve(*before, z0, P.p, *after)
         self.adjoint_stats = _stats(stats)
         if status != RK.OK:

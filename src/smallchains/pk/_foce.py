@@ -154,6 +154,20 @@ def _solve(Mat, b, x, Mw, piv, scale):
 
 
 @kernel
+def log_q_jacobian(a0, a1, lq, lqz, c, pz, J):
+    """J <- dp/dlog q (J.shape[0] parameters) by one complex step per log q through the compiled
+    parameter map at addresses (a0, a1) (:mod:`smallchains.pk._parammap`)."""
+    pmapz = as_pmapz(a0, a1)
+    for k in range(lq.shape[0]):
+        for i in range(lq.shape[0]):
+            lqz[i] = lq[i]
+        lqz[k] += 1j * H
+        pmapz(lqz, c, pz)
+        for r in range(J.shape[0]):
+            J[r, k] = pz[r].imag / H
+
+
+@kernel
 def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
     """The subject's data term l = sum (y - f)^2 / V + log V at eta (f, V, V', dl/df, dl/dpsi
     filled) and, with ``jac``, F = df/dlog q (n_obs, n_t).  Returns (status, l)."""
@@ -176,14 +190,7 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
     rates = as_rates(fa[0], fa[1])
     rates(A, p)
     if jac:
-        pmapz = as_pmapz(fa[6], fa[7])
-        for k in range(n_t):
-            for i in range(n_t):
-                lqz[i] = lq[i]
-            lqz[k] += 1j * H
-            pmapz(lqz, c, pz)
-            for r in range(m):
-                J[r, k] = pz[r].imag / H
+        log_q_jacobian(fa[6], fa[7], lq, lqz, c, pz, J)
         ratesz = as_ratesz(fa[2], fa[3])
         for k in range(m):
             for r in range(m):

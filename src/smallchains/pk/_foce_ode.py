@@ -32,7 +32,7 @@ from .._jit import JIT_OPTIONS, kernel
 from ..ode import _kernels as RK
 from . import _foce as FO
 from ._kernels import AFTER_US, pullback, record_forward
-from ._parammap import as_pmap, as_pmapz
+from ._parammap import as_pmap
 
 H = FO.H
 
@@ -90,14 +90,7 @@ def _sensitivities(ev, args, eta, f, V, Vf, dldf, dpsi, G):
     if not _params(ev, args, eta):
         return RK.NONFINITE, np.inf
     n_t, q, nm, m = lq.shape[0], E.shape[1], pm.shape[0], p.shape[0]
-    pmapz = as_pmapz(fpm[2], fpm[3])
-    for k in range(n_t):
-        for i in range(n_t):
-            lqz[i] = lq[i]
-        lqz[k] += 1j * H
-        pmapz(lqz, c, pz)
-        for r in range(nm):
-            J[r, k] = pz[r].imag / H
+    FO.log_q_jacobian(fpm[2], fpm[3], lq, lqz, c, pz, J)
     for d in range(q):
         for r in range(nm):
             s = 0.0
