@@ -120,6 +120,35 @@ def _write_text(path, text):
     atomic_write(path, lambda fh: fh.write(text))
 
 
+def cmd_compare(a):
+    import warnings
+
+    from . import pk
+
+    fits, names = [], []
+    for path in a.fits:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: no fit file {path!r}")
+        try:
+            fits.append(pk.load(path))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        stem = os.path.splitext(os.path.basename(path))[0]
+        names.append(os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "fit" else stem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            table = pk.compare(fits, names=names, reference=0 if a.reference is None else a.reference)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"error: {e}") from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if a.out:
+        _write_text(a.out, table.to_csv(index=False))
+    return 0
+
+
 def cmd_fit(a):
     import importlib
 
@@ -258,6 +287,11 @@ def main(argv=None):
     f.add_argument("--no-plots", action="store_true")
     f.add_argument("--vpc-sims", type=int, default=200)
     f.set_defaults(run=cmd_fit)
+    c = sub.add_parser("compare", help="compare saved fits (fit.json from `smallchains fit --out`) side by side")
+    c.add_argument("fits", nargs="+", help="fit files; each run is named by its file (or its folder, for fit.json)")
+    c.add_argument("--reference", default=None, help="the run ΔOFV is taken against (a name; default the first)")
+    c.add_argument("--out", help="also write the table to this CSV file")
+    c.set_defaults(run=cmd_compare)
     d = sub.add_parser("demo", help="fit the classic and a neural model to a public data set")
     d.add_argument("dataset", help="theophylline")
     d.add_argument("--out", default=None, help="folder for fits and plots")

@@ -11,6 +11,7 @@
 """
 
 from . import demo, methods, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo, sc.pk.methods
+from .compare import compare
 from .data import DataError, Dose, Population, Subject, read_data
 from .fit import FitError, FitResult, IndividualFits, fit, load
 from .models import (
@@ -31,6 +32,7 @@ from .regimen import Regimen, regimen
 from .simulate import simulate_data, simulate_regimen
 
 __all__ = [
+    "compare",
     "DataError",
     "Dose",
     "Population",

@@ -131,6 +131,8 @@ class EstimationMethod:
         decrement_judged: ``converged`` is decided by the Newton decrement at the estimates
             (the inherited :meth:`convergence`), so L-BFGS may stop at a looser relative
             reduction (:meth:`default_tol`).
+        ofv_kind: what the reported OFV is (e.g. ``"FOCE-I"``, ``"Laplace"``): OFVs of one
+            kind compare across runs (:func:`smallchains.pk.compare`); empty: not said.
 
     Instances carry the fit's ``map_omega`` and ``covariance`` options.  A subclass defines
     :meth:`run` and, for the inherited convergence criterion and covariance step,
@@ -143,6 +145,7 @@ class EstimationMethod:
     marginal = False
     hessian_step = 1e-3
     decrement_judged = False
+    ofv_kind = ""
 
     def __init__(self, *, map_omega="em", covariance="sandwich"):
         self.map_omega = map_omega

@@ -17,6 +17,7 @@ class Foce(MarginalMethod):
     """FOCE-I: the default method."""
 
     name = "foce"
+    ofv_kind = "FOCE-I"
 
     def ofv_terms(self, P, x, etas):
         return P.foce(x, etas)

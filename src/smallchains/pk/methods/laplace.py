@@ -15,6 +15,7 @@ class Laplace(MarginalMethod):
     """The Laplace approximation of the marginal likelihood."""
 
     name = "laplace"
+    ofv_kind = "Laplace"
 
     def check(self, model):
         super().check(model)

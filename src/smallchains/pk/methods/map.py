@@ -51,6 +51,7 @@ class Map(EstimationMethod):
 
     name = "map"
     random_effects = True
+    ofv_kind = "FOCE-I"  # (FOCE-I's OFV at the MAP estimates: see ofv)
     max_rounds = 30
     em_tol = 1e-3
 

@@ -14,6 +14,7 @@ class Pooled(EstimationMethod):
     """The naive pooled fit."""
 
     name = "pooled"
+    ofv_kind = "exact"  # (no random effects: the likelihood itself)
     hessian_step = 1e-5
     decrement_judged = True
 
