@@ -123,10 +123,22 @@ def test_reports_cv_correlations_condition_number_and_they_survive_save(tmp_path
     assert r.condition_number == pytest.approx(w.max() / w.min())
     text = r.summary()
     assert "covariance step: sandwich" in text and "omega as CV" in text
+    # 95% intervals: log scale for typical values and residual sds, natural scale for Omega's entries
+    z = 1.959963984540054
+    ka, om = rows["ka"], rows["omega2(CL)"]
+    assert (ka["ci_lower"], ka["ci_upper"]) == pytest.approx(
+        (math.exp(ka["log_estimate"] - z * ka["log_se"]), math.exp(ka["log_estimate"] + z * ka["log_se"]))
+    )
+    assert ka["ci_lower"] < ka["estimate"] < ka["ci_upper"]
+    assert (om["ci_lower"], om["ci_upper"]) == pytest.approx(
+        (om["estimate"] - z * om["se"], om["estimate"] + z * om["se"])
+    )
+    assert f"[{ka['ci_lower']:.4g}, {ka['ci_upper']:.4g}]" in text and "95% CI" in text
     path = tmp_path / "fit.json"
     r.save(path)
     back = pk.load(path)
     assert back.cov_kind == "sandwich" and back.condition_number == pytest.approx(r.condition_number)
+    assert back.table == r.table and back.summary() == text
 
 
 def test_highly_correlated_estimates_are_warned():

@@ -13,11 +13,18 @@ from .._warnings import ConvergenceWarning, DoubtfulResultWarning
 from .covariance import VARIANCE_FLOOR
 from .methods import has_random_effects
 
+#: the standard normal's 97.5% quantile: 95% intervals are estimate +- Z95 SE
+Z95 = 1.959963984540054
+
 
 def parameter_table(m, x, cov, idx, random_effects):
     """One dict per reported parameter (``FitResult.table``): typical values, covariate effects,
     residual errors and, with ``random_effects``, Omega's entries; SEs from ``cov`` over the
-    entries ``idx`` of x (Omega's by the delta method)."""
+    entries ``idx`` of x (Omega's by the delta method), and 95% Wald intervals ``ci_lower``,
+    ``ci_upper`` on the scale the parameter is estimated on: log scale for typical values and
+    residual sds (exp(log estimate +- 1.96 SE of the log): positive, asymmetric), the natural scale
+    for covariate effects and Omega's entries (estimate +- 1.96 SE, as NONMEM's SEs give them); NaN
+    without a standard error."""
     se_x = np.full(m.n_x, np.nan)
     if cov is not None:
         se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
@@ -32,6 +39,10 @@ def parameter_table(m, x, cov, idx, random_effects):
         }
         if log is not None:
             r["log_estimate"], r["log_se"] = float(log), float(log_se)
+            lo, hi = math.exp(log - Z95 * log_se), math.exp(log + Z95 * log_se)
+        else:
+            lo, hi = est - Z95 * se, est + Z95 * se
+        r["ci_lower"], r["ci_upper"] = (float(lo), float(hi)) if np.isfinite(se) else (math.nan, math.nan)
         r["fixed"] = False
         return r
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 
@@ -113,12 +114,14 @@ class FitResult:
             f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
             f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
             f"{self.message})",
-            f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}",
+            f"{'parameter':<22}{'estimate':>12}{'SE':>12}{'RSE%':>9}   {'95% CI':<24}",
         ]
         for row in self.table:
             se = row["se"]
             rse = row["rse"]
-            lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}")
+            lo, hi = row.get("ci_lower", math.nan), row.get("ci_upper", math.nan)  # (fits saved before CIs: none)
+            ci = f"[{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else ""
+            lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}   {ci}")
         if self.shrinkage:
             lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
         cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
