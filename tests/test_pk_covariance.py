@@ -123,15 +123,20 @@ def test_reports_cv_correlations_condition_number_and_they_survive_save(tmp_path
     assert r.condition_number == pytest.approx(w.max() / w.min())
     text = r.summary()
     assert "covariance step: sandwich" in text and "omega as CV" in text
-    # 95% intervals: log scale for typical values and residual sds, natural scale for Omega's entries
+    # 95% intervals: log scale for typical values, residual sds and Omega's variances (delta
+    # method: SE(log omega^2) = SE / omega^2), natural scale for Omega's covariances
     z = 1.959963984540054
-    ka, om = rows["ka"], rows["omega2(CL)"]
+    ka, om, oc = rows["ka"], rows["omega2(CL)"], rows["omega(CL,ka)"]
     assert (ka["ci_lower"], ka["ci_upper"]) == pytest.approx(
         (math.exp(ka["log_estimate"] - z * ka["log_se"]), math.exp(ka["log_estimate"] + z * ka["log_se"]))
     )
     assert ka["ci_lower"] < ka["estimate"] < ka["ci_upper"]
+    s = om["se"] / om["estimate"]
     assert (om["ci_lower"], om["ci_upper"]) == pytest.approx(
-        (om["estimate"] - z * om["se"], om["estimate"] + z * om["se"])
+        (om["estimate"] * math.exp(-z * s), om["estimate"] * math.exp(z * s))
+    )
+    assert (oc["ci_lower"], oc["ci_upper"]) == pytest.approx(
+        (oc["estimate"] - z * oc["se"], oc["estimate"] + z * oc["se"])
     )
     assert f"[{ka['ci_lower']:.4g}, {ka['ci_upper']:.4g}]" in text and "95% CI" in text
     path = tmp_path / "fit.json"

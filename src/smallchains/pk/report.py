@@ -23,8 +23,10 @@ def parameter_table(m, x, cov, idx, random_effects):
     entries ``idx`` of x (Omega's by the delta method), and 95% Wald intervals ``ci_lower``,
     ``ci_upper`` on the scale the parameter is estimated on: log scale for typical values and
     residual sds (exp(log estimate +- 1.96 SE of the log): positive, asymmetric), the natural scale
-    for covariate effects and Omega's entries (estimate +- 1.96 SE, as NONMEM's SEs give them); NaN
-    without a standard error."""
+    for covariate effects and Omega's covariances (estimate +- 1.96 SE, as NONMEM's SEs give them); NaN
+    without a standard error.  Omega's variances take the log scale too (exp(log omega^2 +-
+    1.96 SE / omega^2), the delta method: their parameters are logs of the Cholesky factor's
+    diagonal), so an interval never holds a negative variance."""
     se_x = np.full(m.n_x, np.nan)
     if cov is not None:
         se_x[idx] = np.sqrt(np.maximum(np.diag(cov), 0.0))
@@ -82,7 +84,10 @@ def parameter_table(m, x, cov, idx, random_effects):
                     continue
                 se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
                 name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"
-                r = row(name, Om[a, b], se)
+                if a == b:
+                    r = row(name, Om[a, a], se, math.log(Om[a, a]), se / Om[a, a])
+                else:
+                    r = row(name, Om[a, b], se)
                 if a == b:  # log-normal parameters: CV = sqrt(exp(omega^2) - 1)
                     r["cv_percent"] = float(100.0 * math.sqrt(math.expm1(Om[a, a])))
                 else:
