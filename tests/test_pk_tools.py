@@ -1,5 +1,8 @@
 """Plots, the command line, the Theophylline demo; neural-term recovery; Phenobarbital."""
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 
@@ -49,6 +52,42 @@ def test_plots(tmp_path, theoph, theoph_fit):
     assert sorted(p.split("/")[-1] for p in paths) == ["goodness_of_fit.png", "individual_fits.png", "vpc.png"]
     assert all((tmp_path / "r" / p.split("/")[-1]).read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_individual_fits_page_every_subject_with_a_legend_on_each_page(tmp_path):
+    """Phenobarbital's 59 subjects: three pages of 24, 24 and 11 panels, each with its legend and a
+    title naming its subjects; save_report writes all three; nothing is left out."""
+    import matplotlib.pyplot as plt
+
+    data = sc.pkdata.phenobarbital()
+    m = sc.pk.PopulationModel(
+        "one_cpt_iv", dict(CL=math.exp(-5.0), V=1.0), eta=["CL", "V"], error="additive", sigma=2.0, omega_init=0.2
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = sc.pk.fit(m, data, "foce", se=False)
+    pages = sc.pk.plots.individual_fit_pages(r, data)
+    panels = [[a for a in f.axes if a.has_data()] for f in pages]
+    assert [len(p) for p in panels] == [24, 24, 11]
+    ids = [s.id for s in data.subjects if s.n_obs]
+    titles = [[a.get_title() for a in p] for p in panels]
+    assert sum(titles, []) == [f"ID {i}" for i in ids]  # (every subject once, in order)
+    for k, (fig, p) in enumerate(zip(pages, panels)):
+        assert p[0].get_legend() is not None
+        assert fig._suptitle.get_text().startswith(f"page {k + 1} of 3: subjects {24 * k + 1}-")
+        plt.close(fig)
+    with pytest.raises(ValueError, match="`page` 3 is not one of the 3 page"):
+        sc.pk.plots.individual_fits(r, data, page=3)
+    with pytest.raises(ValueError, match="`per_page` must be >= 1"):
+        sc.pk.plots.individual_fits(r, data, per_page=0)
+    paths = sc.pk.plots.save_report(r, data, tmp_path / "r", n_sim=5)
+    assert sorted(p.split("/")[-1] for p in paths) == [
+        "goodness_of_fit.png",
+        "individual_fits.png",
+        "individual_fits_2.png",
+        "individual_fits_3.png",
+        "vpc.png",
+    ]
 
 
 def test_cli_fit(tmp_path, capsys):

@@ -210,11 +210,10 @@ def cmd_fit(a):
         r.save(os.path.join(a.out, "fit.json"))
         r.to_frame("table").to_csv(os.path.join(a.out, "parameters.csv"), index=False)
         r.to_frame("diagnostics").to_csv(os.path.join(a.out, "diagnostics.csv"), index=False)
-        if not a.no_plots:
-            pk.plots.save_report(r, data, a.out, n_sim=a.vpc_sims)
+        plots = [] if a.no_plots else pk.plots.save_report(r, data, a.out, n_sim=a.vpc_sims)
         print(
             f"written to {a.out}: fit.json, summary.txt, parameters.csv, diagnostics.csv"
-            + ("" if a.no_plots else ", individual_fits.png, goodness_of_fit.png, vpc.png")
+            + "".join(f", {os.path.basename(p)}" for p in plots)
         )
     return 0
 

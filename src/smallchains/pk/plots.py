@@ -41,11 +41,40 @@ def _curve(result, subject, params, n_points):
     return ts, (y if y.ndim == 1 else y[:, 0])
 
 
-def individual_fits(result, data, ids=None, ncols=4, n_points=200, max_subjects=24):
-    """DV (points), IPRED (line) and PRED (dashed) against time, one panel per subject
-    (the first output only).  ``ids`` picks subjects (default: the first ``max_subjects``)."""
+def individual_fits(result, data, ids=None, ncols=4, n_points=200, per_page=24, page=0):
+    """DV (points), IPRED (line) and PRED (dashed) against time, one panel per subject (the
+    first output only), ``per_page`` subjects a figure: page ``page`` (from 0) of the subjects
+    ``ids`` (default: every subject with observations).  When the subjects take more than one
+    page, the title says which page of how many and which subjects it shows (the others are on
+    the other pages: :func:`individual_fit_pages` makes them all).  A legend on every page."""
+    subjects = _subjects(data, ids)
+    per_page = int(per_page)
+    if per_page < 1:
+        raise ValueError(f"`per_page` must be >= 1, got {per_page}")
+    n_pages = max(1, -(-len(subjects) // per_page))
+    if not 0 <= int(page) < n_pages:
+        raise ValueError(f"`page` {page} is not one of the {n_pages} page(s) (0 to {n_pages - 1})")
+    lo = int(page) * per_page
+    fig = _fit_panels(result, subjects[lo : lo + per_page], ncols, n_points)
+    if n_pages > 1:
+        shown = subjects[lo : lo + per_page]
+        fig.suptitle(
+            f"page {int(page) + 1} of {n_pages}: subjects {lo + 1}-{lo + len(shown)} of {len(subjects)} "
+            f"(ID {shown[0].id} to {shown[-1].id})",
+            fontsize=10,
+        )
+        fig.tight_layout()
+    return fig
+
+
+def individual_fit_pages(result, data, ids=None, ncols=4, n_points=200, per_page=24):
+    """Every page of :func:`individual_fits` (every subject, ``per_page`` a page): a list of figures."""
+    n = len(_subjects(data, ids))
+    return [individual_fits(result, data, ids, ncols, n_points, per_page, k) for k in range(max(1, -(-n // per_page)))]
+
+
+def _fit_panels(result, subjects, ncols, n_points):
     plt = _plt()
-    subjects = _subjects(data, ids)[:max_subjects]
     ind = result.individual_params()
     typ = result.individual_params(random_effects=False)
     n = len(subjects)
@@ -175,12 +204,17 @@ def save_figure(fig, path, dpi=110):
 
 
 def save_report(result, data, folder, n_sim=200, seed=0):
-    """individual_fits.png, goodness_of_fit.png and vpc.png in ``folder``; returns their paths."""
+    """individual_fits.png (every subject: 24 a page, the later pages individual_fits_2.png,
+    individual_fits_3.png, ...), goodness_of_fit.png and vpc.png in ``folder``; returns their paths."""
     plt = _plt()
     os.makedirs(folder, exist_ok=True)
     out = []
+    for k, fig in enumerate(individual_fit_pages(result, data)):
+        out.append(
+            save_figure(fig, os.path.join(folder, "individual_fits.png" if k == 0 else f"individual_fits_{k + 1}.png"))
+        )
+        plt.close(fig)
     for name, make in (
-        ("individual_fits.png", lambda: individual_fits(result, data)),
         ("goodness_of_fit.png", lambda: goodness_of_fit(result)),
         ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed)),
     ):
