@@ -174,10 +174,38 @@ def test_methods_agree_on_theophylline(theoph, theoph_foce):
     assert ind.ofv < theoph_foce.ofv  # each subject its own parameters and error
 
 
-def test_diagnostics_on_theophylline(theoph_foce):
+def test_diagnostics_on_theophylline(theoph_foce, theoph):
+    from smallchains.pk.report import DIAGNOSTICS
+
     d = theoph_foce.diagnostics
-    assert set(d) == {"ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"}
+    assert set(d) == set(DIAGNOSTICS) == {
+        "ID", "TIME", "TAD", "DVID", "DV", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"
+    }  # fmt: skip
     assert all(len(v) == 132 for v in d.values())
+    np.testing.assert_array_equal(d["RES"], d["DV"] - d["PRED"])
+    np.testing.assert_array_equal(d["TAD"], d["TIME"])  # (one dose at time 0 each)
+    # WRES: DV - PRED whitened by FO's covariance G0 Omega G0' + diag V at eta = 0, G0 here by
+    # central differences of the predictions: each subject's sum of squares is r' C0^-1 r
+    r = theoph_foce
+    P = Problem(r.model, theoph)
+    Om, q, h = r.omega, r.model.n_eta, 1e-6
+    f0 = P.predictions(r.x, None)
+    for i, s in enumerate(P.subjects):
+        G = np.column_stack(
+            [
+                (
+                    P.predictions(r.x, np.outer(np.ones(P.N), e * h))[i][0]
+                    - P.predictions(r.x, np.outer(np.ones(P.N), -e * h))[i][0]
+                )
+                / (2 * h)
+                for e in np.eye(q)
+            ]
+        )
+        C0 = G @ Om @ G.T + np.diag(f0[i][1])
+        res = s.y - f0[i][0]
+        w = d["WRES"][d["ID"] == s.subject.id]
+        assert w @ w == pytest.approx(res @ np.linalg.solve(C0, res), rel=1e-6)
+    P.close()
     s = theoph_foce.sigma["sigma_add"]
     np.testing.assert_allclose(d["IWRES"], (d["DV"] - d["IPRED"]) / s)
     # individual predictions fit better than population ones
@@ -614,3 +642,19 @@ def test_the_default_stop_of_classic_fits_reaches_the_tight_optimum(theoph):
     assert abs(r.loglik - tight.loglik) < 1e-4
     np.testing.assert_allclose(r.x, tight.x, atol=2e-3)
     assert r.n_evaluations < tight.n_evaluations
+
+
+def test_time_after_dose_follows_the_doses_a_sample_has_had():
+    """TAD: NaN before the first dose, 0 at a dose's time, resets are not doses, ADDL doses are."""
+    import io
+
+    import pandas as pd
+
+    from smallchains.pk.report import time_after_dose
+
+    text = "ID,TIME,DV,EVID,AMT,II,ADDL\n1,0,1,0,.,.,.\n1,1,.,1,100,.,.\n1,2,5,0,.,.,.\n1,5,.,1,100,4,1\n"
+    text += "1,5,4,0,.,.,.\n1,7,3,0,.,.,.\n1,10,.,3,.,.,.\n1,11,2,0,.,.,.\n"
+    s = sc.pk.read_data(pd.read_csv(io.StringIO(text), na_values=["."])).subjects[0]
+    tad = time_after_dose(s, np.array([0.0, 2.0, 5.0, 7.0, 11.0]))
+    np.testing.assert_array_equal(tad[1:], [1.0, 0.0, 2.0, 2.0])  # (the ADDL dose at 9; the reset at 10)
+    assert np.isnan(tad[0])

@@ -1,5 +1,5 @@
 """What a population fit reports beyond its estimates: the parameter table (with the delta method
-for Omega's entries), the diagnostics PRED, IPRED, IWRES and CWRES, and :func:`warn_doubtful`
+for Omega's entries), the diagnostics (TAD, PRED, IPRED, RES, WRES, IWRES, CWRES), and :func:`warn_doubtful`
 (every reason not to trust a fit, as the package's warnings)."""
 
 from __future__ import annotations
@@ -96,38 +96,68 @@ def parameter_table(m, x, cov, idx, random_effects):
     return rows
 
 
+#: the diagnostics' columns, NONMEM's names
+DIAGNOSTICS = ("ID", "TIME", "TAD", "DVID", "DV", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES")
+
+
+def _whitened(r, C):
+    """C^(-1/2) r with the symmetric square root (the decorrelation of WRES and CWRES)."""
+    w, U = np.linalg.eigh(C)
+    return U @ ((U.T @ r) / np.sqrt(np.maximum(w, 1e-300)))
+
+
+def time_after_dose(subject, t):
+    """Time since the latest dose at or before each time ``t`` (0 at a dose's time, as NONMEM's
+    usual TAD = TIME - TDOS with the dose record first; the prediction there is still the state
+    before that dose, by the data rules); NaN before the first dose.  Resets are not doses."""
+    times = np.sort([d.time for d in subject.doses if d.kind != "reset"])
+    k = np.searchsorted(times, t, side="right") - 1
+    return np.where(k >= 0, t - times[np.maximum(k, 0)] if times.size else np.nan, np.nan)
+
+
 def diagnostics(P, x, etas):
-    """PRED, IPRED, IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each subject's etas)."""
+    """The diagnostics table (:data:`DIAGNOSTICS`, NONMEM's names): TAD (:func:`time_after_dose`),
+    PRED and IPRED, RES = DV - PRED, WRES (FO: DV - PRED whitened by G0 Omega G0' + diag V at
+    eta = 0, as NONMEM's WRES), IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each
+    subject's etas)."""
     m = P.model
     Om = m.omega(x)
-    cols = {k: [] for k in ("ID", "TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES")}
-    at0 = P.predictions(x, None)
+    cols = {k: [] for k in DIAGNOSTICS}
+    at0 = P.predictions(x, None, directions=m.n_eta > 0)
     at_eta = P.predictions(x, etas, directions=m.n_eta > 0)
     for s, eta, r0, out in zip(P.subjects, etas, at0, at_eta, strict=True):
-        pred = r0[0] if r0 is not None else np.full(s.n_obs, np.nan)
+        nan = np.full(s.n_obs, np.nan)
+        ok0 = r0 is not None and np.isfinite(r0[0].sum() + r0[1].sum()) and r0[1].min() > 0
+        pred = r0[0] if r0 is not None else nan
+        if not ok0:
+            wres = nan
+        elif m.n_eta:
+            wres = _whitened(s.y - r0[0], r0[2] @ Om @ r0[2].T + np.diag(r0[1]))
+        else:
+            wres = (s.y - r0[0]) / np.sqrt(r0[1])
         if out is None or not (np.isfinite(out[0].sum() + out[1].sum()) and out[1].min() > 0):
-            ipred = iwres = cwres = np.full(s.n_obs, np.nan)
+            ipred = iwres = cwres = nan
         else:
             ipred, V = out[0], out[1]
             iwres = (s.y - ipred) / np.sqrt(V)
             if m.n_eta:
                 G = out[2]
-                E = ipred - G @ eta
-                C = G @ Om @ G.T + np.diag(V)
-                w, U = np.linalg.eigh(C)
-                cwres = U @ ((U.T @ (s.y - E)) / np.sqrt(np.maximum(w, 1e-300)))
+                cwres = _whitened(s.y - (ipred - G @ eta), G @ Om @ G.T + np.diag(V))
             else:
                 cwres = iwres
         cols["ID"].extend([s.subject.id] * s.n_obs)
         cols["TIME"].append(s.t)
+        cols["TAD"].append(time_after_dose(s.subject, s.t))
         cols["DVID"].append(s.dvid)
         cols["DV"].append(s.y)
         cols["PRED"].append(pred)
         cols["IPRED"].append(ipred)
+        cols["RES"].append(s.y - pred)
+        cols["WRES"].append(wres)
         cols["IWRES"].append(iwres)
         cols["CWRES"].append(cwres)
     out = {"ID": np.asarray(cols["ID"], dtype=object)}
-    for k in ("TIME", "DVID", "DV", "PRED", "IPRED", "IWRES", "CWRES"):
+    for k in DIAGNOSTICS[1:]:
         out[k] = np.concatenate(cols[k])
     out["DVID"] = out["DVID"].astype(np.int64)
     return out

@@ -37,7 +37,8 @@ class FitResult:
         table: one dict per reported parameter: name, estimate, se, rse (%), and for log-scale
             parameters the log estimate and its se.
         shrinkage: {eta name: 1 - sd(eta_i) / omega}.
-        diagnostics: columns ID, TIME, DVID, DV, PRED, IPRED, IWRES, CWRES (arrays).
+        diagnostics: columns ID, TIME, TAD, DVID, DV, PRED, IPRED, RES, WRES, IWRES, CWRES
+            (arrays; NONMEM's names: see :func:`smallchains.pk.report.diagnostics`).
         converged, message, n_evaluations, elapsed, starts (objective of every start).
     """
 
