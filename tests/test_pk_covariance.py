@@ -123,6 +123,7 @@ def test_reports_cv_correlations_condition_number_and_they_survive_save(tmp_path
     assert r.condition_number == pytest.approx(w.max() / w.min())
     text = r.summary()
     assert "covariance step: sandwich" in text and "omega as CV" in text
+    assert f"omega correlations: omega(CL,ka) {rows['omega(CL,ka)']['corr']:.3f}" in text
     # 95% intervals: log scale for typical values, residual sds and Omega's variances (delta
     # method: SE(log omega^2) = SE / omega^2), natural scale for Omega's covariances
     z = 1.959963984540054

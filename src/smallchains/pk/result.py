@@ -128,6 +128,9 @@ class FitResult:
         cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
         if cvs:
             lines.append("omega as CV: " + ", ".join(cvs))
+        corrs = [f"{r['name']} {r['corr']:.3f}" for r in self.table if "corr" in r]
+        if corrs:
+            lines.append("omega correlations: " + ", ".join(corrs))
         kind = getattr(self, "cov_kind", None)
         if kind:
             if self.cov is not None:
