@@ -15,7 +15,7 @@ import smallchains as sc
 from smallchains import pk
 from smallchains.pk import methods
 from smallchains.pk.estimation import Problem
-from smallchains.pk.methods import DECREMENT_TOL, GRADIENT_TOL, EstimationMethod, minimize
+from smallchains.pk.methods import DECREMENT_TOL, GRADIENT_TOL, EstimationMethod
 
 pd = pytest.importorskip("pandas")
 
@@ -103,19 +103,8 @@ class WeightedPooled(EstimationMethod):
     decrement_judged = True  # (the inherited Newton-decrement criterion: L-BFGS may stop at 1e-7)
 
     def run(self, P, x_init, opts, report):
-        m = P.model
-        x = x_init.copy()
-        idx = np.flatnonzero(self.free(m))
-
-        def fg(z):
-            xx = x.copy()
-            xx[idx] = z
-            v, g = P.pooled(xx, 1)
-            return v, g[idx]
-
-        z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
-        x[idx] = z
-        etas = np.zeros((P.N, m.n_eta))
+        x, f, conv, msg, ne = self.minimize_free(P, x_init, lambda xx: P.pooled(xx, 1), report, opts)
+        etas = np.zeros((P.N, P.model.n_eta))
         return dict(x=x, etas=etas, objective=f, converged=conv, message=msg, n_evaluations=ne)
 
     def ofv(self, P, x, etas):

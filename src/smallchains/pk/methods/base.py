@@ -187,6 +187,25 @@ class EstimationMethod:
             free[model.blocks["omega"]] = False
         return free
 
+    def minimize_free(self, P, x, value_grad, report, opts):
+        """Minimise ``value_grad(x) -> (value, gradient over every entry of x)`` over the entries
+        :meth:`free` lets move (the others held at ``x``'s), within the model's bounds, by
+        :func:`minimize` with the fit's ``opts``; a gradient of None (a failed evaluation) is read
+        as a zero step.  Returns (x at the end, a copy; value; converged; message; evaluations)."""
+        m = P.model
+        x = x.copy()
+        idx = np.flatnonzero(self.free(m))
+
+        def fg(z):
+            xx = x.copy()
+            xx[idx] = z
+            v, g = value_grad(xx)
+            return (v, np.zeros_like(z)) if g is None else (v, g[idx])
+
+        z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
+        x[idx] = z
+        return x, f, conv, msg, ne
+
     def run(self, P, x_init, opts, report):
         """One optimisation of the method's objective on the ``Problem`` ``P`` from ``x_init``
         (optimizer options ``opts`` for :func:`minimize`; ``report`` called with each objective

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EstimationMethod, minimize
+from .base import EstimationMethod
 
 
 class MarginalMethod(EstimationMethod):
@@ -54,21 +54,18 @@ class MarginalMethod(EstimationMethod):
         # the modes warm-started from the last evaluation's; network weights with their L2 prior
         state = {"etas": stage["etas"].copy() if stage is not None else np.zeros((P.N, m.n_eta))}
 
-        def fg(z):
-            xx = x.copy()
-            xx[idx] = z
+        def value_grad(xx):
             v, etas, g = self.ofv_and_gradient(P, xx, state["etas"], idx)
             if not np.isfinite(v) or g is None:
-                return np.inf, np.zeros_like(z)
+                return np.inf, None
             state["etas"] = etas
             pen, gw = P.weight_prior(xx)
             g[m.blocks["w"]] += gw[: m.n_weights]
             g[m.blocks["wc"]] += gw[m.n_weights :]
-            return v + pen, g[idx]
+            return v + pen, g
 
         o = opts if stage is None else dict(opts, optimizer="lbfgs")  # (after a first stage: L-BFGS)
-        z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **o)
-        x[idx] = z
+        x, f, conv, msg, ne = self.minimize_free(P, x, value_grad, report, o)
         v, etas, _ = self.ofv_terms(P, x, state["etas"])
         if stage is not None:
             msg = self.stage_message(stage, msg)

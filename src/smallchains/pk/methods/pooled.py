@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from .base import EstimationMethod, minimize
+from .base import EstimationMethod
 
 
 @register
@@ -20,17 +20,7 @@ class Pooled(EstimationMethod):
 
     def run(self, P, x_init, opts, report):
         m = P.model
-        x = x_init.copy()
-        idx = np.flatnonzero(self.free(m))
-
-        def fg(z):
-            xx = x.copy()
-            xx[idx] = z
-            v, g = P.pooled(xx, 1)
-            return v, g[idx]
-
-        z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
-        x[idx] = z
+        x, f, conv, msg, ne = self.minimize_free(P, x_init, lambda xx: P.pooled(xx, 1), report, opts)
         return {
             "x": x,
             "etas": np.zeros((P.N, m.n_eta)),
