@@ -101,7 +101,8 @@ def compare(fits, names=None, reference=0):
         if not isinstance(f, FitResult):
             raise TypeError(
                 f"run {name!r} is a {type(f).__name__}, not a population fit (sc.pk.fit's FitResult with "
-                "method 'foce', 'laplace', 'map' or 'pooled'); per-subject fits have no common OFV"
+                "a population method: 'foce', 'laplace', 'saem', 'map', 'pooled', ...); per-subject fits "
+                "have no common OFV"
             )
     if isinstance(reference, str):
         if reference not in names:

@@ -749,6 +749,14 @@ class Problem:
         cf = self.compiled_foce
         return list(range(self.N)) if cf is None else sorted(set(range(self.N)) - set(cf.index.tolist()))
 
+    @property
+    def design(self):
+        """(N, n_beta) the subjects' covariate design: log q_k = log theta_k + sum_j design[i, j]
+        beta_j over the covariate effects j on parameter k (+ E eta) (read-only)."""
+        v = self._X.view()
+        v.flags.writeable = False
+        return v
+
     def logq0(self, x):
         """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
         m = self.model
@@ -940,6 +948,26 @@ class Problem:
         self._chain_log_q(gx, DLQ, DPSI)
         return total, gx, DLQ @ m.E
 
+    def data_terms(self, x, etas):
+        """Every subject's data term l_i = -2 log p(y_i | eta_i) without 2 pi, at ``x`` and its row
+        of ``etas`` (N, q): an (N,) array, inf where the solve fails or l_i is not finite.  One
+        compiled call per thread where the compiled step solves every subject exactly, else each
+        subject's :meth:`SubjectEval.data_term` (compiled for ODE subjects with concentration
+        outputs).  SAEM's Metropolis-Hastings steps call this."""
+        m = self.model
+        etas = np.ascontiguousarray(np.asarray(etas, dtype=np.float64).reshape(self.N, m.n_eta))
+        cf = self.compiled_foce
+        if SubjectEval.compiled and not m.dose_index and cf is not None and cf.exact and len(cf.index) == self.N:
+            self.set_compiled(x)
+            N = self.N
+            out = (np.zeros(N), np.zeros((N, len(m.theta_names))), np.zeros((N, cf.n_psi)), np.zeros(N))
+            self.each(lambda c, lo, hi: cf.data_terms((c, lo, hi), etas, 0, out), cf.chunks(self.threads))
+            L, OK = out[0], out[3]
+        else:
+            L = np.array(self.each(lambda s, e: s.data_term(x, e, 0), list(zip(self.subjects, etas))), dtype=float)
+            OK = np.ones(self.N)
+        return np.where((OK != 0) & np.isfinite(L), L, np.inf)
+
     def _chain_log_q(self, out, DLQ, DPSI, rows=None):
         """Chain the subjects' derivatives over their log q0 = log theta + C beta (DLQ, a row
         per subject) and over the log sigmas (DPSI) into x's theta, beta and psi entries: ``out``
@@ -961,28 +989,34 @@ class Problem:
 
     def pooled(self, x, need=1):
         m = self.model
-        eta = np.zeros(m.n_eta)
         pen, gw = self.weight_prior(x)
-        r = self._compiled_terms(x, np.zeros((self.N, m.n_eta)), need)
-        if r is not None:
-            if not need:
-                return r + pen
-            g = r[1]
-            g[m.blocks["w"]] += gw[: m.n_weights]
-            g[m.blocks["wc"]] += gw[m.n_weights :]
-            return r[0] + pen, g
-        res = self.each(lambda s: s.data_term(x, eta, need))
+        r = self.data_sum(x, np.zeros((self.N, m.n_eta)), need)
         if not need:
-            return float(sum(res)) + pen
+            return r + pen
+        g = r[1]
+        g[m.blocks["w"]] += gw[: m.n_weights]
+        g[m.blocks["wc"]] += gw[m.n_weights :]
+        return r[0] + pen, g
+
+    def data_sum(self, x, etas, need=1):
+        """sum_i l_i(eta_i) at ``x`` and the (N, q) ``etas``, and with ``need`` its gradient over
+        x (random effects held): the data part of the pooled and MAP objectives, without priors
+        (the compiled data terms where they apply).  inf (and a zero gradient) when a subject fails."""
+        m = self.model
+        etas = np.asarray(etas, dtype=float).reshape(self.N, m.n_eta)
+        r = self._compiled_terms(x, etas, need)
+        if r is not None:
+            return r if not need else (r[0], r[1])
+        res = self.each(lambda s, e: s.data_term(x, e, need), list(zip(self.subjects, etas)))
+        if not need:
+            return float(sum(res))
         g = np.zeros(m.n_x)
-        total = pen
+        total = 0.0
         for s, (l, out) in zip(self.subjects, res):
             if out is None:
                 return np.inf, g
             total += l
             s.add_x_grad(g, x, out["dlogq"], out["dw"], out["dpsi"])
-        g[m.blocks["w"]] += gw[: m.n_weights]
-        g[m.blocks["wc"]] += gw[m.n_weights :]
         return total, g
 
     # ------------------------------------------------------------------ joint MAP

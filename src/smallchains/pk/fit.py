@@ -81,6 +81,7 @@ def fit(
     time_varying="nocb",
     analytic=None,
     covariance="sandwich",
+    method_options=None,
 ):
     """Estimate a population model's parameters from a data set.
 
@@ -138,6 +139,8 @@ def fit(
             ``"joint"`` puts Omega in the joint objective, whose infimum is at Omega -> 0 when
             the data say little about a random effect (use with care).
         progress: ``True`` to print progress, or a function called with a message.
+        method_options: the method's own options (a dict; see the method's ``options``), e.g.
+            ``{"n_explore": 500}`` for ``"saem"``; an unknown name is a ValueError.
 
     FOCE-I minimises the OFV (plus the network weights' L2 prior) with its gradient from the
     subjects' sensitivities (``Problem.foce_gradient``: exact first-order terms, the second-order
@@ -150,7 +153,8 @@ def fit(
 
     if not isinstance(model, PopulationModel):
         raise TypeError(f"`model` must be a sc.pk.PopulationModel, got {type(model).__name__}")
-    estimator = methods.get(method)(map_omega=map_omega, covariance=covariance)  # (a ValueError if unknown)
+    # (a ValueError if the method or one of its options is unknown)
+    estimator = methods.get(method)(map_omega=map_omega, covariance=covariance, options=method_options)
     if map_omega not in ("em", "fixed", "joint"):
         raise ValueError(f"`map_omega` must be 'em', 'fixed' or 'joint', got {map_omega!r}")
     if optimizer not in OPTIMIZERS:
@@ -176,6 +180,8 @@ def fit(
         "restarts": int(restarts),
         "seed": seed,
     }
+    if estimator.options:
+        settings["method_options"] = dict(estimator.options)
     if tol is None:
         tol = estimator.default_tol(model)
     xs = model.x0.copy() if x0 is None else np.array(x0, dtype=float).reshape(-1)

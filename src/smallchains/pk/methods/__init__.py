@@ -8,6 +8,7 @@ pooled        :class:`~.pooled.Pooled`: naive pooled, no random effects
 map           :class:`~.map.Map`: the joint posterior mode, Omega by EM
 foce          :class:`~.foce.Foce`: FOCE-I (the default)
 laplace       :class:`~.laplace.Laplace`: Laplace (FOCE-I with the exact Hessian)
+saem          :class:`~.saem.Saem`: SAEM (Monolix's and nlmixr2's), OFV by FOCE-I
 ============  =====================================================================
 
 Adding a method is adding one class: subclass :class:`EstimationMethod` (see
@@ -82,7 +83,7 @@ def has_random_effects(name):
 
 
 # the built-in methods (each module registers its class)
-from . import individual, pooled, map, foce, laplace  # noqa: E402, F401, I001
+from . import individual, pooled, map, foce, laplace, saem  # noqa: E402, F401, I001
 
 __all__ = [
     "DECREMENT_TOL",

@@ -133,8 +133,12 @@ class EstimationMethod:
             reduction (:meth:`default_tol`).
         ofv_kind: what the reported OFV is (e.g. ``"FOCE-I"``, ``"Laplace"``): OFVs of one
             kind compare across runs (:func:`smallchains.pk.compare`); empty: not said.
+        options: the method's own options and their defaults (``pk.fit(...,
+            method_options={...})`` overrides them; an unknown name is a ValueError; the
+            method's :meth:`check` validates the values).
 
-    Instances carry the fit's ``map_omega`` and ``covariance`` options.  A subclass defines
+    Instances carry the fit's ``map_omega`` and ``covariance`` options, and ``options`` (the
+    defaults updated by the fit's ``method_options``).  A subclass defines
     :meth:`run` and, for the inherited convergence criterion and covariance step,
     :meth:`objective_gradient` and :meth:`ofv`; it overrides what differs.
     """
@@ -146,10 +150,19 @@ class EstimationMethod:
     hessian_step = 1e-3
     decrement_judged = False
     ofv_kind = ""
+    options: dict = {}
 
-    def __init__(self, *, map_omega="em", covariance="sandwich"):
+    def __init__(self, *, map_omega="em", covariance="sandwich", options=None):
         self.map_omega = map_omega
         self.covariance = covariance
+        given = {} if options is None else options
+        if not isinstance(given, dict):
+            raise TypeError(f"`method_options` must be a dict, got {type(given).__name__}")
+        unknown = sorted(set(given) - set(type(self).options))
+        if unknown:
+            have = ", ".join(sorted(type(self).options)) or "none"
+            raise ValueError(f"method {self.name!r} has no option {unknown[0]!r} (its options: {have})")
+        self.options = {**type(self).options, **given}
 
     def __repr__(self):
         return f"{type(self).__name__}(map_omega={self.map_omega!r}, covariance={self.covariance!r})"
