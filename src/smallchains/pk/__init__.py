@@ -14,6 +14,7 @@ from . import demo, methods, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo,
 from .compare import compare
 from .data import DataError, Dose, Population, Subject, read_data
 from .fit import FitError, FitResult, IndividualFits, fit, load
+from .importance import importance_sampling
 from .models import (
     MODELS,
     CompartmentModel,
@@ -54,6 +55,7 @@ __all__ = [
     "PopulationModel",
     "simulate_data",
     "fit",
+    "importance_sampling",
     "load",
     "FitResult",
     "FitError",

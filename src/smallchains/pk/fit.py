@@ -169,7 +169,7 @@ def fit(
     settings = {
         "rtol": rtol,
         "atol": atol,
-        "solver": type(solver).__name__,
+        "solver": getattr(solver, "name", type(solver).__name__),
         "ss_tol": ss_tol,
         "time_varying": check_rule(time_varying),
         "analytic": analytic,
