@@ -110,6 +110,8 @@ def test_cli_fit(tmp_path, capsys):
             str(out),
             "--vpc-sims",
             "20",
+            "--npde-sims",
+            "100",
         ]
     )
     assert rc == 0
@@ -117,14 +119,20 @@ def test_cli_fit(tmp_path, capsys):
     assert "MAP fit of one_cpt_oral" in text and "omega2(ka)" in text
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "catab1",
+        "cotab1",
         "diagnostics.csv",
         "fit.json",
         "goodness_of_fit.png",
         "individual_fits.png",
         "parameters.csv",
+        "patab1",
+        "run1.ext",
+        "sdtab1",
         "summary.txt",
         "vpc.png",
     ]
+    assert "NPDE" in (out / "sdtab1").read_text().splitlines()[1]
     back = sc.pk.load(out / "fit.json")  # a built-in model: no code needed
     assert back.model.eta_names == ["ka", "CL"]
     import pandas as pd

@@ -175,6 +175,8 @@ def cmd_fit(a):
     sigma = None if a.sigma is None else _numbers(a.sigma, "--sigma")
     if a.out:  # before the fit: an unwritable --out must not cost the fit's work
         _check_out(a.out)
+    if a.npde_sims != 0 and a.npde_sims < 100:
+        raise SystemExit(f"error: --npde-sims must be 0 (no NPDE) or >= 100, got {a.npde_sims}")
     try:
         data = pk.read_data(a.data)
         theta = _pairs(a.theta, "--theta")
@@ -210,10 +212,11 @@ def cmd_fit(a):
         r.save(os.path.join(a.out, "fit.json"))
         r.to_frame("table").to_csv(os.path.join(a.out, "parameters.csv"), index=False)
         r.to_frame("diagnostics").to_csv(os.path.join(a.out, "diagnostics.csv"), index=False)
+        tables = r.write_tables(data, a.out, n_sim=a.npde_sims)
         plots = [] if a.no_plots else pk.plots.save_report(r, data, a.out, n_sim=a.vpc_sims)
         print(
             f"written to {a.out}: fit.json, summary.txt, parameters.csv, diagnostics.csv"
-            + "".join(f", {os.path.basename(p)}" for p in plots)
+            + "".join(f", {os.path.basename(p)}" for p in tables + plots)
         )
     return 0
 
@@ -269,8 +272,8 @@ def main(argv=None):
     f.add_argument(
         "--method",
         default="foce",
-        help="an estimation method registered in smallchains.pk.methods (built in: foce, laplace, map, pooled, "
-        "individual; default foce)",
+        help="an estimation method registered in smallchains.pk.methods (built in: foce, laplace, saem, map, "
+        "pooled, individual; default foce)",
     )
     f.add_argument(
         "--import",
@@ -285,6 +288,13 @@ def main(argv=None):
     f.add_argument("--out", help="folder for the fit, tables and plots")
     f.add_argument("--no-plots", action="store_true")
     f.add_argument("--vpc-sims", type=int, default=200)
+    f.add_argument(
+        "--npde-sims",
+        type=int,
+        default=1000,
+        help="simulations for the NPDE column of sdtab1 (0: none; NONMEM's tables sdtab1, patab1, cotab1, "
+        "catab1 and run1.ext are written with --out)",
+    )
     f.set_defaults(run=cmd_fit)
     c = sub.add_parser("compare", help="compare saved fits (fit.json from `smallchains fit --out`) side by side")
     c.add_argument("fits", nargs="+", help="fit files; each run is named by its file (or its folder, for fit.json)")

@@ -28,9 +28,11 @@ from .models import (
     two_cpt_iv,
     two_cpt_oral,
 )
+from .npde import npde
 from .population import CovariateNetwork, ErrorModel, PopulationModel
 from .regimen import Regimen, regimen
 from .simulate import simulate_data, simulate_regimen
+from .tables import write_tables
 
 __all__ = [
     "compare",
@@ -56,6 +58,8 @@ __all__ = [
     "simulate_data",
     "fit",
     "importance_sampling",
+    "npde",
+    "write_tables",
     "load",
     "FitResult",
     "FitError",

@@ -339,6 +339,7 @@ def finish(P, method, run, starts, se, settings, t_start):
         _cov=[s.cov for s in P.subjects],
         settings=settings,
         skipped=P.skipped,
+        trace=run.get("trace"),
     )
     warn_doubtful(result, se)
     return result

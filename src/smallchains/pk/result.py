@@ -40,6 +40,11 @@ class FitResult:
         diagnostics: columns ID, TIME, TAD, DVID, DV, PRED, IPRED, RES, WRES, IWRES, CWRES
             (arrays; NONMEM's names: see :func:`smallchains.pk.report.diagnostics`).
         converged, message, n_evaluations, elapsed, starts (objective of every start).
+        trace: the estimates along the run, or None: {"iteration", "x" (rows in ``model.names``'
+            layout), "objective", "kind"}: "evaluations" (the optimizer's evaluations that lowered
+            the objective) or "saem" (every SAEM iteration, exploration numbered negative, and
+            the complete-data -2 log likelihood); NONMEM's .ext file lists it
+            (:func:`smallchains.pk.tables.write_tables`).
     """
 
     def __init__(self, **kw):
@@ -97,6 +102,13 @@ class FitResult:
         return simulate_regimen(
             self.model, self.x, regimen, times=times, n=n, covariates=covariates, seed=seed, dvid=dvid
         )
+
+    def write_tables(self, data, folder, **kw):
+        """NONMEM's sdtab, patab, cotab, catab and .ext files of this fit in ``folder``:
+        :func:`smallchains.pk.tables.write_tables` (its keywords: run, n_sim, seed, ...)."""
+        from .tables import write_tables
+
+        return write_tables(self, data, folder, **kw)
 
     def to_frame(self, what="table"):
         """The parameter table (``"table"``) or the diagnostics (``"diagnostics"``) as a pandas DataFrame."""
@@ -183,6 +195,7 @@ class FitResult:
             "z": [np.asarray(z).tolist() for z in self._z],
             "cov": self._cov,
             "settings": self.settings,
+            "trace": getattr(self, "trace", None),
         }
         doc["sha256"] = _doc_digest(doc)
         return atomic_write(path, lambda fh: json.dump(doc, fh, indent=1, allow_nan=True), suffix=".json")
@@ -264,6 +277,7 @@ class FitResult:
             settings=doc["settings"],
             n_evaluations=None,
             skipped=[],
+            trace=doc.get("trace"),
         )
 
 

@@ -204,20 +204,36 @@ class EstimationMethod:
         """Minimise ``value_grad(x) -> (value, gradient over every entry of x)`` over the entries
         :meth:`free` lets move (the others held at ``x``'s), within the model's bounds, by
         :func:`minimize` with the fit's ``opts``; a gradient of None (a failed evaluation) is read
-        as a zero step.  Returns (x at the end, a copy; value; converged; message; evaluations)."""
+        as a zero step.  Returns (x at the end, a copy; value; converged; message; evaluations).
+        :meth:`last_trace` then gives the evaluations that lowered the objective (a run's
+        ``"trace"``: the iteration rows of NONMEM's .ext file)."""
         m = P.model
         x = x.copy()
         idx = np.flatnonzero(self.free(m))
+        rows = {"iteration": [], "x": [], "objective": [], "kind": "evaluations"}
+        self._trace = rows
+        count = [0]
 
         def fg(z):
             xx = x.copy()
             xx[idx] = z
             v, g = value_grad(xx)
+            count[0] += 1
+            if g is not None and np.isfinite(v) and (not rows["objective"] or v < rows["objective"][-1]):
+                rows["iteration"].append(count[0])
+                rows["x"].append(xx.tolist())
+                rows["objective"].append(float(v))
             return (v, np.zeros_like(z)) if g is None else (v, g[idx])
 
         z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
         x[idx] = z
         return x, f, conv, msg, ne
+
+    def last_trace(self):
+        """The last :meth:`minimize_free`'s trace: {"iteration": evaluation numbers, "x": the
+        estimates there, "objective": the values, "kind": "evaluations"}; only the evaluations
+        that lowered the objective are kept.  None before any."""
+        return getattr(self, "_trace", None)
 
     def run(self, P, x_init, opts, report):
         """One optimisation of the method's objective on the ``Problem`` ``P`` from ``x_init``

@@ -77,6 +77,7 @@ class MarginalMethod(EstimationMethod):
             "converged": conv,
             "message": msg,
             "n_evaluations": ne,
+            "trace": self.last_trace(),
         }
 
     def ofv(self, P, x, etas):

@@ -28,6 +28,7 @@ class Pooled(EstimationMethod):
             "converged": conv,
             "message": msg,
             "n_evaluations": ne,
+            "trace": self.last_trace(),
         }
 
     def ofv(self, P, x, etas):

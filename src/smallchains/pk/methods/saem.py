@@ -437,11 +437,13 @@ class _Run:
         s_err = None
         z_num = self.x[self.numeric].copy() if self.numeric.size else None
         traj = np.empty((K1 + K2, m.n_x))
+        values = np.empty(K1 + K2)
         cm = np.zeros((self.N, q))  # the conditional means of eta over the smoothing phase
         value = np.inf
         for k in range(K1 + K2):
             explore = k < K1
             value = self.estep(adapt=explore)
+            values[k] = value
             self.report(value)
             g = 1.0 if explore else 1.0 / (k - K1 + 1)
             S1 = self.phi.mean(axis=0)
@@ -490,4 +492,11 @@ class _Run:
             "stationary": stationary,
             "stationarity": text,
             "trajectory": traj,
+            # (NONMEM's numbering in .ext: the exploration (burn-in) iterations negative)
+            "trace": {
+                "iteration": list(range(-K1, 0)) + list(range(K2)),
+                "x": traj.tolist(),
+                "objective": values.tolist(),
+                "kind": "saem",
+            },
         }
