@@ -40,8 +40,33 @@ def test_plots(tmp_path, theoph, theoph_fit):
     t, y = lines[1].get_data()
     np.testing.assert_allclose(np.interp(d["TIME"][m], t, y), d["IPRED"][m], rtol=0.02, atol=0.05)
     plt.close(fig)
-    fig = sc.pk.plots.goodness_of_fit(theoph_fit)
-    assert len(fig.axes) == 4
+    fig = sc.pk.plots.goodness_of_fit(theoph_fit, time_unit="h", conc_unit="mg/L")
+    assert len([a for a in fig.axes if a.has_data()]) == 7
+    labels = [(a.get_xlabel(), a.get_ylabel()) for a in fig.axes[:7]]
+    assert labels == [
+        ("PRED (mg/L)", "DV (mg/L)"),
+        ("IPRED (mg/L)", "DV (mg/L)"),
+        ("TIME (h)", "CWRES"),
+        ("time after dose (TAD) (h)", "CWRES"),
+        ("PRED (mg/L)", "CWRES"),
+        ("IPRED (mg/L)", "|IWRES|"),
+        ("N(0, 1) quantiles", "CWRES quantiles"),
+    ]
+    # a LOESS smoother on every scatter but the QQ plot; the DV panels' identity line
+    for ax in fig.axes[:6]:
+        assert "LOESS" in [ln.get_label() for ln in ax.get_lines()]
+    assert "identity" in [ln.get_label() for ln in fig.axes[0].get_lines()]
+    plt.close(fig)
+    # log axes leave out the points <= 0 (Theophylline's time-0 samples: PRED 0) and say how many
+    fig = sc.pk.plots.goodness_of_fit(theoph_fit, log=True, outlier=1.5)
+    assert fig.axes[0].get_xscale() == "log"
+    n0 = int(np.sum(np.asarray(theoph_fit.diagnostics["PRED"]) <= 0))
+    assert n0 > 0 and fig.axes[0].get_title() == f"{n0} point(s) <= 0 not shown"
+    # outlying CWRES labelled with their subject IDs
+    cw = np.asarray(theoph_fit.diagnostics["CWRES"])
+    texts = [t.get_text() for t in fig.axes[2].texts]
+    assert len(texts) == int(np.sum(np.abs(cw) > 1.5)) > 0
+    assert set(texts) <= {str(i) for i in theoph_fit.ids}
     plt.close(fig)
     v = sc.pk.plots.vpc_data(theoph_fit, theoph, n_sim=50, bins=6)
     assert v["observed"].shape == (6, 3) and v["simulated"].shape == (50, 6, 3)
@@ -52,6 +77,18 @@ def test_plots(tmp_path, theoph, theoph_fit):
     assert sorted(p.split("/")[-1] for p in paths) == ["goodness_of_fit.png", "individual_fits.png", "vpc.png"]
     assert all((tmp_path / "r" / p.split("/")[-1]).read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_loess_reproduces_a_line_and_follows_a_curve():
+    from smallchains.pk.plots import loess
+
+    x = np.linspace(0, 10, 60)
+    xs, ys = loess(x, 2 * x + 1)
+    np.testing.assert_allclose(ys, 2 * xs + 1, atol=1e-9)  # (local linear: exact on a line)
+    rng = np.random.default_rng(0)
+    xs, ys = loess(x, np.sin(x) + rng.normal(0, 0.05, x.size), frac=0.25)
+    assert np.max(np.abs(ys - np.sin(xs))) < 0.2
+    assert loess([1.0, 2.0], [1.0, 2.0])[0].size == 0
 
 
 def test_individual_fits_page_every_subject_with_a_legend_on_each_page(tmp_path):

@@ -41,12 +41,13 @@ def _curve(result, subject, params, n_points):
     return ts, (y if y.ndim == 1 else y[:, 0])
 
 
-def individual_fits(result, data, ids=None, ncols=4, n_points=200, per_page=24, page=0):
+def individual_fits(result, data, ids=None, ncols=4, n_points=200, per_page=24, page=0, time_unit=None, conc_unit=None):
     """DV (points), IPRED (line) and PRED (dashed) against time, one panel per subject (the
     first output only), ``per_page`` subjects a figure: page ``page`` (from 0) of the subjects
     ``ids`` (default: every subject with observations).  When the subjects take more than one
     page, the title says which page of how many and which subjects it shows (the others are on
-    the other pages: :func:`individual_fit_pages` makes them all).  A legend on every page."""
+    the other pages: :func:`individual_fit_pages` makes them all).  A legend on every page;
+    ``time_unit`` and ``conc_unit`` label the axes."""
     subjects = _subjects(data, ids)
     per_page = int(per_page)
     if per_page < 1:
@@ -55,7 +56,7 @@ def individual_fits(result, data, ids=None, ncols=4, n_points=200, per_page=24, 
     if not 0 <= int(page) < n_pages:
         raise ValueError(f"`page` {page} is not one of the {n_pages} page(s) (0 to {n_pages - 1})")
     lo = int(page) * per_page
-    fig = _fit_panels(result, subjects[lo : lo + per_page], ncols, n_points)
+    fig = _fit_panels(result, subjects[lo : lo + per_page], ncols, n_points, time_unit, conc_unit)
     if n_pages > 1:
         shown = subjects[lo : lo + per_page]
         fig.suptitle(
@@ -67,13 +68,16 @@ def individual_fits(result, data, ids=None, ncols=4, n_points=200, per_page=24, 
     return fig
 
 
-def individual_fit_pages(result, data, ids=None, ncols=4, n_points=200, per_page=24):
+def individual_fit_pages(result, data, ids=None, ncols=4, n_points=200, per_page=24, time_unit=None, conc_unit=None):
     """Every page of :func:`individual_fits` (every subject, ``per_page`` a page): a list of figures."""
     n = len(_subjects(data, ids))
-    return [individual_fits(result, data, ids, ncols, n_points, per_page, k) for k in range(max(1, -(-n // per_page)))]
+    return [
+        individual_fits(result, data, ids, ncols, n_points, per_page, k, time_unit, conc_unit)
+        for k in range(max(1, -(-n // per_page)))
+    ]
 
 
-def _fit_panels(result, subjects, ncols, n_points):
+def _fit_panels(result, subjects, ncols, n_points, time_unit=None, conc_unit=None):
     plt = _plt()
     ind = result.individual_params()
     typ = result.individual_params(random_effects=False)
@@ -94,30 +98,128 @@ def _fit_panels(result, subjects, ncols, n_points):
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
-    fig.supxlabel("time")
-    fig.supylabel("concentration")
+    fig.supxlabel(_unit("time", time_unit))
+    fig.supylabel(_unit("concentration", conc_unit))
     fig.tight_layout()
     return fig
 
 
-def goodness_of_fit(result):
-    """DV against PRED and IPRED, CWRES against time and against PRED."""
+def loess(x, y, frac=2 / 3, n_points=50):
+    """A LOESS smoother (Cleveland 1979: local linear fits with tricube weights over the nearest
+    ``frac`` of the points, no robustness iterations), evaluated at ``n_points`` points spanning x:
+    (xs, ys).  Non-finite pairs are left out; fewer than 4 points give empty arrays."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 4 or np.ptp(x) == 0:
+        return np.zeros(0), np.zeros(0)
+    k = max(3, int(np.ceil(frac * x.size)))
+    xs = np.linspace(x.min(), x.max(), n_points)
+    ys = np.empty(n_points)
+    for i, x0 in enumerate(xs):
+        dist = np.abs(x - x0)
+        h = np.partition(dist, k - 1)[k - 1] * 1.000001 or 1e-12
+        w = np.clip(1 - (dist / h) ** 3, 0, None) ** 3
+        sw = w.sum()
+        mx, my = (w @ x) / sw, (w @ y) / sw
+        sxx = w @ ((x - mx) ** 2)
+        b = (w @ ((x - mx) * (y - my))) / sxx if sxx > 0 else 0.0
+        ys[i] = my + b * (x0 - mx)
+    return xs, ys
+
+
+def _unit(name, unit):
+    return f"{name} ({unit})" if unit else name
+
+
+def goodness_of_fit(result, *, time_unit=None, conc_unit=None, log=False, outlier=3.0, smoother=True):
+    """The goodness-of-fit panels a reviewer expects: DV against PRED and against IPRED (identity
+    line), CWRES against TIME, time after dose (TAD) and PRED (0 and +-2 lines), |IWRES| against
+    IPRED, and a normal QQ plot of CWRES; a LOESS smoother (:func:`loess`, red) on every scatter
+    but the QQ plot.  ``time_unit`` and ``conc_unit`` label the axes (e.g. "h", "mg/L");
+    ``log=True`` puts DV, PRED and IPRED on log axes (points <= 0 left out, their count in the
+    panel's title).  Points with |CWRES| > ``outlier`` are labelled with their subject ID."""
+    from scipy.stats import norm
+
     plt = _plt()
     d = result.diagnostics
-    fig, axes = plt.subplots(2, 2, figsize=(8, 7))
-    for ax, key in zip(axes[0], ("PRED", "IPRED")):
-        ax.plot(d[key], d["DV"], "o", ms=3, alpha=0.7)
-        lim = [min(np.nanmin(d[key]), np.nanmin(d["DV"])), max(np.nanmax(d[key]), np.nanmax(d["DV"]))]
-        ax.plot(lim, lim, "k-", lw=1)
-        ax.set_xlabel(key)
-        ax.set_ylabel("DV")
-    for ax, key in zip(axes[1], ("TIME", "PRED")):
-        ax.plot(d[key], d["CWRES"], "o", ms=3, alpha=0.7)
+    ids = np.asarray(d["ID"])
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7.5))
+    axes = axes.ravel()
+    cu, tu = conc_unit, time_unit
+
+    def smooth(ax, x, y):
+        if smoother:
+            xs, ys = loess(x, y)
+            if xs.size:
+                ax.plot(xs, ys, "-", color="C3", lw=1.5, label="LOESS")
+
+    for ax, key in zip(axes[:2], ("PRED", "IPRED")):
+        x, y = np.asarray(d[key], dtype=float), np.asarray(d["DV"], dtype=float)
+        keep = np.isfinite(x) & np.isfinite(y)
+        dropped = 0
+        if log:
+            pos = keep & (x > 0) & (y > 0)
+            dropped = int(np.sum(keep & ~pos))
+            keep = pos
+        x, y = x[keep], y[keep]
+        ax.plot(x, y, "o", ms=3, alpha=0.6, color="C0", label="observations")
+        if x.size:
+            lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+            ax.plot(lim, lim, "k-", lw=1, label="identity")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            if smoother and x.size >= 4:
+                xs, ys = loess(np.log10(x), np.log10(y))
+                ax.plot(10**xs, 10**ys, "-", color="C3", lw=1.5, label="LOESS")
+            if dropped:
+                ax.set_title(f"{dropped} point(s) <= 0 not shown", fontsize=8)
+        else:
+            smooth(ax, x, y)
+        ax.set_xlabel(_unit(key, cu))
+        ax.set_ylabel(_unit("DV", cu))
+    axes[0].legend(fontsize=7)
+    cw = np.asarray(d["CWRES"], dtype=float)
+    for ax, key, unit in zip(axes[2:5], ("TIME", "TAD", "PRED"), (tu, tu, cu)):
+        x = np.asarray(d[key], dtype=float)
+        ax.plot(x, cw, "o", ms=3, alpha=0.6, color="C0")
         ax.axhline(0, color="k", lw=1)
         for v in (-2, 2):
             ax.axhline(v, color="k", lw=0.5, ls=":")
-        ax.set_xlabel(key)
+        smooth(ax, x, cw)
+        out = np.flatnonzero(np.isfinite(x) & (np.abs(cw) > outlier))
+        for j in out:
+            ax.annotate(str(ids[j]), (x[j], cw[j]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(_unit("time after dose (TAD)" if key == "TAD" else key, unit))
         ax.set_ylabel("CWRES")
+    ax = axes[5]
+    ip, iw = np.asarray(d["IPRED"], dtype=float), np.abs(np.asarray(d["IWRES"], dtype=float))
+    ax.plot(ip, iw, "o", ms=3, alpha=0.6, color="C0")
+    smooth(ax, ip, iw)
+    ax.set_xlabel(_unit("IPRED", cu))
+    ax.set_ylabel("|IWRES|")
+    ax = axes[6]
+    c = np.sort(cw[np.isfinite(cw)])
+    if c.size:
+        q = norm.ppf((np.arange(1, c.size + 1) - 0.5) / c.size)
+        ax.plot(q, c, "o", ms=3, alpha=0.6, color="C0")
+        lim = [min(q.min(), c.min()), max(q.max(), c.max())]
+        ax.plot(lim, lim, "k-", lw=1)
+    ax.set_xlabel("N(0, 1) quantiles")
+    ax.set_ylabel("CWRES quantiles")
+    ax.set_title("CWRES QQ plot", fontsize=9)
+    axes[7].axis("off")
+    axes[7].text(
+        0.0,
+        0.9,
+        "red: LOESS smoother\nblack: identity, 0 and +-2\n"
+        f"labels: subject IDs where |CWRES| > {outlier:g}\n{len(cw)} observations",
+        fontsize=9,
+        va="top",
+        transform=axes[7].transAxes,
+    )
     fig.suptitle(f"{result.method.upper()} fit of {result.model.structural.name}: OFV {result.ofv:.2f}")
     fig.tight_layout()
     return fig
@@ -176,7 +278,7 @@ def vpc_data(result, data, n_sim=200, bins=8, percentiles=(5, 50, 95), seed=0, d
     }
 
 
-def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1):
+def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1, time_unit=None, conc_unit=None):
     """A visual predictive check: the data's 5th, 50th and 95th percentiles per time bin (lines)
     over the 90% intervals of the same percentiles in simulated replicates (bands)."""
     plt = _plt()
@@ -190,8 +292,8 @@ def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1):
     for s in data.subjects:
         m = s.dvid == dvid
         ax.plot(s.obs_time[m], s.dv[m], ".", color="0.6", ms=2)
-    ax.set_xlabel("time")
-    ax.set_ylabel("concentration")
+    ax.set_xlabel(_unit("time", time_unit))
+    ax.set_ylabel(_unit("concentration", conc_unit))
     ax.set_title(f"VPC ({n_sim} simulated data sets; bands: 90% intervals of the simulated percentiles)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -203,20 +305,22 @@ def save_figure(fig, path, dpi=110):
     return atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"), suffix=".png", text=False)
 
 
-def save_report(result, data, folder, n_sim=200, seed=0):
+def save_report(result, data, folder, n_sim=200, seed=0, time_unit=None, conc_unit=None):
     """individual_fits.png (every subject: 24 a page, the later pages individual_fits_2.png,
-    individual_fits_3.png, ...), goodness_of_fit.png and vpc.png in ``folder``; returns their paths."""
+    individual_fits_3.png, ...), goodness_of_fit.png and vpc.png in ``folder`` (axes labelled with
+    ``time_unit`` and ``conc_unit``); returns their paths."""
+    units = dict(time_unit=time_unit, conc_unit=conc_unit)
     plt = _plt()
     os.makedirs(folder, exist_ok=True)
     out = []
-    for k, fig in enumerate(individual_fit_pages(result, data)):
+    for k, fig in enumerate(individual_fit_pages(result, data, **units)):
         out.append(
             save_figure(fig, os.path.join(folder, "individual_fits.png" if k == 0 else f"individual_fits_{k + 1}.png"))
         )
         plt.close(fig)
     for name, make in (
-        ("goodness_of_fit.png", lambda: goodness_of_fit(result)),
-        ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed)),
+        ("goodness_of_fit.png", lambda: goodness_of_fit(result, **units)),
+        ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed, **units)),
     ):
         fig = make()
         out.append(save_figure(fig, os.path.join(folder, name)))
