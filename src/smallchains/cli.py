@@ -83,8 +83,11 @@ def _covariates(items):
             target, rest = item.split("~", 1)
             cov, form = (rest.split(":", 1) + ["power"])[:2]
         except ValueError:
-            raise SystemExit(f"error: --covariate takes PARAM~COV[:power|exp], got {item!r}") from None
-        out.setdefault(target.strip(), {})[cov.strip()] = form.strip()
+            raise SystemExit(f"error: --covariate takes PARAM~COV[:power|exp|cat=L0/L1/...], got {item!r}") from None
+        form = form.strip()
+        if form.startswith("cat="):  # (a categorical effect: its levels, the first the reference)
+            form = ("categorical", [v for v in form[4:].split("/") if v])
+        out.setdefault(target.strip(), {})[cov.strip()] = form
     return out
 
 
@@ -255,7 +258,12 @@ def main(argv=None):
     f.add_argument("--eta", help="parameters with random effects: name,...")
     f.add_argument("--omega", default="diagonal", choices=["diagonal", "full"])
     f.add_argument("--omega-init", type=float, default=0.1, help="initial variance of each random effect")
-    f.add_argument("--covariate", action="append", help="PARAM~COV[:power|exp], repeatable")
+    f.add_argument(
+        "--covariate",
+        action="append",
+        help="PARAM~COV[:power|exp|cat=L0/L1/...] (cat: a shift of log PARAM per level after the reference L0), "
+        "repeatable",
+    )
     f.add_argument("--error", default="additive", choices=["additive", "proportional", "combined"])
     f.add_argument("--sigma", help="initial residual sd(s), comma-separated")
     f.add_argument(

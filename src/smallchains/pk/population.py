@@ -7,7 +7,10 @@ For subject i with baseline covariates c_i and random effects eta_i ~ N(0, Omega
     y_ij     = h(u_i(t_ij), p_i) + eps_ij,   eps_ij ~ N(0, V(h))      (residual error)
 
 with X_c = log(c / ref) ("power": q proportional to (c/ref)^beta) or c - ref ("exp": to
-exp(beta (c - ref))).  V is a^2 (additive), (b h)^2 (proportional) or a^2 + (b h)^2
+exp(beta (c - ref))), or, for a categorical covariate with levels (l_0, l_1, ...), one X per level
+after the first (the reference), 1 when c equals it ("categorical": q = theta exp(beta_l), a shift
+of log q per level, as NONMEM's IF(SEX.EQ.1) TVCL = TVCL*EXP(THETA(n)) or nlmixr2's
+``cl <- exp(tcl + beta*(SEX == 1))``).  V is a^2 (additive), (b h)^2 (proportional) or a^2 + (b h)^2
 (combined).  A structural model with a network (a :class:`smallchains.UDE`) adds its weights
 to the fixed effects, with a Gaussian prior N(0, s^2) on each (an L2 penalty).
 
@@ -110,6 +113,23 @@ class CovariateNetwork:
         return f"CovariateNetwork({self.inputs} -> {self.targets}, {self.chain.num_params} weights)"
 
 
+def _levels(k, c, levels):
+    """A categorical effect's levels: at least two distinct finite numbers, the first the reference."""
+    try:
+        out = [float(v) for v in levels]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"the levels of the categorical effect {k}~{c} must be numbers (recode text with "
+            f"read_data(..., categorical=...)), got {levels!r}"
+        ) from None
+    if len(out) < 2 or len(set(out)) != len(out) or not all(np.isfinite(out)):
+        raise ValueError(
+            f"the categorical effect {k}~{c} needs two or more distinct finite levels (the first is the "
+            f"reference), got {levels!r}"
+        )
+    return out
+
+
 class PopulationModel:
     """A structural model with typical values, covariate effects, random effects and residual error.
 
@@ -120,8 +140,10 @@ class PopulationModel:
         eta: names in ``theta`` that get a random effect (log-normal).
         omega: ``"diagonal"`` or ``"full"`` covariance of the random effects.
         omega_init: initial variance(s): a scalar, one per random effect, or a matrix.
-        covariates: ``{theta name: {covariate: "power" | "exp"}}``, e.g.
-            ``{"CL": {"WT": "power"}}`` for CL = theta (WT/ref)^beta.
+        covariates: ``{theta name: {covariate: "power" | "exp" | ("categorical", levels)}}``, e.g.
+            ``{"CL": {"WT": "power"}}`` for CL = theta (WT/ref)^beta, or ``{"CL": {"SEX":
+            ("categorical", [0, 1])}}`` for CL = theta exp(beta_1 [SEX = 1]): one effect a level
+            after the first (the reference); a subject with another value is an error.
         covariate_ref: ``{covariate: reference value}``; default the median over the subjects.
         individual: a function ``q -> {structural parameter: value}`` from the individual values
             by name (plain arithmetic, it is differentiated by complex step), or
@@ -261,15 +283,27 @@ class PopulationModel:
                 raise ValueError("`omega_init` must be symmetric positive definite") from None
         else:
             L0 = np.zeros((0, 0))
-        self.covariates = []  # (theta index, covariate name, form)
+        self.covariates = []  # (theta index, covariate name, form: "power", "exp" or "cat=<level>")
+        #: {(theta name, covariate): [reference level, other levels...]} of categorical effects
+        self.covariate_levels = {}
         for k, effects in (covariates or {}).items():
             if k not in self.theta_names:
                 raise ValueError(f"covariate effect on {k!r}, which is not in `theta` {self.theta_names}")
             if not isinstance(effects, dict):
-                raise TypeError(f"`covariates[{k!r}]` must be a dict {{covariate: 'power' | 'exp'}}")
+                raise TypeError(
+                    f"`covariates[{k!r}]` must be a dict {{covariate: 'power' | 'exp' | ('categorical', levels)}}"
+                )
             for c, form in effects.items():
+                if isinstance(form, tuple | list) and len(form) == 2 and form[0] == "categorical":
+                    levels = _levels(k, c, form[1])
+                    self.covariate_levels[(k, str(c))] = levels
+                    for lv in levels[1:]:
+                        self.covariates.append((self.theta_names.index(k), str(c), f"cat={lv:g}"))
+                    continue
                 if form not in ("power", "exp"):
-                    raise ValueError(f"covariate form for {k}~{c} must be 'power' or 'exp', got {form!r}")
+                    raise ValueError(
+                        f"covariate form for {k}~{c} must be 'power', 'exp' or ('categorical', [levels]), got {form!r}"
+                    )
                 self.covariates.append((self.theta_names.index(k), str(c), form))
         self.covariate_ref = dict(covariate_ref or {})
         self.error = ErrorModel(error, sigma)
@@ -318,7 +352,10 @@ class PopulationModel:
         self.x0 = x0
         self.names = (
             ["log " + k for k in self.theta_names]
-            + [f"beta {self.theta_names[k]}~{c}" for k, c, _ in self.covariates]
+            + [
+                f"beta {self.theta_names[k]}~{c}" + (f" {f}" if f.startswith("cat=") else "")
+                for k, c, f in self.covariates
+            ]
             + [f"w[{i}]" for i in range(n_w)]
             + [f"wc[{i}]" for i in range(n_wc)]
             + ["log " + s for s in self.error.names]
@@ -450,6 +487,19 @@ class PopulationModel:
             raise ValueError(f"covariate {c!r} is missing (NaN) for some subjects; {why}")
         return vals
 
+    def _category(self, vals, k, c, form, ids):
+        """1 where ``vals`` equal the level of ``form`` ("cat=<level>"), else 0; a value not among
+        the effect's levels is a ValueError naming the subject."""
+        levels = self.covariate_levels[(self.theta_names[k], c)]
+        bad = ~np.isin(vals, levels)
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"subject {ids[min(i, len(ids) - 1)]}: {c} = {vals[i]:g} is not one of the levels {levels} of "
+                f"the categorical effect {self.theta_names[k]}~{c}; add the level or recode the covariate"
+            )
+        return (vals == float(form[4:])).astype(float)
+
     def covariate_design(self, subjects):
         """Per subject: the covariate columns X (n_subjects, n_beta), the covariate network's
         standardised inputs Z (n_subjects, n_inputs), and the references used {name: value}
@@ -458,6 +508,9 @@ class PopulationModel:
         X = np.zeros((len(subjects), len(self.covariates)))
         for j, (k, c, form) in enumerate(self.covariates):
             vals = self._baseline(subjects, c, f"the model uses {self.theta_names[k]}~{c}")
+            if form.startswith("cat="):
+                X[:, j] = self._category(vals, k, c, form, [s.id for s in subjects])
+                continue
             ref = float(self.covariate_ref.get(c, np.median(vals)))
             refs[c] = ref
             if form == "power":
@@ -483,8 +536,11 @@ class PopulationModel:
         """One subject's covariate design (X row, Z row) at covariate values ``cov`` {name: value},
         with the references ``refs`` of :meth:`covariate_design` (time-varying covariates)."""
         X = np.zeros(len(self.covariates))
-        for j, (_, c, form) in enumerate(self.covariates):
+        for j, (k, c, form) in enumerate(self.covariates):
             v = float(cov[c])
+            if form.startswith("cat="):
+                X[j] = self._category(np.array([v]), k, c, form, ["(a record)"])[0]
+                continue
             if form == "power":
                 if not v > 0:
                     raise ValueError(

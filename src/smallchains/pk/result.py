@@ -313,6 +313,7 @@ def model_spec(m):
         "omega": m.omega_kind,
         "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
         "covariate_ref": m.covariate_ref,
+        "covariate_levels": [[k, c, lv] for (k, c), lv in m.covariate_levels.items()],
         "error": m.error.kind,
         "weight_prior": m.weight_prior,
         "fixed": [n for n, f in zip(m.names, m.fixed) if f],
@@ -330,8 +331,9 @@ def model_from_spec(spec):
     x0 = np.asarray(spec["x0"])
     theta = dict(zip(spec["theta_names"], np.exp(x0[: len(spec["theta_names"])])))
     cov = {}
+    levels = {(k, c): lv for k, c, lv in spec.get("covariate_levels", [])}
     for k, c, form in spec["covariates"]:
-        cov.setdefault(k, {})[c] = form
+        cov.setdefault(k, {})[c] = ("categorical", levels[(k, c)]) if form.startswith("cat=") else form
     m = PopulationModel(
         spec["structural"],
         theta,
