@@ -91,6 +91,54 @@ def test_loess_reproduces_a_line_and_follows_a_curve():
     assert loess([1.0, 2.0], [1.0, 2.0])[0].size == 0
 
 
+def test_jenks_bins_follow_the_sampling_clusters():
+    from smallchains.pk.plots import jenks_edges
+
+    t = np.array([0.5, 0.5, 0.6, 0.55, 1.0, 1.1, 1.05, 2.0, 2.1, 8.0, 8.2, 8.1, 23.5, 24.0, 24.5, 24.0])
+    e = jenks_edges(t, 5)
+    which = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
+    clusters = [(0.45, 0.7), (0.9, 1.2), (1.9, 2.2), (7.9, 8.3), (23, 25)]
+    for k, (lo, hi) in enumerate(clusters):
+        assert np.all(which[(t > lo) & (t < hi)] == k)  # (each cluster one bin, no bin across two)
+    assert e[0] == 0.5 and e[-1] == 24.5
+    # equal-count quantile bins do not: some cluster is cut, or some bin mixes two clusters
+    label = np.array([k for tt in t for k, (lo, hi) in enumerate(clusters) if lo < tt < hi])
+    q = np.unique(np.quantile(t, np.linspace(0, 1, 6)))
+    wq = np.clip(np.searchsorted(q, t, side="right") - 1, 0, len(q) - 2)
+    pairs = set(zip(label.tolist(), wq.tolist()))
+    assert len(pairs) > len(set(label.tolist())) or len(pairs) > len(set(wq.tolist()))
+    assert len(jenks_edges([3.0, 3.0], 4)) == 2
+
+
+def test_vpc_bins_prediction_correction_and_strata(theoph, theoph_fit):
+    import matplotlib.pyplot as plt
+
+    v = sc.pk.plots.vpc_data(theoph_fit, theoph, n_sim=40, bins=8)
+    assert v["n_obs"].sum() == theoph_fit.n_obs  # (no observation dropped: the last edge is inclusive)
+    assert v["binning"] == "jenks" and v["simulated"].shape == (40, len(v["edges"]) - 1, 3)
+    pc = sc.pk.plots.vpc_data(theoph_fit, theoph, n_sim=40, bins=8, pred_corr=True)
+    # the observed values scaled by the bin's median PRED over their own PRED
+    d = theoph_fit.diagnostics
+    pred, dv, t = np.asarray(d["PRED"]), np.asarray(d["DV"]), np.asarray(d["TIME"])
+    e = pc["edges"]
+    which = np.clip(np.searchsorted(e, t, side="right") - 1, 0, len(e) - 2)
+    b = 3
+    med = np.median(pred[which == b])
+    ok = (which == b) & (pred > 0)
+    np.testing.assert_allclose(np.median(dv[ok] * med / pred[ok]), pc["observed"][b, 1], rtol=1e-9)
+    tad = sc.pk.plots.vpc_data(theoph_fit, theoph, n_sim=20, bins=5, x="TAD")
+    assert tad["x"] == "TAD" and tad["n_obs"].sum() == theoph_fit.n_obs
+    by_dose = sc.pk.plots.vpc_data(theoph_fit, theoph, n_sim=20, bins=4, stratify="DOSE")
+    assert sum(int(v["n_obs"].sum()) for v in by_dose.values()) == theoph_fit.n_obs
+    fig = sc.pk.plots.vpc(theoph_fit, theoph, n_sim=20, bins=5, pred_corr=True, time_unit="h", conc_unit="mg/L")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "observations" in labels and "observed P50" in labels and "simulated P50: 90% interval" in labels
+    assert fig.axes[0].get_ylabel() == "prediction-corrected concentration (mg/L)"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="`binning` must be"):
+        sc.pk.plots.vpc_data(theoph_fit, theoph, binning="equal")
+
+
 def test_individual_fits_page_every_subject_with_a_legend_on_each_page(tmp_path):
     """Phenobarbital's 59 subjects: three pages of 24, 24 and 11 panels, each with its legend and a
     title naming its subjects; save_report writes all three; nothing is left out."""

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .._atomic import atomic_write
+from .report import time_after_dose
 
 
 def _plt():
@@ -225,77 +226,246 @@ def goodness_of_fit(result, *, time_unit=None, conc_unit=None, log=False, outlie
     return fig
 
 
-def vpc_data(result, data, n_sim=200, bins=8, percentiles=(5, 50, 95), seed=0, dvid=1):
+def jenks_edges(x, n_bins):
+    """Bin edges by Jenks' natural breaks: the partition of the sorted values ``x`` into at most
+    ``n_bins`` groups of consecutive values with the least total within-group sum of squares
+    (Fisher's exact dynamic programme, 1958; the R vpc package's default binning).  The edges are
+    the midpoints between groups, with min(x) and max(x) at the ends; ties never straddle an edge.
+    Over 2,000 distinct values are first pooled into 2,000 equal-count groups."""
+    x = np.sort(np.asarray(x, dtype=float)[np.isfinite(x)])
+    if x.size == 0:
+        raise ValueError("no finite value to bin")
+    u, w = np.unique(x, return_counts=True)
+    if u.size > 2000:  # (the programme is quadratic in the distinct values)
+        g = np.minimum((np.cumsum(w) - 1) * 2000 // w.sum(), 1999)
+        u = np.array([np.average(u[g == k], weights=w[g == k]) for k in np.unique(g)])
+        w = np.array([w[g == k].sum() for k in np.unique(g)])
+    k = int(min(n_bins, u.size))
+    if k <= 1:
+        return np.array([x[0], x[-1]])
+    W = np.concatenate([[0.0], np.cumsum(w)])
+    S1 = np.concatenate([[0.0], np.cumsum(w * u)])
+    S2 = np.concatenate([[0.0], np.cumsum(w * u * u)])
+    n = u.size
+
+    def sse(i, j):  # the group u[i..j] (inclusive), vectorised over i
+        ww = W[j + 1] - W[i]
+        s1 = S1[j + 1] - S1[i]
+        return (S2[j + 1] - S2[i]) - s1 * s1 / ww
+
+    cost = np.full((k, n), np.inf)
+    back = np.zeros((k, n), dtype=np.int64)
+    cost[0] = sse(np.zeros(n, dtype=np.int64), np.arange(n))
+    for g in range(1, k):
+        for j in range(g, n):
+            i = np.arange(g, j + 1)
+            c = cost[g - 1, i - 1] + sse(i, j)
+            b = int(np.argmin(c))
+            cost[g, j], back[g, j] = c[b], i[b]
+    starts = []
+    j = n - 1
+    for g in range(k - 1, 0, -1):
+        i = back[g, j]
+        starts.append(i)
+        j = i - 1
+    starts = sorted(starts)
+    inner = [(u[i - 1] + u[i]) / 2 for i in starts]
+    return np.array([x[0], *inner, x[-1]])
+
+
+def _vpc_observations(P, dvid):
+    """Per subject with observations of output ``dvid``: (its rows among its observations)."""
+    return [np.flatnonzero(s.dvid == dvid) for s in P.subjects]
+
+
+def vpc_data(
+    result,
+    data,
+    n_sim=200,
+    bins=8,
+    percentiles=(5, 50, 95),
+    seed=0,
+    dvid=1,
+    binning="jenks",
+    x="TIME",
+    pred_corr=False,
+    stratify=None,
+):
     """The numbers of a visual predictive check.
 
-    Simulates ``n_sim`` replicates of the data set from the fitted model (new random
-    effects and residual errors), bins the observation times at their quantiles, and returns
-    a dict: ``bin_time`` (median time of each bin), ``observed`` (n_bins, n_percentiles)
-    percentiles of the data, and ``simulated`` (n_sim, n_bins, n_percentiles) of each replicate.
+    Simulates ``n_sim`` replicates of the fitted observations (new random effects and residual
+    errors, at the estimates; one population call a replicate), bins the independent variable
+    ``x`` (``"TIME"``, or ``"TAD"`` for a time-after-dose VPC) and computes the ``percentiles``
+    of the data and of each replicate in every bin.
+
+    Args:
+        bins: the number of bins, or the bin edges themselves (an increasing sequence).
+        binning: ``"jenks"`` (the default: natural breaks, :func:`jenks_edges`, so that bins follow
+            the design's clusters of sampling times instead of cutting them) or ``"quantile"``
+            (equal counts).  Every observation falls in a bin (the last edge is inclusive).
+        pred_corr: a prediction-corrected VPC (Bergstrand et al. 2011, AAPS J 13:143): each value
+            y_ij, observed and simulated, becomes y_ij PRED_bin / PRED_ij, PRED_bin the median
+            PRED of its bin (lower bound 0).
+        stratify: a baseline covariate's name: one VPC per value (a dict level -> VPC).
+
+    Returns:
+        dict: ``bin_x`` (median x of each bin; ``bin_time`` is the same), ``edges``, ``n_obs``
+        (observations per bin), ``observed`` (n_bins, n_percentiles), ``simulated`` (n_sim,
+        n_bins, n_percentiles), ``percentiles``, ``x``, ``pred_corr``, ``binning``; with
+        ``stratify``, {level: that dict}.  BLQ records are left out, of the data and of the
+        simulations alike (the M1 rule).
     """
-    from .simulate import simulate_data
+    from .importance import problem_for
+    from .npde import simulate_observations
 
-    sims, _ = simulate_data(
-        result.model,
-        data,
-        result.x,
-        n=n_sim,
-        seed=seed,
-        ss_tol=result.settings.get("ss_tol"),
-        time_varying=result.settings.get("time_varying", "nocb"),
-    )
+    if binning not in ("jenks", "quantile"):
+        raise ValueError(f"`binning` must be 'jenks' or 'quantile', got {binning!r}")
+    if x not in ("TIME", "TAD"):
+        raise ValueError(f"`x` must be 'TIME' or 'TAD', got {x!r}")
+    n_sim = int(n_sim)
+    if n_sim < 2:
+        raise ValueError(f"`n_sim` must be >= 2, got {n_sim}")
+    P = problem_for(result, data)
+    try:
+        rows = _vpc_observations(P, dvid)
+        if not sum(r.size for r in rows):
+            raise ValueError(f"no observation of DVID {dvid} to check")
+        sims = simulate_observations(P, result.x, n_sim, seed)
+        preds = P.predictions(result.x, None) if pred_corr else None
+        groups = {}
+        for i, s in enumerate(P.subjects):
+            key = None
+            if stratify is not None:
+                if stratify not in s.subject.covariates:
+                    raise ValueError(f"`stratify`: subject {s.subject.id} has no covariate {stratify!r}")
+                key = float(s.subject.covariate(stratify))
+            groups.setdefault(key, []).append(i)
+    finally:
+        P.close()
 
-    def collect(pop):
-        t, y = [], []
-        for s in pop.subjects:
-            m = (s.dvid == dvid) & (np.asarray(s.blq) == 0)
-            t.append(s.obs_time[m])
-            y.append(s.dv[m])
-        return np.concatenate(t), np.concatenate(y)
+    def one(members):
+        xs, ys, pr, sim = [], [], [], []
+        for i in members:
+            s, r = P.subjects[i], rows[i]
+            t = s.t[r]
+            xs.append(time_after_dose(s.subject, t) if x == "TAD" else t)
+            ys.append(s.y[r])
+            sim.append(sims[i][:, r])
+            if pred_corr:
+                pr.append(preds[i][0][r])
+        xv, yv, sv = np.concatenate(xs), np.concatenate(ys), np.concatenate(sim, axis=1)
+        keep = np.isfinite(xv)  # (TAD before the first dose)
+        xv, yv, sv = xv[keep], yv[keep], sv[:, keep]
+        if np.ndim(bins):
+            edges = np.asarray(bins, dtype=float)
+            if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+                raise ValueError("`bins` as edges must be an increasing sequence of two or more numbers")
+        elif binning == "jenks":
+            edges = jenks_edges(xv, int(bins))
+        else:
+            edges = np.unique(np.quantile(xv, np.linspace(0, 1, int(bins) + 1)))
+        nb = max(len(edges) - 1, 1)
+        which = np.clip(np.searchsorted(edges, xv, side="right") - 1, 0, nb - 1)
+        if pred_corr:
+            pv = np.concatenate(pr)[keep]
+            med = np.array([np.median(pv[which == b]) if np.any(which == b) else np.nan for b in range(nb)])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = np.where(pv > 0, med[which] / pv, np.nan)
+            yv = yv * factor
+            sv = sv * factor[None, :]
+        n_obs = np.bincount(which, minlength=nb)
 
-    t_obs, y_obs = collect(data)
-    edges = np.unique(np.quantile(t_obs, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, t_obs, side="right") - 1, 0, len(edges) - 2)
-    nb = len(edges) - 1
-    bin_time = np.array([np.median(t_obs[which == b]) if np.any(which == b) else np.nan for b in range(nb)])
+        def pct(y):
+            return np.array(
+                [
+                    np.nanpercentile(y[which == b], percentiles) if n_obs[b] else np.full(len(percentiles), np.nan)
+                    for b in range(nb)
+                ]
+            )
 
-    def pct(y):
-        return np.array(
-            [
-                np.percentile(y[which == b], percentiles) if np.any(which == b) else np.full(len(percentiles), np.nan)
-                for b in range(nb)
-            ]
-        )
+        bin_x = np.array([np.median(xv[which == b]) if n_obs[b] else np.nan for b in range(nb)])
+        return {
+            "bin_x": bin_x,
+            "bin_time": bin_x,
+            "edges": edges,
+            "n_obs": n_obs,
+            "observed": pct(yv),
+            "simulated": np.stack([pct(sv[k]) for k in range(n_sim)]),
+            "percentiles": tuple(percentiles),
+            "x": x,
+            "pred_corr": bool(pred_corr),
+            "binning": "edges" if np.ndim(bins) else binning,
+            "points": (xv, yv),
+        }
 
-    observed = pct(y_obs)
-    simulated = np.stack([pct(collect(p)[1]) for p in sims])
-    return {
-        "bin_time": bin_time,
-        "edges": edges,
-        "observed": observed,
-        "simulated": simulated,
-        "percentiles": tuple(percentiles),
-    }
+    if stratify is None:
+        return one(groups[None])
+    return {level: one(members) for level, members in sorted(groups.items())}
 
 
-def vpc(result, data, n_sim=200, bins=8, seed=0, dvid=1, time_unit=None, conc_unit=None):
-    """A visual predictive check: the data's 5th, 50th and 95th percentiles per time bin (lines)
-    over the 90% intervals of the same percentiles in simulated replicates (bands)."""
+def vpc(
+    result,
+    data,
+    n_sim=200,
+    bins=8,
+    seed=0,
+    dvid=1,
+    time_unit=None,
+    conc_unit=None,
+    binning="jenks",
+    x="TIME",
+    pred_corr=False,
+    stratify=None,
+    log=False,
+):
+    """A visual predictive check (:func:`vpc_data`): per bin, the data's 5th, 50th and 95th
+    percentiles (lines) over the 90% intervals of the same percentiles in the simulated replicates
+    (bands: blue for the 5th and 95th, red for the median), the observations as grey points and
+    the bins' edges as ticks on the x axis; a legend says what each line and band is.  One panel a
+    stratum with ``stratify``; ``x="TAD"`` for a time-after-dose VPC; ``pred_corr`` for a
+    prediction-corrected one; ``log`` for a log y axis."""
     plt = _plt()
-    v = vpc_data(result, data, n_sim=n_sim, bins=bins, seed=seed, dvid=dvid)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    t = v["bin_time"]
-    for k, (p, color) in enumerate(zip(v["percentiles"], ("C0", "C3", "C0"))):
-        lo, hi = np.percentile(v["simulated"][:, :, k], [5, 95], axis=0)
-        ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0)
-        ax.plot(t, v["observed"][:, k], "-o", color=color, ms=3, label=f"observed P{p}")
-    for s in data.subjects:
-        m = s.dvid == dvid
-        ax.plot(s.obs_time[m], s.dv[m], ".", color="0.6", ms=2)
-    ax.set_xlabel(_unit("time", time_unit))
-    ax.set_ylabel(_unit("concentration", conc_unit))
-    ax.set_title(f"VPC ({n_sim} simulated data sets; bands: 90% intervals of the simulated percentiles)", fontsize=9)
-    ax.legend(fontsize=8)
+    v = vpc_data(
+        result,
+        data,
+        n_sim=n_sim,
+        bins=bins,
+        seed=seed,
+        dvid=dvid,
+        binning=binning,
+        x=x,
+        pred_corr=pred_corr,
+        stratify=stratify,
+    )
+    panels = [(None, v)] if stratify is None else list(v.items())
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    colors = {0: "C0", 1: "C3", 2: "C0"}
+    for ax, (level, d) in zip(axes[0], panels, strict=True):
+        t = d["bin_x"]
+        ax.plot(*d["points"], ".", color="0.6", ms=2, label="observations", zorder=1)
+        pcts = d["percentiles"]
+        for k, p in enumerate(pcts):
+            color = colors.get(k, "C0") if len(pcts) == 3 else "C0"
+            lo, hi = np.percentile(d["simulated"][:, :, k], [5, 95], axis=0)
+            band = f"simulated P{p}: 90% interval"
+            ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0, label=band)
+            ax.plot(t, d["observed"][:, k], "-o", color=color, ms=3, label=f"observed P{p}")
+        for e in d["edges"]:
+            ax.axvline(e, color="0.85", lw=0.6, zorder=0)
+        if log:
+            ax.set_yscale("log")
+        xl = "time after dose (TAD)" if d["x"] == "TAD" else "time"
+        ax.set_xlabel(_unit(xl, time_unit))
+        yl = "prediction-corrected concentration" if d["pred_corr"] else "concentration"
+        ax.set_ylabel(_unit(yl, conc_unit))
+        what = "pcVPC" if d["pred_corr"] else "VPC"
+        head = f"{what}, {stratify} = {level:g}: " if level is not None else f"{what}: "
+        ax.set_title(
+            f"{head}{n_sim} simulated data sets, {len(d['edges']) - 1} bins ({d['binning']}), "
+            f"{int(d['n_obs'].sum())} observations",
+            fontsize=9,
+        )
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
