@@ -74,7 +74,12 @@ def test_plots(tmp_path, theoph, theoph_fit):
     lo, hi = np.percentile(v["simulated"], [5, 95], axis=0)
     assert np.mean((v["observed"] >= lo) & (v["observed"] <= hi)) >= 0.8
     paths = sc.pk.plots.save_report(theoph_fit, theoph, tmp_path / "r", n_sim=20)
-    assert sorted(p.split("/")[-1] for p in paths) == ["goodness_of_fit.png", "individual_fits.png", "vpc.png"]
+    assert sorted(p.split("/")[-1] for p in paths) == [
+        "eta_covariates.png",
+        "goodness_of_fit.png",
+        "individual_fits.png",
+        "vpc.png",
+    ]
     assert all((tmp_path / "r" / p.split("/")[-1]).read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.startswith(".tmp")]
 
@@ -89,6 +94,28 @@ def test_loess_reproduces_a_line_and_follows_a_curve():
     xs, ys = loess(x, np.sin(x) + rng.normal(0, 0.05, x.size), frac=0.25)
     assert np.max(np.abs(ys - np.sin(xs))) < 0.2
     assert loess([1.0, 2.0], [1.0, 2.0])[0].size == 0
+
+
+def test_eta_covariate_panels(theoph, theoph_fit):
+    import matplotlib.pyplot as plt
+
+    fig = sc.pk.plots.eta_covariates(theoph_fit, theoph, outlier=1.5)
+    assert len(fig.axes) == 2 * 2  # (ETA1, ETA2) x (WT, DOSE)
+    assert [a.get_ylabel() for a in fig.axes[::2]] == ["ETA1 (ka)", "ETA2 (CL)"]
+    assert fig.axes[2].get_xlabel() == "WT" and fig.axes[3].get_xlabel() == "DOSE"
+    x, y = fig.axes[0].get_lines()[0].get_data()
+    wt = {s.id: s.covariate("WT") for s in theoph.subjects}
+    np.testing.assert_allclose(x, [wt[i] for i in theoph_fit.ids])
+    np.testing.assert_allclose(y, theoph_fit.etas[:, 0])
+    e = theoph_fit.etas[:, 0]
+    assert len(fig.axes[0].texts) == int(np.sum(np.abs(e) > 1.5 * np.std(e)))
+    plt.close(fig)
+    # a categorical covariate gets box plots, one a level
+    fig = sc.pk.plots.eta_covariates(theoph_fit, theoph, covariates=["WT"], categorical=["WT"])
+    assert len(fig.axes[0].get_xticklabels()) == len({s.covariate("WT") for s in theoph.subjects})
+    plt.close(fig)
+    with pytest.raises(ValueError, match="`covariates` names 'AGE'"):
+        sc.pk.plots.eta_covariates(theoph_fit, theoph, covariates=["AGE"])
 
 
 def test_jenks_bins_follow_the_sampling_clusters():
@@ -207,6 +234,7 @@ def test_cli_fit(tmp_path, capsys):
         "catab1",
         "cotab1",
         "diagnostics.csv",
+        "eta_covariates.png",
         "fit.json",
         "goodness_of_fit.png",
         "individual_fits.png",

@@ -226,6 +226,68 @@ def goodness_of_fit(result, *, time_unit=None, conc_unit=None, log=False, outlie
     return fig
 
 
+def eta_covariates(result, data, covariates=None, categorical=None, outlier=None):
+    """Each subject's random effects (its conditional mode, ETA1..ETAq, rows) against each
+    baseline covariate (columns): a scatter with a LOESS smoother for a continuous covariate, box
+    plots per level for a categorical one (xpose4's rule: whole numbers with at most 4 levels,
+    unless ``categorical`` names them), a line at 0.  ``covariates`` default: every numeric
+    covariate of the data.  Points with |eta| above ``outlier`` times that eta's sd are labelled
+    with the subject's ID (None: no labels).  The way to spot a covariate relation left out of
+    the model (a trend) before adding it."""
+    from .tables import CATEGORICAL_LEVELS
+
+    plt = _plt()
+    m = result.model
+    if not m.n_eta:
+        raise ValueError("the model has no random effect to plot")
+    names = list(data.covariate_names) if covariates is None else list(covariates)
+    missing = [c for c in names if c not in data.covariate_names]
+    if missing:
+        raise ValueError(
+            f"`covariates` names {missing[0]!r}, not a numeric covariate of the data {data.covariate_names}"
+        )
+    if not names:
+        raise ValueError("the data have no numeric covariate to plot the random effects against")
+    by_id = {s.id: s for s in data.subjects}
+    subj = [by_id[i] for i in result.ids]
+    q = m.n_eta
+    fig, axes = plt.subplots(q, len(names), figsize=(3.2 * len(names), 2.6 * q), squeeze=False)
+    for col, c in enumerate(names):
+        v = np.array([float(s.covariate(c)) if c in s.covariates else np.nan for s in subj])
+        fin = v[np.isfinite(v)]
+        if categorical is not None:
+            is_cat = c in categorical
+        else:
+            is_cat = bool(fin.size) and np.all(fin == np.round(fin)) and np.unique(fin).size <= CATEGORICAL_LEVELS
+        for row in range(q):
+            ax = axes[row, col]
+            e = result.etas[:, row]
+            if is_cat:
+                levels = np.unique(fin)
+                ax.boxplot([e[v == lv] for lv in levels], positions=range(len(levels)), widths=0.5)
+                ax.set_xticks(range(len(levels)), [f"{lv:g}" for lv in levels])
+            else:
+                ax.plot(v, e, "o", ms=3, alpha=0.6, color="C0")
+                xs, ys = loess(v, e)
+                if xs.size:
+                    ax.plot(xs, ys, "-", color="C3", lw=1.5, label="LOESS")
+                if outlier is not None:
+                    sd = np.nanstd(e)
+                    for j in np.flatnonzero(np.abs(e) > outlier * sd):
+                        ax.annotate(
+                            str(result.ids[j]), (v[j], e[j]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                        )
+            ax.axhline(0, color="k", lw=0.8)
+            if row == q - 1:
+                ax.set_xlabel(c)
+            if col == 0:
+                ax.set_ylabel(f"ETA{row + 1} ({m.eta_names[row]})")
+            ax.tick_params(labelsize=8)
+    fig.suptitle(f"random effects against covariates ({result.method.upper()} fit, {len(subj)} subjects)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def jenks_edges(x, n_bins):
     """Bin edges by Jenks' natural breaks: the partition of the sorted values ``x`` into at most
     ``n_bins`` groups of consecutive values with the least total within-group sum of squares
@@ -475,10 +537,15 @@ def save_figure(fig, path, dpi=110):
     return atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"), suffix=".png", text=False)
 
 
+def _has_eta_panels(result, data):
+    return bool(result.model.n_eta) and bool(data.covariate_names) and result.etas.size > 0
+
+
 def save_report(result, data, folder, n_sim=200, seed=0, time_unit=None, conc_unit=None):
     """individual_fits.png (every subject: 24 a page, the later pages individual_fits_2.png,
-    individual_fits_3.png, ...), goodness_of_fit.png and vpc.png in ``folder`` (axes labelled with
-    ``time_unit`` and ``conc_unit``); returns their paths."""
+    individual_fits_3.png, ...), goodness_of_fit.png, vpc.png and, with random effects and
+    covariates, eta_covariates.png in ``folder`` (axes labelled with ``time_unit`` and
+    ``conc_unit``); returns their paths."""
     units = dict(time_unit=time_unit, conc_unit=conc_unit)
     plt = _plt()
     os.makedirs(folder, exist_ok=True)
@@ -491,7 +558,7 @@ def save_report(result, data, folder, n_sim=200, seed=0, time_unit=None, conc_un
     for name, make in (
         ("goodness_of_fit.png", lambda: goodness_of_fit(result, **units)),
         ("vpc.png", lambda: vpc(result, data, n_sim=n_sim, seed=seed, **units)),
-    ):
+    ) + ((("eta_covariates.png", lambda: eta_covariates(result, data)),) if _has_eta_panels(result, data) else ()):
         fig = make()
         out.append(save_figure(fig, os.path.join(folder, name)))
         plt.close(fig)
