@@ -333,3 +333,22 @@ def small_data(n=8, seed=3):
         rows += [dict(ID=i + 1, TIME=t, AMT=0.0, EVID=0, MDV=0, CMT=2, DV=1.0) for t in (0.5, 1, 2, 4, 8, 12, 24)]
     (data,), _ = pk.simulate_data(m, pk.read_data(pd.DataFrame(rows)), m.x0, seed=seed)
     return m, data
+
+
+def quadrature_term(s, x, omega2, grid_points=4001):
+    """-2 log of a subject's marginal likelihood over one random effect (without 2 pi per
+    observation), by quadrature: -2 log int exp(-l(eta) / 2) N(eta; 0, omega2) d eta."""
+    import math
+
+    from scipy.integrate import quad
+
+    etas = np.linspace(-8, 8, grid_points) * math.sqrt(omega2)
+    ls = np.array([s.data_term(x, np.array([e]), 0) for e in etas])
+    shift = ls.min()
+
+    def integrand(e):
+        return math.exp(-0.5 * (s.data_term(x, np.array([e]), 0) - shift) - e * e / (2 * omega2))
+
+    sd = math.sqrt(omega2)
+    val, _ = quad(integrand, -10 * sd, 10 * sd, points=[etas[np.argmin(ls)]], limit=400, epsabs=0, epsrel=1e-12)
+    return shift - 2.0 * math.log(val / math.sqrt(2 * math.pi * omega2))

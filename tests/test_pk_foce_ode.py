@@ -171,7 +171,9 @@ def test_a_ude_fit_by_the_compiled_ode_step_finds_the_numpy_estimates(theoph):
         finally:
             SubjectEval.compiled = True
     assert r.converged and ref.converged
-    assert -2 * r.loglik == pytest.approx(-2 * ref.loglik, abs=1e-4)
+    # (two L-BFGS runs whose line searches see OFV differences at an ODE solve's rounding: 1e-4
+    # apart on an Intel AVX-512 machine, 1.4e-4 measured on an AMD EPYC (AVX2))
+    assert -2 * r.loglik == pytest.approx(-2 * ref.loglik, abs=5e-4)
     # (the network's weights are not all identified: flat directions may end apart; the rest may not)
     rest = np.r_[np.arange(w.start), np.arange(w.stop, m.n_x)]
     np.testing.assert_allclose(r.x[rest], ref.x[rest], rtol=1e-3, atol=1e-3)

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.integrate import quad
+from helpers import quadrature_term
 
 import smallchains as sc
 from smallchains import pk
@@ -27,20 +27,6 @@ def fitted():
     return r, d
 
 
-def quadrature_term(s, x, omega2):
-    """-2 log int exp(-l(eta)/2) N(eta; 0, omega2) d eta (no 2 pi per observation)."""
-    grid = np.linspace(-8, 8, 2001) * math.sqrt(omega2)
-    ls = np.array([s.data_term(x, np.array([e]), 0) for e in grid])
-    shift = ls.min()
-
-    def integrand(e):
-        return math.exp(-0.5 * (s.data_term(x, np.array([e]), 0) - shift) - e * e / (2 * omega2))
-
-    sd = math.sqrt(omega2)
-    val, _ = quad(integrand, -10 * sd, 10 * sd, points=[grid[np.argmin(ls)]], limit=400, epsabs=0, epsrel=1e-12)
-    return shift - 2.0 * math.log(val / math.sqrt(2 * math.pi * omega2))
-
-
 def test_each_subject_matches_the_quadrature_of_its_likelihood(fitted):
     from smallchains.pk.importance import problem_for
 
@@ -49,7 +35,7 @@ def test_each_subject_matches_the_quadrature_of_its_likelihood(fitted):
     P = problem_for(r, d)
     try:
         om2 = float(r.omega[0, 0])
-        exact = np.array([quadrature_term(s, r.x, om2) for s in P.subjects])
+        exact = np.array([quadrature_term(s, r.x, om2, grid_points=2001) for s in P.subjects])
     finally:
         P.close()
     err = out["per_subject"] - exact

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.integrate import quad
+from helpers import quadrature_term
 
 import smallchains as sc
 from smallchains.pk import laplace as LP
@@ -47,18 +47,8 @@ def sparse(data, keep):
 
 
 def exact_term(s, x, omega2):
-    """-2 log of the subject's marginal likelihood (without 2 pi per observation), by quadrature:
-    -2 log int exp(-l(eta) / 2) N(eta; 0, omega2) d eta."""
-    etas = np.linspace(-8, 8, 4001) * math.sqrt(omega2)
-    ls = np.array([s.data_term(x, np.array([e]), 0) for e in etas])
-    shift = ls.min()
-
-    def integrand(e):
-        return math.exp(-0.5 * (s.data_term(x, np.array([e]), 0) - shift) - e * e / (2 * omega2))
-
-    sd = math.sqrt(omega2)
-    val, err = quad(integrand, -10 * sd, 10 * sd, points=[etas[np.argmin(ls)]], limit=400, epsabs=0, epsrel=1e-12)
-    return shift - 2.0 * math.log(val / math.sqrt(2 * math.pi * omega2))
+    """-2 log of the subject's marginal likelihood (without 2 pi per observation), by quadrature."""
+    return quadrature_term(s, x, omega2)
 
 
 @pytest.mark.parametrize(
@@ -204,5 +194,8 @@ def test_compiled_laplace_terms_equal_numpy(theoph, error, analytic):
     # modes that agree to about 1e-7 (tests/test_pk_foce_ode.py), so 1e-8 and 1e-6 for them)
     assert got[0] == pytest.approx(ref[0], rel=1e-9 if analytic is None else 1e-8)
     np.testing.assert_allclose(got[1], ref[1], atol=1e-8 if analytic is None else 1e-6)
+    # (the Hessians of ODE subjects, by differences of gradients at those modes: 1e-6 on an Intel
+    # AVX-512 machine, 2.3e-6 measured on an AMD EPYC (AVX2), whose vectorised solves round
+    # differently; exact solutions agree to 1e-6 everywhere)
     for a, b in zip(got[2], ref[2]):
-        np.testing.assert_allclose(a[2], b[2], rtol=1e-6)
+        np.testing.assert_allclose(a[2], b[2], rtol=1e-6 if analytic is None else 1e-5)
