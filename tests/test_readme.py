@@ -47,3 +47,4 @@ def test_population_fit_snippet_runs(tmp_path, monkeypatch):
     ns = {}
     exec(compile(code.replace('"foce")', '"map")'), "README.md", "exec"), ns)
     assert ns["fit"].converged and (tmp_path / "report" / "vpc.png").exists()
+    assert (tmp_path / "report" / "sdtab1").exists() and (tmp_path / "report" / "run1.ext").exists()
