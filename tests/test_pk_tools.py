@@ -194,6 +194,7 @@ def test_individual_fits_page_every_subject_with_a_legend_on_each_page(tmp_path)
         sc.pk.plots.individual_fits(r, data, per_page=0)
     paths = sc.pk.plots.save_report(r, data, tmp_path / "r", n_sim=5)
     assert sorted(p.split("/")[-1] for p in paths) == [
+        "eta_covariates.png",
         "goodness_of_fit.png",
         "individual_fits.png",
         "individual_fits_2.png",
