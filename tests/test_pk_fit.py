@@ -179,9 +179,10 @@ def test_diagnostics_on_theophylline(theoph_foce, theoph):
 
     d = theoph_foce.diagnostics
     assert set(d) == set(DIAGNOSTICS) == {
-        "ID", "TIME", "TAD", "DVID", "DV", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"
+        "ID", "TIME", "TAD", "DVID", "DV", "BLQ", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES"
     }  # fmt: skip
     assert all(len(v) == 132 for v in d.values())
+    assert not np.any(d["BLQ"])  # (no censored observation: M1)
     np.testing.assert_array_equal(d["RES"], d["DV"] - d["PRED"])
     np.testing.assert_array_equal(d["TAD"], d["TIME"])  # (one dose at time 0 each)
     # WRES: DV - PRED whitened by FO's covariance G0 Omega G0' + diag V at eta = 0, G0 here by

@@ -408,3 +408,35 @@ def test_phenobarbital_ude_variant_compared_by_ofv():
     assert np.isfinite(nn.ofv) and abs(nn.ofv - mech.ofv) < 10  # the network finds nothing to add ...
     assert nn.aic > mech.aic  # ... so AIC keeps the mechanistic model
     assert nn.theta["CL"] == pytest.approx(mech.theta["CL"], rel=0.15)
+
+
+def test_cli_blq_and_method_options(tmp_path, capsys):
+    """--blq m3 keeps the BLQ records as censored (with laplace; foce refuses, naming the rule);
+    --method-option reaches the method, and a malformed or unknown one is an error."""
+    frame = sc.pkdata.theophylline(as_frame=True)
+    obs = frame["EVID"] == 0 if "EVID" in frame else frame["AMT"].fillna(0) == 0
+    frame["BLQ"] = (obs & (frame["DV"] < 1.0)).astype(int)
+    csv = tmp_path / "theo_blq.csv"
+    frame.to_csv(csv, index=False)
+    n_blq = int(frame["BLQ"].sum())
+    assert n_blq > 5
+    base = ["fit", str(csv), "--model", "one_cpt_oral", "--theta", "ka=1.5,CL=0.04,V=0.5", "--eta", "ka,CL"]
+    out = tmp_path / "m3"
+    assert (
+        cli.main([*base, "--method", "laplace", "--blq", "m3", "--lloq", "1.0", "--out", str(out), "--no-plots"]) == 0
+    )
+    back = sc.pk.load(out / "fit.json")
+    assert back.settings["blq"] == "m3" and back.settings["lloq"] == 1.0
+    assert int(np.sum(back.diagnostics["BLQ"])) == n_blq
+    with pytest.raises(SystemExit, match="LAPLACIAN"):
+        cli.main([*base, "--blq", "m3", "--lloq", "1.0"])
+    with pytest.raises(SystemExit, match="write NAME=VALUE"):
+        cli.main([*base, "--method", "saem", "--method-option", "n_explore"])
+    with pytest.raises(SystemExit, match="has no option 'nope'"):
+        cli.main([*base, "--method", "saem", "--method-option", "nope=1"])
+    assert cli._method_options(["n_explore=20", "kernels=1,2,0", "n_chains=none", "anneal=0.9"]) == {
+        "n_explore": 20,
+        "kernels": (1, 2, 0),
+        "n_chains": None,
+        "anneal": 0.9,
+    }

@@ -152,6 +152,31 @@ def cmd_compare(a):
     return 0
 
 
+def _option_value(text):
+    """A --method-option value: none, a whole number, a number, or several separated by commas (a tuple)."""
+    t = text.strip()
+    if t.lower() == "none":
+        return None
+    if "," in t:
+        return tuple(_option_value(v) for v in t.split(","))
+    for kind in (int, float):
+        try:
+            return kind(t)
+        except ValueError:
+            pass
+    return t
+
+
+def _method_options(items):
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"error: --method-option {item!r}: write NAME=VALUE, e.g. n_explore=500")
+        out[name.strip()] = _option_value(value)
+    return out or None
+
+
 def cmd_fit(a):
     import importlib
 
@@ -203,7 +228,18 @@ def cmd_fit(a):
     if method != a.method:
         print("(no random effects given with --eta: a naive pooled fit)")
     try:
-        r = pk.fit(model, data, method, starts=a.starts, restarts=a.restarts, threads=a.threads, progress=_Throttled())
+        r = pk.fit(
+            model,
+            data,
+            method,
+            starts=a.starts,
+            restarts=a.restarts,
+            threads=a.threads,
+            progress=_Throttled(),
+            method_options=_method_options(a.method_options),
+            blq=a.blq,
+            lloq=a.lloq,
+        )
     except (pk.FitError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(r.summary())
@@ -289,6 +325,24 @@ def main(argv=None):
         action="append",
         metavar="MODULE",
         help="import MODULE first, e.g. one that registers an estimation method (repeatable)",
+    )
+    f.add_argument(
+        "--method-option",
+        dest="method_options",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an option of the method, e.g. n_explore=500 for saem (a number, none, or numbers separated "
+        "by commas), repeatable",
+    )
+    f.add_argument(
+        "--blq",
+        default="m1",
+        choices=["m1", "m3", "m4"],
+        help="BLQ records (BLQ or CENS = 1): m1 leaves them out (default), m3 and m4 keep them as censored "
+        "(Beal's methods; with laplace, saem, map)",
+    )
+    f.add_argument(
+        "--lloq", type=float, default=None, help="the LLOQ of the BLQ records (default: the LLOQ column, else their DV)"
     )
     f.add_argument("--starts", type=int, default=1)
     f.add_argument("--restarts", type=int, default=0, help="restarts from the perturbed estimates (best kept)")

@@ -47,6 +47,7 @@ from numba.extending import overload
 
 from .._jit import JIT_OPTIONS, function_caster, kernel
 from ..ode import _kernels as RK
+from ._censored import M3, M4_CENSORED, obs_term
 from ._parammap import as_pmap, as_pmapz
 from .analytic import N_WORK, pieces_layout, pieces_with_jacobian, propagate_pieces
 
@@ -220,8 +221,9 @@ def _evaluate(ev, args, eta, jac, f, F, V, Vf, dldf, dpsi):
 
 @kernel
 def data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi):
-    """The data term l = sum (y - f)^2 / V + log V with f_j = us[j, ost_j] / p[opk_j]: f, V, V',
-    dl/df and dl/dpsi filled.  Returns (status, l)."""
+    """The data term l = sum_j l_j with f_j = us[j, ost_j] / p[opk_j] and l_j the observation's
+    term (:func:`smallchains.pk._censored.obs_term`; ``y`` rows (y, code, LLOQ)): f, V, V', dl/df
+    and dl/dpsi filled.  Returns (status, l)."""
     s0 = np.exp(2.0 * psi[0])
     s1 = np.exp(2.0 * psi[psi.shape[0] - 1])
     n_psi = psi.shape[0]
@@ -233,13 +235,14 @@ def data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi):
         fj = us[j, ost[j]] / vol
         f[j] = fj
         Vj, Vfj = _variance(fj, s0, s1, kind)
-        if not (np.isfinite(fj) and np.isfinite(Vj) and Vj > 0.0):
+        if not (np.isfinite(fj) and np.isfinite(Vj) and Vj >= 0.0):
+            return RK.NONFINITE, np.inf
+        if Vj == 0.0 and y[j, 1] != M3 and y[j, 1] != M4_CENSORED:  # (a density needs V > 0)
             return RK.NONFINITE, np.inf
         V[j], Vf[j] = Vj, Vfj
-        res = y[j] - fj
-        total += res * res / Vj + np.log(Vj)
-        a_ = 1.0 / Vj - res * res / (Vj * Vj)
-        dldf[j] = -2.0 * res / Vj + a_ * Vfj
+        lj, lf, a_ = obs_term(y[j, 0], int(y[j, 1]), y[j, 2], fj, Vj)
+        total += lj
+        dldf[j] = lf + a_ * Vfj
         for r in range(n_psi):  # dV/dpsi_r by complex step
             z0, z1 = _stepped(psi, r, s0, s1)
             Vz, _ = _variance(complex(fj), z0, z1, kind)

@@ -128,7 +128,7 @@ def compare(fits, names=None, reference=0):
                 f"run {name!r} fitted other data than {names[ref]!r} ({what}): ΔOFV compares fits of the "
                 "same observations"
             )
-    kinds = [_ofv_kind(f.method) for f in fits]
+    kinds = [(getattr(f, "settings", None) or {}).get("ofv_kind") or _ofv_kind(f.method) for f in fits]
     # (an exact likelihood, no random effects, is what each approximation reduces to without them)
     if len(set(kinds) - {"exact"}) > 1 or "" in kinds:
         warnings.warn(

@@ -22,7 +22,11 @@ SS          0 or missing: an ordinary dose; 1 (and 3): every compartment is rese
             current amounts; II = 0 with AMT = 0 and RATE > 0: a constant infusion at steady state
             (see smallchains.pk.steady_state for PREDPP's rules)
 DVID        which output an observation is of, 1-based (default 1)
-BLQ / CENS  1 when the observation is below the limit of quantification (kept, not used)
+BLQ / CENS  1 when the observation is below the limit of quantification: left out of a fit
+            (M1, with a DataWarning) or in its likelihood as censored (``fit(..., blq="m3")``
+            or ``"m4"``: see smallchains.pk._censored)
+LLOQ        the observation's lower limit of quantification (M3, M4; else ``fit(lloq=...)``
+            or the DV of the BLQ records)
 others      covariates: constant or time-varying, carried forward from record to record (text
             columns are left out with a DataWarning naming them)
 
@@ -62,6 +66,7 @@ STANDARD = (
     "DVID",
     "BLQ",
     "CENS",
+    "LLOQ",
     "DATE",
     "DAT1",
     "DAT2",
@@ -103,6 +108,7 @@ class Subject:
     Attributes:
         id: the subject's ID value.
         obs_time, dv, dvid, obs_cmt, blq: the observations (MDV = 0 records), in record order.
+        lloq: each observation's LLOQ column value (NaN without one), or None: no LLOQ column.
         doses: the dosing and reset events in time order (ADDL expanded; SS kept as a flag).
         covariates: name -> (times, values): the values in force from each time on.
         first_time: the time of the subject's first record.
@@ -122,6 +128,7 @@ class Subject:
     record_time: np.ndarray | None = None
     record_row: np.ndarray | None = None
     record_covariates: dict = field(default_factory=dict)
+    lloq: np.ndarray | None = None
 
     @property
     def n_obs(self) -> int:
@@ -521,6 +528,7 @@ def read_data(
     blq_col = "BLQ" if "BLQ" in df.columns else ("CENS" if "CENS" in df.columns else None)
     blq = col(blq_col, 0.0) if blq_col else np.zeros(n)
     blq = np.where(np.isnan(blq), 0.0, blq)
+    lloq = col("LLOQ", np.nan) if "LLOQ" in df.columns else None
 
     if covariates is None:
         import pandas as pd
@@ -582,12 +590,13 @@ def read_data(
         elif amt[i] != 0 and evid_given:
             raise DataError(f"row {r}: AMT must be 0 or missing when EVID is {int(e)}, got {amt[i]:g}")
         if math.isnan(mdv[i]):
-            mdv[i] = 0.0 if (e == 0.0 and not math.isnan(dv[i])) else 1.0
+            mdv[i] = 0.0 if (e == 0.0 and (not math.isnan(dv[i]) or blq[i] == 1.0)) else 1.0
         if mdv[i] not in (0.0, 1.0):
             raise DataError(f"row {r}: MDV must be 0 or 1, got {mdv[i]:g}")
         if e != 0.0 and mdv[i] == 0.0 and mdv_given:
             raise DataError(f"row {r}: MDV must be 1 on a non-observation record (EVID {int(e)})")
-        if e == 0.0 and mdv[i] == 0.0 and not math.isfinite(dv[i]):
+        if e == 0.0 and mdv[i] == 0.0 and not math.isfinite(dv[i]) and blq[i] != 1.0:
+            # (a BLQ record may leave DV out: its LLOQ comes from the LLOQ column or the fit)
             raise DataError(f"row {r}: DV is missing on an observation record (set MDV = 1 to skip it)")
         if not (addl[i] >= 0 and addl[i] == int(addl[i])):
             raise DataError(f"row {r}: ADDL must be a whole number >= 0, got {addl[i]:g}")
@@ -629,7 +638,9 @@ def read_data(
                     f"{time[i - 1]:g}); sort each subject's records by TIME"
                 )
         subjects.append(
-            _subject(sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov)
+            _subject(
+                sid, range(a, b), rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov, lloq
+            )
         )
     text_columns = [
         c
@@ -642,7 +653,7 @@ def read_data(
     return Population(subjects, covariates, df.columns, text_columns)
 
 
-def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov):
+def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl, ss, dvid, blq, cov, lloq=None):
     idx = list(idx)
     obs = [i for i in idx if evid[i] == 0.0 and mdv[i] == 0.0]
     doses = []
@@ -704,6 +715,7 @@ def _subject(sid, idx, rows, time, dv, mdv, evid, amt, cmt, rate, dur, ii, addl,
         dvid=dvid[obs].astype(np.int64),
         obs_cmt=np.where(np.isnan(cmt[obs]), 0, cmt[obs]).astype(np.int64),
         blq=blq[obs] == 1.0,
+        lloq=None if lloq is None else lloq[obs].copy(),
         doses=doses,
         covariates=covs,
         first_time=float(time[idx[0]]),

@@ -1,8 +1,10 @@
 """Population objectives and their gradients, subject by subject, from the ODE sensitivities.
 
-Per subject i with observations y_ij (BLQ records left out) and predictions f_ij:
+Per subject i with observations y_ij and predictions f_ij:
 
     l_i(eta) = sum_j [ (y_ij - f_ij)^2 / V_ij + log V_ij ]            (-2 log p(y_i | eta), no 2 pi)
+
+BLQ records are left out (M1), or enter as censored (M3, M4: their terms in pk/_censored.py).
 
 * naive pooled: sum_i l_i(0) (one set of parameters for everyone);
 * MAP / empirical Bayes: sum_i [ l_i(eta_i) + eta_i' Omega^-1 eta_i + log|Omega| ] over the
@@ -38,6 +40,7 @@ from ..ode.integrate import ODESolveError
 from ..ode.recording import Recording
 from ..ode.sensitivity import DiscreteAdjoint
 from . import _kernels as PK
+from ._censored import M3, M4_CENSORED, M4_OBSERVED, obs_terms
 from ._foce import RATES_SIG, RATESZ_SIG, PopulationFOCE
 from ._foce_ode import ODESubjects
 from ._parammap import param_map
@@ -49,9 +52,32 @@ from .timevarying import CovariateTimeline, assign, check_rule
 
 def information(out, Oinv):
     """M = G' diag(1/V + V'^2 / (2 V^2)) G + Omega^-1: the expected information of a subject's
-    posterior in eta (``out`` from ``data_term(..., need=2)``)."""
-    w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
+    posterior in eta (``out`` from ``data_term(..., need=2)``; its weights ``w`` instead where
+    given: censored observations, see :meth:`SubjectEval.data_term`)."""
+    w = out.get("w")
+    if w is None:
+        w = 1.0 / out["V"] + out["Vf"] ** 2 / (2.0 * out["V"] ** 2)
     return out["G"].T @ (w[:, None] * out["G"]) + Oinv
+
+
+def _censored_weights(s, f, psi):
+    """FOCE-I's information weights with censored terms (M3, M4): the normal density's expected
+    information where observed (M1's rows), half the curvature d^2 l_j / df_j^2 (V following f;
+    central differences, floored at 0) elsewhere."""
+    m = s.model
+    V, Vf, _ = m.error.variance(f, psi)
+    w = 1.0 / np.where(V > 0, V, np.inf) + Vf**2 / (2.0 * np.where(V > 0, V, np.inf) ** 2)
+    other = s.code != 0
+    h = 1e-5 * np.maximum(np.abs(f), 1e-6)
+    d = []
+    for sgn in (1.0, -1.0):
+        fs = f + sgn * h
+        Vs, Vfs, _ = m.error.variance(fs, psi)
+        lj, lf, lV = (np.empty(f.shape[0]) for _ in range(3))
+        obs_terms(s.y, s.code, s.lim, fs, Vs, lj, lf, lV)
+        d.append(lf + lV * Vfs)
+    curv = (d[0] - d[1]) / (2.0 * h)
+    return np.where(other, np.maximum(0.5 * np.where(np.isfinite(curv), curv, 0.0), 0.0), w)
 
 
 def _number(v):
@@ -82,15 +108,24 @@ class SubjectEval:
         time_varying="nocb",
         refs=None,
         analytic=None,
+        blq="m1",
+        lloq=None,
     ):
         st = model.structural
         self.model = model
         self.subject = subject
-        keep = np.asarray(subject.blq) == 0
+        flag = np.asarray(subject.blq) != 0
+        keep = ~flag if blq == "m1" else np.ones_like(flag)
         self.t = np.ascontiguousarray(subject.obs_time[keep], dtype=float)
-        self.y = np.ascontiguousarray(subject.dv[keep], dtype=float)
         self.dvid = np.ascontiguousarray(subject.dvid[keep], dtype=np.int64)
         self.n_obs = int(self.t.shape[0])
+        #: each observation's likelihood (pk/_censored.py: 0 observed, 1 M3, 2 and 3 M4) and LLOQ
+        self.code, self.lim, y = censoring(subject, blq, lloq)
+        #: (y, code, LLOQ) per observation, the compiled data terms' input (y = LLOQ where censored)
+        self.obs = np.ascontiguousarray(np.column_stack([y, self.code, self.lim]), dtype=np.float64)
+        self.y = np.ascontiguousarray(y, dtype=float)
+        #: whether any observation's term is not the normal density's (FOCE-I's weights assume it)
+        self.nonnormal = bool(np.any(self.code != 0))
         if np.any(~np.isfinite(self.y)):
             raise ValueError(f"subject {subject.id}: an observation's DV is missing (NaN); set MDV = 1 there")
         bad = (self.dvid < 1) | (self.dvid > len(st.outputs))
@@ -192,7 +227,7 @@ class SubjectEval:
                 V=np.zeros(self.n_obs),
                 res=np.zeros(1 + len(model.error.names)),
             )
-            self._data_args = (self.y, *self._ratio, self._fast["ekind"])
+            self._data_args = (self.obs, *self._ratio, self._fast["ekind"])
 
     def logq(self, x, eta):
         return self.model.log_individual(x, self.C, self.z, eta)
@@ -461,19 +496,34 @@ class SubjectEval:
         p, J, f, fu, fp = r[:5]
         psi = x[m.blocks["psi"]]
         V, Vf, Vpsi = m.error.variance(f, psi)
-        if not (np.isfinite(V.sum() + f.sum()) and V.min() > 0):
-            return (np.inf, None) if need else np.inf
-        res = self.y - f
-        l = float(np.sum(res * res / V + np.log(V)))
-        if need == 0:
-            return l
-        a = 1.0 / V - res * res / (V * V)
-        dldf = -2.0 * res / V + a * Vf
+        if self.nonnormal:
+            dens = (self.code != M3) & (self.code != M4_CENSORED)
+            if not (np.isfinite(V.sum() + f.sum()) and V.min() >= 0 and np.all(V[dens] > 0)):
+                return (np.inf, None) if need else np.inf
+            lj, lf, a = (np.empty(self.n_obs) for _ in range(3))
+            obs_terms(self.y, self.code, self.lim, f, V, lj, lf, a)
+            l = float(lj.sum())
+            if not np.isfinite(l):
+                return (np.inf, None) if need else np.inf
+            if need == 0:
+                return l
+            dldf = lf + a * Vf
+        else:
+            if not (np.isfinite(V.sum() + f.sum()) and V.min() > 0):
+                return (np.inf, None) if need else np.inf
+            res = self.y - f
+            l = float(np.sum(res * res / V + np.log(V)))
+            if need == 0:
+                return l
+            a = 1.0 / V - res * res / (V * V)
+            dldf = -2.0 * res / V + a * Vf
         out = {"f": f, "V": V, "Vf": Vf, "dldf": dldf, "dpsi": Vpsi.T @ a, "J": J}
         if need == 1:
             out["dlogq"], out["dw"] = self._x_pull(r, dldf)
         else:
             out["G"] = r[5]
+            if self.nonnormal:
+                out["w"] = _censored_weights(self, f, psi)
         return l, out
 
     def fit_eta(self, x, Oinv, eta0, *, tol=1e-10, max_iter=60):
@@ -518,6 +568,55 @@ class SubjectEval:
 _log = logging.getLogger("smallchains.pk")
 
 
+BLQ_RULES = ("m1", "m3", "m4")
+
+
+def censoring(subject, blq, lloq):
+    """(code, LLOQ, y) for the observations a fit of ``subject`` keeps under the BLQ rule ``blq``
+    (pk/_censored.py's codes; LLOQ NaN where not used; y = LLOQ on censored records).  The LLOQ
+    comes from ``lloq`` (a number), else the data's LLOQ column, else the BLQ records' DV (the
+    convention of nlmixr2 and Monolix); one that is missing, or not > 0 under M4, is an error
+    naming the subject and time, as is an observation <= 0 under M4."""
+    flag = np.asarray(subject.blq) != 0
+    if blq == "m1":
+        keep = ~flag
+        return (
+            np.zeros(int(keep.sum()), dtype=np.int64),
+            np.full(int(keep.sum()), np.nan),
+            subject.dv[keep].astype(float),
+        )
+    n = flag.shape[0]
+    y = subject.dv.astype(float).copy()
+    if lloq is not None:
+        lim, source = np.full(n, float(lloq)), f"lloq={lloq!r}"
+    elif subject.lloq is not None:
+        lim, source = subject.lloq.astype(float).copy(), "the LLOQ column"
+    else:
+        lim, source = y.copy(), "the DV of the BLQ record (no LLOQ column, no `lloq`)"
+    code = np.zeros(n, dtype=np.int64)
+    code[flag] = M3 if blq == "m3" else M4_CENSORED
+    if blq == "m4":
+        code[~flag] = M4_OBSERVED
+    for j in np.flatnonzero(flag):
+        if not np.isfinite(lim[j]) or (blq == "m4" and not lim[j] > 0):
+            need = "a number > 0 (M4)" if blq == "m4" else "a number"
+            raise ValueError(
+                f"subject {subject.id}, time {subject.obs_time[j]:g}: a BLQ observation's LLOQ must be {need}, and "
+                f"{source} gives {lim[j]:g}; give fit(..., lloq=<number>) or an LLOQ column"
+            )
+    if blq == "m4":
+        bad = np.flatnonzero(~flag & ~(y > 0))
+        if bad.size:
+            j = int(bad[0])
+            raise ValueError(
+                f"subject {subject.id}, time {subject.obs_time[j]:g}: DV {y[j]:g} is not > 0, but M4 conditions "
+                "every observation on Y > 0 (a positive quantity); use blq='m3'"
+            )
+    lim = np.where(flag, lim, np.nan)
+    y[flag] = lim[flag]
+    return code, lim, y
+
+
 def _inverse_lower(L):
     """L^-1 of a small lower-triangular matrix with a positive diagonal (forward substitution:
     SciPy's solve_triangular costs more in argument checks than the work at these sizes)."""
@@ -548,24 +647,27 @@ def _ids(ids, k=8):
     return ", ".join(str(i) for i in ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
 
 
-def warn_data_use(model, data, skipped, time_varying="nocb", kept_baseline=()):
+def warn_data_use(model, data, skipped, time_varying="nocb", kept_baseline=(), blq="m1"):
     """Warn (DataWarning) about every datum a fit leaves out or reads differently from the file:
-    subjects with nothing to fit, BLQ observations (no M3 likelihood: left out), and covariates
+    subjects with nothing to fit, BLQ observations under M1 (left out), and covariates
     that change within a subject but are held at its first value (``time_varying="baseline"``, or
     the subjects ``kept_baseline``: dose parameters with time-varying covariates)."""
     if skipped:
         warnings.warn(
-            f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1 or BLQ = 1) "
+            f"{len(skipped)} subject(s) have no observation to fit (every record MDV = 1"
+            f"{' or BLQ = 1 under M1' if blq == 'm1' else ''}) "
             f"and are left out of the fit: ID {_ids(skipped)}",
             DataWarning,
             stacklevel=3,
         )
     n_blq = sum(int(np.sum(np.asarray(s.blq) != 0)) for s in data.subjects if s.id not in skipped)
-    if n_blq:
+    if n_blq and blq != "m1":
+        _log.info("%d BLQ observation(s) enter the likelihood as censored (%s)", n_blq, blq.upper())
+    elif n_blq:
         who = [s.id for s in data.subjects if s.id not in skipped and np.any(np.asarray(s.blq) != 0)]
         warnings.warn(
-            f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (smallchains has "
-            f"no M3 method for censored data yet): ID {_ids(who)}",
+            f"{n_blq} observation(s) flagged BLQ = 1 are left out of the likelihood (M1; fit(..., "
+            f"blq='m3') keeps them as censored): ID {_ids(who)}",
             DataWarning,
             stacklevel=3,
         )
@@ -615,6 +717,8 @@ class Problem:
         inner_tol=1e-10,
         time_varying="nocb",
         analytic=None,
+        blq="m1",
+        lloq=None,
     ):
         from .data import Population
 
@@ -622,6 +726,12 @@ class Problem:
             raise TypeError(f"`data` must be a sc.pk.Population from sc.pk.read_data, got {type(data).__name__}")
         self.model = model
         self.data = data
+        if blq not in BLQ_RULES:
+            raise ValueError(f"`blq` must be one of {BLQ_RULES} (Beal's M1, M3, M4), got {blq!r}")
+        if lloq is not None and (isinstance(lloq, bool) or not isinstance(lloq, int | float) or not np.isfinite(lloq)):
+            raise ValueError(f"`lloq` must be a number (or None: the LLOQ column or the BLQ records' DV), got {lloq!r}")
+        #: the BLQ rule (pk/_censored.py) and the LLOQ given
+        self.blq, self.lloq = blq, lloq
         self.inner_tol = inner_tol  # FOCE-I's inner loop stops when the Fisher-scoring decrement is below it
         X, Z, self.covariate_refs = model.covariate_design(data)  # (a Population: its text columns name errors)
         self.analytic = _use_analytic(model.structural, analytic)
@@ -630,7 +740,7 @@ class Problem:
         check = True
         kept = []
         for i, s in enumerate(data.subjects):
-            if not np.any(np.asarray(s.blq) == 0):
+            if s.n_obs == 0 or (blq == "m1" and not np.any(np.asarray(s.blq) == 0)):
                 self.skipped.append(s.id)
                 continue
             kept.append(i)
@@ -649,12 +759,16 @@ class Problem:
                     time_varying=check_rule(time_varying),
                     refs=self.covariate_refs,
                     analytic=self.analytic,
+                    blq=blq,
+                    lloq=lloq,
                 )
             )
             check = False
         if not self.subjects:
             raise ValueError("no subject has an observation (MDV = 0, BLQ = 0) to fit")
-        warn_data_use(model, data, self.skipped, time_varying, [s.subject.id for s in self.subjects if s.tv_baseline])
+        warn_data_use(
+            model, data, self.skipped, time_varying, [s.subject.id for s in self.subjects if s.tv_baseline], blq
+        )
         if self.analytic:
             ode = [s.subject.id for s in self.subjects if not s.analytic]
             if ode:
@@ -665,6 +779,10 @@ class Problem:
                     _ids(ode),
                 )
         self.n_obs = sum(s.n_obs for s in self.subjects)
+        #: the observations that enter by a density (not censored): the log 2 pi constants of -2 log L
+        self.n_density = sum(int(np.sum((s.code != M3) & (s.code != M4_CENSORED))) for s in self.subjects)
+        #: whether any observation's term is not the normal density's (M3, M4): FOCE-I refuses
+        self.nonnormal = any(s.nonnormal for s in self.subjects)
         self.N = len(self.subjects)
         # the batched form of every subject's log q = log theta + C beta + E eta, and the compiled
         # data terms' outputs, a row per subject (see _compiled_terms)
@@ -713,7 +831,7 @@ class Problem:
             ours.append(pm(s.logq(x0, np.zeros(m.n_eta)), c))
             theirs.append(s.params(x0, np.zeros(m.n_eta), jac=False)[0][: s.n_mech])
             index.append(i)
-            packed.append((s.gf, s.y, *s._ratio, c))
+            packed.append((s.gf, s.obs, *s._ratio, c))
         if not index:
             return None
         if not np.allclose(np.array(ours), np.array(theirs), rtol=1e-12, atol=0.0):
@@ -811,7 +929,15 @@ class Problem:
         """None when every subject's objective is finite at ``x`` (eta = 0), else a message why not."""
         m = self.model
         pr = self.predictions(x, None)
-        if all(r is not None and np.isfinite(r[0].sum() + r[1].sum()) and r[1].min() > 0 for r in pr):
+
+        def fine(s, r):
+            if r is None or not np.isfinite(r[0].sum() + r[1].sum()):
+                return False
+            if not s.nonnormal:
+                return r[1].min() > 0
+            return np.isfinite(s.data_term(x, np.zeros(m.n_eta)))
+
+        if all(fine(s, r) for s, r in zip(self.subjects, pr, strict=True)):
             return None
         psi = x[m.blocks["psi"]]
         for s in self.subjects:
@@ -827,13 +953,19 @@ class Problem:
                 j = int(np.flatnonzero(~np.isfinite(f))[0])
                 return f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]}"
             V, _, _ = m.error.variance(f, psi)
-            if np.any(V <= 0):
-                j = int(np.flatnonzero(V <= 0)[0])
+            dens = (s.code != M3) & (s.code != M4_CENSORED)
+            if np.any((V <= 0) & dens):
+                j = int(np.flatnonzero((V <= 0) & dens)[0])
                 return (
                     f"subject {s.subject.id}, time {s.t[j]:g}: the prediction is {f[j]:g}, so the "
                     f"{m.error.kind} error model gives it zero variance (an observation there has zero "
                     "likelihood); use error='combined', or leave out observations where the model "
                     "predicts exactly 0 (e.g. before the first dose)"
+                )
+            if s.nonnormal and not np.isfinite(s.data_term(x, np.zeros(m.n_eta))):
+                return (
+                    f"subject {s.subject.id}: a censored (BLQ) observation has probability 0 at the initial "
+                    "values (a prediction above its LLOQ with zero residual variance); use error='combined'"
                 )
         return None
 

@@ -82,6 +82,8 @@ def fit(
     analytic=None,
     covariance="sandwich",
     method_options=None,
+    blq="m1",
+    lloq=None,
 ):
     """Estimate a population model's parameters from a data set.
 
@@ -141,6 +143,15 @@ def fit(
         progress: ``True`` to print progress, or a function called with a message.
         method_options: the method's own options (a dict; see the method's ``options``), e.g.
             ``{"n_explore": 500}`` for ``"saem"``; an unknown name is a ValueError.
+        blq: how observations flagged BLQ (or CENS) = 1 enter (Beal's methods,
+            :mod:`smallchains.pk._censored`): ``"m1"`` (the default) leaves them out, with a
+            DataWarning that counts them; ``"m3"`` keeps each as censored, P(Y < LLOQ); ``"m4"``
+            as P(0 < Y < LLOQ | Y > 0), conditioning every observation on Y > 0 (positive
+            quantities).  M3 and M4 run with ``"laplace"``, ``"saem"``, ``"map"``, ``"pooled"``
+            and ``"individual"``; ``"foce"`` refuses them, as NONMEM runs them only with
+            LAPLACIAN.  SAEM's and MAP's OFV is then Laplace's.
+        lloq: the lower limit of quantification of every BLQ observation (M3, M4); default the
+            data's LLOQ column, else the BLQ records' DV (the convention of nlmixr2 and Monolix).
 
     FOCE-I minimises the OFV (plus the network weights' L2 prior) with its gradient from the
     subjects' sensitivities (``Problem.foce_gradient``: exact first-order terms, the second-order
@@ -179,6 +190,8 @@ def fit(
         "starts": starts,
         "restarts": int(restarts),
         "seed": seed,
+        "blq": blq,
+        "lloq": lloq,
     }
     if estimator.options:
         settings["method_options"] = dict(estimator.options)
@@ -201,6 +214,8 @@ def fit(
         ss_tol=ss_tol,
         time_varying=time_varying,
         analytic=analytic,
+        blq=blq,
+        lloq=lloq,
         se=se,
         progress=progress,
         settings=settings,
@@ -225,9 +240,17 @@ def fit_population(method, model, data, xs, setup):
             threads=1,
             time_varying=setup.time_varying,
             analytic=setup.analytic,
+            blq=setup.blq,
+            lloq=setup.lloq,
         )
         settings["analytic"] = P.analytic
-        why = P.diagnose(xs)
+        settings["ofv_kind"] = method.ofv_kind_for(P)
+        try:
+            method.check_problem(P)
+            why = P.diagnose(xs)
+        except BaseException:
+            P.close()
+            raise
     try:
         if why is not None:
             raise FitError(f"the objective is not finite at the initial values: {why}")
@@ -300,7 +323,7 @@ def finish(P, method, run, starts, se, settings, t_start):
     else:
         cov, idx, excluded, cov_why = None, np.zeros(0, dtype=np.int64), [], None
     n_est = method.n_estimated(m)
-    m2ll = ofv + P.n_obs * math.log(2 * math.pi)
+    m2ll = ofv + P.n_density * math.log(2 * math.pi)  # (censored observations' terms are probabilities)
     shrink = {}
     if m.n_eta and method.random_effects:
         om = np.sqrt(np.diag(m.omega(x)))

@@ -44,6 +44,8 @@ def problem_for(result, data):
         ss_tol=s.get("ss_tol"),
         time_varying=s.get("time_varying", "nocb"),
         analytic=s.get("analytic"),
+        blq=s.get("blq", "m1"),
+        lloq=s.get("lloq"),
     )
 
 

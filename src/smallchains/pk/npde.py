@@ -12,8 +12,11 @@ replaced by 1/K and 1 - 1/K (npde's rule), and npde_ij = Phi^-1(pde_ij).  Withou
 the same on y_ij and y_ij^(k) directly gives pd and npd.  Under the model, the npde are
 independent N(0, 1).
 
-The observations are those the fit used (BLQ records left out: the M1 rule), in the rows of
-``FitResult.diagnostics``.
+The observations are those the fit used (BLQ records left out under the M1 rule), in the rows
+of ``FitResult.diagnostics``.  Observations in the fit as censored (M3, M4) get NaN and the
+others' NPDE are computed without them: the npde package's imputation of censored
+observations (Nguyen et al. 2012) is not implemented, so with many BLQ records the NPDE of the
+observed values lean high (the simulations are not censored).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from scipy.stats import norm
 
 from .._warnings import DoubtfulResultWarning
+from ._censored import M3, M4_CENSORED
 from .importance import problem_for
 
 DECORRELATIONS = ("cholesky", "inverse")
@@ -82,10 +86,15 @@ def npde(result, data, *, n_sim=1000, seed=0, decorrelation="cholesky"):
         out = {k: [] for k in ("ID", "TIME", "PDE", "NPDE", "PD", "NPD")}
         bad = []
         for s, Y in zip(P.subjects, sims, strict=True):
-            r = npde_from_simulations(s.y, Y, decorrelation)
-            if r is None:
+            d = (s.code != M3) & (s.code != M4_CENSORED)  # (censored observations: NaN)
+            r = npde_from_simulations(s.y[d], Y[:, d], decorrelation) if d.any() else None
+            if r is None and d.any():
                 bad.append(s.subject.id)
-                r = (np.full(s.n_obs, np.nan),) * 4
+            full = tuple(np.full(s.n_obs, np.nan) for _ in range(4))
+            if r is not None:
+                for a, b in zip(full, r, strict=True):
+                    a[d] = b
+            r = full
             out["ID"].extend([s.subject.id] * s.n_obs)
             out["TIME"].append(s.t)
             for k, v in zip(("PDE", "NPDE", "PD", "NPD"), r, strict=True):

@@ -88,7 +88,10 @@ def _fit_panels(result, subjects, ncols, n_points, time_unit=None, conc_unit=Non
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False, sharex=False)
     for ax, s in zip(axes.ravel(), subjects):
         m = s.dvid == 1
-        ax.plot(s.obs_time[m], s.dv[m], "o", ms=3.5, color="k", label="DV")
+        b = np.asarray(s.blq, dtype=bool)
+        ax.plot(s.obs_time[m & ~b], s.dv[m & ~b], "o", ms=3.5, color="k", label="DV")
+        if np.any(m & b):  # (BLQ records: at their DV, the LLOQ by the usual convention, when it is a number)
+            ax.plot(s.obs_time[m & b], s.dv[m & b], "x", ms=4, color="C3", label="BLQ")
         if s.id in ind:
             t, y = _curve(result, s, ind[s.id], n_points)
             ax.plot(t, y, "-", color="C0", label="IPRED")
@@ -156,9 +159,12 @@ def goodness_of_fit(result, *, time_unit=None, conc_unit=None, log=False, outlie
             if xs.size:
                 ax.plot(xs, ys, "-", color="C3", lw=1.5, label="LOESS")
 
+    blq = np.asarray(d["BLQ"], dtype=bool) if "BLQ" in d else np.zeros(len(ids), dtype=bool)
     for ax, key in zip(axes[:2], ("PRED", "IPRED")):
         x, y = np.asarray(d[key], dtype=float), np.asarray(d["DV"], dtype=float)
-        keep = np.isfinite(x) & np.isfinite(y)
+        if blq.any():  # (censored records: at their LLOQ, apart from the smoother)
+            ax.plot(x[blq], y[blq], "x", ms=4, color="C3", label="BLQ (DV = LLOQ)")
+        keep = np.isfinite(x) & np.isfinite(y) & ~blq
         dropped = 0
         if log:
             pos = keep & (x > 0) & (y > 0)
@@ -374,8 +380,15 @@ def vpc_data(
         dict: ``bin_x`` (median x of each bin; ``bin_time`` is the same), ``edges``, ``n_obs``
         (observations per bin), ``observed`` (n_bins, n_percentiles), ``simulated`` (n_sim,
         n_bins, n_percentiles), ``percentiles``, ``x``, ``pred_corr``, ``binning``; with
-        ``stratify``, {level: that dict}.  BLQ records are left out, of the data and of the
-        simulations alike (the M1 rule).
+        ``stratify``, {level: that dict}.  Under the M1 rule BLQ records are left out, of the
+        data and of the simulations alike.  A fit with censored observations (M3, M4) keeps them,
+        as the censored VPC of Bergstrand et al. (2009, AAPS J 11:371) does: a simulated value
+        below its record's LLOQ is censored as the data are, a percentile (observed or simulated)
+        that falls below the LLOQ is NaN (it is not known), and ``blq_observed`` (n_bins,) and
+        ``blq_simulated`` (n_sim, n_bins) give the fraction below the LLOQ per bin, ``lloq`` the
+        LLOQ (the median over the censored records) and ``points_blq`` the censored
+        observations' (x, LLOQ).  Records without an LLOQ of their own (the observed ones) take
+        that median.
     """
     from .importance import problem_for
     from .npde import simulate_observations
@@ -406,18 +419,25 @@ def vpc_data(
         P.close()
 
     def one(members):
-        xs, ys, pr, sim = [], [], [], []
+        xs, ys, pr, sim, cs, ls = [], [], [], [], [], []
         for i in members:
             s, r = P.subjects[i], rows[i]
             t = s.t[r]
             xs.append(time_after_dose(s.subject, t) if x == "TAD" else t)
             ys.append(s.y[r])
             sim.append(sims[i][:, r])
+            cs.append(s.code[r] % 2 == 1)  # (M3, M4 censored: codes 1 and 3)
+            ls.append(s.lim[r])
             if pred_corr:
                 pr.append(preds[i][0][r])
         xv, yv, sv = np.concatenate(xs), np.concatenate(ys), np.concatenate(sim, axis=1)
+        cens, lims = np.concatenate(cs), np.concatenate(ls)
         keep = np.isfinite(xv)  # (TAD before the first dose)
-        xv, yv, sv = xv[keep], yv[keep], sv[:, keep]
+        xv, yv, sv, cens, lims = xv[keep], yv[keep], sv[:, keep], cens[keep], lims[keep]
+        lloq = float(np.median(lims[cens])) if cens.any() else None
+        if lloq is not None:
+            lims = np.where(np.isfinite(lims), lims, lloq)
+            below = sv < lims[None, :]
         if np.ndim(bins):
             edges = np.asarray(bins, dtype=float)
             if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
@@ -435,17 +455,40 @@ def vpc_data(
                 factor = np.where(pv > 0, med[which] / pv, np.nan)
             yv = yv * factor
             sv = sv * factor[None, :]
+            if lloq is not None:
+                lims = lims * factor
         n_obs = np.bincount(which, minlength=nb)
+        floor = None
+        if lloq is not None:  # (censored values sort below everything; their percentiles are unknown)
+            floor = np.array([np.median(lims[which == b]) if n_obs[b] else np.nan for b in range(nb)])
+            yv_c = np.where(cens, -np.inf, yv)
+            sv_c = np.where(below, -np.inf, sv)
 
         def pct(y):
-            return np.array(
-                [
-                    np.nanpercentile(y[which == b], percentiles) if n_obs[b] else np.full(len(percentiles), np.nan)
-                    for b in range(nb)
-                ]
-            )
+            with np.errstate(invalid="ignore"):  # (-inf - -inf between two censored values: NaN, unknown)
+                out = np.array(
+                    [
+                        np.nanpercentile(y[which == b], percentiles) if n_obs[b] else np.full(len(percentiles), np.nan)
+                        for b in range(nb)
+                    ]
+                )
+            if floor is not None:
+                out = np.where(out < floor[:, None], np.nan, out)
+            return out
 
         bin_x = np.array([np.median(xv[which == b]) if n_obs[b] else np.nan for b in range(nb)])
+        if lloq is not None:
+            pts = (xv[~cens], yv[~cens])
+            extra = {
+                "lloq": lloq,
+                "blq_observed": np.bincount(which, weights=cens, minlength=nb) / np.maximum(n_obs, 1),
+                "blq_simulated": np.stack([np.bincount(which, weights=below[k], minlength=nb) for k in range(n_sim)])
+                / np.maximum(n_obs, 1),
+                "points_blq": (xv[cens], lims[cens]),
+            }
+            yv, sv = yv_c, sv_c
+        else:
+            pts, extra = (xv, yv), {}
         return {
             "bin_x": bin_x,
             "bin_time": bin_x,
@@ -457,7 +500,8 @@ def vpc_data(
             "x": x,
             "pred_corr": bool(pred_corr),
             "binning": "edges" if np.ndim(bins) else binning,
-            "points": (xv, yv),
+            "points": pts,
+            **extra,
         }
 
     if stratify is None:
@@ -485,7 +529,10 @@ def vpc(
     (bands: blue for the 5th and 95th, red for the median), the observations as grey points and
     the bins' edges as ticks on the x axis; a legend says what each line and band is.  One panel a
     stratum with ``stratify``; ``x="TAD"`` for a time-after-dose VPC; ``pred_corr`` for a
-    prediction-corrected one; ``log`` for a log y axis."""
+    prediction-corrected one; ``log`` for a log y axis.  With censored observations (M3, M4) the
+    LLOQ is a dashed line, the BLQ records are red crosses at their LLOQ, percentiles below the
+    LLOQ are not drawn, and a panel beneath gives the fraction below the LLOQ per bin, observed
+    over the simulated 90% interval."""
     plt = _plt()
     v = vpc_data(
         result,
@@ -500,11 +547,32 @@ def vpc(
         stratify=stratify,
     )
     panels = [(None, v)] if stratify is None else list(v.items())
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
+    censored = any("lloq" in d for _, d in panels)
+    fig, axes = plt.subplots(
+        2 if censored else 1,
+        len(panels),
+        figsize=(7 * len(panels), 7.2 if censored else 4.8),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.3]} if censored else None,
+    )
     colors = {0: "C0", 1: "C3", 2: "C0"}
-    for ax, (level, d) in zip(axes[0], panels, strict=True):
+    for col, (level, d) in enumerate(panels):
+        ax = axes[0, col]
         t = d["bin_x"]
         ax.plot(*d["points"], ".", color="0.6", ms=2, label="observations", zorder=1)
+        if "lloq" in d:
+            ax.plot(*d["points_blq"], "x", color="C3", ms=3, lw=0.5, label="BLQ records (at their LLOQ)", zorder=1)
+            ax.axhline(d["lloq"], color="k", ls="--", lw=0.8, label=f"LLOQ {d['lloq']:.4g}")
+            bx = axes[1, col]
+            lo, hi = np.percentile(d["blq_simulated"], [5, 95], axis=0)
+            bx.fill_between(t, lo, hi, color="C3", alpha=0.2, lw=0, label="simulated: 90% interval")
+            bx.plot(t, d["blq_observed"], "-o", color="C3", ms=3, label="observed")
+            bx.set_ylim(-0.02, 1.02)
+            bx.set_ylabel("fraction < LLOQ")
+            bx.set_xlabel(_unit("time after dose (TAD)" if d["x"] == "TAD" else "time", time_unit))
+            bx.legend(fontsize=7, loc="best")
+        elif censored:
+            axes[1, col].set_visible(False)
         pcts = d["percentiles"]
         for k, p in enumerate(pcts):
             color = colors.get(k, "C0") if len(pcts) == 3 else "C0"

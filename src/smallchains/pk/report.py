@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from .._warnings import ConvergenceWarning, DoubtfulResultWarning
+from ._censored import M3, M4_CENSORED
 from .covariance import VARIANCE_FLOOR
 from .methods import has_random_effects
 
@@ -97,7 +98,7 @@ def parameter_table(m, x, cov, idx, random_effects):
 
 
 #: the diagnostics' columns, NONMEM's names
-DIAGNOSTICS = ("ID", "TIME", "TAD", "DVID", "DV", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES")
+DIAGNOSTICS = ("ID", "TIME", "TAD", "DVID", "DV", "BLQ", "PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES")
 
 
 def _whitened(r, C):
@@ -119,7 +120,8 @@ def diagnostics(P, x, etas):
     """The diagnostics table (:data:`DIAGNOSTICS`, NONMEM's names): TAD (:func:`time_after_dose`),
     PRED and IPRED, RES = DV - PRED, WRES (FO: DV - PRED whitened by G0 Omega G0' + diag V at
     eta = 0, as NONMEM's WRES), IWRES and CWRES (Hooker et al. 2007: FOCE-linearised at each
-    subject's etas)."""
+    subject's etas).  BLQ = 1 marks observations in the likelihood as censored (M3, M4): DV is
+    their LLOQ, and their residuals are NaN (the whitening is over the other observations)."""
     m = P.model
     Om = m.omega(x)
     cols = {k: [] for k in DIAGNOSTICS}
@@ -127,32 +129,40 @@ def diagnostics(P, x, etas):
     at_eta = P.predictions(x, etas, directions=m.n_eta > 0)
     for s, eta, r0, out in zip(P.subjects, etas, at0, at_eta, strict=True):
         nan = np.full(s.n_obs, np.nan)
-        ok0 = r0 is not None and np.isfinite(r0[0].sum() + r0[1].sum()) and r0[1].min() > 0
+        d = (s.code != M3) & (s.code != M4_CENSORED)  # (residuals of the observed values only)
+        y = s.y[d]
+
+        def ok(r, d=d):
+            return r is not None and np.isfinite(r[0].sum() + r[1].sum()) and np.all(r[1][d] > 0)
+
         pred = r0[0] if r0 is not None else nan
-        if not ok0:
-            wres = nan
-        elif m.n_eta:
-            wres = _whitened(s.y - r0[0], r0[2] @ Om @ r0[2].T + np.diag(r0[1]))
+        wres = nan.copy()
+        if ok(r0) and m.n_eta:
+            G0 = r0[2][d]
+            wres[d] = _whitened(y - r0[0][d], G0 @ Om @ G0.T + np.diag(r0[1][d]))
+        elif ok(r0):
+            wres[d] = (y - r0[0][d]) / np.sqrt(r0[1][d])
+        iwres, cwres = nan.copy(), nan.copy()
+        if not ok(out):
+            ipred = nan
         else:
-            wres = (s.y - r0[0]) / np.sqrt(r0[1])
-        if out is None or not (np.isfinite(out[0].sum() + out[1].sum()) and out[1].min() > 0):
-            ipred = iwres = cwres = nan
-        else:
-            ipred, V = out[0], out[1]
-            iwres = (s.y - ipred) / np.sqrt(V)
+            ipred, V = out[0], out[1][d]
+            iwres[d] = (y - ipred[d]) / np.sqrt(V)
             if m.n_eta:
-                G = out[2]
-                cwres = _whitened(s.y - (ipred - G @ eta), G @ Om @ G.T + np.diag(V))
+                G = out[2][d]
+                cwres[d] = _whitened(y - (ipred[d] - G @ eta), G @ Om @ G.T + np.diag(V))
             else:
                 cwres = iwres
+        res = np.where(d, s.y - pred, np.nan)
         cols["ID"].extend([s.subject.id] * s.n_obs)
         cols["TIME"].append(s.t)
         cols["TAD"].append(time_after_dose(s.subject, s.t))
         cols["DVID"].append(s.dvid)
         cols["DV"].append(s.y)
+        cols["BLQ"].append((~d).astype(np.int64))
         cols["PRED"].append(pred)
         cols["IPRED"].append(ipred)
-        cols["RES"].append(s.y - pred)
+        cols["RES"].append(res)
         cols["WRES"].append(wres)
         cols["IWRES"].append(iwres)
         cols["CWRES"].append(cwres)

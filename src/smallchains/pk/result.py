@@ -120,10 +120,16 @@ class FitResult:
             return pd.DataFrame(self.diagnostics)
         raise ValueError(f"`what` must be 'table' or 'diagnostics', got {what!r}")
 
+    def _censored_note(self):
+        rule = (self.settings or {}).get("blq", "m1")
+        blq = self.diagnostics.get("BLQ") if isinstance(self.diagnostics, dict) else None
+        n = int(np.sum(blq)) if blq is not None else 0
+        return f" ({n} censored below the LLOQ: Beal's {rule.upper()})" if rule != "m1" and n else ""
+
     def summary(self):
         lines = [
             f"{self.method.upper()} fit of {self.model.structural.name}: {self.n_subjects} subjects, "
-            f"{self.n_obs} observations",
+            f"{self.n_obs} observations{self._censored_note()}",
             f"OFV {self.ofv:.4f}   -2LL {-2 * self.loglik:.4f}   AIC {self.aic:.4f}   BIC {self.bic:.4f}   "
             f"({self.n_estimated} parameters; {'converged' if self.converged else 'NOT converged'}: "
             f"{self.message})",

@@ -12,9 +12,10 @@
 
 The four tables share their rows: every subject's dose records (EVID 1, or 3 for a reset, 4 for
 both; ADDL's implied doses are not records) and observation records, by time, a dose before an
-observation at the same time.  Observations left out of the likelihood (BLQ = 1: the M1 rule) are
-written with MDV = 1 and BLQ = 1.  On records without a fitted observation (MDV = 1), PRED,
-IPRED and the residuals are 0, as NONMEM writes residuals there (NONMEM also predicts at those
+observation at the same time.  Observations left out of the likelihood (BLQ = 1 under the M1
+rule) are written with MDV = 1 and BLQ = 1; those in it as censored (M3, M4) with MDV = 0, BLQ =
+1, their PRED and IPRED, and residuals (and NPDE) 0.  On records without a fitted observation
+(MDV = 1), PRED, IPRED and the residuals are 0, as NONMEM writes residuals there (NONMEM also predicts at those
 records; smallchains does not).  The files are NONMEM's layout: ``TABLE NO.  1`` on the first
 line, the column names on the second, then one record a line in ``s1PE11.4`` (e.g.
 `` 1.2345E+00``), whitespace separated (xpose's ``read_nm_tables`` and PsN read them).
@@ -73,8 +74,9 @@ def format_table(columns, rows, number=1):
 def _records(result, data, diag):
     """Every table's rows: [(subject, time, kind, payload)] in the order the tables list them."""
     fitted = {}
-    for k, (i, t) in enumerate(zip(diag["ID"], diag["TIME"], strict=True)):
-        fitted.setdefault(i, []).append((float(t), k))
+    for k, i in enumerate(diag["ID"]):
+        fitted.setdefault(i, []).append(k)
+    m1 = (result.settings or {}).get("blq", "m1") == "m1"
     out = []
     for s in data.subjects:
         rows = {}
@@ -89,15 +91,16 @@ def _records(result, data, diag):
                 r["amt"] = float(d.amount)
                 r["cmt"] = d.cmt
         recs = [(r["time"], 0, n, ("dose", r)) for n, (_, r) in enumerate(sorted(rows.items()))]
-        queue = list(fitted.get(s.id, []))
+        mine = fitted.get(s.id, [])
+        n = 0
         for j in range(s.n_obs):
             t = float(s.obs_time[j])
-            if bool(np.asarray(s.blq)[j]):
+            if m1 and bool(np.asarray(s.blq)[j]):
                 recs.append((t, 1, j, ("blq", j)))
                 continue
-            # the fit's observation rows are this subject's non-BLQ observations, in order
-            _, k = queue.pop(0)
-            recs.append((t, 1, j, ("obs", (j, k))))
+            # the fit's observation rows are this subject's observations (non-BLQ under M1), in order
+            recs.append((t, 1, j, ("obs", (j, mine[n]))))
+            n += 1
         recs.sort(key=lambda r: (r[0], r[1], r[2]))
         out += [(s, t, kind, payload) for t, _, _, (kind, payload) in recs]
     return out
@@ -157,10 +160,12 @@ def table_columns(result, data, *, npde=None, categorical=None):
             row = [sid, t, tad, float(s.dv[j]), 1, 0, 0.0, int(s.obs_cmt[j]), int(s.dvid[j]), 1] + zeros
         else:
             j, k = payload
-            row = [sid, t, tad, float(s.dv[j]), 0, 0, 0.0, int(s.obs_cmt[j]), int(s.dvid[j]), 0]
-            row += [float(diag[c][k]) for c in ("PRED", "IPRED", "RES", "WRES", "IWRES", "CWRES")]
+            cens = int(diag["BLQ"][k]) if "BLQ" in diag else 0
+            row = [sid, t, tad, float(s.dv[j]), 0, 0, 0.0, int(s.obs_cmt[j]), int(s.dvid[j]), cens]
+            row += [float(diag[c][k]) for c in ("PRED", "IPRED")]
+            row += [0.0 if cens else float(diag[c][k]) for c in ("RES", "WRES", "IWRES", "CWRES")]
             if npde is not None:
-                row.append(float(npde["NPDE"][k]))
+                row.append(0.0 if cens else float(npde["NPDE"][k]))
         sd.append(row)
         if s.id in ip:
             eta = result.etas[by_id[s.id]]

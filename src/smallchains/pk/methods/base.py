@@ -110,7 +110,7 @@ class FitSetup:
     """The options of one ``pk.fit`` call a method's :meth:`~EstimationMethod.fit` may need:
     ``opts`` (the optimizer's: optimizer, maxiter, tol, adam_steps, adam_lr), ``starts``,
     ``restarts``, ``seed``, ``threads``, ``rtol``, ``atol``, ``solver``, ``ss_tol``,
-    ``time_varying``, ``analytic``, ``se``, ``progress``, ``settings`` (recorded in the result)
+    ``time_varying``, ``analytic``, ``blq``, ``lloq``, ``se``, ``progress``, ``settings`` (recorded in the result)
     and ``t_start`` (``time.perf_counter()`` when the fit began)."""
 
     def __init__(self, **kw):
@@ -181,6 +181,14 @@ class EstimationMethod:
         """Raise a ValueError when ``model`` does not suit the method."""
         if self.random_effects and model.n_eta == 0:
             raise ValueError(f"method {self.name!r} needs random effects: give the model eta=[...] (or use 'pooled')")
+
+    def check_problem(self, P):
+        """Raise a ValueError when the model bound to the data (a ``Problem``) does not suit the
+        method (default: nothing to check)."""
+
+    def ofv_kind_for(self, P):
+        """What the reported OFV is for this ``Problem`` (default :attr:`ofv_kind`)."""
+        return self.ofv_kind
 
     def fit(self, model, data, x0, setup):
         """The fit from the start ``x0`` with the options ``setup`` (:class:`FitSetup`): a result

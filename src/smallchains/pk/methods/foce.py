@@ -19,6 +19,14 @@ class Foce(MarginalMethod):
     name = "foce"
     ofv_kind = "FOCE-I"
 
+    def check_problem(self, P):
+        if P.nonnormal:
+            raise ValueError(
+                f"method 'foce' with blq={P.blq!r}: FOCE-I's objective weighs each observation by the expected "
+                "information of a normal density, and censored (BLQ) observations have none; NONMEM runs M3 and "
+                "M4 only with LAPLACIAN.  Use method='laplace' (or 'saem', 'map')"
+            )
+
     def ofv_terms(self, P, x, etas):
         return P.foce(x, etas)
 

@@ -36,7 +36,7 @@ class Individual(EstimationMethod):
         for s in data.subjects:
             pop = Population([s], data.covariate_names, data.columns)
             r = None
-            if np.any(np.asarray(s.blq) == 0):
+            if s.n_obs and (setup.blq != "m1" or np.any(np.asarray(s.blq) == 0)):
                 with warnings.catch_warnings(record=True) as caught:  # re-said below with the subject's ID
                     warnings.simplefilter("always")
                     r = fit(
@@ -55,6 +55,8 @@ class Individual(EstimationMethod):
                         progress=setup.progress,
                         time_varying=settings["time_varying"],
                         analytic=settings["analytic"],
+                        blq=setup.blq,
+                        lloq=setup.lloq,
                         **opts,
                     )
                 for w in caught:
@@ -73,7 +75,7 @@ class Individual(EstimationMethod):
         ofv = float(sum(r.ofv for _, r in ok))
         n_obs = sum(r.n_obs for _, r in ok)
         n_est = sum(r.n_estimated for _, r in ok)
-        m2ll = ofv + n_obs * math.log(2 * math.pi)
+        m2ll = -2.0 * sum(r.loglik for _, r in ok)  # (each fit's constants: censored observations have none)
         diag = {k: np.concatenate([r.diagnostics[k] for _, r in ok]) for k in ok[0][1].diagnostics}
         return IndividualFits(
             model=model,

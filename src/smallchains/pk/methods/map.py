@@ -132,9 +132,15 @@ class Map(EstimationMethod):
             "C": state["C"],  # (the posterior covariance Omega was profiled with in the last round)
         }
 
+    def ofv_kind_for(self, P):
+        return "Laplace" if P.nonnormal else "FOCE-I"
+
     def ofv(self, P, x, etas):
-        """FOCE-I's OFV at the MAP estimates (the modes re-found from the MAP ones)."""
-        v, etas, _ = P.foce(x, etas)
+        """FOCE-I's OFV (Laplace's with censored observations: M3, M4) at the MAP estimates (the
+        modes re-found from the MAP ones)."""
+        from ..laplace import laplace
+
+        v, etas, _ = laplace(P, x, etas) if P.nonnormal else P.foce(x, etas)
         return v, etas
 
     def convergence(self, P, x, etas, run):

@@ -58,9 +58,11 @@ import math
 import numpy as np
 from scipy.optimize import minimize as _scipy_minimize
 
+from ..laplace import laplace
 from . import register
 from .base import EstimationMethod
 from .foce import Foce
+from .laplace import Laplace
 from .map import set_omega
 
 #: ``converged`` requires every parameter's trend over the last half of the exploration phase
@@ -165,9 +167,19 @@ class Saem(EstimationMethod):
         finally:
             P.set_threads(threads)
 
+    def ofv_kind_for(self, P):
+        return "Laplace" if P.nonnormal else "FOCE-I"
+
+    def _marginal(self, P):
+        """The method whose objective and covariance step stand in for SAEM's: FOCE-I, or
+        Laplace when observations are censored (M3, M4: FOCE-I refuses them)."""
+        cls = Laplace if P.nonnormal else Foce
+        return cls(map_omega=self.map_omega, covariance=self.covariance)
+
     def ofv(self, P, x, etas):
-        """FOCE-I's OFV at the SAEM estimates (the modes searched from ``etas``)."""
-        v, etas, _ = P.foce(x, etas)
+        """FOCE-I's OFV (Laplace's with censored observations) at the SAEM estimates (the modes
+        searched from ``etas``)."""
+        v, etas, _ = laplace(P, x, etas) if P.nonnormal else P.foce(x, etas)
         return v, etas
 
     def convergence(self, P, x, etas, run):
@@ -176,11 +188,11 @@ class Saem(EstimationMethod):
         return bool(run["stationary"]), run["stationarity"], None, idx
 
     def standard_errors(self, P, x, etas, H=None):
-        """FOCE-I's covariance step at the SAEM estimates."""
-        return Foce(map_omega=self.map_omega, covariance=self.covariance).standard_errors(P, x, etas)
+        """FOCE-I's (or Laplace's: :meth:`_marginal`) covariance step at the SAEM estimates."""
+        return self._marginal(P).standard_errors(P, x, etas)
 
     def objective_gradient(self, P, x, etas):
-        return Foce(map_omega=self.map_omega, covariance=self.covariance).objective_gradient(P, x, etas)
+        return self._marginal(P).objective_gradient(P, x, etas)
 
 
 def _median_time(fn, k=5):
@@ -229,7 +241,10 @@ class _Run:
         others += [bb.start + jj for jj, (kk, _, _) in enumerate(m.covariates) if kk not in eta_params]
         others = [i for i in others if free[i]]
         psi = [i for i in range(pb.start, pb.stop) if free[i]]
-        self.closed_error = bool(psi) and not others and m.error.kind in ("additive", "proportional")
+        # (censored observations (M3, M4) have no residual to sum: the error is maximised numerically)
+        self.closed_error = (
+            bool(psi) and not others and m.error.kind in ("additive", "proportional") and not P.nonnormal
+        )
         self.numeric = np.array(others + ([] if self.closed_error else psi), dtype=np.int64)
         self.psi_free = np.array(psi, dtype=np.int64)
         self.omega_fixed = m.fixed[ob]
@@ -477,10 +492,11 @@ class _Run:
         )
         if not finite:
             text += "; a chain ended with a non-finite likelihood"
-        v, etas, _ = P.foce(self.x, cm)
+        v, etas, _ = laplace(P, self.x, cm) if P.nonnormal else P.foce(self.x, cm)
         msg = (
             f"SAEM: {K1} exploration + {K2} smoothing iterations, {self.phi.shape[0]} chain(s), "
-            f"{self.n_eval} population evaluations; OFV by FOCE-I at the SAEM estimates"
+            f"{self.n_eval} population evaluations; OFV by {'Laplace' if P.nonnormal else 'FOCE-I'} at the "
+            "SAEM estimates"
         )
         return {
             "x": self.x,
