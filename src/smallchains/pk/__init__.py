@@ -11,6 +11,7 @@
 """
 
 from . import demo, methods, plots  # noqa: E402,F401 - sc.pk.plots, sc.pk.demo, sc.pk.methods
+from .augment import augment
 from .compare import compare
 from .data import DataError, Dose, Population, Subject, read_data
 from .fit import FitError, FitResult, IndividualFits, fit, load
@@ -35,6 +36,7 @@ from .simulate import simulate_data, simulate_regimen
 from .tables import write_tables
 
 __all__ = [
+    "augment",
     "compare",
     "DataError",
     "Dose",

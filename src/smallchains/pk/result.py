@@ -141,6 +141,13 @@ class FitResult:
             lo, hi = row.get("ci_lower", math.nan), row.get("ci_upper", math.nan)  # (fits saved before CIs: none)
             ci = f"[{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else ""
             lines.append(f"{row['name']:<22}{row['estimate']:>12.5g}{se:>12.4g}{rse:>9.1f}   {ci}")
+        aug = getattr(self, "augmentation", None)
+        if aug:
+            ve = ", ".join(f"{k} {100 * v:.0f}%" for k, v in aug["variance_explained"].items())
+            lines.append(
+                f"augmented with a covariate network ({', '.join(aug['covariates'])} -> {', '.join(aug['targets'])}): "
+                f"dOFV {aug['delta_ofv']:.3f} from {aug['ofv_before']:.3f}; eta variance explained: {ve}"
+            )
         if self.shrinkage:
             lines.append("eta shrinkage: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in self.shrinkage.items()))
         cvs = [f"{r['name']} {r['cv_percent']:.1f}%" for r in self.table if "cv_percent" in r]
