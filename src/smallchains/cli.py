@@ -214,7 +214,7 @@ def cmd_fit(a):
             theta,
             fixed=fixed,
             eta=[e.strip() for e in (a.eta or "").split(",") if e.strip()],
-            omega=a.omega,
+            omega=[[k.strip() for k in b.split(",") if k.strip()] for b in a.omega_block] if a.omega_block else a.omega,
             omega_init=a.omega_init,
             covariates=_covariates(a.covariate),
             error=a.error,
@@ -293,6 +293,13 @@ def main(argv=None):
     f.add_argument("--theta", help="initial typical values: name=value,...")
     f.add_argument("--eta", help="parameters with random effects: name,...")
     f.add_argument("--omega", default="diagonal", choices=["diagonal", "full"])
+    f.add_argument(
+        "--omega-block",
+        action="append",
+        metavar="ETA,ETA,...",
+        help="a block of Omega (NONMEM's $OMEGA BLOCK): the random effects named covary; repeatable; the "
+        "others stay diagonal (overrides --omega)",
+    )
     f.add_argument("--omega-init", type=float, default=0.1, help="initial variance of each random effect")
     f.add_argument(
         "--covariate",

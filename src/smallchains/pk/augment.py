@@ -48,7 +48,7 @@ def _rebuild(m, fit, network):
         m.structural,
         dict(fit.theta),
         eta=list(m.eta_names),
-        omega=m.omega_kind,
+        omega=m.omega_spec,
         omega_init=fit.omega,
         covariates=cov or None,
         covariate_ref=m.covariate_ref,

@@ -1154,9 +1154,10 @@ class Problem:
     # ------------------------------------------------------------------ joint MAP
 
     def profiled_omega(self, etas, C):
-        """Omega = mean(eta eta') + C (diagonal models: its diagonal)."""
+        """Omega = mean(eta eta') + C (its blocks only: the diagonal of diagonal models; the
+        maximiser over block-diagonal matrices, as the likelihood factorises over the blocks)."""
         Om = etas.T @ etas / self.N + C
-        return np.diag(np.diag(Om)) if self.model.omega_kind == "diagonal" else Om
+        return np.where(self.model.omega_mask, Om, 0.0)
 
     def map_objective(self, x, etas, need=1, C=None):
         """Joint -2 log posterior over x and the etas (N, q); with ``need`` its gradients (gx, getas).
@@ -1204,7 +1205,7 @@ class Problem:
         LiT_Z = solve_triangular(L.T, Z, lower=False)  # (q, N): Omega^-1 eta_i
         ge += 2.0 * LiT_Z.T
         if C is not None:  # Omega(eta): + 2 Omega^-1 C Omega^-1 eta_i (diagonal models: C's diagonal)
-            Cd = np.diag(np.diag(C)) if m.omega_kind == "diagonal" else C
+            Cd = np.where(m.omega_mask, C, 0.0)
             ge += 2.0 * (solve_triangular(L.T, solve_triangular(L, Cd @ LiT_Z, lower=True), lower=False)).T
             return total, gx, ge
         dL = -2.0 * LiT_Z @ Z.T
@@ -1213,7 +1214,7 @@ class Problem:
         if q:
             diag = np.diag(dL) * np.diag(L) + 2.0 * self.N
             gx[ob.start : ob.start + q] = diag
-            if m.omega_kind == "full" and q > 1:
+            if m.tril[0].size:
                 gx[ob.start + q : ob.stop] = dL[m.tril]
         return total, gx, ge
 
@@ -1239,11 +1240,7 @@ class Problem:
             return None
         Linv = _inverse_lower(L)
         dOinv = np.empty((ob.stop - ob.start, q, q))
-        rows, cols = (
-            (np.arange(q), np.arange(q))
-            if m.omega_kind != "full" or q == 1
-            else (np.r_[np.arange(q), m.tril[0]], np.r_[np.arange(q), m.tril[1]])
-        )
+        rows, cols = np.r_[np.arange(q), m.tril[0]], np.r_[np.arange(q), m.tril[1]]
         for r in range(dOinv.shape[0]):
             a, b = rows[r], cols[r]
             dL = np.zeros((q, q))

@@ -113,6 +113,37 @@ class CovariateNetwork:
         return f"CovariateNetwork({self.inputs} -> {self.targets}, {self.chain.num_params} weights)"
 
 
+def _omega_blocks(omega, eta_names):
+    """Omega's blocks as lists of eta indices, from ``"diagonal"``, ``"full"`` or lists of names."""
+    q = len(eta_names)
+    if isinstance(omega, str):
+        if omega == "diagonal":
+            return [[j] for j in range(q)]
+        if omega == "full":
+            return [list(range(q))] if q else []
+        raise ValueError(f"`omega` must be 'diagonal', 'full' or a list of blocks of eta names, got {omega!r}")
+    try:
+        blocks = [[str(k) for k in b] for b in omega]
+    except TypeError:
+        raise ValueError(
+            f"`omega` must be 'diagonal', 'full' or a list of blocks of eta names (e.g. [['CL', 'V']]), got {omega!r}"
+        ) from None
+    seen = []
+    out = []
+    for b in blocks:
+        if not b:
+            raise ValueError(f"`omega`: a block is empty in {omega!r}")
+        for k in b:
+            if k not in eta_names:
+                raise ValueError(f"`omega`: block {b} names {k!r}, which has no random effect (eta: {eta_names})")
+            if k in seen:
+                raise ValueError(f"`omega`: {k!r} is in two blocks of {omega!r}")
+            seen.append(k)
+        out.append(sorted(eta_names.index(k) for k in b))
+    out += [[j] for j, k in enumerate(eta_names) if k not in seen]
+    return sorted(out)
+
+
 def _levels(k, c, levels):
     """A categorical effect's levels: at least two distinct finite numbers, the first the reference."""
     try:
@@ -138,7 +169,10 @@ class PopulationModel:
             network (built on a :class:`smallchains.UDE`) its weights are fitted too.
         theta: ``{name: initial typical value}`` (positive; estimated on the log scale).
         eta: names in ``theta`` that get a random effect (log-normal).
-        omega: ``"diagonal"`` or ``"full"`` covariance of the random effects.
+        omega: ``"diagonal"`` or ``"full"`` covariance of the random effects, or its blocks: a
+            list of lists of names in ``eta``, e.g. ``[["CL", "V"]]`` (NONMEM's ``$OMEGA BLOCK(2)``
+            for CL and V): full within a block, zero across blocks; a random effect in no block
+            is a block of its own.
         omega_init: initial variance(s): a scalar, one per random effect, or a matrix.
         covariates: ``{theta name: {covariate: "power" | "exp" | ("categorical", levels)}}``, e.g.
             ``{"CL": {"WT": "power"}}`` for CL = theta (WT/ref)^beta, or ``{"CL": {"SEX":
@@ -262,9 +296,19 @@ class PopulationModel:
         self.E = np.zeros((len(self.theta_names), q))
         for j, k in enumerate(self.eta_names):
             self.E[self.theta_names.index(k), j] = 1.0
-        if omega not in ("diagonal", "full"):
-            raise ValueError(f"`omega` must be 'diagonal' or 'full', got {omega!r}")
-        self.omega_kind = omega
+        #: Omega's blocks (lists of eta indices) and the mask of its free entries (q x q)
+        self.omega_blocks = _omega_blocks(omega, self.eta_names)
+        self.omega_mask = np.zeros((q, q), dtype=bool)
+        for b in self.omega_blocks:
+            self.omega_mask[np.ix_(b, b)] = True
+        if omega in ("diagonal", "full"):
+            self.omega_kind = omega
+        else:
+            self.omega_kind = "block" if any(len(b) > 1 for b in self.omega_blocks) else "diagonal"
+        #: ``omega`` as given (the kind, or the blocks by name): what rebuilds the model
+        self.omega_spec = (
+            omega if isinstance(omega, str) else [[self.eta_names[i] for i in b] for b in self.omega_blocks]
+        )
         om = np.asarray(omega_init, dtype=float)
         if om.ndim == 0:
             om = np.eye(q) * float(om)
@@ -275,8 +319,14 @@ class PopulationModel:
         if om.shape != (q, q):
             raise ValueError(f"`omega_init` must be a scalar, {q} variances or a {q}x{q} matrix, got shape {om.shape}")
         if q:
-            if omega == "diagonal":
+            if self.omega_kind == "diagonal":
                 om = np.diag(np.diag(om))
+            elif np.any(om[~self.omega_mask] != 0):
+                a, b = (int(v) for v in np.argwhere(om * ~self.omega_mask)[0])
+                raise ValueError(
+                    f"`omega_init` has a covariance between {self.eta_names[a]} and {self.eta_names[b]}, which "
+                    f"are in different blocks of `omega` {self.omega_spec}; give 0 there"
+                )
             try:
                 L0 = np.linalg.cholesky(om)
             except np.linalg.LinAlgError:
@@ -332,7 +382,12 @@ class PopulationModel:
             n_wc = covariate_network.chain.num_params
         # the layout of x
         n_t, n_c, n_w, n_s = len(self.theta_names), len(self.covariates), self.n_weights, len(self.error.names)
-        n_off = q * (q - 1) // 2 if omega == "full" else 0
+        # Omega's Cholesky factor: its log diagonal, then its free entries below the diagonal (row
+        # by row; a block-diagonal L gives a block-diagonal Omega)
+        low = np.tril_indices(q, -1)
+        keep = self.omega_mask[low]
+        self.tril = (low[0][keep], low[1][keep])
+        n_off = int(keep.sum())
         sizes = [("theta", n_t), ("beta", n_c), ("w", n_w), ("wc", n_wc), ("psi", n_s), ("omega", q + n_off)]
         self.blocks = {}
         o = 0
@@ -340,7 +395,6 @@ class PopulationModel:
             self.blocks[name] = slice(o, o + sz)
             o += sz
         self.n_x = o
-        self.tril = np.tril_indices(q, -1)
         x0 = np.zeros(o)
         x0[self.blocks["theta"]] = np.log(t0)
         x0[self.blocks["w"]] = w0
@@ -441,7 +495,7 @@ class PopulationModel:
         q = self.n_eta
         v = x[self.blocks["omega"]]
         L = np.diag(np.exp(v[:q]))
-        if self.omega_kind == "full" and q > 1:
+        if self.tril[0].size:
             L[self.tril] = v[q:]
         return L
 

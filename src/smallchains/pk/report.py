@@ -70,7 +70,7 @@ def parameter_table(m, x, cov, idx, random_effects):
             xz = x.astype(complex)
             xz[ob.start + k] += 1e-30j
             L = np.diag(np.exp(xz[ob.start : ob.start + q]))
-            if m.omega_kind == "full" and q > 1:
+            if m.tril[0].size:
                 L[m.tril] = xz[ob.start + q : ob.stop]
             J[:, k] = (L @ L.T).imag.ravel() / 1e-30
         Cw = None
@@ -81,7 +81,7 @@ def parameter_table(m, x, cov, idx, random_effects):
                 Cw = J @ cov[np.ix_(pos, pos)] @ J.T
         for a in range(q):
             for b in range(a + 1):
-                if b != a and m.omega_kind == "diagonal":
+                if b != a and not m.omega_mask[a, b]:  # (across blocks: 0 by the model)
                     continue
                 se = math.sqrt(max(Cw[a * q + b, a * q + b], 0.0)) if Cw is not None else float("nan")
                 name = f"omega2({m.eta_names[a]})" if a == b else f"omega({m.eta_names[a]},{m.eta_names[b]})"

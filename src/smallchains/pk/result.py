@@ -323,7 +323,7 @@ def model_spec(m):
         "builtin": builtin,
         "theta_names": m.theta_names,
         "eta": m.eta_names,
-        "omega": m.omega_kind,
+        "omega": m.omega_spec,
         "covariates": [[m.theta_names[k], c, form] for k, c, form in m.covariates],
         "covariate_ref": m.covariate_ref,
         "covariate_levels": [[k, c, lv] for (k, c), lv in m.covariate_levels.items()],

@@ -256,7 +256,7 @@ def ext_text(result, number=1):
     for i, j in om:
         if i == j:
             fixed.append(int(m.fixed[ob + i]))
-        elif m.omega_kind == "full":
+        elif (i, j) in tril:
             fixed.append(int(m.fixed[ob + m.n_eta + tril[(i, j)]]))
         else:
             fixed.append(1)

@@ -32,15 +32,15 @@ def posterior_cov(P, x, etas):
 
 
 def set_omega(m, x, Om):
-    """Write Omega into x (diagonal models keep the diagonal); returns the largest change of a log sd."""
+    """Write Omega into x (its blocks only: diagonal models keep the diagonal); returns the largest
+    change of a log sd."""
     ob = m.blocks["omega"]
     q = m.n_eta
     old = x[ob.start : ob.start + q].copy()
-    if m.omega_kind == "diagonal":
-        Om = np.diag(np.diag(Om))
+    Om = np.where(m.omega_mask, Om, 0.0)
     L = np.linalg.cholesky(Om)
     x[ob.start : ob.start + q] = np.log(np.diag(L))
-    if m.omega_kind == "full" and q > 1:
+    if m.tril[0].size:
         x[ob.start + q : ob.stop] = L[m.tril]
     return float(np.max(np.abs(x[ob.start : ob.start + q] - old)))
 

@@ -116,9 +116,9 @@ class Saem(EstimationMethod):
             )
         ob = model.blocks["omega"]
         fx = model.fixed[ob]
-        if model.omega_kind == "full" and model.n_eta > 1 and fx.any() and not fx.all():
+        if model.tril[0].size and fx.any() and not fx.all():
             raise ValueError(
-                "method 'saem' with a full Omega fixes all of its entries or none; "
+                f"method 'saem' with a {model.omega_kind} Omega fixes all of its entries or none; "
                 f"fixed here: {[model.names[i] for i in np.flatnonzero(fx) + ob.start]}"
             )
         o = self.options
@@ -412,6 +412,7 @@ class _Run:
         if not self.omega_all_fixed:
             Om = (s2 - s1.T @ mu - mu.T @ s1 + mu.T @ mu) / N
             Om = 0.5 * (Om + Om.T)
+            Om = np.where(m.omega_mask, Om, 0.0)  # (the blocks' maximiser: the likelihood factorises over them)
             if m.omega_kind == "diagonal" or self.q == 1:
                 d = np.diag(Om).copy()
                 d = np.where(self.omega_fixed[: self.q], np.diag(Om_old), d)
