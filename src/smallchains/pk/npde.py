@@ -122,13 +122,16 @@ def simulate_observations(P, x, n_sim, seed):
     rng = np.random.default_rng(seed)
     q = m.n_eta
     L = np.linalg.cholesky(m.omega(x)) if q else np.zeros((0, 0))
-    out = [np.empty((n_sim, s.n_obs)) for s in P.subjects]
+    off = np.concatenate([[0], np.cumsum([s.n_obs for s in P.subjects])])
+    Y = np.empty((n_sim, int(off[-1])))
     for k in range(n_sim):
         etas = rng.standard_normal((P.N, q)) @ L.T
         pr = P.predictions(x, etas)
         for i, (s, r) in enumerate(zip(P.subjects, pr, strict=True)):
             if r is None:
                 raise RuntimeError(f"subject {s.subject.id}: the prediction fails at a simulated eta {etas[i]}")
-            f, V = r[0], r[1]
-            out[i][k] = f + np.sqrt(np.maximum(V, 0.0)) * rng.standard_normal(s.n_obs)
-    return out
+        F = np.concatenate([r[0] for r in pr])
+        V = np.concatenate([r[1] for r in pr])
+        # (one draw for every subject's residuals: the same stream as a draw per subject in turn)
+        Y[k] = F + np.sqrt(np.maximum(V, 0.0)) * rng.standard_normal(F.shape[0])
+    return [Y[:, off[i] : off[i + 1]] for i in range(P.N)]

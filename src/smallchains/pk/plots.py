@@ -476,6 +476,17 @@ def vpc_data(
                 out = np.where(out < floor[:, None], np.nan, out)
             return out
 
+        def pct_all(S):
+            """(n_sim, n_bins, n_percentiles): ``pct`` of every replicate, one call per bin."""
+            out = np.full((S.shape[0], nb, len(percentiles)), np.nan)
+            with np.errstate(invalid="ignore"):
+                for b in range(nb):
+                    if n_obs[b]:
+                        out[:, b, :] = np.nanpercentile(S[:, which == b], percentiles, axis=1).T
+            if floor is not None:
+                out = np.where(out < floor[None, :, None], np.nan, out)
+            return out
+
         bin_x = np.array([np.median(xv[which == b]) if n_obs[b] else np.nan for b in range(nb)])
         if lloq is not None:
             pts = (xv[~cens], yv[~cens])
@@ -495,7 +506,7 @@ def vpc_data(
             "edges": edges,
             "n_obs": n_obs,
             "observed": pct(yv),
-            "simulated": np.stack([pct(sv[k]) for k in range(n_sim)]),
+            "simulated": pct_all(sv),
             "percentiles": tuple(percentiles),
             "x": x,
             "pred_corr": bool(pred_corr),

@@ -508,7 +508,6 @@ class _Run:
             "n_evaluations": self.n_eval,
             "stationary": stationary,
             "stationarity": text,
-            "trajectory": traj,
             # (NONMEM's numbering in .ext: the exploration (burn-in) iterations negative)
             "trace": {
                 "iteration": list(range(-K1, 0)) + list(range(K2)),
