@@ -232,6 +232,8 @@ def data_term(y, us, p, ost, opk, psi, kind, f, V, Vf, dldf, dpsi):
     total = 0.0
     for j in range(y.shape[0]):
         vol = p[opk[j]]
+        if vol == 0.0:  # (a volume underflowed to 0 at an extreme trial point: no prediction)
+            return RK.NONFINITE, np.inf
         fj = us[j, ost[j]] / vol
         f[j] = fj
         Vj, Vfj = _variance(fj, s0, s1, kind)
@@ -985,35 +987,59 @@ class PopulationFOCE:
         self.LQ0[:] = LQ0
         self.psi[:] = psi
 
+    # (a parameter that underflows to exactly 0 at an extreme trial point, e.g. a rate in the exact
+    # solution, is a float division by zero in compiled code: the chunk's subjects fail, as a
+    # non-finite objective does, and the optimizer steps back)
+
     def modes(self, chunk, Oinv, ETA0, tol, out, max_iter=60):
         """Modes of one chunk ``(c, lo, hi)`` into ``out`` = (ETA, MS, RES, G_ALL) (see :func:`modes`)."""
         c, lo, hi = chunk
-        modes(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, *out, lo, hi)
+        try:
+            modes(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, *out, lo, hi)
+        except ZeroDivisionError:
+            out[2][lo:hi, 1] = FAILED
 
     def modes_gradients(self, chunk, Oinv, ETA0, tol, h, out, max_iter=60):
         """Modes and gradients of one chunk into ``out`` = (ETA, MS, RES, G_ALL, GLQ, GPSI, SS,
         OK, GW) (see :func:`modes_gradients`; G_ALL may have no rows; GW, the network weights'
         gradients, has no columns)."""
         c, lo, hi = chunk
-        modes_gradients(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, h, *out[:8], lo, hi)
+        try:
+            modes_gradients(self.pack, self._workspace(c), Oinv, ETA0, tol, max_iter, h, *out[:8], lo, hi)
+        except ZeroDivisionError:
+            out[2][lo:hi, 1] = FAILED
+            out[7][lo:hi] = 0.0
 
     def data_terms(self, chunk, ETA, need, out):
         """Data terms of one chunk into ``out`` = (L, DLQ, DPSI, OK) (see :func:`data_terms`)."""
         c, lo, hi = chunk
-        data_terms(self.pack, self._workspace(c), ETA, need, *out, lo, hi)
+        try:
+            data_terms(self.pack, self._workspace(c), ETA, need, *out, lo, hi)
+        except ZeroDivisionError:
+            out[0][lo:hi] = np.inf
+            out[3][lo:hi] = 0.0
 
     def predictions(self, chunk, ETA, directions, out):
         """Predictions of one chunk into ``out`` = (F, V, G, OK) (see :func:`predictions`)."""
         c, lo, hi = chunk
-        predictions(self.pack, self._workspace(c), ETA, directions, *out, lo, hi)
+        try:
+            predictions(self.pack, self._workspace(c), ETA, directions, *out, lo, hi)
+        except ZeroDivisionError:
+            out[3][lo:hi] = 0.0
 
     def laplace_terms(self, chunk, Oinv, ETA0, h, eta_tol, out, max_newton=10):
         """Laplace terms of one chunk into ``out`` = (ETA, MS, RES) (see :func:`laplace_terms`)."""
         c, lo, hi = chunk
-        laplace_terms(self.pack, self._workspace(c), Oinv, ETA0, h, eta_tol, max_newton, *out, lo, hi)
+        try:
+            laplace_terms(self.pack, self._workspace(c), Oinv, ETA0, h, eta_tol, max_newton, *out, lo, hi)
+        except ZeroDivisionError:
+            out[2][lo:hi, 1] = FAILED
 
     def gradients(self, chunk, Oinv, ETA, h, out):
         """Gradients of one chunk into ``out`` = (GLQ, GPSI, SS, OK, GW) (see :func:`gradients`;
         GW has no columns)."""
         c, lo, hi = chunk
-        gradients(self.pack, self._workspace(c), Oinv, ETA, h, *out[:4], lo, hi)
+        try:
+            gradients(self.pack, self._workspace(c), Oinv, ETA, h, *out[:4], lo, hi)
+        except ZeroDivisionError:
+            out[3][lo:hi] = 0.0

@@ -74,6 +74,8 @@ def subject_data_term(before, p, after, y, ostate, oparam, ekind, psi, g, gp, la
     total = 0.0
     for j in range(n_obs):
         vol = p[oparam[j]]
+        if vol == 0.0:  # (a volume underflowed to 0 at an extreme trial point: no prediction)
+            return NONFINITE_OBJECTIVE
         fj = us[j, ostate[j]] / vol
         if ekind == ADDITIVE:
             vj = s0
