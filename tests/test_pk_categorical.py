@@ -71,7 +71,7 @@ def test_bad_levels_and_values_are_refused():
         pk.PopulationModel(
             "one_cpt_oral", dict(ka=1, CL=3, V=25), covariates={"CL": {"GRP": ("categorical", ["a", "b"])}}
         )
-    with pytest.raises(ValueError, match=r"'power', 'exp' or \('categorical'"):
+    with pytest.raises(ValueError, match=r"'power', 'exp', 'linear' or \('categorical'"):
         pk.PopulationModel("one_cpt_oral", dict(ka=1, CL=3, V=25), covariates={"CL": {"GRP": "cat"}})
     m = pk.PopulationModel(
         "one_cpt_oral", dict(ka=1, CL=3, V=25), eta=["CL"], covariates={"CL": {"GRP": ("categorical", [0, 1])}}

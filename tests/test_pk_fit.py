@@ -397,8 +397,8 @@ def test_bad_input_is_named(theoph):
         sc.pk.PopulationModel("one_cpt_oral", dict(ka=-1.0, CL=0.1, V=1.0))
     with pytest.raises(ValueError, match="not in `theta`"):
         sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), eta=["ke"])
-    with pytest.raises(ValueError, match="'power', 'exp' or \\('categorical'"):
-        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"WT": "linear"}})
+    with pytest.raises(ValueError, match="'power', 'exp', 'linear' or \\('categorical'"):
+        sc.pk.PopulationModel("one_cpt_oral", dict(ka=1.0, CL=0.1, V=1.0), covariates={"CL": {"WT": "quadratic"}})
     with pytest.raises(ValueError, match="positive definite"):
         sc.pk.PopulationModel(
             "one_cpt_oral",

@@ -83,7 +83,9 @@ def _covariates(items):
             target, rest = item.split("~", 1)
             cov, form = (rest.split(":", 1) + ["power"])[:2]
         except ValueError:
-            raise SystemExit(f"error: --covariate takes PARAM~COV[:power|exp|cat=L0/L1/...], got {item!r}") from None
+            raise SystemExit(
+                f"error: --covariate takes PARAM~COV[:power|exp|linear|cat=L0/L1/...], got {item!r}"
+            ) from None
         form = form.strip()
         if form.startswith("cat="):  # (a categorical effect: its levels, the first the reference)
             form = ("categorical", [v for v in form[4:].split("/") if v])
@@ -304,7 +306,7 @@ def main(argv=None):
     f.add_argument(
         "--covariate",
         action="append",
-        help="PARAM~COV[:power|exp|cat=L0/L1/...] (cat: a shift of log PARAM per level after the reference L0), "
+        help="PARAM~COV[:power|exp|linear|cat=L0/L1/...] (cat: a shift of log PARAM per level after the reference L0), "
         "repeatable",
     )
     f.add_argument("--error", default="additive", choices=["additive", "proportional", "combined"])

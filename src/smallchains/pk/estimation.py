@@ -252,9 +252,10 @@ class SubjectEval:
         if dpsi is not None:
             g[m.blocks["psi"]] += dpsi
         rows = [(dlogq, self.C, self.z)] if np.ndim(dlogq) == 1 else zip(dlogq, self.C_sets, self.z_sets)
+        beta = x[m.blocks["beta"]]
         for d, C, z in rows:
             g[m.blocks["theta"]] += d
-            g[m.blocks["beta"]] += C.T @ d
+            g[m.blocks["beta"]] += m.effect_derivatives(C, beta).T @ d
             if m.covariate_network is not None:
                 g[m.blocks["wc"]] += self.covariate_network_grad(x, d, z)
 
@@ -875,10 +876,23 @@ class Problem:
         v.flags.writeable = False
         return v
 
+    def linear_effect_bounds(self, margin=0.01):
+        """{index in x: (lower, upper)}: each linear covariate effect's beta kept where 1 + beta X
+        >= ``margin`` for every subject's design value X (log(1 + beta X) is defined there)."""
+        m = self.model
+        out = {}
+        for j in np.flatnonzero(m.linear_effects):
+            X = self._X[:, j]
+            hi_x, lo_x = float(X.max()), float(X.min())
+            lo = (margin - 1.0) / hi_x if hi_x > 0 else -np.inf
+            hi = (margin - 1.0) / lo_x if lo_x < 0 else np.inf
+            out[m.blocks["beta"].start + int(j)] = (lo, hi)
+        return out
+
     def logq0(self, x):
         """(N, n_theta) every subject's log theta + C beta (the compiled FOCE-I's subjects: no network)."""
         m = self.model
-        return x[m.blocks["theta"]] + (self._X * x[m.blocks["beta"]]) @ self._B
+        return x[m.blocks["theta"]] + m.effect_terms(self._X, x[m.blocks["beta"]]) @ self._B
 
     def set_threads(self, threads):
         """Spread the subjects over ``threads`` threads (each subject owns its buffers)."""
@@ -1031,7 +1045,7 @@ class Problem:
             return None
         m = self.model
         cn = m.covariate_network
-        LOGQ = x[m.blocks["theta"]] + (self._X * x[m.blocks["beta"]]) @ self._B + etas @ m.E.T
+        LOGQ = x[m.blocks["theta"]] + m.effect_terms(self._X, x[m.blocks["beta"]]) @ self._B + etas @ m.E.T
         if cn is not None:
             wc = np.ascontiguousarray(x[m.blocks["wc"]])
             for i, s in enumerate(self.subjects):
@@ -1053,7 +1067,7 @@ class Problem:
         if not need:
             return total
         DLOGQ = np.einsum("nmt,nm->nt", J, GP[:, :nm])
-        self._chain_log_q(gx, DLOGQ, RES[:, 1:])
+        self._chain_log_q(x, gx, DLOGQ, RES[:, 1:])
         gx[m.blocks["w"]] = GP[:, nm:].sum(axis=0)
         if cn is not None:
             for i, s in enumerate(subjects):
@@ -1077,7 +1091,7 @@ class Problem:
         total = float(L.sum())
         if not need:
             return total
-        self._chain_log_q(gx, DLQ, DPSI)
+        self._chain_log_q(x, gx, DLQ, DPSI)
         return total, gx, DLQ @ m.E
 
     def data_terms(self, x, etas):
@@ -1100,14 +1114,14 @@ class Problem:
             OK = np.ones(self.N)
         return np.where((OK != 0) & np.isfinite(L), L, np.inf)
 
-    def _chain_log_q(self, out, DLQ, DPSI, rows=None):
+    def _chain_log_q(self, x, out, DLQ, DPSI, rows=None):
         """Chain the subjects' derivatives over their log q0 = log theta + C beta (DLQ, a row
         per subject) and over the log sigmas (DPSI) into x's theta, beta and psi entries: ``out``
         (n_x,) gets the sums over subjects, ``out`` (N, n_x) a row per subject (those of the
         subjects ``rows``, default all)."""
         m = self.model
         X = self._X if rows is None else self._X[rows]
-        DB = X * (DLQ @ self._B.T)
+        DB = m.effect_derivatives(X, x[m.blocks["beta"]]) * (DLQ @ self._B.T)
         blocks = (m.blocks["theta"], m.blocks["beta"], m.blocks["psi"])
         if out.ndim == 1:
             for b, d in zip(blocks, (DLQ, DB, DPSI), strict=True):
@@ -1281,7 +1295,7 @@ class Problem:
             GLQ, GPSI, SS, OK, GW = out
             if not OK.all():
                 return None
-            self._chain_log_q(G, GLQ, GPSI, rows=ix)
+            self._chain_log_q(x, G, GLQ, GPSI, rows=ix)
             G[ix, m.blocks["w"]] = GW
             G[ix, m.blocks["omega"]] = np.einsum("rab,nab->nr", dOinv, SS)
             done[ix] = True
@@ -1340,7 +1354,7 @@ class Problem:
         if not OK.all():
             return ofv, ETA, None
         G = np.zeros(m.n_x)
-        self._chain_log_q(G, GLQ, GPSI)
+        self._chain_log_q(x, G, GLQ, GPSI)
         G[m.blocks["w"]] = GW.sum(axis=0)
         G[m.blocks["omega"]] = np.einsum("rab,ab->r", dOinv, SS.sum(axis=0))
         ob = m.blocks["omega"]

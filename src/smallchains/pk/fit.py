@@ -245,11 +245,20 @@ def fit_population(method, model, data, xs, setup):
         )
         settings["analytic"] = P.analytic
         settings["ofv_kind"] = method.ofv_kind_for(P)
+        # a linear covariate effect's beta stays where 1 + beta (c - ref) > 0 for these subjects:
+        # the model's bounds tightened for this fit (restored after it)
+        held = {i: (model.lower[i], model.upper[i]) for i in P.linear_effect_bounds()}
+        for i, (lo, hi) in P.linear_effect_bounds().items():
+            model.lower[i], model.upper[i] = max(model.lower[i], lo), min(model.upper[i], hi)
+            xs = xs.copy()
+            xs[i] = min(max(xs[i], model.lower[i]), model.upper[i])
         try:
             method.check_problem(P)
             why = P.diagnose(xs)
         except BaseException:
             P.close()
+            for i, (lo, hi) in held.items():
+                model.lower[i], model.upper[i] = lo, hi
             raise
     try:
         if why is not None:
@@ -264,6 +273,8 @@ def fit_population(method, model, data, xs, setup):
             return _fit_population(P, method, xs, setup)
     finally:
         P.close()
+        for i, (lo, hi) in held.items():
+            model.lower[i], model.upper[i] = lo, hi
 
 
 def _fit_population(P, method, xs, setup):

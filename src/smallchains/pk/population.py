@@ -333,7 +333,7 @@ class PopulationModel:
                 raise ValueError("`omega_init` must be symmetric positive definite") from None
         else:
             L0 = np.zeros((0, 0))
-        self.covariates = []  # (theta index, covariate name, form: "power", "exp" or "cat=<level>")
+        self.covariates = []  # (theta index, covariate name, form: "power", "exp", "linear" or "cat=<level>")
         #: {(theta name, covariate): [reference level, other levels...]} of categorical effects
         self.covariate_levels = {}
         for k, effects in (covariates or {}).items():
@@ -350,11 +350,14 @@ class PopulationModel:
                     for lv in levels[1:]:
                         self.covariates.append((self.theta_names.index(k), str(c), f"cat={lv:g}"))
                     continue
-                if form not in ("power", "exp"):
+                if form not in ("power", "exp", "linear"):
                     raise ValueError(
-                        f"covariate form for {k}~{c} must be 'power', 'exp' or ('categorical', [levels]), got {form!r}"
+                        f"covariate form for {k}~{c} must be 'power', 'exp', 'linear' or ('categorical', [levels]), "
+                        f"got {form!r}"
                     )
                 self.covariates.append((self.theta_names.index(k), str(c), form))
+        #: which covariate effects are linear, q = theta (1 + beta (c - ref)): log(1 + beta X) in log q
+        self.linear_effects = np.array([f == "linear" for _, _, f in self.covariates], dtype=bool)
         self.covariate_ref = dict(covariate_ref or {})
         self.error = ErrorModel(error, sigma)
         # the network, if any
@@ -567,7 +570,7 @@ class PopulationModel:
                 continue
             ref = float(self.covariate_ref.get(c, np.median(vals)))
             refs[c] = ref
-            if form == "power":
+            if form == "power":  # ("exp" and "linear": c - ref)
                 if np.any(vals <= 0) or ref <= 0:
                     raise ValueError(
                         f"a power covariate effect needs positive values: {c!r} has {vals.min():g} (use form 'exp')"
@@ -610,10 +613,31 @@ class PopulationModel:
             Z[j] = (float(cov[c]) - mean) / sd
         return X, Z
 
+    def effect_terms(self, X, beta):
+        """Each covariate effect's term in log q at the design values ``X`` (any shape ending in
+        n_beta): beta X, or log(1 + beta X) for a linear effect (NaN where 1 + beta X <= 0)."""
+        T = X * beta
+        if self.linear_effects.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                lin = np.log1p(T[..., self.linear_effects])
+            T[..., self.linear_effects] = np.where(1.0 + T[..., self.linear_effects] > 0, lin, np.nan)
+        return T
+
+    def effect_derivatives(self, X, beta):
+        """d/dbeta of :meth:`effect_terms`: X, or X / (1 + beta X) for a linear effect."""
+        if not self.linear_effects.any():
+            return X
+        D = np.array(X, dtype=float, copy=True)
+        Xl = D[..., self.linear_effects]
+        D[..., self.linear_effects] = Xl / (1.0 + Xl * beta[self.linear_effects])
+        return D
+
     def log_individual(self, x, C, z, eta):
         """A subject's log individual values log q = log theta + C beta + E eta (+ the covariate
-        network's output), ``C`` its covariate design (n_theta, n_beta), ``z`` its network inputs."""
-        lq = x[self.blocks["theta"]] + C @ x[self.blocks["beta"]] + self.E @ eta
+        network's output; a linear effect adds log(1 + beta X) instead of beta X), ``C`` its
+        covariate design (n_theta, n_beta), ``z`` its network inputs."""
+        beta = x[self.blocks["beta"]]
+        lq = x[self.blocks["theta"]] + self.effect_terms(C, beta).sum(axis=1) + self.E @ eta
         cn = self.covariate_network
         if cn is not None:
             lq[self.cn_targets] += cn.chain(np.asarray(z, dtype=float), np.ascontiguousarray(x[self.blocks["wc"]]))

@@ -106,6 +106,20 @@ def minimize(
     return res.x, res.fun, bool(res.success), res.message, res.nfev
 
 
+def optimizer_scale(P):
+    """(n_x,) the scale the optimizer sees each entry of x in (it moves x * scale): 1, but a
+    covariate effect whose design values spread with sd > 1 (an "exp" or "linear" effect of a
+    covariate in raw units, e.g. weight in kg) moves as beta * sd, so that its gradient is on the
+    others' scale and a first step does not leap to parameters that overflow."""
+    m = P.model
+    scale = np.ones(m.n_x)
+    X = P.design
+    if X.shape[0] > 1 and X.shape[1]:
+        sd = X.std(axis=0)
+        scale[m.blocks["beta"]] = np.where(sd > 1.0, sd, 1.0)
+    return scale
+
+
 class FitSetup:
     """The options of one ``pk.fit`` call a method's :meth:`~EstimationMethod.fit` may need:
     ``opts`` (the optimizer's: optimizer, maxiter, tol, adam_steps, adam_lr), ``starts``,
@@ -221,20 +235,22 @@ class EstimationMethod:
         rows = {"iteration": [], "x": [], "objective": [], "kind": "evaluations"}
         self._trace = rows
         count = [0]
+        s = optimizer_scale(P)[idx]
 
-        def fg(z):
+        def fg(u):
             xx = x.copy()
-            xx[idx] = z
+            xx[idx] = u / s
             v, g = value_grad(xx)
             count[0] += 1
             if g is not None and np.isfinite(v) and (not rows["objective"] or v < rows["objective"][-1]):
                 rows["iteration"].append(count[0])
                 rows["x"].append(xx.tolist())
                 rows["objective"].append(float(v))
-            return (v, np.zeros_like(z)) if g is None else (v, g[idx])
+            return (v, np.zeros_like(u)) if g is None else (v, g[idx] / s)
 
-        z, f, conv, msg, ne = minimize(fg, x[idx], report=report, bounds=(m.lower[idx], m.upper[idx]), **opts)
-        x[idx] = z
+        box = (m.lower[idx] * s, m.upper[idx] * s)
+        z, f, conv, msg, ne = minimize(fg, x[idx] * s, report=report, bounds=box, **opts)
+        x[idx] = z / s
         return x, f, conv, msg, ne
 
     def last_trace(self):

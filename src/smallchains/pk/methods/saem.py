@@ -223,11 +223,15 @@ class _Run:
         X = P.design  # (N, n_beta)
         # the GLS design of the random-effect parameters: mu_i = D_i c, c = their log theta and betas
         coef = []
+        lin = m.linear_effects  # (log(1 + beta X): not linear in beta, maximised numerically)
         for j, k in enumerate(self.rows):
             coef.append((j, tb.start + k, None))
             for jj, (kk, _, _) in enumerate(m.covariates):
-                if kk == k:
+                if kk == k and not lin[jj]:
                     coef.append((j, bb.start + jj, jj))
+        self.B = np.zeros((len(m.covariates), len(m.theta_names)))
+        for jj, (kk, _, _) in enumerate(m.covariates):
+            self.B[jj, kk] = 1.0
         D = np.zeros((self.N, q, len(coef)))
         for a, (j, _, jj) in enumerate(coef):
             D[:, j, a] = 1.0 if jj is None else X[:, jj]
@@ -238,7 +242,7 @@ class _Run:
         # covariate effects), the residual error unless additive or proportional alone
         eta_params = set(self.rows.tolist())
         others = [tb.start + k for k in range(len(m.theta_names)) if k not in eta_params]
-        others += [bb.start + jj for jj, (kk, _, _) in enumerate(m.covariates) if kk not in eta_params]
+        others += [bb.start + jj for jj, (kk, _, _) in enumerate(m.covariates) if kk not in eta_params or lin[jj]]
         others = [i for i in others if free[i]]
         psi = [i for i in range(pb.start, pb.stop) if free[i]]
         # (censored observations (M3, M4) have no residual to sum: the error is maximised numerically)
@@ -280,6 +284,15 @@ class _Run:
         return best
 
     # ------------------------------------------------------------------ pieces
+
+    def offset(self):
+        """(N, q) the linear covariate effects' log(1 + beta X) in the random-effect parameters (0 without)."""
+        m = self.m
+        if not m.linear_effects.any():
+            return np.zeros((self.N, self.q))
+        T = m.effect_terms(self.P.design, self.x[m.blocks["beta"]])
+        T[:, ~m.linear_effects] = 0.0
+        return (T @ self.B)[:, self.rows]
 
     def mu(self):
         """(N, q) the random-effect parameters' log theta + C beta at the current x."""
@@ -402,13 +415,13 @@ class _Run:
         f = self.coef_free
         if f.any():
             Df, Dx = D[:, :, f], D[:, :, ~f]
-            target = s1 - Dx @ c[~f]
+            target = s1 - self.offset() - Dx @ c[~f]
             A = np.einsum("iqa,qr,irb->ab", Df, W, Df)
             b = np.einsum("iqa,qr,ir->a", Df, W, target)
             c[f] = np.linalg.lstsq(A, b, rcond=None)[0]
             x[self.coef_x] = np.clip(c, m.lower[self.coef_x], m.upper[self.coef_x])
             c = x[self.coef_x]
-        mu = D @ c
+        mu = D @ c + self.offset()
         if not self.omega_all_fixed:
             Om = (s2 - s1.T @ mu - mu.T @ s1 + mu.T @ mu) / N
             Om = 0.5 * (Om + Om.T)
