@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import check_map_gradients
+from helpers import check_foce_gradient, check_map_gradients
 
 import smallchains as sc
 from smallchains.pk.estimation import Problem
@@ -64,11 +64,7 @@ def test_linear_effect_gradients_are_exact(study):
     data = sc.pk.Population(study.subjects[:5], study.covariate_names, study.columns)
     P = Problem(m, data)
     x = m.x0.copy()
-    v, etas, res = P.foce(x)
-    g = P.foce_gradient(x, res)
-    h = 1e-3
-    gf = np.array([(P.foce(x + h * e, etas)[0] - P.foce(x - h * e, etas)[0]) / (2 * h) for e in np.eye(x.shape[0])])
-    np.testing.assert_allclose(g, gf, rtol=1e-3, atol=1e-4 * np.abs(gf).max())
+    check_foce_gradient(P, x)
     check_map_gradients(P, x, np.random.default_rng(0).normal(0, 0.2, (P.N, 2)))
 
 
