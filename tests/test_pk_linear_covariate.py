@@ -78,3 +78,26 @@ def test_a_simulated_linear_effect_is_recovered_by_foce_and_saem(study):
     assert f.converged and abs(row["estimate"] - 0.02) < 3 * row["se"] and row["se"] < 0.01
     srow = {r["name"]: r for r in s.table}["CL~WT (linear)"]
     assert abs(srow["estimate"] - row["estimate"]) < 2 * row["se"]
+
+
+@pytest.mark.slow
+def test_an_exp_effect_of_weight_in_kg_converges(study):
+    """Regression: from beta = 0 the mode search's first Fisher step reached 7e6 for the heaviest
+    subjects (their predictions far from the data), its trial points overflowed, and the fit
+    stopped at its start; the step is now capped at MAX_ETA_STEP."""
+    m = sc.pk.PopulationModel(
+        "one_cpt_oral",
+        dict(ka=1.0, CL=3.0, V=30.0),
+        eta=["CL", "V"],
+        omega_init=0.05,
+        error="proportional",
+        sigma=0.1,
+        covariates={"CL": {"WT": "exp"}, "V": {"WT": "power"}},
+        covariate_ref={"WT": 70.0},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = sc.pk.fit(m, study, "foce")
+    row = {r["name"]: r for r in f.table}["CL~WT (exp)"]
+    # (the truth is linear: 1 + 0.02 X; its log slope at the reference is 0.02)
+    assert f.converged and 0.01 < row["estimate"] < 0.03

@@ -61,6 +61,11 @@ as_ratesz = function_caster(types.FunctionType(RATESZ_SIG))
 
 #: statuses (besides the solver's RK.OK / RK.NONFINITE)
 FAILED = 1
+#: the largest move of a random effect in one Fisher-scoring step of the mode search (log scale:
+#: a factor e^5 ~ 150 on a parameter); a longer step is shortened along its direction.  From a
+#: start where the data are far from the prediction, the scoring step can reach 1e6 and its
+#: trial points overflow the parameters
+MAX_ETA_STEP = 5.0
 
 
 @kernel
@@ -477,6 +482,12 @@ def foce_mode(ev, args, wk, Oinv, eta0, tol, max_iter, eta, M, res):
         else:
             for a in range(q):
                 step[a] = -grad[a] * 1e-3
+        big = 0.0
+        for a in range(q):
+            big = max(big, abs(step[a]))
+        if big > MAX_ETA_STEP:  # (SubjectEval.fit_eta's cap, step for step)
+            for a in range(q):
+                step[a] *= MAX_ETA_STEP / big
         dec = 0.0
         for a in range(q):
             dec -= grad[a] * step[a]

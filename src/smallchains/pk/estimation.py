@@ -41,7 +41,7 @@ from ..ode.recording import Recording
 from ..ode.sensitivity import DiscreteAdjoint
 from . import _kernels as PK
 from ._censored import M3, M4_CENSORED, M4_OBSERVED, obs_terms
-from ._foce import RATES_SIG, RATESZ_SIG, PopulationFOCE
+from ._foce import MAX_ETA_STEP, RATES_SIG, RATESZ_SIG, PopulationFOCE
 from ._foce_ode import ODESubjects
 from ._parammap import param_map
 from .analytic import AnalyticSolve
@@ -546,6 +546,9 @@ class SubjectEval:
                 step = -np.linalg.solve(2.0 * M, grad)
             except np.linalg.LinAlgError:
                 step = -grad * 1e-3
+            big = float(np.max(np.abs(step))) if q else 0.0
+            if big > MAX_ETA_STEP:  # (a step of 1e6 from a poor start: its trial points overflow)
+                step = step * (MAX_ETA_STEP / big)
             dec = -grad @ step
             if dec < tol:
                 return eta, obj, M, out
